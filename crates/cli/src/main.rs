@@ -1,0 +1,300 @@
+//! `datafactory`: the command line. It turns flags into a configuration and a
+//! request, hands them to the libraries, and renders what comes back for
+//! people (tables, a progress bar) or for programs (`--json`).
+
+mod output;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use datafactory_core::Config;
+use datafactory_ingest::{IngestObserver, IngestRequest, Pipeline};
+use datafactory_store::{Store, WordQuery};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit code when an ingest finished but some inputs failed.
+const EXIT_SOME_FAILED: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "datafactory",
+    version,
+    about = "Document ingestion and retrieval for RAG"
+)]
+struct Cli {
+    /// Configuration file (default: ./datafactory.toml if present).
+    #[arg(long, global = true, env = "DATAFACTORY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the store lives (overrides `data_dir`; default ./datafactory-data).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// More log output (-v info, -vv debug); or set DATAFACTORY_LOG.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ingest files and folders (recursively).
+    Ingest {
+        /// Collection to ingest into (default: ingest.default_collection).
+        #[arg(long, short)]
+        collection: Option<String>,
+        /// In folders, try every file, not only known document extensions.
+        #[arg(long)]
+        all_files: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Search chunks by words (BM25).
+    Search {
+        #[arg(long, short)]
+        collection: Option<String>,
+        /// Number of results (default: search.top_k).
+        #[arg(long, short = 'k')]
+        top_k: Option<usize>,
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        query: Vec<String>,
+    },
+    /// List, show or delete stored documents.
+    Documents {
+        #[command(subcommand)]
+        action: DocumentsCommand,
+    },
+    /// Counts in the store and in each index, with a consistency verdict.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the effective configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DocumentsCommand {
+    List {
+        #[arg(long, short)]
+        collection: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one document (by id or by the id its input gave it) with its chunks.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a document from the store and every index.
+    Delete {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the configuration after file, environment and flags, as TOML.
+    Show,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DATAFACTORY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn load_config(cli: &Cli) -> Result<Config> {
+    let mut overrides = serde_json::Map::new();
+    if let Some(dir) = &cli.data_dir {
+        overrides.insert("data_dir".into(), dir.display().to_string().into());
+    }
+    Ok(Config::load(cli.config.as_deref(), &overrides)?)
+}
+
+fn open_store(config: &Config) -> Result<Store> {
+    Store::open(&config.data_dir)
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let config = load_config(&cli)?;
+    match cli.command {
+        Command::Config {
+            action: ConfigCommand::Show,
+        } => {
+            print!("{}", config.to_toml());
+        }
+        Command::Ingest {
+            collection,
+            all_files,
+            json,
+            paths,
+        } => {
+            let store = open_store(&config)?;
+            let pipeline = Pipeline::new(&config);
+            let request = IngestRequest {
+                paths,
+                collection: collection.unwrap_or_else(|| config.ingest.default_collection.clone()),
+                all_files,
+            };
+            let progress = Progress::new();
+            let summary = datafactory_ingest::ingest(&store, &pipeline, &request, &progress)?;
+            progress.finish();
+            if json {
+                output::print_json(&summary)?;
+            } else {
+                output::print_ingest(&summary);
+            }
+            if summary.has_failures() {
+                return Ok(ExitCode::from(EXIT_SOME_FAILED));
+            }
+        }
+        Command::Search {
+            collection,
+            top_k,
+            json,
+            query,
+        } => {
+            let store = open_store(&config)?;
+            let text = query.join(" ");
+            let started = std::time::Instant::now();
+            let hits = store.search_words(&WordQuery {
+                text: &text,
+                collection: collection.as_deref(),
+                top_k: top_k.unwrap_or(config.search.top_k),
+                title_boost: config.search.title_boost,
+                heading_boost: config.search.heading_boost,
+            })?;
+            let took = started.elapsed();
+            if json {
+                output::print_json(&output::SearchOutput {
+                    query: &text,
+                    mode: "words",
+                    took_ms: took.as_secs_f64() * 1000.0,
+                    results: &hits,
+                })?;
+            } else {
+                output::print_hits(&hits, took);
+            }
+        }
+        Command::Documents { action } => {
+            let store = open_store(&config)?;
+            match action {
+                DocumentsCommand::List { collection, json } => {
+                    let docs = store.list_documents(collection.as_deref())?;
+                    if json {
+                        output::print_json(&docs)?;
+                    } else {
+                        output::print_documents(&docs);
+                    }
+                }
+                DocumentsCommand::Show { id, json } => {
+                    let doc = store
+                        .get_document(&id)?
+                        .with_context(|| format!("no document with id {id:?}"))?;
+                    if json {
+                        output::print_json(&doc)?;
+                    } else {
+                        output::print_document(&doc);
+                    }
+                }
+                DocumentsCommand::Delete { id, json } => {
+                    let target = store
+                        .get_document(&id)?
+                        .with_context(|| format!("no document with id {id:?}"))?;
+                    let deleted = store.delete_document(&target.summary.id)?;
+                    if json {
+                        output::print_json(
+                            &serde_json::json!({"id": target.summary.id, "deleted": deleted}),
+                        )?;
+                    } else {
+                        println!("deleted {} ({})", target.summary.id, target.summary.source);
+                    }
+                }
+            }
+        }
+        Command::Stats { json } => {
+            let store = open_store(&config)?;
+            let stats = store.stats()?;
+            if json {
+                output::print_json(&stats)?;
+            } else {
+                output::print_stats(&stats);
+            }
+            if !stats.consistent {
+                return Ok(ExitCode::from(EXIT_SOME_FAILED));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on a terminal; nothing otherwise.
+struct Progress {
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        let bar =
+            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} files ({per_sec}, eta {eta}) {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Progress { bar }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl IngestObserver for Progress {
+    fn started(&self, files: usize) {
+        self.bar.set_length(files as u64);
+    }
+
+    fn file_done(&self, source: &str, _failed: bool) {
+        self.bar.inc(1);
+        let name = std::path::Path::new(source)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.bar.set_message(name);
+    }
+}

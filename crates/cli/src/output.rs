@@ -1,0 +1,153 @@
+//! How results are shown: for people (plain text) and for programs (JSON).
+//! The JSON shapes are documented in the README and kept stable.
+
+use anyhow::Result;
+use datafactory_ingest::IngestSummary;
+use datafactory_store::{DocumentDetail, DocumentSummary, SearchHit, Stats};
+use serde::Serialize;
+use std::time::Duration;
+
+pub fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+#[derive(Serialize)]
+pub struct SearchOutput<'a> {
+    pub query: &'a str,
+    pub mode: &'a str,
+    pub took_ms: f64,
+    pub results: &'a [SearchHit],
+}
+
+pub fn print_ingest(s: &IngestSummary) {
+    let d = &s.documents;
+    println!(
+        "ingested {} file(s) into '{}' in {:.2}s: {} added, {} replaced, {} unchanged, {} failed; {} chunks ({:.1} documents/s, {:.1} chunks/s)",
+        s.files,
+        s.collection,
+        s.elapsed_seconds,
+        d.added,
+        d.replaced,
+        d.unchanged,
+        d.failed,
+        s.chunks,
+        s.documents_per_second,
+        s.chunks_per_second
+    );
+    if !s.skipped.is_empty() {
+        println!("skipped {} file(s) that are not documents", s.skipped.len());
+    }
+    for w in &s.warnings {
+        println!("warning: {}: {}", w.source, w.message);
+    }
+    for f in &s.failed {
+        match &f.location {
+            Some(loc) => println!("failed: {} ({loc}): {}", f.source, f.error),
+            None => println!("failed: {}: {}", f.source, f.error),
+        }
+    }
+    println!("job {}", s.job_id);
+}
+
+fn one_line(text: &str, max_chars: usize) -> String {
+    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if collapsed.chars().count() <= max_chars {
+        return collapsed;
+    }
+    let cut: String = collapsed.chars().take(max_chars).collect();
+    format!("{cut}…")
+}
+
+pub fn print_hits(hits: &[SearchHit], took: Duration) {
+    if hits.is_empty() {
+        println!("no results ({:.1} ms)", took.as_secs_f64() * 1000.0);
+        return;
+    }
+    for (i, h) in hits.iter().enumerate() {
+        println!("{:>2}. {:.3}  {}  [{}]", i + 1, h.score, h.title, h.source);
+        if !h.heading_path.is_empty() {
+            println!("    § {}", h.heading_path.join(" › "));
+        }
+        if let Some(p) = h.page {
+            println!("    page {p}");
+        }
+        println!("    {}", one_line(&h.text, 300));
+    }
+    println!(
+        "{} result(s) in {:.1} ms",
+        hits.len(),
+        took.as_secs_f64() * 1000.0
+    );
+}
+
+pub fn print_documents(docs: &[DocumentSummary]) {
+    println!(
+        "{:<32}  {:<12}  {:>6}  {:<8}  title / source",
+        "id", "collection", "chunks", "format"
+    );
+    for d in docs {
+        println!(
+            "{:<32}  {:<12}  {:>6}  {:<8}  {} / {}",
+            d.id,
+            d.collection,
+            d.chunks,
+            d.format.as_str(),
+            one_line(&d.title, 60),
+            d.source
+        );
+    }
+    println!("{} document(s)", docs.len());
+}
+
+pub fn print_document(d: &DocumentDetail) {
+    let s = &d.summary;
+    println!("id          {}", s.id);
+    println!("title       {}", s.title);
+    println!("collection  {}", s.collection);
+    println!("source      {}", s.source);
+    if let Some(e) = &s.external_id {
+        println!("external id {e}");
+    }
+    println!("format      {}", s.format.as_str());
+    println!("bytes       {}", s.byte_size);
+    println!("version     {}", s.version);
+    println!("hash        {}", s.content_hash);
+    println!("sections    {}", d.sections.len());
+    println!("chunks      {}", d.chunks.len());
+    for c in &d.chunks {
+        let heading = if c.heading_path.is_empty() {
+            String::new()
+        } else {
+            format!(" § {}", c.heading_path.join(" › "))
+        };
+        println!(
+            "  #{:<4} [{}..{}] {} tokens{}",
+            c.ordinal, c.start, c.end, c.token_count, heading
+        );
+        println!("        {}", one_line(&c.text, 120));
+    }
+}
+
+pub fn print_stats(s: &Stats) {
+    println!("documents   {}", s.documents);
+    println!("chunks      {}", s.chunks);
+    for c in &s.collections {
+        println!(
+            "  {:<20} {} documents, {} chunks",
+            c.name, c.documents, c.chunks
+        );
+    }
+    println!(
+        "word index  {} chunks, at change {} (store at change {})",
+        s.word_index.chunks, s.word_index.applied_change, s.latest_change
+    );
+    if s.consistent {
+        println!("consistent  yes");
+    } else {
+        println!("consistent  NO");
+        for p in &s.problems {
+            println!("  - {p}");
+        }
+    }
+}

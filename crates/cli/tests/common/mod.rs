@@ -1,0 +1,66 @@
+//! Helpers for the CLI's integration tests: run the real `datafactory` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root (for committed fixtures).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+pub fn fixtures() -> PathBuf {
+    repo_root().join("tests/fixtures")
+}
+
+/// `datafactory` with `--data-dir data_dir`, run in `data_dir`'s parent so no
+/// stray `datafactory.toml` is read, and with no `DATAFACTORY_*` variables.
+pub fn datafactory(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_datafactory"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DATAFACTORY_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.current_dir(data_dir.parent().unwrap());
+    cmd.arg("--data-dir").arg(data_dir);
+    cmd
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run datafactory")
+}
+
+/// Runs and parses stdout as JSON, asserting the exit code.
+pub fn run_json(cmd: &mut Command, code: i32) -> serde_json::Value {
+    let out = run(cmd);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "exit code; stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+pub fn search_sources(data_dir: &Path, query: &str) -> Vec<String> {
+    let v = run_json(
+        datafactory(data_dir).args(["search", "--json", "-k", "50", query]),
+        0,
+    );
+    v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["source"].as_str().unwrap().to_string())
+        .collect()
+}

@@ -1,0 +1,298 @@
+//! One typed configuration for every command and service.
+//!
+//! Sources, later ones winning: built-in defaults, the TOML file
+//! (`datafactory.toml` in the working directory, or `--config PATH`),
+//! `DATAFACTORY_*` environment variables (nested keys joined by `__`, e.g.
+//! `DATAFACTORY_CHUNKING__MAX_TOKENS=256`), then command-line flags. The result
+//! is validated once; every error names the offending key.
+
+use figment::providers::{Env, Format as _, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The configuration file read when `--config` is not given (if it exists).
+pub const DEFAULT_CONFIG_FILE: &str = "datafactory.toml";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the store lives (SQLite database and word index).
+    pub data_dir: PathBuf,
+    pub ingest: IngestConfig,
+    pub chunking: ChunkingConfig,
+    pub search: SearchConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Collection used when a command names none.
+    pub default_collection: String,
+    /// Files larger than this are refused (bytes).
+    pub max_file_bytes: u64,
+    /// Cap on the decompressed size of a container format (DOCX), against zip bombs (bytes).
+    pub max_decompressed_bytes: u64,
+    /// Extensions taken when walking a folder; files named explicitly are always tried.
+    pub extensions: Vec<String>,
+    /// Parallel parse-and-chunk workers; 0 means one per CPU.
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChunkingConfig {
+    /// Upper bound on a chunk's tokens.
+    pub max_tokens: usize,
+    /// Tokens of the previous chunk (same section) repeated at the start of the next.
+    pub overlap_tokens: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SearchConfig {
+    /// Results returned when a request names no count.
+    pub top_k: usize,
+    /// Weight of a match in the document title, relative to the chunk text (1.0).
+    pub title_boost: f32,
+    /// Weight of a match in the chunk's heading path, relative to the chunk text.
+    pub heading_boost: f32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./datafactory-data"),
+            ingest: IngestConfig::default(),
+            chunking: ChunkingConfig::default(),
+            search: SearchConfig::default(),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            default_collection: "default".to_string(),
+            max_file_bytes: 100 * 1024 * 1024,
+            max_decompressed_bytes: 256 * 1024 * 1024,
+            extensions: [
+                "txt", "text", "md", "markdown", "html", "htm", "xhtml", "pdf", "docx", "jsonl",
+                "ndjson",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            workers: 0,
+        }
+    }
+}
+
+impl Default for ChunkingConfig {
+    fn default() -> Self {
+        ChunkingConfig {
+            max_tokens: 512,
+            overlap_tokens: 0,
+        }
+    }
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig {
+            top_k: 10,
+            title_boost: 0.5,
+            heading_boost: 0.8,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl Config {
+    /// Loads defaults ← file ← environment ← `overrides` (a serialisable
+    /// partial configuration, e.g. from flags), then validates.
+    ///
+    /// `file`: `Some(path)` must exist; `None` reads `datafactory.toml` if present.
+    pub fn load<O: Serialize>(file: Option<&Path>, overrides: &O) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, overrides, Env::prefixed("DATAFACTORY_"))
+    }
+
+    fn load_with_env<O: Serialize>(
+        file: Option<&Path>,
+        overrides: &O,
+        env: Env,
+    ) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(ConfigError::MissingFile(path.to_path_buf()));
+                }
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None => {
+                if Path::new(DEFAULT_CONFIG_FILE).exists() {
+                    figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE));
+                }
+            }
+        }
+        // `DATAFACTORY_CONFIG` and `DATAFACTORY_LOG` select the file and the
+        // log filter; they are not configuration keys.
+        let env = env.split("__").ignore(&["config", "log"]);
+        let config: Config = figment
+            .merge(env)
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, message: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.into(),
+            })
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return invalid("data_dir", "must not be empty");
+        }
+        if self.ingest.default_collection.trim().is_empty() {
+            return invalid("ingest.default_collection", "must not be empty");
+        }
+        if self.ingest.max_file_bytes == 0 {
+            return invalid("ingest.max_file_bytes", "must be greater than 0");
+        }
+        if self.ingest.max_decompressed_bytes == 0 {
+            return invalid("ingest.max_decompressed_bytes", "must be greater than 0");
+        }
+        if self.chunking.max_tokens < 16 {
+            return invalid(
+                "chunking.max_tokens",
+                format!("must be at least 16 (is {})", self.chunking.max_tokens),
+            );
+        }
+        if self.chunking.overlap_tokens * 2 > self.chunking.max_tokens {
+            return invalid(
+                "chunking.overlap_tokens",
+                format!(
+                    "must be at most half of chunking.max_tokens ({}), is {}",
+                    self.chunking.max_tokens, self.chunking.overlap_tokens
+                ),
+            );
+        }
+        if self.search.top_k == 0 || self.search.top_k > 10_000 {
+            return invalid("search.top_k", "must be between 1 and 10000");
+        }
+        for (key, v) in [
+            ("search.title_boost", self.search.title_boost),
+            ("search.heading_boost", self.search.heading_boost),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return invalid(key, format!("must be a finite number >= 0, is {v}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML (for `datafactory config show`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Validates a collection name: 1-64 characters of letters, digits, `-`, `_`, `.`.
+pub fn validate_collection(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(format!(
+            "collection name must be 1 to 64 characters, got {} characters",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "collection name {name:?} has the character {c:?}; use letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn no_overrides() -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    fn env() -> Env {
+        // A prefix no real environment has, so tests do not depend on the caller's.
+        Env::prefixed("DATAFACTORY_TEST_UNUSED_")
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn file_and_overrides_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("df.toml");
+        std::fs::write(&path, "data_dir = \"/x\"\n[chunking]\nmax_tokens = 200\n").unwrap();
+        let c = Config::load_with_env(Some(&path), &no_overrides(), env()).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/x"));
+        assert_eq!(c.chunking.max_tokens, 200);
+        let o = serde_json::json!({"chunking": {"max_tokens": 300}});
+        let c = Config::load_with_env(Some(&path), &o, env()).unwrap();
+        assert_eq!(c.chunking.max_tokens, 300);
+        assert_eq!(c.data_dir, PathBuf::from("/x"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("df.toml");
+        std::fs::write(&path, "[chunking]\nmax_tokns = 200\n").unwrap();
+        let e = Config::load_with_env(Some(&path), &no_overrides(), env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_tokns"), "{e}");
+        std::fs::write(&path, "[chunking]\nmax_tokens = \"many\"\n").unwrap();
+        let e = Config::load_with_env(Some(&path), &no_overrides(), env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("chunking.max_tokens"), "{e}");
+        std::fs::write(&path, "[chunking]\nmax_tokens = 100\noverlap_tokens = 90\n").unwrap();
+        let e = Config::load_with_env(Some(&path), &no_overrides(), env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("chunking.overlap_tokens"), "{e}");
+        let e = Config::load_with_env(Some(&dir.path().join("none.toml")), &no_overrides(), env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn collection_names() {
+        assert!(validate_collection("docs-2024_v1.0").is_ok());
+        assert!(validate_collection("").is_err());
+        assert!(validate_collection("a b").unwrap_err().contains("' '"));
+    }
+}

@@ -1,0 +1,16 @@
+//! The domain of DataFactory: the types that flow through the ingest pipeline
+//! (`Document` → `Chunk`), their identifiers, the typed configuration, and the
+//! traits that each pipeline stage implements.
+//!
+//! This crate does no I/O beyond reading the configuration file: parsers,
+//! chunkers and stores live in their own crates and depend on this one.
+
+pub mod config;
+pub mod document;
+pub mod ids;
+pub mod stage;
+
+pub use config::{Config, ConfigError};
+pub use document::{Chunk, Document, Format, Section};
+pub use ids::{chunk_id, content_hash, document_id};
+pub use stage::{HeuristicTokenCounter, TokenCounter};

@@ -1,0 +1,164 @@
+//! Decoding bytes to text, and the plain-text parser.
+
+use std::path::Path;
+
+use datafactory_core::document::{Document, Format, Section};
+
+use crate::{fallback_title, finish, first_line_title, ParseError};
+
+/// Text decoded from bytes, with what was noticed on the way.
+pub(crate) struct Decoded {
+    pub text: String,
+    pub warnings: Vec<String>,
+}
+
+/// Decodes bytes to text: UTF-16 with a BOM is decoded as such, anything else
+/// as UTF-8 (lossily, with a warning); a BOM is dropped and line ends become
+/// `\n`.
+pub(crate) fn decode(bytes: &[u8]) -> Decoded {
+    let mut warnings = Vec::new();
+    let text = if let Some(rest) = bytes.strip_prefix(&[0xFF, 0xFE]) {
+        decode_utf16(rest, u16::from_le_bytes, &mut warnings)
+    } else if let Some(rest) = bytes.strip_prefix(&[0xFE, 0xFF]) {
+        decode_utf16(rest, u16::from_be_bytes, &mut warnings)
+    } else {
+        let bytes = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(bytes);
+        let invalid = count_invalid_utf8(bytes).0;
+        if invalid > 0 {
+            warnings.push(format!(
+                "invalid UTF-8 decoded lossily ({invalid} replacement characters)"
+            ));
+        }
+        String::from_utf8_lossy(bytes).into_owned()
+    };
+    Decoded {
+        text: normalize_newlines(text),
+        warnings,
+    }
+}
+
+fn decode_utf16(bytes: &[u8], unit: fn([u8; 2]) -> u16, warnings: &mut Vec<String>) -> String {
+    let units = bytes.chunks_exact(2).map(|c| unit([c[0], c[1]]));
+    let mut bad = 0usize;
+    let mut text: String = char::decode_utf16(units)
+        .map(|r| {
+            r.unwrap_or_else(|_| {
+                bad += 1;
+                char::REPLACEMENT_CHARACTER
+            })
+        })
+        .collect();
+    if bytes.len() % 2 == 1 {
+        bad += 1;
+        text.push(char::REPLACEMENT_CHARACTER);
+    }
+    if bad > 0 {
+        warnings.push(format!(
+            "invalid UTF-16 decoded lossily ({bad} replacement characters)"
+        ));
+    }
+    text.strip_prefix('\u{FEFF}')
+        .map(str::to_string)
+        .unwrap_or(text)
+}
+
+/// (number of invalid sequences, number of bytes in them) — each invalid
+/// sequence becomes one U+FFFD when decoded lossily.
+pub(crate) fn count_invalid_utf8(bytes: &[u8]) -> (usize, usize) {
+    let mut sequences = 0;
+    let mut invalid_bytes = 0;
+    for chunk in bytes.utf8_chunks() {
+        if !chunk.invalid().is_empty() {
+            sequences += 1;
+            invalid_bytes += chunk.invalid().len();
+        }
+    }
+    (sequences, invalid_bytes)
+}
+
+/// CRLF and lone CR become LF.
+pub(crate) fn normalize_newlines(text: String) -> String {
+    if !text.contains('\r') {
+        return text;
+    }
+    text.replace("\r\n", "\n").replace('\r', "\n")
+}
+
+/// Plain text: the whole text is the document, one section.
+pub(crate) fn parse(text: String, path_hint: Option<&Path>) -> Result<Document, ParseError> {
+    let title = first_line_title(&text).unwrap_or_else(|| fallback_title(path_hint));
+    let end = text.chars().count();
+    finish(Document {
+        title,
+        format: Format::Text,
+        text,
+        sections: vec![Section {
+            heading_path: Vec::new(),
+            start: 0,
+            end,
+            page: None,
+        }],
+        metadata: Default::default(),
+        external_id: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf8_bom_and_crlf() {
+        let d = decode(b"\xEF\xBB\xBFa\r\nb\rc");
+        assert_eq!(d.text, "a\nb\nc");
+        assert!(d.warnings.is_empty());
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_with_a_warning() {
+        let d = decode(b"caf\xE9 cr\xE8me");
+        assert_eq!(d.text, "caf\u{FFFD} cr\u{FFFD}me");
+        assert_eq!(
+            d.warnings,
+            vec!["invalid UTF-8 decoded lossily (2 replacement characters)"]
+        );
+    }
+
+    #[test]
+    fn utf16_with_bom() {
+        let mut le = vec![0xFF, 0xFE];
+        for u in "héllo\r\n€".encode_utf16() {
+            le.extend_from_slice(&u.to_le_bytes());
+        }
+        assert_eq!(decode(&le).text, "héllo\n€");
+        let mut be = vec![0xFE, 0xFF];
+        for u in "wörld".encode_utf16() {
+            be.extend_from_slice(&u.to_be_bytes());
+        }
+        assert_eq!(decode(&be).text, "wörld");
+    }
+
+    #[test]
+    fn text_title_and_section() {
+        let d = parse(
+            "\n  Notes on birds  \n\nThe hummingbird hovers.\n".into(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(d.title, "Notes on birds");
+        assert_eq!(d.sections.len(), 1);
+        assert_eq!(
+            d.section_text(&d.sections[0]),
+            "Notes on birds  \n\nThe hummingbird hovers."
+        );
+    }
+
+    #[test]
+    fn long_first_line_falls_back_to_file_stem() {
+        let long = "word ".repeat(40);
+        let d = parse(long, Some(Path::new("/x/my-notes.txt"))).unwrap();
+        assert_eq!(d.title, "my-notes");
+        let d = parse("word ".repeat(40), None).unwrap();
+        assert_eq!(d.title, "Untitled");
+    }
+}

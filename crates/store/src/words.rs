@@ -1,0 +1,389 @@
+//! The word index: BM25 over chunk text, heading path and document title, in
+//! tantivy. Derived from SQLite and repairable from it: every commit records,
+//! as its payload, the last SQLite change it includes.
+
+use crate::StoreError;
+use std::path::Path;
+use tantivy::collector::TopDocs;
+use tantivy::query::{BooleanQuery, BoostQuery, ConstScoreQuery, Occur, Query, TermQuery};
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING,
+};
+use tantivy::tokenizer::{
+    AsciiFoldingFilter, LowerCaser, RemoveLongFilter, TextAnalyzer, Token, TokenStream, Tokenizer,
+};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+/// Name under which the code-aware analyzer is registered.
+const ANALYZER: &str = "df_code";
+/// Memory for the writer's indexing arena.
+const WRITER_MEMORY: usize = 64 * 1024 * 1024;
+
+#[derive(Clone, Copy)]
+pub(crate) struct Fields {
+    pub chunk_id: Field,
+    pub document_id: Field,
+    pub collection: Field,
+    pub title: Field,
+    pub heading: Field,
+    pub body: Field,
+}
+
+/// One chunk as the word index sees it.
+pub(crate) struct WordDoc<'a> {
+    pub chunk_id: &'a str,
+    pub document_id: &'a str,
+    pub collection: &'a str,
+    pub title: &'a str,
+    pub heading: &'a str,
+    pub body: &'a str,
+}
+
+pub(crate) struct WordIndex {
+    index: Index,
+    reader: IndexReader,
+    fields: Fields,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let text = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer(ANALYZER)
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
+    let fields = Fields {
+        chunk_id: b.add_text_field("chunk_id", STRING | STORED),
+        document_id: b.add_text_field("document_id", STRING),
+        collection: b.add_text_field("collection", STRING),
+        title: b.add_text_field("title", text.clone()),
+        heading: b.add_text_field("heading", text.clone()),
+        body: b.add_text_field("body", text),
+    };
+    (b.build(), fields)
+}
+
+/// The analyzer used for indexing and for queries.
+pub fn analyzer() -> TextAnalyzer {
+    TextAnalyzer::builder(CodeTokenizer::default())
+        .filter(RemoveLongFilter::limit(64))
+        .filter(LowerCaser)
+        .filter(AsciiFoldingFilter)
+        .build()
+}
+
+/// The tokens a text yields, as indexed (for tests and diagnostics).
+pub fn tokens(text: &str) -> Vec<String> {
+    let mut a = analyzer();
+    let mut stream = a.token_stream(text);
+    let mut out = Vec::new();
+    while stream.advance() {
+        out.push(stream.token().text.clone());
+    }
+    out
+}
+
+impl WordIndex {
+    /// Opens (or creates) the index in `dir`. No writer is taken.
+    pub fn open(dir: &Path) -> Result<WordIndex, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let (schema, fields) = schema();
+        let directory = tantivy::directory::MmapDirectory::open(dir)
+            .map_err(|e| StoreError::Index(e.to_string()))?;
+        let index = Index::open_or_create(directory, schema)?;
+        index.tokenizers().register(ANALYZER, analyzer());
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::OnCommitWithDelay)
+            .try_into()?;
+        Ok(WordIndex {
+            index,
+            reader,
+            fields,
+        })
+    }
+
+    /// Takes the single writer of this index: only one process may hold it.
+    pub fn writer(&self) -> Result<IndexWriter<TantivyDocument>, StoreError> {
+        self.index
+            .writer_with_num_threads(1, WRITER_MEMORY)
+            .map_err(|e| match e {
+                tantivy::TantivyError::LockFailure(..) => StoreError::Busy,
+                other => other.into(),
+            })
+    }
+
+    /// The last SQLite change included in the committed index (0: none).
+    pub fn applied_change(&self) -> Result<i64, StoreError> {
+        let metas = self.index.load_metas()?;
+        Ok(metas
+            .payload
+            .as_deref()
+            .and_then(|p| p.strip_prefix("change:"))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Chunks in the committed index, as this process's reader sees them.
+    pub fn num_docs(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    pub fn reload(&self) -> Result<(), StoreError> {
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    pub fn add(
+        &self,
+        writer: &IndexWriter<TantivyDocument>,
+        d: &WordDoc<'_>,
+    ) -> Result<(), StoreError> {
+        let f = self.fields;
+        let mut doc = TantivyDocument::default();
+        doc.add_text(f.chunk_id, d.chunk_id);
+        doc.add_text(f.document_id, d.document_id);
+        doc.add_text(f.collection, d.collection);
+        doc.add_text(f.title, d.title);
+        doc.add_text(f.heading, d.heading);
+        doc.add_text(f.body, d.body);
+        writer.add_document(doc)?;
+        Ok(())
+    }
+
+    pub fn delete_document(&self, writer: &IndexWriter<TantivyDocument>, document_id: &str) {
+        writer.delete_term(Term::from_field_text(self.fields.document_id, document_id));
+    }
+
+    /// Commits everything added since the last commit, recording `change`.
+    pub fn commit(
+        &self,
+        writer: &mut IndexWriter<TantivyDocument>,
+        change: i64,
+    ) -> Result<(), StoreError> {
+        let mut prepared = writer.prepare_commit()?;
+        prepared.set_payload(&format!("change:{change}"));
+        prepared.commit()?;
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    /// BM25 over body, heading path and title; returns (chunk id, score).
+    pub fn search(
+        &self,
+        query: &str,
+        collection: Option<&str>,
+        limit: usize,
+        title_boost: f32,
+        heading_boost: f32,
+    ) -> Result<Vec<(String, f32)>, StoreError> {
+        let f = self.fields;
+        let mut terms = tokens(query);
+        terms.sort();
+        terms.dedup();
+        if terms.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut should: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        for t in &terms {
+            for (field, boost) in [
+                (f.body, 1.0),
+                (f.heading, heading_boost),
+                (f.title, title_boost),
+            ] {
+                if boost <= 0.0 {
+                    continue;
+                }
+                let q = TermQuery::new(
+                    Term::from_field_text(field, t),
+                    IndexRecordOption::WithFreqs,
+                );
+                should.push((Occur::Should, Box::new(BoostQuery::new(Box::new(q), boost))));
+            }
+        }
+        let words: Box<dyn Query> = Box::new(BooleanQuery::new(should));
+        let query: Box<dyn Query> = match collection {
+            Some(c) => {
+                let filter = TermQuery::new(
+                    Term::from_field_text(f.collection, c),
+                    IndexRecordOption::Basic,
+                );
+                Box::new(BooleanQuery::new(vec![
+                    (Occur::Must, words),
+                    (
+                        Occur::Must,
+                        Box::new(ConstScoreQuery::new(Box::new(filter), 0.0)),
+                    ),
+                ]))
+            }
+            None => words,
+        };
+        let searcher = self.reader.searcher();
+        let top = searcher.search(&query, &TopDocs::with_limit(limit).order_by_score())?;
+        let mut out = Vec::with_capacity(top.len());
+        for (score, address) in top {
+            let doc: TantivyDocument = searcher.doc(address)?;
+            if let Some(id) = doc.get_first(f.chunk_id).and_then(|v| v.as_str()) {
+                out.push((id.to_string(), score));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Splits text into words (runs of letters, digits and `_`) and splits each
+/// identifier into its parts as well: `DiffExecutor` and `diff_executor` give
+/// `diffexecutor`, `diff` and `executor`, so a search for any of them finds
+/// both spellings. `HTTPServer` gives `httpserver`, `http`, `server`.
+#[derive(Clone, Default)]
+pub struct CodeTokenizer {
+    tokens: Vec<Token>,
+}
+
+pub struct CodeTokenStream<'a> {
+    tokens: &'a mut Vec<Token>,
+    next: usize,
+}
+
+impl Tokenizer for CodeTokenizer {
+    type TokenStream<'a> = CodeTokenStream<'a>;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> CodeTokenStream<'a> {
+        self.tokens.clear();
+        let mut position = 0usize;
+        let mut word_start: Option<usize> = None;
+        for (i, c) in text
+            .char_indices()
+            .chain(std::iter::once((text.len(), ' ')))
+        {
+            let in_word = i < text.len() && (c.is_alphanumeric() || c == '_');
+            match (in_word, word_start) {
+                (true, None) => word_start = Some(i),
+                (false, Some(s)) => {
+                    position = push_word(&mut self.tokens, text, s, i, position);
+                    word_start = None;
+                }
+                _ => {}
+            }
+        }
+        CodeTokenStream {
+            tokens: &mut self.tokens,
+            next: 0,
+        }
+    }
+}
+
+/// Emits a word and its identifier parts; returns the next free position.
+fn push_word(
+    tokens: &mut Vec<Token>,
+    text: &str,
+    start: usize,
+    end: usize,
+    position: usize,
+) -> usize {
+    let word = &text[start..end];
+    let parts = identifier_parts(word);
+    let token = |from: usize, to: usize, text: String, position: usize| Token {
+        offset_from: from,
+        offset_to: to,
+        position,
+        text,
+        position_length: 1,
+    };
+    match parts.len() {
+        0 => position,
+        1 => {
+            let (a, b) = parts[0];
+            tokens.push(token(
+                start + a,
+                start + b,
+                word[a..b].to_string(),
+                position,
+            ));
+            position + 1
+        }
+        n => {
+            let joined: String = word.chars().filter(|&c| c != '_').collect();
+            tokens.push(token(start, end, joined, position));
+            for (k, &(a, b)) in parts.iter().enumerate() {
+                tokens.push(token(
+                    start + a,
+                    start + b,
+                    word[a..b].to_string(),
+                    position + k,
+                ));
+            }
+            position + n
+        }
+    }
+}
+
+/// Byte ranges of an identifier's parts: split at `_`, at lower→upper case
+/// changes, and before the last capital of an acronym followed by lower case.
+fn identifier_parts(word: &str) -> Vec<(usize, usize)> {
+    let chars: Vec<(usize, char)> = word.char_indices().collect();
+    let mut parts = Vec::new();
+    let mut start: Option<usize> = None;
+    for (k, &(i, c)) in chars.iter().enumerate() {
+        if c == '_' {
+            if let Some(s) = start.take() {
+                parts.push((s, i));
+            }
+            continue;
+        }
+        if let Some(s) = start {
+            let prev = chars[k - 1].1;
+            let next = chars.get(k + 1).map(|&(_, n)| n);
+            let boundary = (prev.is_lowercase() && c.is_uppercase())
+                || (prev.is_uppercase()
+                    && c.is_uppercase()
+                    && next.is_some_and(char::is_lowercase));
+            if boundary {
+                parts.push((s, i));
+                start = Some(i);
+            }
+        } else {
+            start = Some(i);
+        }
+    }
+    if let Some(s) = start {
+        parts.push((s, word.len()));
+    }
+    parts
+}
+
+impl TokenStream for CodeTokenStream<'_> {
+    fn advance(&mut self) -> bool {
+        self.next += 1;
+        self.next <= self.tokens.len()
+    }
+
+    fn token(&self) -> &Token {
+        &self.tokens[self.next - 1]
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        &mut self.tokens[self.next - 1]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_split_into_parts() {
+        assert_eq!(tokens("DiffExecutor"), ["diffexecutor", "diff", "executor"]);
+        assert_eq!(
+            tokens("diff_executor"),
+            ["diffexecutor", "diff", "executor"]
+        );
+        assert_eq!(
+            tokens("HTTPServer v2"),
+            ["httpserver", "http", "server", "v2"]
+        );
+        assert_eq!(tokens("Ünïcode café, x"), ["unicode", "cafe", "x"]);
+        assert_eq!(tokens("__init__"), ["init"]);
+        assert!(tokens(" ,.; ").is_empty());
+    }
+}
