@@ -109,11 +109,7 @@ impl Chunker {
                 self.push_atom(text, a, b, strength, &mut atoms);
                 // The gap after this piece: a sentence end, or only a line break.
                 let body = text[a..b].trim_end_matches(['"', '\'', ')', ']', '»', '”', '’']);
-                strength = if ends_sentence(body) || !piece.ends_with('\n') {
-                    SENTENCE
-                } else {
-                    LINE
-                };
+                strength = if ends_sentence(body) || !piece.ends_with('\n') { SENTENCE } else { LINE };
             }
         }
         atoms
@@ -122,12 +118,7 @@ impl Chunker {
     fn push_atom(&self, text: &str, start: usize, end: usize, strength: u8, atoms: &mut Vec<Atom>) {
         let tokens = self.counter.count(&text[start..end]);
         if tokens <= self.max_tokens {
-            atoms.push(Atom {
-                start,
-                end,
-                tokens,
-                strength,
-            });
+            atoms.push(Atom { start, end, tokens, strength });
             return;
         }
         // Too big: cut into words, and words into characters.
@@ -141,12 +132,7 @@ impl Chunker {
             first = false;
             let tokens = self.counter.count(word);
             if tokens <= self.max_tokens {
-                atoms.push(Atom {
-                    start: a,
-                    end: b,
-                    tokens,
-                    strength: s,
-                });
+                atoms.push(Atom { start: a, end: b, tokens, strength: s });
             } else {
                 self.push_characters(text, a, b, s, atoms);
             }
@@ -154,14 +140,7 @@ impl Chunker {
     }
 
     /// Cuts one over-long word into the longest prefixes that fit the budget.
-    fn push_characters(
-        &self,
-        text: &str,
-        mut start: usize,
-        end: usize,
-        strength: u8,
-        atoms: &mut Vec<Atom>,
-    ) {
+    fn push_characters(&self, text: &str, mut start: usize, end: usize, strength: u8, atoms: &mut Vec<Atom>) {
         let mut s = strength;
         while start < end {
             let boundaries: Vec<usize> = text[start..end]
@@ -181,12 +160,7 @@ impl Chunker {
                 }
             }
             let cut = boundaries[lo];
-            atoms.push(Atom {
-                start,
-                end: cut,
-                tokens: self.counter.count(&text[start..cut]),
-                strength: s,
-            });
+            atoms.push(Atom { start, end: cut, tokens: self.counter.count(&text[start..cut]), strength: s });
             s = CHARACTER;
             start = cut;
         }
@@ -289,10 +263,7 @@ fn paragraphs(text: &str, start: usize, end: usize) -> Vec<(usize, usize)> {
         }
     }
     out.extend(current);
-    out.into_iter()
-        .map(|(a, b)| trim_range(text, a, b))
-        .filter(|(a, b)| a < b)
-        .collect()
+    out.into_iter().map(|(a, b)| trim_range(text, a, b)).filter(|(a, b)| a < b).collect()
 }
 
 /// `start..end` without leading and trailing white space.
@@ -317,11 +288,7 @@ struct CharCursor<'a> {
 
 impl<'a> CharCursor<'a> {
     fn new(text: &'a str) -> Self {
-        CharCursor {
-            text,
-            byte: 0,
-            chars: 0,
-        }
+        CharCursor { text, byte: 0, chars: 0 }
     }
 
     /// Byte offset of the `target`-th character (clamped to the end).
@@ -347,19 +314,13 @@ impl<'a> CharCursor<'a> {
     }
 
     fn step_forward(&mut self) {
-        let c = self.text[self.byte..]
-            .chars()
-            .next()
-            .map_or(1, char::len_utf8);
+        let c = self.text[self.byte..].chars().next().map_or(1, char::len_utf8);
         self.byte += c;
         self.chars += 1;
     }
 
     fn step_back(&mut self) {
-        let c = self.text[..self.byte]
-            .chars()
-            .next_back()
-            .map_or(1, char::len_utf8);
+        let c = self.text[..self.byte].chars().next_back().map_or(1, char::len_utf8);
         self.byte -= c;
         self.chars -= 1;
     }

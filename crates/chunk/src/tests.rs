@@ -4,13 +4,7 @@ use datafactory_core::{Format, HeuristicTokenCounter, Section};
 use proptest::prelude::*;
 
 fn chunker(max_tokens: usize, overlap_tokens: usize) -> Chunker {
-    Chunker::new(
-        &ChunkingConfig {
-            max_tokens,
-            overlap_tokens,
-        },
-        Arc::new(HeuristicTokenCounter),
-    )
+    Chunker::new(&ChunkingConfig { max_tokens, overlap_tokens }, Arc::new(HeuristicTokenCounter))
 }
 
 /// A document with one section per `(heading, body)`, laid out like Markdown.
@@ -28,11 +22,7 @@ fn doc(parts: &[(&str, &str)]) -> Document {
         let end = text.chars().count();
         text.push_str("\n\n");
         sections.push(Section {
-            heading_path: if heading.is_empty() {
-                vec![]
-            } else {
-                vec![heading.to_string()]
-            },
+            heading_path: if heading.is_empty() { vec![] } else { vec![heading.to_string()] },
             start,
             end,
             page: None,
@@ -57,10 +47,7 @@ fn small_sections_stay_whole_and_apart() {
     assert_eq!(chunks[0].heading_path, vec!["One"]);
     assert_eq!(chunks[1].text, "Gamma delta.");
     assert_eq!(chunks[1].ordinal, 1);
-    assert_eq!(
-        slice_chars(&d.text, chunks[1].start, chunks[1].end),
-        "Gamma delta."
-    );
+    assert_eq!(slice_chars(&d.text, chunks[1].start, chunks[1].end), "Gamma delta.");
 }
 
 #[test]
@@ -96,19 +83,13 @@ fn oversized_words_are_cut_to_fit() {
 
 #[test]
 fn overlap_repeats_the_previous_sentences() {
-    let body = (0..40)
-        .map(|i| format!("Sentence number {i} is here."))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let body = (0..40).map(|i| format!("Sentence number {i} is here.")).collect::<Vec<_>>().join(" ");
     let d = doc(&[("", &body)]);
     let plain = chunker(32, 0).chunk(&d);
     let overlapped = chunker(32, 8).chunk(&d);
     assert!(overlapped.len() > plain.len());
     for pair in overlapped.windows(2) {
-        assert!(
-            pair[1].start < pair[0].end,
-            "chunks should overlap: {pair:#?}"
-        );
+        assert!(pair[1].start < pair[0].end, "chunks should overlap: {pair:#?}");
         assert!(pair[1].start > pair[0].start);
     }
 }
@@ -116,10 +97,7 @@ fn overlap_repeats_the_previous_sentences() {
 #[test]
 fn fingerprint_names_the_settings() {
     let f = chunker(300, 20).fingerprint();
-    assert!(
-        f.contains("max_tokens=300") && f.contains("overlap_tokens=20"),
-        "{f}"
-    );
+    assert!(f.contains("max_tokens=300") && f.contains("overlap_tokens=20"), "{f}");
     assert_ne!(f, chunker(301, 20).fingerprint());
 }
 

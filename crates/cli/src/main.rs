@@ -6,21 +6,24 @@ mod output;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use datafactory_core::Config;
+use datafactory_core::{Config, Embedder, InputKind};
 use datafactory_ingest::{IngestObserver, IngestRequest, Pipeline};
-use datafactory_store::{Store, WordQuery};
+use datafactory_store::{SearchMode, SearchRequest, Store};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+/// mimalloc instead of glibc's allocator: the model's large per-layer tensors
+/// made glibc map and unmap memory on every layer (a quarter of embedding time
+/// went to page faults); mimalloc keeps and reuses it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Exit code when an ingest finished but some inputs failed.
 const EXIT_SOME_FAILED: u8 = 3;
 
 #[derive(Parser)]
-#[command(
-    name = "datafactory",
-    version,
-    about = "Document ingestion and retrieval for RAG"
-)]
+#[command(name = "datafactory", version, about = "Document ingestion and retrieval for RAG")]
 struct Cli {
     /// Configuration file (default: ./datafactory.toml if present).
     #[arg(long, global = true, env = "DATAFACTORY_CONFIG")]
@@ -51,10 +54,13 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
-    /// Search chunks by words (BM25).
+    /// Search chunks: by words, by meaning, or both fused.
     Search {
         #[arg(long, short)]
         collection: Option<String>,
+        /// hybrid, lexical, dense or sparse (default: search.mode).
+        #[arg(long, short)]
+        mode: Option<String>,
         /// Number of results (default: search.top_k).
         #[arg(long, short = 'k')]
         top_k: Option<usize>,
@@ -128,11 +134,7 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("DATAFACTORY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
 
 fn load_config(cli: &Cli) -> Result<Config> {
@@ -151,27 +153,25 @@ fn open_store(config: &Config) -> Result<Store> {
 fn run(cli: Cli) -> Result<ExitCode> {
     let config = load_config(&cli)?;
     match cli.command {
-        Command::Config {
-            action: ConfigCommand::Show,
-        } => {
+        Command::Config { action: ConfigCommand::Show } => {
             print!("{}", config.to_toml());
         }
-        Command::Ingest {
-            collection,
-            all_files,
-            json,
-            paths,
-        } => {
+        Command::Ingest { collection, all_files, json, paths } => {
             let store = open_store(&config)?;
-            let pipeline = Pipeline::new(&config);
+            let (embedder, note) = load_embedder(&config);
+            if let Some(n) = &note {
+                eprintln!("warning: {n}");
+            }
+            let pipeline = Pipeline::with_embedder(&config, embedder);
             let request = IngestRequest {
                 paths,
                 collection: collection.unwrap_or_else(|| config.ingest.default_collection.clone()),
                 all_files,
             };
             let progress = Progress::new();
-            let summary = datafactory_ingest::ingest(&store, &pipeline, &request, &progress)?;
+            let mut summary = datafactory_ingest::ingest(&store, &pipeline, &request, &progress)?;
             progress.finish();
+            summary.embedding.note = note;
             if json {
                 output::print_json(&summary)?;
             } else {
@@ -181,32 +181,50 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(EXIT_SOME_FAILED));
             }
         }
-        Command::Search {
-            collection,
-            top_k,
-            json,
-            query,
-        } => {
+        Command::Search { collection, mode, top_k, json, query } => {
             let store = open_store(&config)?;
             let text = query.join(" ");
+            let mode_name = mode.unwrap_or_else(|| config.search.mode.clone());
+            let mode = SearchMode::parse_name(&mode_name).with_context(|| {
+                format!("unknown search mode {mode_name:?}: use hybrid, lexical, dense or sparse")
+            })?;
+            let mut notes = Vec::new();
             let started = std::time::Instant::now();
-            let hits = store.search_words(&WordQuery {
+            let embedding = if mode == SearchMode::Lexical {
+                None
+            } else {
+                query_embedding(&config, &store, &text, &mut notes)?
+            };
+            let mut results = store.search(&SearchRequest {
                 text: &text,
+                embedding: embedding.as_ref(),
+                mode,
                 collection: collection.as_deref(),
                 top_k: top_k.unwrap_or(config.search.top_k),
+                candidates: config.search.candidates,
+                rrf_k: config.search.rrf_k,
+                weight_words: config.search.weight_words,
+                weight_dense: config.search.weight_dense,
+                weight_sparse: config.search.weight_sparse,
                 title_boost: config.search.title_boost,
                 heading_boost: config.search.heading_boost,
             })?;
             let took = started.elapsed();
+            notes.append(&mut results.notes);
             if json {
                 output::print_json(&output::SearchOutput {
                     query: &text,
-                    mode: "words",
+                    mode: &mode_name,
+                    retrievers: &results.retrievers,
+                    notes: &notes,
                     took_ms: took.as_secs_f64() * 1000.0,
-                    results: &hits,
+                    results: &results.hits,
                 })?;
             } else {
-                output::print_hits(&hits, took);
+                for n in &notes {
+                    eprintln!("note: {n}");
+                }
+                output::print_hits(&results.hits, took);
             }
         }
         Command::Documents { action } => {
@@ -221,9 +239,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 }
                 DocumentsCommand::Show { id, json } => {
-                    let doc = store
-                        .get_document(&id)?
-                        .with_context(|| format!("no document with id {id:?}"))?;
+                    let doc =
+                        store.get_document(&id)?.with_context(|| format!("no document with id {id:?}"))?;
                     if json {
                         output::print_json(&doc)?;
                     } else {
@@ -231,9 +248,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 }
                 DocumentsCommand::Delete { id, json } => {
-                    let target = store
-                        .get_document(&id)?
-                        .with_context(|| format!("no document with id {id:?}"))?;
+                    let target =
+                        store.get_document(&id)?.with_context(|| format!("no document with id {id:?}"))?;
                     let deleted = store.delete_document(&target.summary.id)?;
                     if json {
                         output::print_json(
@@ -261,6 +277,44 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The configured embedding model, or None (words only) with the reason.
+fn load_embedder(config: &Config) -> (Option<Arc<dyn Embedder>>, Option<String>) {
+    if config.embedding.model.trim().is_empty() {
+        return (None, Some("embedding.model is empty: words only".to_string()));
+    }
+    match datafactory_models::load_embedder(&config.embedding) {
+        Ok(e) => (Some(e), None),
+        Err(e) => (None, Some(format!("no embedding model, so words only: {e}"))),
+    }
+}
+
+/// Embeds the query with the model the store's vectors were made with.
+fn query_embedding(
+    config: &Config,
+    store: &Store,
+    text: &str,
+    notes: &mut Vec<String>,
+) -> Result<Option<datafactory_core::Embedding>> {
+    let Some(stored) = store.vector_options() else {
+        return Ok(None); // the store explains it
+    };
+    let (embedder, note) = load_embedder(config);
+    notes.extend(note);
+    let Some(embedder) = embedder else {
+        return Ok(None);
+    };
+    if embedder.model_id() != stored.model {
+        notes.push(format!(
+            "the store's vectors are from {}, the configured model is {}: dense retrieval off",
+            stored.model,
+            embedder.model_id()
+        ));
+        return Ok(None);
+    }
+    let mut v = embedder.embed(&[text], InputKind::Query)?;
+    Ok(v.pop())
+}
+
 /// A progress bar on a terminal; nothing otherwise.
 struct Progress {
     bar: indicatif::ProgressBar,
@@ -268,8 +322,7 @@ struct Progress {
 
 impl Progress {
     fn new() -> Progress {
-        let bar =
-            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+        let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
         bar.set_style(
             indicatif::ProgressStyle::with_template(
                 "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} files ({per_sec}, eta {eta}) {msg}",

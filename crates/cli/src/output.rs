@@ -16,6 +16,10 @@ pub fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
 pub struct SearchOutput<'a> {
     pub query: &'a str,
     pub mode: &'a str,
+    /// The retrievers that ran.
+    pub retrievers: &'a [&'static str],
+    /// Why a retriever the mode asks for did not run.
+    pub notes: &'a [String],
     pub took_ms: f64,
     pub results: &'a [SearchHit],
 }
@@ -35,6 +39,10 @@ pub fn print_ingest(s: &IngestSummary) {
         s.documents_per_second,
         s.chunks_per_second
     );
+    match &s.embedding.model {
+        Some(m) => println!("embedded {} chunks with {m} in {:.1}s", s.embedding.chunks, s.embedding.seconds),
+        None => println!("not embedded: {}", s.embedding.note.as_deref().unwrap_or("no model")),
+    }
     if !s.skipped.is_empty() {
         println!("skipped {} file(s) that are not documents", s.skipped.len());
     }
@@ -65,7 +73,7 @@ pub fn print_hits(hits: &[SearchHit], took: Duration) {
         return;
     }
     for (i, h) in hits.iter().enumerate() {
-        println!("{:>2}. {:.3}  {}  [{}]", i + 1, h.score, h.title, h.source);
+        println!("{:>2}. {:.4}  {}  [{}]", i + 1, h.score, h.title, h.source);
         if !h.heading_path.is_empty() {
             println!("    § {}", h.heading_path.join(" › "));
         }
@@ -74,18 +82,11 @@ pub fn print_hits(hits: &[SearchHit], took: Duration) {
         }
         println!("    {}", one_line(&h.text, 300));
     }
-    println!(
-        "{} result(s) in {:.1} ms",
-        hits.len(),
-        took.as_secs_f64() * 1000.0
-    );
+    println!("{} result(s) in {:.1} ms", hits.len(), took.as_secs_f64() * 1000.0);
 }
 
 pub fn print_documents(docs: &[DocumentSummary]) {
-    println!(
-        "{:<32}  {:<12}  {:>6}  {:<8}  title / source",
-        "id", "collection", "chunks", "format"
-    );
+    println!("{:<32}  {:<12}  {:>6}  {:<8}  title / source", "id", "collection", "chunks", "format");
     for d in docs {
         println!(
             "{:<32}  {:<12}  {:>6}  {:<8}  {} / {}",
@@ -121,10 +122,7 @@ pub fn print_document(d: &DocumentDetail) {
         } else {
             format!(" § {}", c.heading_path.join(" › "))
         };
-        println!(
-            "  #{:<4} [{}..{}] {} tokens{}",
-            c.ordinal, c.start, c.end, c.token_count, heading
-        );
+        println!("  #{:<4} [{}..{}] {} tokens{}", c.ordinal, c.start, c.end, c.token_count, heading);
         println!("        {}", one_line(&c.text, 120));
     }
 }
@@ -133,15 +131,19 @@ pub fn print_stats(s: &Stats) {
     println!("documents   {}", s.documents);
     println!("chunks      {}", s.chunks);
     for c in &s.collections {
-        println!(
-            "  {:<20} {} documents, {} chunks",
-            c.name, c.documents, c.chunks
-        );
+        println!("  {:<20} {} documents, {} chunks", c.name, c.documents, c.chunks);
     }
     println!(
         "word index  {} chunks, at change {} (store at change {})",
         s.word_index.chunks, s.word_index.applied_change, s.latest_change
     );
+    match &s.vector_index {
+        Some(v) => println!(
+            "vectors     {} of {} ({} dimensions), at change {}; {} chunks embedded",
+            v.vectors, v.model, v.dimensions, v.applied_change, s.embedded_chunks
+        ),
+        None => println!("vectors     none"),
+    }
     if s.consistent {
         println!("consistent  yes");
     } else {

@@ -21,14 +21,7 @@ const GOOD: &[(&str, &str)] = &[
 fn good_fixtures(dir: &Path) -> std::path::PathBuf {
     let corpus = dir.join("corpus");
     std::fs::create_dir_all(&corpus).unwrap();
-    for name in [
-        "sample.txt",
-        "sample.md",
-        "sample.html",
-        "sample.pdf",
-        "sample.docx",
-        "sample.jsonl",
-    ] {
+    for name in ["sample.txt", "sample.md", "sample.html", "sample.pdf", "sample.docx", "sample.jsonl"] {
         std::fs::copy(fixtures().join(name), corpus.join(name)).unwrap();
     }
     corpus
@@ -44,10 +37,7 @@ fn mixed_formats_are_ingested_and_found_by_words() {
     let tmp = tempfile::tempdir().unwrap();
     let corpus = good_fixtures(tmp.path());
     let data = tmp.path().join("data");
-    let summary = run_json(
-        datafactory(&data).args(["ingest", "--json"]).arg(&corpus),
-        0,
-    );
+    let summary = run_json(datafactory(&data).args(["ingest", "--json"]).arg(&corpus), 0);
     assert_eq!(summary["files"], 6, "{summary:#}");
     assert_eq!(summary["documents"]["added"], 7, "{summary:#}"); // JSONL holds two records
     assert_eq!(summary["documents"]["failed"], 0);
@@ -57,11 +47,7 @@ fn mixed_formats_are_ingested_and_found_by_words() {
     for (file, word) in GOOD {
         let sources = search_sources(&data, word);
         assert!(!sources.is_empty(), "no result for {word}");
-        assert_eq!(
-            file_name(&sources[0]),
-            *file,
-            "{word} should find {file} first: {sources:?}"
-        );
+        assert_eq!(file_name(&sources[0]), *file, "{word} should find {file} first: {sources:?}");
     }
     // Code-aware words: the identifier and each of its parts.
     for q in ["DiffExecutor", "diff_executor", "executor"] {
@@ -88,25 +74,23 @@ fn mixed_formats_are_ingested_and_found_by_words() {
         assert!(!hit[key].is_null(), "search result lacks {key}: {hit:#}");
     }
     assert!(hit["page"].as_u64().unwrap() >= 1);
-    assert_eq!(v["mode"], "words");
+    // Hybrid by default; with no vectors in the store it runs on words and says why.
+    assert_eq!(v["mode"], "hybrid");
+    assert_eq!(v["retrievers"], serde_json::json!(["words"]));
+    assert!(v["notes"][0].as_str().unwrap().contains("no vectors"), "{v:#}");
+    assert!(hit["scores"]["words"].as_f64().unwrap() > 0.0);
 
     // Every chunk's offsets map back into its document's text.
     let docs = run_json(datafactory(&data).args(["documents", "list", "--json"]), 0);
     assert_eq!(docs.as_array().unwrap().len(), 7);
     for d in docs.as_array().unwrap() {
         let id = d["id"].as_str().unwrap();
-        let detail = run_json(
-            datafactory(&data).args(["documents", "show", "--json", id]),
-            0,
-        );
+        let detail = run_json(datafactory(&data).args(["documents", "show", "--json", id]), 0);
         let text: Vec<char> = detail["text"].as_str().unwrap().chars().collect();
         let chunks = detail["chunks"].as_array().unwrap();
         assert_eq!(chunks.len() as u64, d["chunks"].as_u64().unwrap());
         for c in chunks {
-            let (s, e) = (
-                c["start"].as_u64().unwrap() as usize,
-                c["end"].as_u64().unwrap() as usize,
-            );
+            let (s, e) = (c["start"].as_u64().unwrap() as usize, c["end"].as_u64().unwrap() as usize);
             let slice: String = text[s..e].iter().collect();
             assert_eq!(slice, c["text"].as_str().unwrap());
         }
@@ -122,18 +106,10 @@ fn headings_are_searchable_and_shown() {
     let tmp = tempfile::tempdir().unwrap();
     let corpus = good_fixtures(tmp.path());
     let data = tmp.path().join("data");
-    run_json(
-        datafactory(&data)
-            .args(["ingest", "--json"])
-            .arg(corpus.join("sample.docx")),
-        0,
-    );
+    run_json(datafactory(&data).args(["ingest", "--json"]).arg(corpus.join("sample.docx")), 0);
     let v = run_json(datafactory(&data).args(["search", "--json", "zeppelin"]), 0);
     let path = v["results"][0]["heading_path"].as_array().unwrap();
-    assert!(
-        !path.is_empty(),
-        "DOCX headings should give a heading path: {v:#}"
-    );
+    assert!(!path.is_empty(), "DOCX headings should give a heading path: {v:#}");
 }
 
 #[test]
@@ -141,10 +117,7 @@ fn bad_inputs_fail_one_by_one_and_leave_the_store_untouched() {
     let tmp = tempfile::tempdir().unwrap();
     let corpus = good_fixtures(tmp.path());
     let data = tmp.path().join("data");
-    run_json(
-        datafactory(&data).args(["ingest", "--json"]).arg(&corpus),
-        0,
-    );
+    run_json(datafactory(&data).args(["ingest", "--json"]).arg(&corpus), 0);
     let before = run_json(datafactory(&data).args(["documents", "list", "--json"]), 0);
 
     let bad = fixtures().join("bad");
@@ -182,34 +155,21 @@ fn bad_inputs_fail_one_by_one_and_leave_the_store_untouched() {
     assert!(error_of("encrypted.pdf").contains("encrypted"));
     assert!(error_of("truncated.pdf").contains("pdf"));
     assert!(error_of("bomb.docx").contains("max_decompressed_bytes"));
-    assert!(
-        error_of("not-a-docx.docx").contains("docx") || error_of("not-a-docx.docx").contains("zip")
-    );
+    assert!(error_of("not-a-docx.docx").contains("docx") || error_of("not-a-docx.docx").contains("zip"));
     assert!(error_of("big.txt").contains("max_file_bytes"));
     assert!(error_of("does-not-exist.md").contains("cannot read"));
     assert_eq!(failed.len(), 8, "{summary:#}");
     // Invalid UTF-8 is read, with a warning.
     assert_eq!(summary["documents"]["added"], 1);
-    assert!(summary["warnings"][0]["message"]
-        .as_str()
-        .unwrap()
-        .contains("UTF-8"));
+    assert!(summary["warnings"][0]["message"].as_str().unwrap().contains("UTF-8"));
 
     // What was stored before is all still there, unchanged.
     let after = run_json(datafactory(&data).args(["documents", "list", "--json"]), 0);
     for d in before.as_array().unwrap() {
-        let same = after
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["id"] == d["id"])
-            .expect("document lost");
+        let same = after.as_array().unwrap().iter().find(|a| a["id"] == d["id"]).expect("document lost");
         assert_eq!(same, d);
     }
-    assert_eq!(
-        run_json(datafactory(&data).args(["stats", "--json"]), 0)["consistent"],
-        true
-    );
+    assert_eq!(run_json(datafactory(&data).args(["stats", "--json"]), 0)["consistent"], true);
 }
 
 #[test]
@@ -218,25 +178,13 @@ fn folder_walks_skip_non_documents() {
     let corpus = tmp.path().join("corpus");
     std::fs::create_dir_all(corpus.join(".hidden")).unwrap();
     std::fs::write(corpus.join("notes.md"), "# Notes\n\nAbout walruses.").unwrap();
-    std::fs::write(
-        corpus.join(".hidden/secret.md"),
-        "# Secret\n\nAbout narwhals.",
-    )
-    .unwrap();
+    std::fs::write(corpus.join(".hidden/secret.md"), "# Secret\n\nAbout narwhals.").unwrap();
     std::fs::copy(fixtures().join("bad/garbage.bin"), corpus.join("image.png")).unwrap();
     std::fs::write(corpus.join("script.js"), "console.log('platypus')").unwrap();
     let data = tmp.path().join("data");
-    let s = run_json(
-        datafactory(&data).args(["ingest", "--json"]).arg(&corpus),
-        0,
-    );
+    let s = run_json(datafactory(&data).args(["ingest", "--json"]).arg(&corpus), 0);
     assert_eq!(s["files"], 1, "{s:#}");
-    let s = run_json(
-        datafactory(&data)
-            .args(["ingest", "--json", "--all-files"])
-            .arg(&corpus),
-        0,
-    );
+    let s = run_json(datafactory(&data).args(["ingest", "--json", "--all-files"]).arg(&corpus), 0);
     assert_eq!(s["files"], 3, "{s:#}");
     assert_eq!(s["skipped"].as_array().unwrap().len(), 1, "{s:#}");
     assert_eq!(s["documents"]["added"], 1); // script.js, read as text
@@ -248,33 +196,16 @@ fn reingest_skips_unchanged_replaces_changed_and_delete_removes() {
     let tmp = tempfile::tempdir().unwrap();
     let corpus = tmp.path().join("corpus");
     std::fs::create_dir_all(&corpus).unwrap();
-    std::fs::write(
-        corpus.join("a.md"),
-        "# A\n\nThe first file mentions aardvarks.",
-    )
-    .unwrap();
-    std::fs::write(
-        corpus.join("b.md"),
-        "# B\n\nThe second file mentions badgers.",
-    )
-    .unwrap();
+    std::fs::write(corpus.join("a.md"), "# A\n\nThe first file mentions aardvarks.").unwrap();
+    std::fs::write(corpus.join("b.md"), "# B\n\nThe second file mentions badgers.").unwrap();
     let data = tmp.path().join("data");
-    let ingest = |code| {
-        run_json(
-            datafactory(&data).args(["ingest", "--json"]).arg(&corpus),
-            code,
-        )
-    };
+    let ingest = |code| run_json(datafactory(&data).args(["ingest", "--json"]).arg(&corpus), code);
     assert_eq!(ingest(0)["documents"]["added"], 2);
     let again = ingest(0);
     assert_eq!(again["documents"]["unchanged"], 2);
     assert_eq!(again["chunks"], 0);
 
-    std::fs::write(
-        corpus.join("a.md"),
-        "# A\n\nNow the first file mentions armadillos.",
-    )
-    .unwrap();
+    std::fs::write(corpus.join("a.md"), "# A\n\nNow the first file mentions armadillos.").unwrap();
     assert_eq!(ingest(0)["documents"]["replaced"], 1);
     assert!(search_sources(&data, "aardvarks").is_empty());
     assert_eq!(search_sources(&data, "armadillos").len(), 1);
@@ -290,17 +221,10 @@ fn reingest_skips_unchanged_replaces_changed_and_delete_removes() {
     assert_eq!(s["documents"]["replaced"], 2, "{s:#}");
 
     let docs = run_json(datafactory(&data).args(["documents", "list", "--json"]), 0);
-    let b = docs
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["source"].as_str().unwrap().ends_with("b.md"))
-        .unwrap();
+    let b =
+        docs.as_array().unwrap().iter().find(|d| d["source"].as_str().unwrap().ends_with("b.md")).unwrap();
     let id = b["id"].as_str().unwrap();
-    let v = run_json(
-        datafactory(&data).args(["documents", "delete", "--json", id]),
-        0,
-    );
+    let v = run_json(datafactory(&data).args(["documents", "delete", "--json", id]), 0);
     assert_eq!(v["deleted"], true);
     assert!(search_sources(&data, "badgers").is_empty());
     let out = run(datafactory(&data).args(["documents", "show", id]));
@@ -316,36 +240,17 @@ fn collections_keep_searches_apart() {
     let tmp = tempfile::tempdir().unwrap();
     let corpus = good_fixtures(tmp.path());
     let data = tmp.path().join("data");
-    run_json(
-        datafactory(&data)
-            .args(["ingest", "--json", "-c", "one"])
-            .arg(corpus.join("sample.md")),
-        0,
-    );
-    run_json(
-        datafactory(&data)
-            .args(["ingest", "--json", "-c", "two"])
-            .arg(corpus.join("sample.txt")),
-        0,
-    );
-    let v = run_json(
-        datafactory(&data).args(["search", "--json", "-c", "two", "marzipan hummingbird"]),
-        0,
-    );
+    run_json(datafactory(&data).args(["ingest", "--json", "-c", "one"]).arg(corpus.join("sample.md")), 0);
+    run_json(datafactory(&data).args(["ingest", "--json", "-c", "two"]).arg(corpus.join("sample.txt")), 0);
+    let v = run_json(datafactory(&data).args(["search", "--json", "-c", "two", "marzipan hummingbird"]), 0);
     let results = v["results"].as_array().unwrap();
     assert!(!results.is_empty());
     assert!(results.iter().all(|r| r["collection"] == "two"));
     let stats = run_json(datafactory(&data).args(["stats", "--json"]), 0);
-    let names: Vec<&str> = stats["collections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> =
+        stats["collections"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["one", "two"]);
-    let out = run(datafactory(&data)
-        .args(["ingest", "-c", "bad name"])
-        .arg(&corpus));
+    let out = run(datafactory(&data).args(["ingest", "-c", "bad name"]).arg(&corpus));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("collection name"));
 }
@@ -354,33 +259,22 @@ fn collections_keep_searches_apart() {
 fn configuration_layers_and_names_bad_keys() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    std::fs::write(
-        tmp.path().join("datafactory.toml"),
-        "[chunking]\nmax_tokens = 300\n",
-    )
-    .unwrap();
-    let out = run(datafactory(&data)
-        .env("DATAFACTORY_SEARCH__TOP_K", "7")
-        .args(["config", "show"]));
+    std::fs::write(tmp.path().join("datafactory.toml"), "[chunking]\nmax_tokens = 300\n").unwrap();
+    let out = run(datafactory(&data).env("DATAFACTORY_SEARCH__TOP_K", "7").args(["config", "show"]));
     assert!(out.status.success());
     let shown: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
     assert_eq!(shown["chunking"]["max_tokens"].as_integer(), Some(300)); // file
     assert_eq!(shown["search"]["top_k"].as_integer(), Some(7)); // environment
     assert_eq!(shown["data_dir"].as_str(), Some(data.to_str().unwrap())); // flag
 
-    std::fs::write(
-        tmp.path().join("datafactory.toml"),
-        "[chunking]\nmax_tokns = 300\n",
-    )
-    .unwrap();
+    std::fs::write(tmp.path().join("datafactory.toml"), "[chunking]\nmax_tokns = 300\n").unwrap();
     let out = run(datafactory(&data).args(["config", "show"]));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_tokns"));
 
     std::fs::remove_file(tmp.path().join("datafactory.toml")).unwrap();
-    let out = run(datafactory(&data)
-        .env("DATAFACTORY_CHUNKING__OVERLAP_TOKENS", "400")
-        .args(["config", "show"]));
+    let out =
+        run(datafactory(&data).env("DATAFACTORY_CHUNKING__OVERLAP_TOKENS", "400").args(["config", "show"]));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("chunking.overlap_tokens"));
 
@@ -391,47 +285,21 @@ fn configuration_layers_and_names_bad_keys() {
 
 #[test]
 fn the_rust_book_is_ingested_and_searchable() {
-    let sysroot = std::process::Command::new("rustc")
-        .args(["--print", "sysroot"])
-        .output()
-        .unwrap();
-    let book =
-        Path::new(String::from_utf8_lossy(&sysroot.stdout).trim()).join("share/doc/rust/html/book");
-    assert!(
-        book.is_dir(),
-        "the Rust book is missing at {}",
-        book.display()
-    );
+    let sysroot = std::process::Command::new("rustc").args(["--print", "sysroot"]).output().unwrap();
+    let book = Path::new(String::from_utf8_lossy(&sysroot.stdout).trim()).join("share/doc/rust/html/book");
+    assert!(book.is_dir(), "the Rust book is missing at {}", book.display());
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let s = run_json(datafactory(&data).args(["ingest", "--json"]).arg(&book), 0);
     assert!(s["documents"]["added"].as_u64().unwrap() > 100, "{s:#}");
-    let v = run_json(
-        datafactory(&data).args(["search", "--json", "-k", "5", "borrow checker lifetimes"]),
-        0,
-    );
-    let titles: Vec<String> = v["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["title"].as_str().unwrap().to_string())
-        .collect();
-    assert!(
-        titles
-            .iter()
-            .any(|t| t.contains("Lifetimes") || t.contains("Borrowing")),
-        "{titles:?}"
-    );
+    let v = run_json(datafactory(&data).args(["search", "--json", "-k", "5", "borrow checker lifetimes"]), 0);
+    let titles: Vec<String> =
+        v["results"].as_array().unwrap().iter().map(|r| r["title"].as_str().unwrap().to_string()).collect();
+    assert!(titles.iter().any(|t| t.contains("Lifetimes") || t.contains("Borrowing")), "{titles:?}");
     // Navigation chrome is not indexed: the sidebar's chapter list would put
     // every page in the results for a chapter title.
-    let v = run_json(
-        datafactory(&data).args(["search", "--json", "-k", "50", "translations"]),
-        0,
-    );
-    assert!(
-        v["results"].as_array().unwrap().len() < 20,
-        "sidebar text seems indexed"
-    );
+    let v = run_json(datafactory(&data).args(["search", "--json", "-k", "50", "translations"]), 0);
+    assert!(v["results"].as_array().unwrap().len() < 20, "sidebar text seems indexed");
 }
 
 #[test]
@@ -441,16 +309,10 @@ fn human_output_is_readable() {
     let data = tmp.path().join("data");
     let out = run(datafactory(&data).arg("ingest").arg(&corpus));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("7 added") && text.contains("0 failed"),
-        "{text}"
-    );
+    assert!(text.contains("7 added") && text.contains("0 failed"), "{text}");
     let out = run(datafactory(&data).args(["search", "marzipan"]));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("sample.md") && text.contains("result(s)"),
-        "{text}"
-    );
+    assert!(text.contains("sample.md") && text.contains("result(s)"), "{text}");
     let out = run(datafactory(&data).arg("stats"));
     assert!(String::from_utf8_lossy(&out.stdout).contains("consistent  yes"));
     let _: Value = Value::Null;

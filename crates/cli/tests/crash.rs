@@ -22,20 +22,16 @@ fn marker(i: usize) -> String {
 /// found in no other file.
 fn write_corpus(dir: &Path) {
     let words = [
-        "river", "engine", "copper", "lantern", "harbor", "meadow", "signal", "quartz", "timber",
-        "velvet", "orbit", "canyon",
+        "river", "engine", "copper", "lantern", "harbor", "meadow", "signal", "quartz", "timber", "velvet",
+        "orbit", "canyon",
     ];
     for i in 0..FILES {
-        let mut text = format!(
-            "# Report {i}\n\nThis report carries the word {}.\n\n",
-            marker(i)
-        );
+        let mut text = format!("# Report {i}\n\nThis report carries the word {}.\n\n", marker(i));
         for s in 0..4 {
             text.push_str(&format!("## Part {s}\n\n"));
             for p in 0..3 {
-                let sentence: Vec<&str> = (0..40)
-                    .map(|k| words[(i * 7 + s * 5 + p * 3 + k) % words.len()])
-                    .collect();
+                let sentence: Vec<&str> =
+                    (0..40).map(|k| words[(i * 7 + s * 5 + p * 3 + k) % words.len()]).collect();
                 text.push_str(&sentence.join(" "));
                 text.push_str(".\n\n");
             }
@@ -47,8 +43,7 @@ fn write_corpus(dir: &Path) {
 }
 
 fn stored_documents(db: &Path) -> usize {
-    let Ok(conn) =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    let Ok(conn) = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
     else {
         return 0;
     };
@@ -88,18 +83,11 @@ fn ingest_and_kill(data: &Path, corpus: &Path, at_least: usize) -> usize {
 fn word_index_behind(data: &Path) -> bool {
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(data.join("words/meta.json")).unwrap()).unwrap();
-    let applied: i64 = meta["payload"]
-        .as_str()
-        .and_then(|p| p.strip_prefix("change:"))
-        .map_or(0, |n| n.parse().unwrap());
+    let applied: i64 =
+        meta["payload"].as_str().and_then(|p| p.strip_prefix("change:")).map_or(0, |n| n.parse().unwrap());
     let conn = rusqlite::Connection::open(data.join("datafactory.sqlite3")).unwrap();
-    let latest: i64 = conn
-        .query_row(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'changes'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let latest: i64 =
+        conn.query_row("SELECT seq FROM sqlite_sequence WHERE name = 'changes'", [], |r| r.get(0)).unwrap();
     applied < latest
 }
 
@@ -115,10 +103,7 @@ fn check_whole_or_absent(data: &Path, corpus: &Path) -> usize {
     let stored: std::collections::HashMap<String, u64> =
         docs.iter().map(|d| (d.source.clone(), d.chunks)).collect();
     for i in 0..FILES {
-        let path = corpus
-            .join(format!("batch{:02}/report{i:05}.md", i / 500))
-            .canonicalize()
-            .unwrap();
+        let path = corpus.join(format!("batch{:02}/report{i:05}.md", i / 500)).canonicalize().unwrap();
         let source = path.display().to_string();
         let hits = store
             .search_words(&WordQuery {
@@ -132,13 +117,9 @@ fn check_whole_or_absent(data: &Path, corpus: &Path) -> usize {
         match stored.get(&source) {
             Some(&chunks) => {
                 let bytes = std::fs::read(&path).unwrap();
-                let parsed =
-                    datafactory_parse::parse(&bytes, Some(&path), &Default::default()).unwrap();
+                let parsed = datafactory_parse::parse(&bytes, Some(&path), &Default::default()).unwrap();
                 let expected = chunker.chunk(&parsed.documents[0]).len() as u64;
-                assert_eq!(
-                    chunks, expected,
-                    "{source} is stored with {chunks} of {expected} chunks"
-                );
+                assert_eq!(chunks, expected, "{source} is stored with {chunks} of {expected} chunks");
                 assert_eq!(hits.len(), 1, "{source} is stored but not searchable");
                 assert_eq!(hits[0].source, source);
             }
@@ -173,14 +154,8 @@ fn sigkill_during_ingest_leaves_every_document_whole_or_absent() {
     // leaves it behind SQLite, so the repair path has run.
     assert!(repairs >= 1, "no kill left the word index behind");
     // A last run finishes the job: everything present, unchanged files skipped.
-    let summary = run_json(
-        datafactory(&data).args(["ingest", "--json"]).arg(&corpus),
-        0,
-    );
-    assert_eq!(
-        summary["documents"]["unchanged"].as_u64().unwrap() as usize,
-        previous
-    );
+    let summary = run_json(datafactory(&data).args(["ingest", "--json"]).arg(&corpus), 0);
+    assert_eq!(summary["documents"]["unchanged"].as_u64().unwrap() as usize, previous);
     assert_eq!(check_whole_or_absent(&data, &corpus), FILES);
     // The killed runs are recorded as interrupted jobs, the last as succeeded.
     let conn = rusqlite::Connection::open(data.join("datafactory.sqlite3")).unwrap();
@@ -191,8 +166,5 @@ fn sigkill_during_ingest_leaves_every_document_whole_or_absent() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(
-        states,
-        ["interrupted", "interrupted", "interrupted", "succeeded"]
-    );
+    assert_eq!(states, ["interrupted", "interrupted", "interrupted", "succeeded"]);
 }

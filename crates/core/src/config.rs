@@ -21,6 +21,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub ingest: IngestConfig,
     pub chunking: ChunkingConfig,
+    pub embedding: EmbeddingConfig,
+    pub vectors: VectorConfig,
     pub search: SearchConfig,
 }
 
@@ -50,6 +52,37 @@ pub struct ChunkingConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct EmbeddingConfig {
+    /// The embedding model: a local directory, or a Hugging Face repository id
+    /// (looked up in the Hugging Face cache, then downloaded if allowed).
+    /// Empty: no embeddings (words only).
+    pub model: String,
+    /// Repository revision for Hugging Face ids.
+    pub revision: String,
+    /// Download from the Hugging Face hub when the model is not cached
+    /// (never when `HF_HUB_OFFLINE=1`).
+    pub allow_download: bool,
+    /// `cpu`, `cuda` (the first visible GPU; pin it with CUDA_VISIBLE_DEVICES), or `auto`.
+    pub device: String,
+    /// `auto` (f32 on CPU, f16 on GPU), `f32`, `f16` or `bf16`.
+    pub dtype: String,
+    /// Tokens per passage; longer passages are truncated.
+    pub max_length: usize,
+    /// Texts per batch at most.
+    pub batch_size: usize,
+    /// Padded tokens per batch at most (batch size × longest text).
+    pub batch_tokens: usize,
+    /// Compute sparse lexical weights when the model has a sparse head (bge-m3).
+    pub sparse: bool,
+    /// Put before every query / passage (for models trained with instructions).
+    pub query_prefix: String,
+    pub passage_prefix: String,
+    /// Embed the document title and heading path with the chunk ("contextual chunk header").
+    pub include_headings: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct SearchConfig {
     /// Results returned when a request names no count.
     pub top_k: usize,
@@ -57,6 +90,34 @@ pub struct SearchConfig {
     pub title_boost: f32,
     /// Weight of a match in the chunk's heading path, relative to the chunk text.
     pub heading_boost: f32,
+    /// `hybrid`, `lexical`, `dense` or `sparse`. Hybrid falls back to lexical
+    /// when no embedding model is available.
+    pub mode: String,
+    /// Candidates taken from each retriever before fusion.
+    pub candidates: usize,
+    /// Weighted reciprocal-rank fusion: score = Σ weight / (rrf_k + rank).
+    pub rrf_k: f32,
+    pub weight_words: f32,
+    pub weight_dense: f32,
+    /// 0 leaves the sparse retriever out of hybrid search.
+    pub weight_sparse: f32,
+}
+
+/// The dense vector index (HNSW, usearch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VectorConfig {
+    /// Storage of vectors in the index: `f16` (default), `f32` or `i8`.
+    /// SQLite always keeps the f32 vectors, so the index can be rebuilt.
+    pub quantization: String,
+    /// HNSW graph degree (M).
+    pub connectivity: usize,
+    /// HNSW efConstruction.
+    pub expansion_add: usize,
+    /// HNSW efSearch.
+    pub expansion_search: usize,
+    /// Below this many vectors, search is exact (brute force) instead of HNSW.
+    pub exact_below: usize,
 }
 
 impl Default for Config {
@@ -65,6 +126,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./datafactory-data"),
             ingest: IngestConfig::default(),
             chunking: ChunkingConfig::default(),
+            embedding: EmbeddingConfig::default(),
+            vectors: VectorConfig::default(),
             search: SearchConfig::default(),
         }
     }
@@ -77,8 +140,7 @@ impl Default for IngestConfig {
             max_file_bytes: 100 * 1024 * 1024,
             max_decompressed_bytes: 256 * 1024 * 1024,
             extensions: [
-                "txt", "text", "md", "markdown", "html", "htm", "xhtml", "pdf", "docx", "jsonl",
-                "ndjson",
+                "txt", "text", "md", "markdown", "html", "htm", "xhtml", "pdf", "docx", "jsonl", "ndjson",
             ]
             .iter()
             .map(|s| s.to_string())
@@ -90,9 +152,25 @@ impl Default for IngestConfig {
 
 impl Default for ChunkingConfig {
     fn default() -> Self {
-        ChunkingConfig {
-            max_tokens: 512,
-            overlap_tokens: 0,
+        ChunkingConfig { max_tokens: 512, overlap_tokens: 0 }
+    }
+}
+
+impl Default for EmbeddingConfig {
+    fn default() -> Self {
+        EmbeddingConfig {
+            model: "BAAI/bge-m3".to_string(),
+            revision: "main".to_string(),
+            allow_download: true,
+            device: "auto".to_string(),
+            dtype: "auto".to_string(),
+            max_length: 512,
+            batch_size: 32,
+            batch_tokens: 16_384,
+            sparse: true,
+            query_prefix: String::new(),
+            passage_prefix: String::new(),
+            include_headings: true,
         }
     }
 }
@@ -103,6 +181,24 @@ impl Default for SearchConfig {
             top_k: 10,
             title_boost: 0.5,
             heading_boost: 0.8,
+            mode: "hybrid".to_string(),
+            candidates: 150,
+            rrf_k: 60.0,
+            weight_words: 0.2,
+            weight_dense: 0.8,
+            weight_sparse: 0.0,
+        }
+    }
+}
+
+impl Default for VectorConfig {
+    fn default() -> Self {
+        VectorConfig {
+            quantization: "f16".to_string(),
+            connectivity: 16,
+            expansion_add: 128,
+            expansion_search: 64,
+            exact_below: 20_000,
         }
     }
 }
@@ -160,10 +256,7 @@ impl Config {
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn invalid(key: &'static str, message: impl Into<String>) -> Result<(), ConfigError> {
-            Err(ConfigError::Invalid {
-                key,
-                message: message.into(),
-            })
+            Err(ConfigError::Invalid { key, message: message.into() })
         }
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir", "must not be empty");
@@ -192,12 +285,59 @@ impl Config {
                 ),
             );
         }
+        let e = &self.embedding;
+        if !matches!(e.device.as_str(), "cpu" | "cuda" | "auto") {
+            return invalid("embedding.device", format!("must be cpu, cuda or auto, is {:?}", e.device));
+        }
+        if !matches!(e.dtype.as_str(), "auto" | "f32" | "f16" | "bf16") {
+            return invalid("embedding.dtype", format!("must be auto, f32, f16 or bf16, is {:?}", e.dtype));
+        }
+        if e.max_length < 8 || e.max_length > 8192 {
+            return invalid(
+                "embedding.max_length",
+                format!("must be between 8 and 8192, is {}", e.max_length),
+            );
+        }
+        if e.batch_size == 0 {
+            return invalid("embedding.batch_size", "must be at least 1");
+        }
+        if e.batch_tokens < e.max_length {
+            return invalid(
+                "embedding.batch_tokens",
+                format!("must be at least embedding.max_length ({}), is {}", e.max_length, e.batch_tokens),
+            );
+        }
         if self.search.top_k == 0 || self.search.top_k > 10_000 {
             return invalid("search.top_k", "must be between 1 and 10000");
+        }
+        if !matches!(self.search.mode.as_str(), "hybrid" | "lexical" | "dense" | "sparse") {
+            return invalid(
+                "search.mode",
+                format!("must be hybrid, lexical, dense or sparse, is {:?}", self.search.mode),
+            );
+        }
+        if self.search.candidates == 0 || self.search.candidates > 10_000 {
+            return invalid("search.candidates", "must be between 1 and 10000");
+        }
+        if !matches!(self.vectors.quantization.as_str(), "f16" | "f32" | "i8") {
+            return invalid(
+                "vectors.quantization",
+                format!("must be f16, f32 or i8, is {:?}", self.vectors.quantization),
+            );
+        }
+        if self.vectors.connectivity < 2 {
+            return invalid("vectors.connectivity", "must be at least 2");
+        }
+        if self.vectors.expansion_add == 0 || self.vectors.expansion_search == 0 {
+            return invalid("vectors.expansion_search", "expansions must be at least 1");
         }
         for (key, v) in [
             ("search.title_boost", self.search.title_boost),
             ("search.heading_boost", self.search.heading_boost),
+            ("search.rrf_k", self.search.rrf_k),
+            ("search.weight_words", self.search.weight_words),
+            ("search.weight_dense", self.search.weight_dense),
+            ("search.weight_sparse", self.search.weight_sparse),
         ] {
             if !v.is_finite() || v < 0.0 {
                 return invalid(key, format!("must be a finite number >= 0, is {v}"));
@@ -215,15 +355,9 @@ impl Config {
 /// Validates a collection name: 1-64 characters of letters, digits, `-`, `_`, `.`.
 pub fn validate_collection(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 {
-        return Err(format!(
-            "collection name must be 1 to 64 characters, got {} characters",
-            name.len()
-        ));
+        return Err(format!("collection name must be 1 to 64 characters, got {} characters", name.len()));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
         return Err(format!(
             "collection name {name:?} has the character {c:?}; use letters, digits, '-', '_' and '.'"
         ));
@@ -269,19 +403,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("df.toml");
         std::fs::write(&path, "[chunking]\nmax_tokns = 200\n").unwrap();
-        let e = Config::load_with_env(Some(&path), &no_overrides(), env())
-            .unwrap_err()
-            .to_string();
+        let e = Config::load_with_env(Some(&path), &no_overrides(), env()).unwrap_err().to_string();
         assert!(e.contains("max_tokns"), "{e}");
         std::fs::write(&path, "[chunking]\nmax_tokens = \"many\"\n").unwrap();
-        let e = Config::load_with_env(Some(&path), &no_overrides(), env())
-            .unwrap_err()
-            .to_string();
+        let e = Config::load_with_env(Some(&path), &no_overrides(), env()).unwrap_err().to_string();
         assert!(e.contains("chunking.max_tokens"), "{e}");
         std::fs::write(&path, "[chunking]\nmax_tokens = 100\noverlap_tokens = 90\n").unwrap();
-        let e = Config::load_with_env(Some(&path), &no_overrides(), env())
-            .unwrap_err()
-            .to_string();
+        let e = Config::load_with_env(Some(&path), &no_overrides(), env()).unwrap_err().to_string();
         assert!(e.contains("chunking.overlap_tokens"), "{e}");
         let e = Config::load_with_env(Some(&dir.path().join("none.toml")), &no_overrides(), env())
             .unwrap_err()

@@ -112,16 +112,9 @@ pub struct Chunk {
 
 /// `&text[start..end]` in character offsets; clamps to the text's end.
 pub fn slice_chars(text: &str, start: usize, end: usize) -> &str {
-    let mut indices = text
-        .char_indices()
-        .map(|(i, _)| i)
-        .chain(std::iter::once(text.len()));
+    let mut indices = text.char_indices().map(|(i, _)| i).chain(std::iter::once(text.len()));
     let byte_start = indices.nth(start).unwrap_or(text.len());
-    let byte_end = if end > start {
-        indices.nth(end - start - 1).unwrap_or(text.len())
-    } else {
-        byte_start
-    };
+    let byte_end = if end > start { indices.nth(end - start - 1).unwrap_or(text.len()) } else { byte_start };
     &text[byte_start..byte_end]
 }
 

@@ -19,12 +19,7 @@ pub fn document_id(collection: &str, key: &str) -> String {
 
 /// A chunk's id: its document, its ordinal and its text.
 pub fn chunk_id(document_id: &str, ordinal: u32, text: &str) -> String {
-    hash_parts(&[
-        b"chunk",
-        document_id.as_bytes(),
-        &ordinal.to_le_bytes(),
-        text.as_bytes(),
-    ])
+    hash_parts(&[b"chunk", document_id.as_bytes(), &ordinal.to_le_bytes(), text.as_bytes()])
 }
 
 /// The content hash of raw input bytes (full 256-bit BLAKE3, hex).

@@ -10,10 +10,11 @@
 use datafactory_chunk::Chunker;
 use datafactory_core::config::{validate_collection, Config};
 use datafactory_core::{
-    content_hash, document_id, Chunk, Document, HeuristicTokenCounter, TokenCounter,
+    content_hash, document_id, Chunk, Document, Embedder, Embedding, HeuristicTokenCounter, InputKind,
+    TokenCounter,
 };
 use datafactory_parse::{ParseError, ParseOptions};
-use datafactory_store::{CommitOutcome, DocumentKey, Store, StoreError};
+use datafactory_store::{CommitOutcome, DocumentKey, Store, StoreError, VectorOptions};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,10 +34,17 @@ pub enum IngestError {
     Invalid(String),
 }
 
-/// Parser and chunker settings, and their fingerprint.
+/// Tokens kept free for the contextual chunk header (title and heading
+/// path) when chunks are budgeted by the embedding model's own length.
+const HEADER_RESERVE_TOKENS: usize = 48;
+
+/// Parser, chunker and embedder settings, and their fingerprint.
 #[derive(Clone)]
 pub struct Pipeline {
     chunker: Chunker,
+    embedder: Option<Arc<dyn Embedder>>,
+    include_headings: bool,
+    vector_options: Option<VectorOptions>,
     parse_options: ParseOptions,
     max_file_bytes: u64,
     extensions: Vec<String>,
@@ -45,18 +53,41 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// A pipeline without embeddings (words only).
     pub fn new(config: &Config) -> Pipeline {
-        Self::with_counter(config, Arc::new(HeuristicTokenCounter))
+        Self::with_embedder(config, None)
     }
 
-    /// A pipeline whose chunks are budgeted by `counter` (e.g. the embedding
-    /// model's tokenizer).
-    pub fn with_counter(config: &Config, counter: Arc<dyn TokenCounter>) -> Pipeline {
-        let chunker = Chunker::new(&config.chunking, counter);
+    /// A pipeline that embeds every chunk with `embedder`; its tokenizer then
+    /// budgets the chunks, which also fit the model's input length.
+    pub fn with_embedder(config: &Config, embedder: Option<Arc<dyn Embedder>>) -> Pipeline {
+        let (counter, chunking): (Arc<dyn TokenCounter>, _) = match &embedder {
+            Some(e) => {
+                let mut chunking = config.chunking.clone();
+                let reserve = if config.embedding.include_headings { HEADER_RESERVE_TOKENS } else { 0 };
+                let fits = e.max_input_tokens().saturating_sub(reserve).max(16);
+                chunking.max_tokens = chunking.max_tokens.min(fits);
+                chunking.overlap_tokens = chunking.overlap_tokens.min(chunking.max_tokens / 2);
+                (e.token_counter(), chunking)
+            }
+            None => (Arc::new(HeuristicTokenCounter), config.chunking.clone()),
+        };
+        let chunker = Chunker::new(&chunking, counter);
+        let vector_options = embedder.as_ref().map(|e| VectorOptions {
+            model: e.model_id().to_string(),
+            dimensions: e.dimension(),
+            quantization: config.vectors.quantization.clone(),
+            connectivity: config.vectors.connectivity,
+            expansion_add: config.vectors.expansion_add,
+            expansion_search: config.vectors.expansion_search,
+            exact_below: config.vectors.exact_below,
+        });
         let fingerprint = format!(
-            "parser-v{};{}",
+            "parser-v{};{};embedding={}{}",
             datafactory_parse::PARSER_VERSION,
-            chunker.fingerprint()
+            chunker.fingerprint(),
+            embedder.as_ref().map_or("none", |e| e.model_id()),
+            if embedder.is_some() && config.embedding.include_headings { ";headings" } else { "" },
         );
         let workers = match config.ingest.workers {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -64,16 +95,12 @@ impl Pipeline {
         };
         Pipeline {
             chunker,
-            parse_options: ParseOptions {
-                max_decompressed_bytes: config.ingest.max_decompressed_bytes,
-            },
+            embedder,
+            include_headings: config.embedding.include_headings,
+            vector_options,
+            parse_options: ParseOptions { max_decompressed_bytes: config.ingest.max_decompressed_bytes },
             max_file_bytes: config.ingest.max_file_bytes,
-            extensions: config
-                .ingest
-                .extensions
-                .iter()
-                .map(|e| e.to_ascii_lowercase())
-                .collect(),
+            extensions: config.ingest.extensions.iter().map(|e| e.to_ascii_lowercase()).collect(),
             workers,
             fingerprint,
         }
@@ -86,6 +113,37 @@ impl Pipeline {
 
     pub fn chunker(&self) -> &Chunker {
         &self.chunker
+    }
+
+    pub fn embedder(&self) -> Option<&Arc<dyn Embedder>> {
+        self.embedder.as_ref()
+    }
+
+    /// The vector index this pipeline's embeddings go to.
+    pub fn vector_options(&self) -> Option<&VectorOptions> {
+        self.vector_options.as_ref()
+    }
+
+    /// The text embedded for a chunk: with `include_headings`, the document
+    /// title and heading path first (a "contextual chunk header").
+    pub fn embedding_text(&self, title: &str, chunk: &Chunk) -> String {
+        if !self.include_headings {
+            return chunk.text.clone();
+        }
+        let mut header = String::new();
+        if !title.trim().is_empty() {
+            header.push_str(title.trim());
+            header.push('\n');
+        }
+        if !chunk.heading_path.is_empty() {
+            header.push_str(&chunk.heading_path.join(" > "));
+            header.push('\n');
+        }
+        if header.is_empty() {
+            chunk.text.clone()
+        } else {
+            format!("{header}\n{}", chunk.text)
+        }
     }
 }
 
@@ -138,9 +196,21 @@ pub struct IngestSummary {
     /// Files in walked folders that were not documents (with `all_files`).
     pub skipped: Vec<Note>,
     pub warnings: Vec<Note>,
+    pub embedding: EmbeddingSummary,
     pub elapsed_seconds: f64,
     pub documents_per_second: f64,
     pub chunks_per_second: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EmbeddingSummary {
+    /// The model's id; null when chunks were not embedded.
+    pub model: Option<String>,
+    pub chunks: usize,
+    pub seconds: f64,
+    /// Why there are no embeddings, when there are none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -192,16 +262,12 @@ pub fn ingest(
 ) -> Result<IngestSummary, IngestError> {
     validate_collection(&request.collection).map_err(IngestError::Invalid)?;
     let started = Instant::now();
-    let mut summary = IngestSummary {
-        collection: request.collection.clone(),
-        ..Default::default()
-    };
-    let inputs = collect_inputs(
-        &request.paths,
-        pipeline,
-        request.all_files,
-        &mut summary.failed,
-    );
+    let mut summary = IngestSummary { collection: request.collection.clone(), ..Default::default() };
+    if let Some(options) = pipeline.vector_options() {
+        store.enable_vectors(options)?;
+        summary.embedding.model = Some(options.model.clone());
+    }
+    let inputs = collect_inputs(&request.paths, pipeline, request.all_files, &mut summary.failed);
     summary.files = inputs.len();
     observer.started(inputs.len());
     let job_id = store.create_job("ingest", Some(&request.collection))?;
@@ -253,63 +319,178 @@ fn run(
             });
         }
         drop(tx);
-        let mut last_flush = Instant::now();
-        let mut since_flush = 0usize;
+        let mut committer = Committer {
+            store,
+            pipeline,
+            observer,
+            summary,
+            pending: Vec::new(),
+            pending_chunks: 0,
+            last_flush: Instant::now(),
+            since_flush: 0,
+        };
         let outcome = (|| -> Result<(), IngestError> {
-            for result in rx.iter() {
-                match result {
-                    FileResult::Documents {
-                        source,
-                        prepared,
-                        unchanged,
-                        failures,
-                        warnings,
-                    } => {
-                        summary.documents.unchanged += unchanged;
-                        for p in prepared {
-                            match store.commit_document(&p.key, &p.document, &p.chunks)? {
-                                CommitOutcome::Added => summary.documents.added += 1,
-                                CommitOutcome::Replaced => summary.documents.replaced += 1,
-                                CommitOutcome::Unchanged => {
-                                    summary.documents.unchanged += 1;
-                                    continue;
-                                }
-                            }
-                            summary.chunks += p.chunks.len();
-                            since_flush += 1;
-                        }
-                        let failed = !failures.is_empty();
-                        summary.failed.extend(failures);
-                        summary.warnings.extend(warnings);
-                        observer.file_done(&source, failed);
-                    }
-                    FileResult::Skipped(note) => {
-                        observer.file_done(&note.source, false);
-                        summary.skipped.push(note);
-                    }
-                    FileResult::Failed(failure) => {
-                        observer.file_done(&failure.source, true);
-                        tracing::warn!("{}: {}", failure.source, failure.error);
-                        summary.failed.push(failure);
+            // Take what is ready, embed it as one group, commit; repeat.
+            while let Ok(first) = rx.recv() {
+                committer.accept(first);
+                while committer.pending_chunks < committer.group_size() {
+                    match rx.try_recv() {
+                        Ok(next) => committer.accept(next),
+                        Err(_) => break,
                     }
                 }
-                if since_flush >= FLUSH_EVERY_DOCUMENTS
-                    || (since_flush > 0 && last_flush.elapsed() >= FLUSH_EVERY)
-                {
-                    store.flush()?;
-                    last_flush = Instant::now();
-                    since_flush = 0;
-                }
+                committer.process()?;
             }
-            Ok(())
+            committer.process()
         })();
         // Stop the workers early if committing failed.
         next.store(inputs.len(), Ordering::Relaxed);
         drop(rx);
         outcome?;
-        store.flush()?;
+        store.checkpoint()?;
         Ok(())
     })
+}
+
+/// Prepared documents waiting to be embedded and committed, and what the
+/// observer is to hear when they are.
+struct Pending {
+    prepared: Option<Prepared>,
+    /// Set on the last item of a file: (source, whether something failed).
+    file_done: Option<(String, bool)>,
+}
+
+/// The committing side of an ingest: groups chunks of several documents into
+/// one embedding call, then commits each document on its own.
+struct Committer<'a> {
+    store: &'a Store,
+    pipeline: &'a Pipeline,
+    observer: &'a dyn IngestObserver,
+    summary: &'a mut IngestSummary,
+    pending: Vec<Pending>,
+    pending_chunks: usize,
+    last_flush: Instant,
+    since_flush: usize,
+}
+
+impl Committer<'_> {
+    /// Chunks gathered before an embedding call.
+    fn group_size(&self) -> usize {
+        if self.pipeline.embedder.is_some() {
+            256
+        } else {
+            1
+        }
+    }
+
+    fn accept(&mut self, result: FileResult) {
+        match result {
+            FileResult::Documents { source, prepared, unchanged, failures, warnings } => {
+                self.summary.documents.unchanged += unchanged;
+                let failed = !failures.is_empty();
+                self.summary.failed.extend(failures);
+                self.summary.warnings.extend(warnings);
+                let n = prepared.len();
+                for (i, p) in prepared.into_iter().enumerate() {
+                    self.pending_chunks += p.chunks.len();
+                    self.pending.push(Pending {
+                        prepared: Some(p),
+                        file_done: (i + 1 == n).then(|| (source.clone(), failed)),
+                    });
+                }
+                if n == 0 {
+                    self.pending.push(Pending { prepared: None, file_done: Some((source, failed)) });
+                }
+            }
+            FileResult::Skipped(note) => {
+                self.observer.file_done(&note.source, false);
+                self.summary.skipped.push(note);
+            }
+            FileResult::Failed(failure) => {
+                self.observer.file_done(&failure.source, true);
+                tracing::warn!("{}: {}", failure.source, failure.error);
+                self.summary.failed.push(failure);
+            }
+        }
+    }
+
+    /// Embeds and commits everything pending.
+    fn process(&mut self) -> Result<(), IngestError> {
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_chunks = 0;
+        let embeddings = self.embed(&pending);
+        for (i, item) in pending.into_iter().enumerate() {
+            let mut failed = false;
+            if let Some(p) = item.prepared {
+                match &embeddings {
+                    Err(e) => {
+                        failed = true;
+                        self.summary.failed.push(Failure {
+                            source: p.key.source.clone(),
+                            location: None,
+                            error: e.clone(),
+                        });
+                    }
+                    Ok(all) => {
+                        let vectors = all.get(i).and_then(|v| v.as_deref());
+                        self.commit(&p, vectors)?;
+                    }
+                }
+            }
+            if let Some((source, file_failed)) = item.file_done {
+                self.observer.file_done(&source, file_failed || failed);
+            }
+        }
+        if self.since_flush > 0
+            && (self.since_flush >= FLUSH_EVERY_DOCUMENTS || self.last_flush.elapsed() >= FLUSH_EVERY)
+        {
+            self.store.flush()?;
+            self.last_flush = Instant::now();
+            self.since_flush = 0;
+        }
+        Ok(())
+    }
+
+    /// One embedding call for all pending chunks; per pending item, its
+    /// chunks' embeddings (None without an embedder).
+    fn embed(&mut self, pending: &[Pending]) -> Result<Vec<Option<Vec<Embedding>>>, String> {
+        let Some(embedder) = &self.pipeline.embedder else {
+            return Ok(pending.iter().map(|_| None).collect());
+        };
+        let mut texts = Vec::new();
+        for p in pending.iter().filter_map(|p| p.prepared.as_ref()) {
+            for c in &p.chunks {
+                texts.push(self.pipeline.embedding_text(&p.document.title, c));
+            }
+        }
+        if texts.is_empty() {
+            return Ok(pending.iter().map(|p| p.prepared.as_ref().map(|_| Vec::new())).collect());
+        }
+        let started = Instant::now();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let mut vectors = embedder.embed(&refs, InputKind::Passage).map_err(|e| e.to_string())?.into_iter();
+        self.summary.embedding.chunks += texts.len();
+        self.summary.embedding.seconds += started.elapsed().as_secs_f64();
+        Ok(pending
+            .iter()
+            .map(|p| p.prepared.as_ref().map(|p| vectors.by_ref().take(p.chunks.len()).collect()))
+            .collect())
+    }
+
+    fn commit(&mut self, p: &Prepared, embeddings: Option<&[Embedding]>) -> Result<(), IngestError> {
+        let s = &mut self.summary;
+        match self.store.commit_document(&p.key, &p.document, &p.chunks, embeddings)? {
+            CommitOutcome::Added => s.documents.added += 1,
+            CommitOutcome::Replaced => s.documents.replaced += 1,
+            CommitOutcome::Unchanged => {
+                s.documents.unchanged += 1;
+                return Ok(());
+            }
+        }
+        s.chunks += p.chunks.len();
+        self.since_flush += 1;
+        Ok(())
+    }
 }
 
 /// Expands folders; reports paths that do not exist. Sorted, deduplicated.
@@ -331,9 +512,7 @@ fn collect_inputs(
                 let walk = walkdir::WalkDir::new(path)
                     .sort_by_file_name()
                     .into_iter()
-                    .filter_entry(|e| {
-                        e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.')
-                    });
+                    .filter_entry(|e| e.depth() == 0 || !e.file_name().to_string_lossy().starts_with('.'));
                 for entry in walk {
                     match entry {
                         Ok(e) if e.file_type().is_file() => {
@@ -343,10 +522,7 @@ fn collect_inputs(
                                 .map(|x| x.to_string_lossy().to_ascii_lowercase())
                                 .unwrap_or_default();
                             if all_files || pipeline.extensions.contains(&ext) {
-                                inputs.push(Input {
-                                    path: e.into_path(),
-                                    explicit: false,
-                                });
+                                inputs.push(Input { path: e.into_path(), explicit: false });
                             }
                         }
                         Ok(_) => {}
@@ -358,10 +534,7 @@ fn collect_inputs(
                     }
                 }
             }
-            Ok(_) => inputs.push(Input {
-                path: path.clone(),
-                explicit: true,
-            }),
+            Ok(_) => inputs.push(Input { path: path.clone(), explicit: true }),
         }
     }
     for input in &mut inputs {
@@ -383,13 +556,7 @@ fn collect_inputs(
 /// Reads, parses and chunks one file (worker side).
 fn prepare_file(store: &Store, pipeline: &Pipeline, collection: &str, input: &Input) -> FileResult {
     let source = input.path.display().to_string();
-    let fail = |error: String| {
-        FileResult::Failed(Failure {
-            source: source.clone(),
-            location: None,
-            error,
-        })
-    };
+    let fail = |error: String| FileResult::Failed(Failure { source: source.clone(), location: None, error });
     match std::fs::metadata(&input.path) {
         Ok(m) if m.len() > pipeline.max_file_bytes => {
             return fail(format!(
@@ -407,13 +574,8 @@ fn prepare_file(store: &Store, pipeline: &Pipeline, collection: &str, input: &In
     };
     let format = match datafactory_parse::sniff(&bytes, Some(&input.path)) {
         Ok(f) => f,
-        Err(e @ (ParseError::Binary { .. } | ParseError::Unsupported { .. }))
-            if !input.explicit =>
-        {
-            return FileResult::Skipped(Note {
-                source,
-                message: e.to_string(),
-            })
+        Err(e @ (ParseError::Binary { .. } | ParseError::Unsupported { .. })) if !input.explicit => {
+            return FileResult::Skipped(Note { source, message: e.to_string() })
         }
         Err(e) => return fail(e.to_string()),
     };
@@ -433,13 +595,13 @@ fn prepare_file(store: &Store, pipeline: &Pipeline, collection: &str, input: &In
             }
         }
     }
-    let parsed = match datafactory_parse::parse(&bytes, Some(&input.path), &pipeline.parse_options)
-    {
+    let parsed = match datafactory_parse::parse(&bytes, Some(&input.path), &pipeline.parse_options) {
         Ok(p) => p,
         Err(e) => return fail(e.to_string()),
     };
     let multi = parsed.documents.len() > 1 || format == datafactory_core::Format::Jsonl;
     let mut prepared = Vec::with_capacity(parsed.documents.len());
+    let mut unchanged = 0;
     for (i, document) in parsed.documents.into_iter().enumerate() {
         let (id, hash, doc_source) = if multi {
             let key = match &document.external_id {
@@ -447,14 +609,18 @@ fn prepare_file(store: &Store, pipeline: &Pipeline, collection: &str, input: &In
                 None => format!("{source}#{}", i + 1),
             };
             let record = serde_json::to_vec(&document).unwrap_or_default();
-            (
-                document_id(collection, &key),
-                content_hash(&record),
-                format!("{source}#{}", i + 1),
-            )
+            (document_id(collection, &key), content_hash(&record), format!("{source}#{}", i + 1))
         } else {
             (single_id.clone(), file_hash.clone(), source.clone())
         };
+        if multi {
+            if let Ok(Some((stored_hash, fp))) = store.document_fingerprint(&id) {
+                if stored_hash == hash && fp == pipeline.fingerprint {
+                    unchanged += 1;
+                    continue;
+                }
+            }
+        }
         let chunks = pipeline.chunker.chunk(&document);
         prepared.push(Prepared {
             key: DocumentKey {
@@ -463,11 +629,7 @@ fn prepare_file(store: &Store, pipeline: &Pipeline, collection: &str, input: &In
                 source: doc_source,
                 content_hash: hash,
                 pipeline: pipeline.fingerprint.clone(),
-                byte_size: if multi {
-                    document.text.len() as u64
-                } else {
-                    bytes.len() as u64
-                },
+                byte_size: if multi { document.text.len() as u64 } else { bytes.len() as u64 },
             },
             document,
             chunks,
@@ -476,25 +638,9 @@ fn prepare_file(store: &Store, pipeline: &Pipeline, collection: &str, input: &In
     let failures = parsed
         .failures
         .into_iter()
-        .map(|f| Failure {
-            source: source.clone(),
-            location: Some(f.location),
-            error: f.error,
-        })
+        .map(|f| Failure { source: source.clone(), location: Some(f.location), error: f.error })
         .collect();
-    let warnings = parsed
-        .warnings
-        .into_iter()
-        .map(|message| Note {
-            source: source.clone(),
-            message,
-        })
-        .collect();
-    FileResult::Documents {
-        source,
-        prepared,
-        unchanged: 0,
-        failures,
-        warnings,
-    }
+    let warnings =
+        parsed.warnings.into_iter().map(|message| Note { source: source.clone(), message }).collect();
+    FileResult::Documents { source, prepared, unchanged, failures, warnings }
 }

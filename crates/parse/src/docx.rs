@@ -13,8 +13,8 @@ use zip::result::ZipError;
 use zip::ZipArchive;
 
 use crate::{
-    clip_title, collapse_whitespace, fallback_title, finish, sections_from_headings, HeadingMark,
-    ParseError, ParseOptions,
+    clip_title, collapse_whitespace, fallback_title, finish, sections_from_headings, HeadingMark, ParseError,
+    ParseOptions,
 };
 
 const DOCUMENT: &str = "word/document.xml";
@@ -22,10 +22,7 @@ const STYLES: &str = "word/styles.xml";
 const CORE: &str = "docProps/core.xml";
 
 fn corrupt(detail: impl Into<String>) -> ParseError {
-    ParseError::Corrupt {
-        format: Format::Docx,
-        detail: detail.into(),
-    }
+    ParseError::Corrupt { format: Format::Docx, detail: detail.into() }
 }
 
 /// Decompression allowance shared by all the parts read from one file.
@@ -36,10 +33,7 @@ struct Budget {
 
 impl Budget {
     fn too_large(&self) -> ParseError {
-        ParseError::TooLarge {
-            format: Format::Docx,
-            limit: self.limit,
-        }
+        ParseError::TooLarge { format: Format::Docx, limit: self.limit }
     }
 }
 
@@ -55,11 +49,7 @@ fn declared_size(zip: &mut Archive<'_>, name: &str) -> Result<Option<u64>, Parse
 }
 
 /// Reads a part, never decompressing more than the budget allows.
-fn read_part(
-    zip: &mut Archive<'_>,
-    name: &str,
-    budget: &mut Budget,
-) -> Result<Option<Vec<u8>>, ParseError> {
+fn read_part(zip: &mut Archive<'_>, name: &str, budget: &mut Budget) -> Result<Option<Vec<u8>>, ParseError> {
     let mut file = match zip.by_name(name) {
         Ok(f) => f,
         Err(ZipError::FileNotFound) => return Ok(None),
@@ -100,10 +90,7 @@ pub(crate) fn parse(
 ) -> Result<Document, ParseError> {
     let mut zip = ZipArchive::new(Cursor::new(bytes))
         .map_err(|e| corrupt(format!("cannot read the ZIP container: {e}")))?;
-    let mut budget = Budget {
-        limit: opts.max_decompressed_bytes,
-        remaining: opts.max_decompressed_bytes,
-    };
+    let mut budget = Budget { limit: opts.max_decompressed_bytes, remaining: opts.max_decompressed_bytes };
     // Refuse early on declared sizes, before decompressing anything.
     let mut declared = 0u64;
     for name in [DOCUMENT, STYLES, CORE] {
@@ -118,17 +105,11 @@ pub(crate) fn parse(
     let document = xml_text(document, DOCUMENT)?;
     // Styles and properties are optional: a broken one is ignored.
     let styles = match read_part(&mut zip, STYLES, &mut budget)? {
-        Some(b) => xml_text(b, STYLES)
-            .ok()
-            .and_then(|s| parse_styles(&s).ok())
-            .unwrap_or_default(),
+        Some(b) => xml_text(b, STYLES).ok().and_then(|s| parse_styles(&s).ok()).unwrap_or_default(),
         None => Styles::default(),
     };
     let core = match read_part(&mut zip, CORE, &mut budget)? {
-        Some(b) => xml_text(b, CORE)
-            .ok()
-            .and_then(|s| parse_core(&s).ok())
-            .unwrap_or_default(),
+        Some(b) => xml_text(b, CORE).ok().and_then(|s| parse_core(&s).ok()).unwrap_or_default(),
         None => Vec::new(),
     };
 
@@ -161,12 +142,7 @@ pub(crate) fn parse(
             if level == 1 && first_heading_title.is_none() {
                 first_heading_title = Some(clip_title(&title));
             }
-            headings.push(HeadingMark {
-                level,
-                title,
-                start,
-                end: chars,
-            });
+            headings.push(HeadingMark { level, title, start, end: chars });
         }
     }
 
@@ -179,9 +155,7 @@ pub(crate) fn parse(
             metadata.insert(key, value.into());
         }
     }
-    let title = core_title
-        .or(first_heading_title)
-        .unwrap_or_else(|| fallback_title(path_hint));
+    let title = core_title.or(first_heading_title).unwrap_or_else(|| fallback_title(path_hint));
     finish(Document {
         title,
         format: Format::Docx,
@@ -410,10 +384,7 @@ enum Open {
 /// Elements whose content is not text of the document: alternate renderings
 /// (the `mc:Choice` is read), field instructions, tracked formatting changes.
 fn is_skipped(name: &str) -> bool {
-    matches!(
-        name,
-        "Fallback" | "instrText" | "delInstrText" | "pPrChange" | "rPrChange" | "tblPrChange"
-    )
+    matches!(name, "Fallback" | "instrText" | "delInstrText" | "pPrChange" | "rPrChange" | "tblPrChange")
 }
 
 /// The innermost open paragraph, if that is what is innermost.
@@ -480,11 +451,9 @@ fn parse_body(xml: &str, styles: &Styles) -> Result<Vec<Block>, quick_xml::Error
                 let name = local(&e);
                 match name.as_str() {
                     n if is_skipped(n) => skip_depth = 1,
-                    "p" => stack.push(Open::Para(Para {
-                        text: String::new(),
-                        style: None,
-                        outline_level: None,
-                    })),
+                    "p" => {
+                        stack.push(Open::Para(Para { text: String::new(), style: None, outline_level: None }))
+                    }
                     "tbl" => stack.push(Open::Table(Vec::new())),
                     "tr" => stack.push(Open::Row(Vec::new())),
                     "tc" => stack.push(Open::Cell(Vec::new())),
@@ -539,8 +508,7 @@ fn parse_body(xml: &str, styles: &Styles) -> Result<Vec<Block>, quick_xml::Error
                 "r" => run_depth = run_depth.saturating_sub(1),
                 "pPr" => ppr_depth = ppr_depth.saturating_sub(1),
                 "p" => {
-                    if let Some(Open::Para(p)) = pop_if(&mut stack, |o| matches!(o, Open::Para(_)))
-                    {
+                    if let Some(Open::Para(p)) = pop_if(&mut stack, |o| matches!(o, Open::Para(_))) {
                         let kind = match p.outline_level {
                             Some(level) => kind_from_outline(level),
                             None => p.style.as_deref().map_or(Kind::Body, |s| styles.kind(s)),
@@ -551,9 +519,7 @@ fn parse_body(xml: &str, styles: &Styles) -> Result<Vec<Block>, quick_xml::Error
                     }
                 }
                 "tc" => {
-                    if let Some(Open::Cell(parts)) =
-                        pop_if(&mut stack, |o| matches!(o, Open::Cell(_)))
-                    {
+                    if let Some(Open::Cell(parts)) = pop_if(&mut stack, |o| matches!(o, Open::Cell(_))) {
                         // An empty cell still takes its place in the row.
                         let text = parts.join(" ");
                         match stack.last_mut() {
@@ -563,9 +529,7 @@ fn parse_body(xml: &str, styles: &Styles) -> Result<Vec<Block>, quick_xml::Error
                     }
                 }
                 "tr" => {
-                    if let Some(Open::Row(cells)) =
-                        pop_if(&mut stack, |o| matches!(o, Open::Row(_)))
-                    {
+                    if let Some(Open::Row(cells)) = pop_if(&mut stack, |o| matches!(o, Open::Row(_))) {
                         let line = cells.join(" | ");
                         if !line.replace('|', "").trim().is_empty() {
                             deliver(&mut stack, &mut blocks, line, Kind::Body);
@@ -573,19 +537,12 @@ fn parse_body(xml: &str, styles: &Styles) -> Result<Vec<Block>, quick_xml::Error
                     }
                 }
                 "tbl" => {
-                    if let Some(Open::Table(rows)) =
-                        pop_if(&mut stack, |o| matches!(o, Open::Table(_)))
-                    {
+                    if let Some(Open::Table(rows)) = pop_if(&mut stack, |o| matches!(o, Open::Table(_))) {
                         let text = rows.join("\n");
                         match stack.last_mut() {
                             // A table in a cell or text box: flatten its rows.
-                            Some(_) => {
-                                deliver(&mut stack, &mut blocks, rows.join(" / "), Kind::Body)
-                            }
-                            None => blocks.push(Block {
-                                text,
-                                kind: Kind::Body,
-                            }),
+                            Some(_) => deliver(&mut stack, &mut blocks, rows.join(" / "), Kind::Body),
+                            None => blocks.push(Block { text, kind: Kind::Body }),
                         }
                     }
                 }
@@ -609,8 +566,8 @@ mod tests {
         let mut buf = Cursor::new(Vec::new());
         {
             let mut zip = zip::ZipWriter::new(&mut buf);
-            let opts = zip::write::SimpleFileOptions::default()
-                .compression_method(zip::CompressionMethod::Deflated);
+            let opts =
+                zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
             for (name, body) in parts {
                 zip.start_file(*name, opts).unwrap();
                 zip.write_all(body.as_bytes()).unwrap();
@@ -627,18 +584,12 @@ mod tests {
     }
 
     fn p(style: Option<&str>, text: &str) -> String {
-        let ppr = style
-            .map(|s| format!(r#"<w:pPr><w:pStyle w:val="{s}"/></w:pPr>"#))
-            .unwrap_or_default();
+        let ppr = style.map(|s| format!(r#"<w:pPr><w:pStyle w:val="{s}"/></w:pPr>"#)).unwrap_or_default();
         format!(r#"<w:p>{ppr}<w:r><w:t xml:space="preserve">{text}</w:t></w:r></w:p>"#)
     }
 
     fn parse_parts(parts: &[(&str, &str)]) -> Result<Document, ParseError> {
-        parse(
-            &docx(parts),
-            Some(Path::new("report.docx")),
-            &ParseOptions::default(),
-        )
+        parse(&docx(parts), Some(Path::new("report.docx")), &ParseOptions::default())
     }
 
     #[test]
@@ -666,11 +617,8 @@ mod tests {
         );
         let d = parse_parts(&[(DOCUMENT, &doc), (STYLES, &styles)]).unwrap();
         assert_eq!(d.title, "Jahresbericht");
-        let got: Vec<_> = d
-            .sections
-            .iter()
-            .map(|s| (s.heading_path.join(" > "), d.section_text(s)))
-            .collect();
+        let got: Vec<_> =
+            d.sections.iter().map(|s| (s.heading_path.join(" > "), d.section_text(s))).collect();
         assert_eq!(
             got,
             vec![
@@ -710,14 +658,9 @@ mod tests {
     fn too_large_by_declared_and_by_actual_size() {
         let big = body(&p(None, &"x".repeat(100_000)));
         let bytes = docx(&[(DOCUMENT, &big)]);
-        let opts = ParseOptions {
-            max_decompressed_bytes: 10_000,
-        };
+        let opts = ParseOptions { max_decompressed_bytes: 10_000 };
         let err = parse(&bytes, None, &opts).unwrap_err();
-        assert!(
-            matches!(err, ParseError::TooLarge { limit: 10_000, .. }),
-            "{err:?}"
-        );
+        assert!(matches!(err, ParseError::TooLarge { limit: 10_000, .. }), "{err:?}");
         assert!(err.to_string().contains("more than 10000 bytes"));
     }
 

@@ -8,8 +8,7 @@ use ego_tree::NodeRef;
 use scraper::{Html, Node};
 
 use crate::{
-    clip_title, collapse_whitespace, fallback_title, finish, sections_from_headings, HeadingMark,
-    ParseError,
+    clip_title, collapse_whitespace, fallback_title, finish, sections_from_headings, HeadingMark, ParseError,
 };
 
 /// Elements whose content is never text of the document.
@@ -134,11 +133,7 @@ impl Writer {
     }
 
     fn gap(&mut self, gap: Gap) {
-        let gap = if self.cell > 0 && gap > Gap::Space {
-            Gap::Space
-        } else {
-            gap
-        };
+        let gap = if self.cell > 0 && gap > Gap::Space { Gap::Space } else { gap };
         self.gap = self.gap.max(gap);
     }
 
@@ -221,28 +216,15 @@ fn content_roots(html: &Html) -> Vec<NodeRef<'_, Node>> {
             .chain(std::iter::once(*node))
             .all(|a| a.value().as_element().is_none_or(|e| !is_dropped(e)))
     };
-    let elements = || {
-        html.tree
-            .root()
-            .descendants()
-            .filter(|n| n.value().as_element().is_some())
-    };
+    let elements = || html.tree.root().descendants().filter(|n| n.value().as_element().is_some());
     let named = |name: &'static str| {
-        elements()
-            .filter(move |n| n.value().as_element().is_some_and(|e| e.name() == name))
-            .filter(visible)
+        elements().filter(move |n| n.value().as_element().is_some_and(|e| e.name() == name)).filter(visible)
     };
     if let Some(main) = named("main").next() {
         return vec![main];
     }
     let articles: Vec<_> = named("article")
-        .filter(|n| {
-            !n.ancestors().any(|a| {
-                a.value()
-                    .as_element()
-                    .is_some_and(|e| e.name() == "article")
-            })
-        })
+        .filter(|n| !n.ancestors().any(|a| a.value().as_element().is_some_and(|e| e.name() == "article")))
         .collect();
     if !articles.is_empty() {
         return articles;
@@ -252,13 +234,7 @@ fn content_roots(html: &Html) -> Vec<NodeRef<'_, Node>> {
 
 pub(crate) fn parse(source: &str, path_hint: Option<&Path>) -> Result<Document, ParseError> {
     let html = Html::parse_document(source);
-    let mut w = Writer {
-        out: String::new(),
-        chars: 0,
-        gap: Gap::None,
-        pre: 0,
-        cell: 0,
-    };
+    let mut w = Writer { out: String::new(), chars: 0, gap: Gap::None, pre: 0, cell: 0 };
     let mut headings: Vec<HeadingMark> = Vec::new();
     // Cells written so far in the current row of each open table row.
     let mut row_cells: Vec<usize> = Vec::new();
@@ -283,16 +259,10 @@ pub(crate) fn parse(source: &str, path_hint: Option<&Path>) -> Result<Document, 
                         }
                         Exit::Heading { level, start } => {
                             let end = w.chars.max(start);
-                            let title = collapse_whitespace(
-                                &w.out[w.out.len() - slice_len(&w.out, end - start)..],
-                            );
+                            let title =
+                                collapse_whitespace(&w.out[w.out.len() - slice_len(&w.out, end - start)..]);
                             if !title.is_empty() {
-                                headings.push(HeadingMark {
-                                    level,
-                                    title,
-                                    start,
-                                    end,
-                                });
+                                headings.push(HeadingMark { level, title, start, end });
                             }
                             w.gap(Gap::Paragraph);
                         }
@@ -349,10 +319,7 @@ pub(crate) fn parse(source: &str, path_hint: Option<&Path>) -> Result<Document, 
             } else if let Some(level) = heading_level(name).filter(|_| w.cell == 0) {
                 w.gap(Gap::Paragraph);
                 w.flush_gap();
-                Some(Exit::Heading {
-                    level,
-                    start: w.chars,
-                })
+                Some(Exit::Heading { level, start: w.chars })
             } else if is_block(name) {
                 w.gap(Gap::Paragraph);
                 Some(Exit::Block)
@@ -367,12 +334,7 @@ pub(crate) fn parse(source: &str, path_hint: Option<&Path>) -> Result<Document, 
     }
 
     let title = page_title(&html)
-        .or_else(|| {
-            headings
-                .iter()
-                .find(|h| h.level == 1)
-                .map(|h| clip_title(&h.title))
-        })
+        .or_else(|| headings.iter().find(|h| h.level == 1).map(|h| clip_title(&h.title)))
         .unwrap_or_else(|| fallback_title(path_hint));
     let text = w.out.trim_end().to_string();
     let char_len = text.chars().count();
@@ -398,14 +360,10 @@ fn slice_len(s: &str, chars: usize) -> usize {
 fn page_title(html: &Html) -> Option<String> {
     let title = html.tree.root().descendants().find(|n| {
         n.value().as_element().is_some_and(|e| e.name() == "title")
-            && !n
-                .ancestors()
-                .any(|a| a.value().as_element().is_some_and(|e| e.name() == "svg"))
+            && !n.ancestors().any(|a| a.value().as_element().is_some_and(|e| e.name() == "svg"))
     })?;
-    let text: String = title
-        .descendants()
-        .filter_map(|n| n.value().as_text().map(|t| t.to_string()))
-        .collect();
+    let text: String =
+        title.descendants().filter_map(|n| n.value().as_text().map(|t| t.to_string())).collect();
     let text = collapse_whitespace(&text);
     (!text.is_empty()).then(|| clip_title(&text))
 }
@@ -442,10 +400,7 @@ mod tests {
     use super::*;
 
     fn texts(d: &Document) -> Vec<(String, &str)> {
-        d.sections
-            .iter()
-            .map(|s| (s.heading_path.join(" > "), d.section_text(s)))
-            .collect()
+        d.sections.iter().map(|s| (s.heading_path.join(" > "), d.section_text(s))).collect()
     }
 
     #[test]
@@ -487,10 +442,7 @@ mod tests {
             </main><footer>Footer junk</footer></body></html>";
         let d = parse(html, Some(Path::new("page.html"))).unwrap();
         assert_eq!(d.title, "page");
-        assert_eq!(
-            d.text,
-            "Code\n\nfn main() {\n    let  x = 1;\n}\n\nName | Age\nAnn Lee | 42"
-        );
+        assert_eq!(d.text, "Code\n\nfn main() {\n    let  x = 1;\n}\n\nName | Age\nAnn Lee | 42");
         assert_eq!(d.sections[0].heading_path, vec!["Code"]);
     }
 

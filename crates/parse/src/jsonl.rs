@@ -19,10 +19,7 @@ pub(crate) fn parse(text: &str) -> Parsed {
         }
         match record(line) {
             Ok(doc) => parsed.documents.push(doc),
-            Err(error) => parsed.failures.push(RecordFailure {
-                location: format!("line {}", i + 1),
-                error,
-            }),
+            Err(error) => parsed.failures.push(RecordFailure { location: format!("line {}", i + 1), error }),
         }
     }
     parsed
@@ -62,11 +59,7 @@ fn record(line: &str) -> Result<Document, String> {
         Some(Value::String(f)) => match f.to_ascii_lowercase().as_str() {
             "markdown" | "md" => true,
             "text" | "plain" => false,
-            _ => {
-                return Err(format!(
-                    "unsupported \"format\" {f:?} (use \"text\" or \"markdown\")"
-                ))
-            }
+            _ => return Err(format!("unsupported \"format\" {f:?} (use \"text\" or \"markdown\")")),
         },
         Some(_) => return Err("field \"format\" must be a string".to_string()),
     };
@@ -80,33 +73,16 @@ fn record(line: &str) -> Result<Document, String> {
         (scan.sections, title)
     } else {
         let end = text.chars().count();
-        let whole = Section {
-            heading_path: Vec::new(),
-            start: 0,
-            end,
-            page: None,
-        };
+        let whole = Section { heading_path: Vec::new(), start: 0, end, page: None };
         (vec![whole], None)
     };
     let title = title
         .map(|t| clip_title(&t))
         .or(heading_title)
-        .or_else(|| {
-            text.lines()
-                .map(str::trim)
-                .find(|l| !l.is_empty())
-                .map(clip_title)
-        })
+        .or_else(|| text.lines().map(str::trim).find(|l| !l.is_empty()).map(clip_title))
         .unwrap_or_else(|| "Untitled".to_string());
-    finish(Document {
-        title,
-        format: Format::Jsonl,
-        text,
-        sections,
-        metadata,
-        external_id,
-    })
-    .map_err(|e: ParseError| e.to_string())
+    finish(Document { title, format: Format::Jsonl, text, sections, metadata, external_id })
+        .map_err(|e: ParseError| e.to_string())
 }
 
 #[cfg(test)]
@@ -138,10 +114,7 @@ mod tests {
         assert_eq!(b.title, "Second line one");
         assert_eq!(b.section_text(&b.sections[0]), "Second line one\nline two");
         let locations: Vec<_> = p.failures.iter().map(|f| f.location.as_str()).collect();
-        assert_eq!(
-            locations,
-            vec!["line 4", "line 5", "line 6", "line 7", "line 8", "line 9"]
-        );
+        assert_eq!(locations, vec!["line 4", "line 5", "line 6", "line 7", "line 8", "line 9"]);
         assert!(p.failures[0].error.starts_with("invalid JSON"));
         assert_eq!(p.failures[1].error, "missing required field \"text\"");
         assert_eq!(p.failures[2].error, "field \"text\" is empty");
@@ -149,16 +122,10 @@ mod tests {
 
     #[test]
     fn markdown_records_get_sections() {
-        let p = parse(
-            r##"{"text": "# Guide\n\nIntro.\n\n## Install\n\nSteps.", "format": "markdown"}"##,
-        );
+        let p = parse(r##"{"text": "# Guide\n\nIntro.\n\n## Install\n\nSteps.", "format": "markdown"}"##);
         let d = &p.documents[0];
         assert_eq!(d.title, "Guide");
-        let paths: Vec<_> = d
-            .sections
-            .iter()
-            .map(|s| s.heading_path.join("/"))
-            .collect();
+        let paths: Vec<_> = d.sections.iter().map(|s| s.heading_path.join("/")).collect();
         assert_eq!(paths, vec!["Guide", "Guide/Install"]);
     }
 

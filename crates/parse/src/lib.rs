@@ -41,9 +41,7 @@ pub struct ParseOptions {
 
 impl Default for ParseOptions {
     fn default() -> Self {
-        ParseOptions {
-            max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES,
-        }
+        ParseOptions { max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES }
     }
 }
 
@@ -117,11 +115,7 @@ pub fn sniff(bytes: &[u8], path_hint: Option<&Path>) -> Result<Format, ParseErro
 
 /// Parses `bytes` (the whole file) into documents. `path_hint` is used for
 /// format detection and as a fallback title (its file stem).
-pub fn parse(
-    bytes: &[u8],
-    path_hint: Option<&Path>,
-    opts: &ParseOptions,
-) -> Result<Parsed, ParseError> {
+pub fn parse(bytes: &[u8], path_hint: Option<&Path>, opts: &ParseOptions) -> Result<Parsed, ParseError> {
     let format = sniff::sniff(bytes, path_hint)?;
     tracing::debug!(format = format.as_str(), len = bytes.len(), "parsing");
     match format {
@@ -150,11 +144,7 @@ pub fn parse(
 }
 
 fn single(document: Document, warnings: Vec<String>) -> Result<Parsed, ParseError> {
-    Ok(Parsed {
-        documents: vec![document],
-        failures: Vec::new(),
-        warnings,
-    })
+    Ok(Parsed { documents: vec![document], failures: Vec::new(), warnings })
 }
 
 // ---------------------------------------------------------------------------
@@ -281,10 +271,7 @@ pub(crate) fn byte_to_char_offsets(text: &str, bytes: &[usize]) -> Vec<usize> {
     let mut it = text.char_indices().peekable();
     let mut ci = 0usize;
     for &b in bytes {
-        if out
-            .last()
-            .is_some_and(|_| it.peek().is_some_and(|&(pos, _)| pos > b))
-        {
+        if out.last().is_some_and(|_| it.peek().is_some_and(|&(pos, _)| pos > b)) {
             // Not ascending: count from the start (never happens in practice).
             out.push(text.char_indices().take_while(|&(pos, _)| pos < b).count());
             continue;
@@ -370,12 +357,7 @@ mod tests {
             text: text.into(),
             sections: sections
                 .into_iter()
-                .map(|(start, end)| Section {
-                    heading_path: vec![],
-                    start,
-                    end,
-                    page: None,
-                })
+                .map(|(start, end)| Section { heading_path: vec![], start, end, page: None })
                 .collect(),
             metadata: Default::default(),
             external_id: None,
@@ -384,11 +366,7 @@ mod tests {
 
     #[test]
     fn finish_trims_and_drops_sections() {
-        let d = finish(doc(
-            "  héllo  \n\n   \n wörld ",
-            vec![(0, 9), (9, 15), (15, 23)],
-        ))
-        .unwrap();
+        let d = finish(doc("  héllo  \n\n   \n wörld ", vec![(0, 9), (9, 15), (15, 23)])).unwrap();
         let spans: Vec<_> = d.sections.iter().map(|s| d.section_text(s)).collect();
         assert_eq!(spans, vec!["héllo", "wörld"]);
     }
@@ -402,10 +380,7 @@ mod tests {
 
     #[test]
     fn finish_rejects_empty_text() {
-        assert!(matches!(
-            finish(doc(" \n ", vec![])),
-            Err(ParseError::NoText { .. })
-        ));
+        assert!(matches!(finish(doc(" \n ", vec![])), Err(ParseError::NoText { .. })));
     }
 
     #[test]
@@ -417,21 +392,11 @@ mod tests {
 
     #[test]
     fn heading_paths_nest_by_level() {
-        let h = |level, title: &str, start, end| HeadingMark {
-            level,
-            title: title.into(),
-            start,
-            end,
-        };
+        let h = |level, title: &str, start, end| HeadingMark { level, title: title.into(), start, end };
         let s = sections_from_headings(
             0,
             100,
-            &[
-                h(1, "A", 5, 10),
-                h(2, "B", 20, 25),
-                h(3, "C", 30, 35),
-                h(2, "D", 40, 45),
-            ],
+            &[h(1, "A", 5, 10), h(2, "B", 20, 25), h(3, "C", 30, 35), h(2, "D", 40, 45)],
         );
         let paths: Vec<_> = s.iter().map(|s| s.heading_path.join("/")).collect();
         assert_eq!(paths, vec!["", "A", "A/B", "A/B/C", "A/D"]);
@@ -442,51 +407,32 @@ mod tests {
     #[test]
     fn char_offsets_map_to_bytes() {
         let t = "aé€b";
-        assert_eq!(
-            char_to_byte_offsets(t, &[0, 1, 2, 3, 4, 9]),
-            vec![0, 1, 3, 6, 7, 7]
-        );
+        assert_eq!(char_to_byte_offsets(t, &[0, 1, 2, 3, 4, 9]), vec![0, 1, 3, 6, 7, 7]);
     }
 
     #[test]
     fn byte_offsets_map_to_chars() {
         let t = "aé€b";
-        assert_eq!(
-            byte_to_char_offsets(t, &[0, 1, 3, 6, 7, 99]),
-            vec![0, 1, 2, 3, 4, 4]
-        );
+        assert_eq!(byte_to_char_offsets(t, &[0, 1, 3, 6, 7, 99]), vec![0, 1, 2, 3, 4, 4]);
     }
 
     #[test]
     fn error_messages_name_the_problem() {
         assert_eq!(ParseError::Empty.to_string(), "file is empty");
         assert_eq!(
-            ParseError::Encrypted {
-                format: Format::Pdf
-            }
-            .to_string(),
+            ParseError::Encrypted { format: Format::Pdf }.to_string(),
             "PDF is encrypted (password-protected); decrypt it first"
         );
         assert_eq!(
-            ParseError::TooLarge {
-                format: Format::Docx,
-                limit: 10
-            }
-            .to_string(),
+            ParseError::TooLarge { format: Format::Docx, limit: 10 }.to_string(),
             "DOCX decompresses to more than 10 bytes (limit ingest.max_decompressed_bytes)"
         );
         assert_eq!(
-            ParseError::NoText {
-                format: Format::Pdf
-            }
-            .to_string(),
+            ParseError::NoText { format: Format::Pdf }.to_string(),
             "no extractable text (scanned PDF?)"
         );
-        assert!(ParseError::Corrupt {
-            format: Format::Pdf,
-            detail: "x".into()
-        }
-        .to_string()
-        .starts_with("corrupt or truncated PDF: "));
+        assert!(ParseError::Corrupt { format: Format::Pdf, detail: "x".into() }
+            .to_string()
+            .starts_with("corrupt or truncated PDF: "));
     }
 }

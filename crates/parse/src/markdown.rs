@@ -6,8 +6,8 @@ use datafactory_core::document::{Document, Format, Section};
 use pulldown_cmark::{Event, MetadataBlockKind, Options, Parser, Tag, TagEnd};
 
 use crate::{
-    byte_to_char_offsets, clip_title, collapse_whitespace, fallback_title, finish,
-    first_line_title, sections_from_headings, HeadingMark, ParseError,
+    byte_to_char_offsets, clip_title, collapse_whitespace, fallback_title, finish, first_line_title,
+    sections_from_headings, HeadingMark, ParseError,
 };
 
 /// What a scan of Markdown found, in character offsets.
@@ -129,12 +129,7 @@ pub(crate) fn scan(text: &str) -> Scan {
             if h.level == 1 && first_h1.is_none() {
                 first_h1 = Some(clip_title(&title));
             }
-            Some(HeadingMark {
-                level: h.level,
-                title,
-                start: to_char(h.start),
-                end: to_char(h.end),
-            })
+            Some(HeadingMark { level: h.level, title, start: to_char(h.start), end: to_char(h.end) })
         })
         .collect();
     let front_matter_title = front_matter.as_deref().and_then(yaml_title);
@@ -183,9 +178,7 @@ pub(crate) fn parse(text: String, path_hint: Option<&Path>) -> Result<Document, 
     let scan = scan(&text);
     if text.chars().skip(scan.body_start).all(char::is_whitespace) {
         // Only front matter: nothing to index.
-        return Err(ParseError::NoText {
-            format: Format::Markdown,
-        });
+        return Err(ParseError::NoText { format: Format::Markdown });
     }
     let title = scan
         .front_matter_title
@@ -212,10 +205,7 @@ mod tests {
     use super::*;
 
     fn texts(d: &Document) -> Vec<(String, &str)> {
-        d.sections
-            .iter()
-            .map(|s| (s.heading_path.join(" > "), d.section_text(s)))
-            .collect()
+        d.sections.iter().map(|s| (s.heading_path.join(" > "), d.section_text(s))).collect()
     }
 
     #[test]
@@ -228,10 +218,7 @@ mod tests {
             vec![
                 ("".into(), "Intro text."),
                 ("Guide".into(), "About."),
-                (
-                    "Guide > Install".into(),
-                    "```sh\n# not a heading\ncargo install\n```"
-                ),
+                ("Guide > Install".into(), "```sh\n# not a heading\ncargo install\n```"),
                 ("Guide > Use".into(), "Run it."),
                 ("Other".into(), "End."),
             ]
@@ -245,27 +232,17 @@ mod tests {
         assert_eq!(d.title, "Überblick");
         assert_eq!(
             texts(&d),
-            vec![
-                ("Überblick".into(), "Grüße aus Köln."),
-                ("Überblick > Details".into(), "Mehr über ä."),
-            ]
+            vec![("Überblick".into(), "Grüße aus Köln."), ("Überblick > Details".into(), "Mehr über ä."),]
         );
     }
 
     #[test]
     fn front_matter_gives_title_and_belongs_to_no_section() {
-        let md =
-            "---\ntitle: \"Field Notes\"\ntags: [a, b]\n---\n\nSome body.\n\n# Heading\n\nMore.\n";
+        let md = "---\ntitle: \"Field Notes\"\ntags: [a, b]\n---\n\nSome body.\n\n# Heading\n\nMore.\n";
         let d = parse(md.into(), None).unwrap();
         assert_eq!(d.title, "Field Notes");
-        assert_eq!(
-            d.metadata["front_matter"].as_str().unwrap(),
-            "title: \"Field Notes\"\ntags: [a, b]\n"
-        );
-        assert_eq!(
-            texts(&d),
-            vec![("".into(), "Some body."), ("Heading".into(), "More.")]
-        );
+        assert_eq!(d.metadata["front_matter"].as_str().unwrap(), "title: \"Field Notes\"\ntags: [a, b]\n");
+        assert_eq!(texts(&d), vec![("".into(), "Some body."), ("Heading".into(), "More.")]);
     }
 
     #[test]

@@ -13,23 +13,15 @@ pub(crate) fn parse(bytes: &[u8], path_hint: Option<&Path>) -> Result<Document, 
     let encrypted = has_encrypt_dictionary(bytes);
     let pages = match extract_pages(bytes) {
         Ok(pages) => pages,
-        Err(_) if encrypted => {
-            return Err(ParseError::Encrypted {
-                format: Format::Pdf,
-            })
-        }
+        Err(_) if encrypted => return Err(ParseError::Encrypted { format: Format::Pdf }),
         Err(e) => return Err(e),
     };
     let pages: Vec<String> = pages.iter().map(|p| tidy_page(p)).collect();
     if pages.iter().all(|p| p.is_empty()) {
         return Err(if encrypted {
-            ParseError::Encrypted {
-                format: Format::Pdf,
-            }
+            ParseError::Encrypted { format: Format::Pdf }
         } else {
-            ParseError::NoText {
-                format: Format::Pdf,
-            }
+            ParseError::NoText { format: Format::Pdf }
         });
     }
 
@@ -54,20 +46,10 @@ pub(crate) fn parse(bytes: &[u8], path_hint: Option<&Path>) -> Result<Document, 
             page: Some(u32::try_from(i + 1).unwrap_or(u32::MAX)),
         });
     }
-    let title = pages
-        .first()
-        .and_then(|p| first_line_title(p))
-        .unwrap_or_else(|| fallback_title(path_hint));
+    let title = pages.first().and_then(|p| first_line_title(p)).unwrap_or_else(|| fallback_title(path_hint));
     let mut metadata = serde_json::Map::new();
     metadata.insert("pages".to_string(), pages.len().into());
-    finish(Document {
-        title,
-        format: Format::Pdf,
-        text,
-        sections,
-        metadata,
-        external_id: None,
-    })
+    finish(Document { title, format: Format::Pdf, text, sections, metadata, external_id: None })
 }
 
 thread_local! {
@@ -98,9 +80,7 @@ fn install_quiet_panic_hook() {
 fn extract_pages(bytes: &[u8]) -> Result<Vec<String>, ParseError> {
     install_quiet_panic_hook();
     IN_PDF_EXTRACT.with(|f| f.set(true));
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        pdf_extract::extract_text_from_mem_by_pages(bytes)
-    }));
+    let result = catch_unwind(AssertUnwindSafe(|| pdf_extract::extract_text_from_mem_by_pages(bytes)));
     IN_PDF_EXTRACT.with(|f| f.set(false));
     match result {
         Ok(Ok(pages)) => Ok(pages),
@@ -109,14 +89,9 @@ fn extract_pages(bytes: &[u8]) -> Result<Vec<String>, ParseError> {
             if detail.to_ascii_lowercase().contains("decrypt")
                 || detail.to_ascii_lowercase().contains("password")
             {
-                Err(ParseError::Encrypted {
-                    format: Format::Pdf,
-                })
+                Err(ParseError::Encrypted { format: Format::Pdf })
             } else {
-                Err(ParseError::Corrupt {
-                    format: Format::Pdf,
-                    detail,
-                })
+                Err(ParseError::Corrupt { format: Format::Pdf, detail })
             }
         }
         Err(panic) => {
@@ -155,11 +130,7 @@ fn tidy_page(page: &str) -> String {
         let mut collapsed = String::with_capacity(line.len());
         let mut prev_space = false;
         for ch in line.trim().chars() {
-            let ch = if ch == '\t' || ch == '\u{A0}' {
-                ' '
-            } else {
-                ch
-            };
+            let ch = if ch == '\t' || ch == '\u{A0}' { ' ' } else { ch };
             if ch == ' ' {
                 if !prev_space {
                     collapsed.push(' ');
@@ -203,9 +174,7 @@ mod tests {
 
     #[test]
     fn encrypt_marker() {
-        assert!(has_encrypt_dictionary(
-            b"trailer << /Root 1 0 R /Encrypt 5 0 R >>"
-        ));
+        assert!(has_encrypt_dictionary(b"trailer << /Root 1 0 R /Encrypt 5 0 R >>"));
         assert!(!has_encrypt_dictionary(b"trailer << /Root 1 0 R >>"));
     }
 }

@@ -30,9 +30,7 @@ pub(crate) fn sniff(bytes: &[u8], path_hint: Option<&Path>) -> Result<Format, Pa
         return sniff_zip(bytes, ext);
     }
     if bytes.starts_with(OLE_MAGIC) {
-        return Err(ParseError::Unsupported {
-            reason: OLE_MESSAGE.to_string(),
-        });
+        return Err(ParseError::Unsupported { reason: OLE_MESSAGE.to_string() });
     }
     let utf16 = bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]);
     if !utf16 {
@@ -47,9 +45,7 @@ pub(crate) fn sniff(bytes: &[u8], path_hint: Option<&Path>) -> Result<Format, Pa
 
 /// The lowercase extension of the hint, if any.
 fn extension(path_hint: Option<&Path>) -> Option<String> {
-    path_hint
-        .and_then(|p| p.extension())
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+    path_hint.and_then(|p| p.extension()).map(|e| e.to_string_lossy().to_ascii_lowercase())
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -67,8 +63,7 @@ fn looks_like_pdf(bytes: &[u8]) -> bool {
         return false;
     }
     let tail = &bytes[bytes.len().saturating_sub(2048)..];
-    find(tail, b"%%EOF").is_some()
-        || check_not_binary(&bytes[..bytes.len().min(BINARY_SAMPLE)]).is_err()
+    find(tail, b"%%EOF").is_some() || check_not_binary(&bytes[..bytes.len().min(BINARY_SAMPLE)]).is_err()
 }
 
 fn sniff_zip(bytes: &[u8], ext: Option<&str>) -> Result<Format, ParseError> {
@@ -104,46 +99,35 @@ fn sniff_zip(bytes: &[u8], ext: Option<&str>) -> Result<Format, ParseError> {
     } else {
         "ZIP archive is not a supported document (only .docx archives are read)"
     };
-    Err(ParseError::Unsupported {
-        reason: what.to_string(),
-    })
+    Err(ParseError::Unsupported { reason: what.to_string() })
 }
 
 /// NUL bytes, mostly control characters or mostly invalid UTF-8 in the sample
 /// mean binary content.
 fn check_not_binary(sample: &[u8]) -> Result<(), ParseError> {
     if sample.contains(&0) {
-        return Err(ParseError::Binary {
-            detail: "contains NUL bytes".to_string(),
-        });
+        return Err(ParseError::Binary { detail: "contains NUL bytes".to_string() });
     }
     let control = sample
         .iter()
         .filter(|&&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r' | 0x0C | 0x1B) || b == 0x7F)
         .count();
     if control * 10 > sample.len() {
-        return Err(ParseError::Binary {
-            detail: "mostly control characters".to_string(),
-        });
+        return Err(ParseError::Binary { detail: "mostly control characters".to_string() });
     }
     // Cut at the sample end may split a character: ignore a short tail.
     let trimmed = &sample[..sample.len().saturating_sub(3)];
     let (_, invalid_bytes) = count_invalid_utf8(trimmed);
     if trimmed.len() >= 16 && invalid_bytes * 3 > trimmed.len() {
-        return Err(ParseError::Binary {
-            detail: "mostly bytes that are not text".to_string(),
-        });
+        return Err(ParseError::Binary { detail: "mostly bytes that are not text".to_string() });
     }
     Ok(())
 }
 
 /// The decoded start of the input, for the text-level checks.
 fn sample_text(bytes: &[u8], utf16: bool) -> String {
-    let cut = if utf16 {
-        bytes.len().min(TEXT_SAMPLE_BYTES * 2) & !1
-    } else {
-        bytes.len().min(TEXT_SAMPLE_BYTES)
-    };
+    let cut =
+        if utf16 { bytes.len().min(TEXT_SAMPLE_BYTES * 2) & !1 } else { bytes.len().min(TEXT_SAMPLE_BYTES) };
     decode(&bytes[..cut]).text
 }
 
@@ -230,11 +214,7 @@ fn looks_like_html(start: &str) -> bool {
 }
 
 fn looks_like_jsonl(text: &str) -> bool {
-    let mut lines = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .take(5);
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty()).take(5);
     let Some(first) = lines.next() else {
         return false;
     };
@@ -254,9 +234,7 @@ fn looks_like_markdown(text: &str) -> bool {
             return true;
         }
         let hashes = line.bytes().take_while(|&b| b == b'#').count();
-        (1..=6).contains(&hashes)
-            && line[hashes..].starts_with(' ')
-            && !line[hashes..].trim().is_empty()
+        (1..=6).contains(&hashes) && line[hashes..].starts_with(' ') && !line[hashes..].trim().is_empty()
     })
 }
 
@@ -272,32 +250,17 @@ mod tests {
     fn empty_and_whitespace() {
         assert!(matches!(s(b"", None), Err(ParseError::Empty)));
         assert!(matches!(s(b" \n\t ", Some("a.md")), Err(ParseError::Empty)));
-        assert!(matches!(
-            s(b"\xEF\xBB\xBF \n", None),
-            Err(ParseError::Empty)
-        ));
+        assert!(matches!(s(b"\xEF\xBB\xBF \n", None), Err(ParseError::Empty)));
     }
 
     #[test]
     fn content_beats_extension() {
-        assert_eq!(
-            s(b"junk\n%PDF-1.7\n%%EOF\n", Some("a.txt")).unwrap(),
-            Format::Pdf
-        );
+        assert_eq!(s(b"junk\n%PDF-1.7\n%%EOF\n", Some("a.txt")).unwrap(), Format::Pdf);
         assert_eq!(s(b"\0junk\n%PDF-1.7\n", None).unwrap(), Format::Pdf);
         assert_eq!(s(b"%PDF-1.7\n", Some("a.txt")).unwrap(), Format::Pdf);
-        assert_eq!(
-            s(b"Every PDF starts with %PDF-1.x, see below.", None).unwrap(),
-            Format::Text
-        );
-        assert_eq!(
-            s(b"<!DOCTYPE html><p>x", Some("a.txt")).unwrap(),
-            Format::Html
-        );
-        assert_eq!(
-            s(b"<!-- c -->\n  <HTML><body>x", Some("a.md")).unwrap(),
-            Format::Html
-        );
+        assert_eq!(s(b"Every PDF starts with %PDF-1.x, see below.", None).unwrap(), Format::Text);
+        assert_eq!(s(b"<!DOCTYPE html><p>x", Some("a.txt")).unwrap(), Format::Html);
+        assert_eq!(s(b"<!-- c -->\n  <HTML><body>x", Some("a.md")).unwrap(), Format::Html);
         assert_eq!(s(b"<div>x</div>", None).unwrap(), Format::Text);
         assert_eq!(s(b"<div>x</div>", Some("a.htm")).unwrap(), Format::Html);
         assert_eq!(s(b"<meta x>\n<body>hi", None).unwrap(), Format::Html);
@@ -314,24 +277,12 @@ mod tests {
 
     #[test]
     fn binary() {
-        assert!(matches!(
-            s(b"abc\0def", None),
-            Err(ParseError::Binary { .. })
-        ));
-        assert!(matches!(
-            s(&[1, 2, 3, 4, 5, 6, 7, 8, b'a'], None),
-            Err(ParseError::Binary { .. })
-        ));
+        assert!(matches!(s(b"abc\0def", None), Err(ParseError::Binary { .. })));
+        assert!(matches!(s(&[1, 2, 3, 4, 5, 6, 7, 8, b'a'], None), Err(ParseError::Binary { .. })));
         let mostly_invalid: Vec<u8> = (0..200).map(|i| 0x80 + (i % 64) as u8).collect();
-        assert!(matches!(
-            s(&mostly_invalid, None),
-            Err(ParseError::Binary { .. })
-        ));
+        assert!(matches!(s(&mostly_invalid, None), Err(ParseError::Binary { .. })));
         // Latin-1 text is text, not binary.
-        assert_eq!(
-            s(b"caf\xE9 au lait, cr\xE8me br\xFBl\xE9e", None).unwrap(),
-            Format::Text
-        );
+        assert_eq!(s(b"caf\xE9 au lait, cr\xE8me br\xFBl\xE9e", None).unwrap(), Format::Text);
     }
 
     #[test]
@@ -350,23 +301,14 @@ mod tests {
         assert_eq!(s(j, None).unwrap(), Format::Jsonl);
         assert_eq!(s(b"{\"a\":1}\n", None).unwrap(), Format::Text);
         assert_eq!(s(b"{\"a\":1}\n", Some("x.ndjson")).unwrap(), Format::Jsonl);
-        assert_eq!(
-            s(b"{\"text\":\"a\"}\nnot json\n", None).unwrap(),
-            Format::Text
-        );
+        assert_eq!(s(b"{\"text\":\"a\"}\nnot json\n", None).unwrap(), Format::Text);
     }
 
     #[test]
     fn markdown_by_content_and_extension() {
         assert_eq!(s(b"intro\n\n## Usage\n", None).unwrap(), Format::Markdown);
-        assert_eq!(
-            s(b"```rust\nfn x() {}\n```\n", Some("notes")).unwrap(),
-            Format::Markdown
-        );
-        assert_eq!(
-            s(b"intro\n\n## Usage\n", Some("a.txt")).unwrap(),
-            Format::Text
-        );
+        assert_eq!(s(b"```rust\nfn x() {}\n```\n", Some("notes")).unwrap(), Format::Markdown);
+        assert_eq!(s(b"intro\n\n## Usage\n", Some("a.txt")).unwrap(), Format::Text);
         assert_eq!(s(b"plain words", Some("a.md")).unwrap(), Format::Markdown);
         assert_eq!(s(b"#hashtag only\n", None).unwrap(), Format::Text);
         assert_eq!(s(b"plain words", None).unwrap(), Format::Text);

@@ -25,16 +25,11 @@ pub(crate) fn decode(bytes: &[u8]) -> Decoded {
         let bytes = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(bytes);
         let invalid = count_invalid_utf8(bytes).0;
         if invalid > 0 {
-            warnings.push(format!(
-                "invalid UTF-8 decoded lossily ({invalid} replacement characters)"
-            ));
+            warnings.push(format!("invalid UTF-8 decoded lossily ({invalid} replacement characters)"));
         }
         String::from_utf8_lossy(bytes).into_owned()
     };
-    Decoded {
-        text: normalize_newlines(text),
-        warnings,
-    }
+    Decoded { text: normalize_newlines(text), warnings }
 }
 
 fn decode_utf16(bytes: &[u8], unit: fn([u8; 2]) -> u16, warnings: &mut Vec<String>) -> String {
@@ -53,13 +48,9 @@ fn decode_utf16(bytes: &[u8], unit: fn([u8; 2]) -> u16, warnings: &mut Vec<Strin
         text.push(char::REPLACEMENT_CHARACTER);
     }
     if bad > 0 {
-        warnings.push(format!(
-            "invalid UTF-16 decoded lossily ({bad} replacement characters)"
-        ));
+        warnings.push(format!("invalid UTF-16 decoded lossily ({bad} replacement characters)"));
     }
-    text.strip_prefix('\u{FEFF}')
-        .map(str::to_string)
-        .unwrap_or(text)
+    text.strip_prefix('\u{FEFF}').map(str::to_string).unwrap_or(text)
 }
 
 /// (number of invalid sequences, number of bytes in them) — each invalid
@@ -92,12 +83,7 @@ pub(crate) fn parse(text: String, path_hint: Option<&Path>) -> Result<Document, 
         title,
         format: Format::Text,
         text,
-        sections: vec![Section {
-            heading_path: Vec::new(),
-            start: 0,
-            end,
-            page: None,
-        }],
+        sections: vec![Section { heading_path: Vec::new(), start: 0, end, page: None }],
         metadata: Default::default(),
         external_id: None,
     })
@@ -118,10 +104,7 @@ mod tests {
     fn invalid_utf8_is_replaced_with_a_warning() {
         let d = decode(b"caf\xE9 cr\xE8me");
         assert_eq!(d.text, "caf\u{FFFD} cr\u{FFFD}me");
-        assert_eq!(
-            d.warnings,
-            vec!["invalid UTF-8 decoded lossily (2 replacement characters)"]
-        );
+        assert_eq!(d.warnings, vec!["invalid UTF-8 decoded lossily (2 replacement characters)"]);
     }
 
     #[test]
@@ -140,17 +123,10 @@ mod tests {
 
     #[test]
     fn text_title_and_section() {
-        let d = parse(
-            "\n  Notes on birds  \n\nThe hummingbird hovers.\n".into(),
-            None,
-        )
-        .unwrap();
+        let d = parse("\n  Notes on birds  \n\nThe hummingbird hovers.\n".into(), None).unwrap();
         assert_eq!(d.title, "Notes on birds");
         assert_eq!(d.sections.len(), 1);
-        assert_eq!(
-            d.section_text(&d.sections[0]),
-            "Notes on birds  \n\nThe hummingbird hovers."
-        );
+        assert_eq!(d.section_text(&d.sections[0]), "Notes on birds  \n\nThe hummingbird hovers.");
     }
 
     #[test]

@@ -8,9 +8,7 @@ use datafactory_core::document::{Document, Format};
 use datafactory_parse::{parse, sniff, ParseError, ParseOptions, Parsed};
 
 fn fixture_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
 }
 
 fn read(name: &str) -> (Vec<u8>, PathBuf) {
@@ -78,29 +76,13 @@ fn markdown_fixture() {
     let d = parse_one("sample.md");
     assert_eq!(d.format, Format::Markdown);
     assert_eq!(d.title, "Release Engineering Handbook");
-    assert!(d.metadata["front_matter"]
-        .as_str()
-        .unwrap()
-        .contains("owner: build-team"));
+    assert!(d.metadata["front_matter"].as_str().unwrap().contains("owner: build-team"));
     // Front matter belongs to no section; the intro has an empty path.
-    assert!(!d
-        .sections
-        .iter()
-        .any(|s| d.section_text(s).contains("owner:")));
+    assert!(!d.sections.iter().any(|s| d.section_text(s).contains("owner:")));
     assert_eq!(section_with(&d, "This handbook describes").0, path(&[]));
-    assert_eq!(
-        section_with(&d, "marzipan").0,
-        path(&["Release Engineering Handbook"])
-    );
+    assert_eq!(section_with(&d, "marzipan").0, path(&["Release Engineering Handbook"]));
     let (p, body, _) = section_with(&d, "DiffExecutor");
-    assert_eq!(
-        p,
-        path(&[
-            "Release Engineering Handbook",
-            "Preparing a Release",
-            "Checking the Changes"
-        ])
-    );
+    assert_eq!(p, path(&["Release Engineering Handbook", "Preparing a Release", "Checking the Changes"]));
     // `#` inside the code fence is not a heading.
     assert!(body.contains("# This line is a comment in the code, not a heading."));
     assert_eq!(
@@ -110,32 +92,21 @@ fn markdown_fixture() {
     );
     // Headings are in the text but in no section.
     assert!(d.text.contains("## Shipping"));
-    assert!(!d
-        .sections
-        .iter()
-        .any(|s| d.section_text(s).contains("## Shipping")));
+    assert!(!d.sections.iter().any(|s| d.section_text(s).contains("## Shipping")));
 }
 
 #[test]
 fn markdown_with_crlf_and_utf16_gives_the_same_sections() {
     let (bytes, p) = read("sample.md");
-    let lf = parse(&bytes, Some(&p), &ParseOptions::default())
-        .unwrap()
-        .documents;
-    let crlf_bytes = String::from_utf8(bytes.clone())
-        .unwrap()
-        .replace('\n', "\r\n");
-    let crlf = parse(crlf_bytes.as_bytes(), Some(&p), &ParseOptions::default())
-        .unwrap()
-        .documents;
+    let lf = parse(&bytes, Some(&p), &ParseOptions::default()).unwrap().documents;
+    let crlf_bytes = String::from_utf8(bytes.clone()).unwrap().replace('\n', "\r\n");
+    let crlf = parse(crlf_bytes.as_bytes(), Some(&p), &ParseOptions::default()).unwrap().documents;
     assert_eq!(lf, crlf);
     let mut utf16 = vec![0xFF, 0xFE];
     for u in String::from_utf8(bytes).unwrap().encode_utf16() {
         utf16.extend_from_slice(&u.to_le_bytes());
     }
-    let utf16 = parse(&utf16, Some(&p), &ParseOptions::default())
-        .unwrap()
-        .documents;
+    let utf16 = parse(&utf16, Some(&p), &ParseOptions::default()).unwrap().documents;
     assert_eq!(lf, utf16);
 }
 
@@ -146,27 +117,15 @@ fn html_fixture() {
     assert_eq!(d.title, "A Short History of Optical Toys");
     assert_eq!(d.metadata["author"], "Museum of Small Machines");
     let top = "A Short History of Optical Toys";
-    assert_eq!(
-        section_with(&d, "kaleidoscope").0,
-        path(&[top, "The Kaleidoscope"])
-    );
+    assert_eq!(section_with(&d, "kaleidoscope").0, path(&[top, "The Kaleidoscope"]));
     assert_eq!(
         section_with(&d, "zoetrope showed").0,
         path(&[top, "Persistence of Vision", "Spinning Discs and Drums"])
     );
-    assert_eq!(
-        section_with(&d, "1890s").0,
-        path(&[top, "From Toys to Cinema"])
-    );
+    assert_eq!(section_with(&d, "1890s").0, path(&[top, "From Toys to Cinema"]));
     assert!(d.text.contains("Thaumatrope | 1825 | John Ayrton Paris\n"));
-    assert!(
-        d.text.contains("    o         o/        o\n   /|\\"),
-        "pre kept verbatim"
-    );
-    assert!(
-        d.text.contains("sold as toys, but several"),
-        "inline whitespace collapsed"
-    );
+    assert!(d.text.contains("    o         o/        o\n   /|\\"), "pre kept verbatim");
+    assert!(d.text.contains("sold as toys, but several"), "inline whitespace collapsed");
     for junk in [
         "Plan your visit",
         "Gift shop",
@@ -210,14 +169,8 @@ fn docx_fixture() {
         path(&["Airship Operations Manual"]),
         "Title style"
     );
-    assert_eq!(
-        section_with(&d, "zeppelin").0,
-        path(&["Ground Handling", "Walking the Ship"])
-    );
-    assert_eq!(
-        section_with(&d, "Water ballast").0,
-        path(&["Ground Handling", "Mooring at the Mast"])
-    );
+    assert_eq!(section_with(&d, "zeppelin").0, path(&["Ground Handling", "Walking the Ship"]));
+    assert_eq!(section_with(&d, "Water ballast").0, path(&["Ground Handling", "Mooring at the Mast"]));
     let (p, body, _) = section_with(&d, "Surface wind");
     assert_eq!(p, path(&["Flight Preparation"]));
     assert!(body.contains("Check | Limit | Who\nSurface wind | 25 knots | Captain\n"));
@@ -245,14 +198,7 @@ fn jsonl_fixture() {
 
 #[test]
 fn each_search_word_is_in_exactly_one_fixture() {
-    let files = [
-        "sample.txt",
-        "sample.md",
-        "sample.html",
-        "sample.pdf",
-        "sample.docx",
-        "sample.jsonl",
-    ];
+    let files = ["sample.txt", "sample.md", "sample.html", "sample.pdf", "sample.docx", "sample.jsonl"];
     let texts: Vec<(String, String)> = files
         .iter()
         .flat_map(|f| {
@@ -273,11 +219,7 @@ fn each_search_word_is_in_exactly_one_fixture() {
         ("obsidian", "sample.jsonl"),
         ("tangerine", "sample.jsonl"),
     ] {
-        let found: Vec<_> = texts
-            .iter()
-            .filter(|(_, t)| t.contains(word))
-            .map(|(f, _)| f.as_str())
-            .collect();
+        let found: Vec<_> = texts.iter().filter(|(_, t)| t.contains(word)).map(|(f, _)| f.as_str()).collect();
         assert_eq!(found, vec![file], "{word}");
     }
 }
@@ -315,31 +257,11 @@ fn bad_fixtures_fail_with_the_right_error() {
     assert!(e.to_string().starts_with("binary content (not a document)"));
 
     let e = err("bad/encrypted.pdf");
-    assert!(
-        matches!(
-            e,
-            ParseError::Encrypted {
-                format: Format::Pdf
-            }
-        ),
-        "{e:?}"
-    );
-    assert_eq!(
-        e.to_string(),
-        "PDF is encrypted (password-protected); decrypt it first"
-    );
+    assert!(matches!(e, ParseError::Encrypted { format: Format::Pdf }), "{e:?}");
+    assert_eq!(e.to_string(), "PDF is encrypted (password-protected); decrypt it first");
 
     let e = err("bad/truncated.pdf");
-    assert!(
-        matches!(
-            e,
-            ParseError::Corrupt {
-                format: Format::Pdf,
-                ..
-            }
-        ),
-        "{e:?}"
-    );
+    assert!(matches!(e, ParseError::Corrupt { format: Format::Pdf, .. }), "{e:?}");
     assert!(e.to_string().starts_with("corrupt or truncated PDF: "));
 
     let e = err("bad/not-a-docx.docx");
@@ -353,23 +275,9 @@ fn zip_bomb_fails_fast() {
     assert!(bytes.len() < 1024 * 1024, "the committed bomb stays small");
     let limit = 50 * 1024 * 1024;
     let started = Instant::now();
-    let e = parse(
-        &bytes,
-        Some(&p),
-        &ParseOptions {
-            max_decompressed_bytes: limit,
-        },
-    )
-    .unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        started.elapsed()
-    );
-    assert!(
-        matches!(e, ParseError::TooLarge { format: Format::Docx, limit: l } if l == limit),
-        "{e:?}"
-    );
+    let e = parse(&bytes, Some(&p), &ParseOptions { max_decompressed_bytes: limit }).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(matches!(e, ParseError::TooLarge { format: Format::Docx, limit: l } if l == limit), "{e:?}");
     assert_eq!(
         e.to_string(),
         "DOCX decompresses to more than 52428800 bytes (limit ingest.max_decompressed_bytes)"
@@ -382,10 +290,7 @@ fn zip_bomb_fails_fast() {
 #[test]
 fn latin1_is_decoded_lossily_with_a_warning() {
     let parsed = parse_fixture("bad/latin1.txt").unwrap();
-    assert_eq!(
-        parsed.warnings,
-        vec!["invalid UTF-8 decoded lossily (4 replacement characters)"]
-    );
+    assert_eq!(parsed.warnings, vec!["invalid UTF-8 decoded lossily (4 replacement characters)"]);
     let d = &parsed.documents[0];
     check_invariants(d);
     assert_eq!(d.title, "Recipes from a Small Kitchen");
@@ -413,8 +318,7 @@ fn rust_book_chapter() {
         .output()
         .expect("running `rustc --print sysroot`");
     let sysroot = String::from_utf8(sysroot.stdout).unwrap();
-    let page =
-        Path::new(sysroot.trim()).join("share/doc/rust/html/book/ch04-01-what-is-ownership.html");
+    let page = Path::new(sysroot.trim()).join("share/doc/rust/html/book/ch04-01-what-is-ownership.html");
     let bytes = std::fs::read(&page).unwrap_or_else(|e| {
         panic!(
             "the Rust book is needed for this test but {} cannot be read ({e}); \
@@ -427,9 +331,7 @@ fn rust_book_chapter() {
     check_invariants(d);
     assert_eq!(d.format, Format::Html);
     assert!(d.title.starts_with("What is Ownership?"), "{}", d.title);
-    assert!(d
-        .text
-        .starts_with("What Is Ownership?\n\nOwnership is a set of rules"));
+    assert!(d.text.starts_with("What Is Ownership?\n\nOwnership is a set of rules"));
     // Menu bar (theme list), help popup and page navigation are gone (the
     // sidebar itself is filled in by JavaScript in current mdBook).
     for junk in [
@@ -448,17 +350,10 @@ fn rust_book_chapter() {
         path(&["What Is Ownership?"]),
         path(&["What Is Ownership?", "Ownership Rules"]),
         path(&["What Is Ownership?", "The String Type"]),
-        path(&[
-            "What Is Ownership?",
-            "Memory and Allocation",
-            "Variables and Data Interacting with Move",
-        ]),
+        path(&["What Is Ownership?", "Memory and Allocation", "Variables and Data Interacting with Move"]),
         path(&["What Is Ownership?", "Return Values and Scope"]),
     ] {
-        assert!(
-            paths.contains(&expected),
-            "missing section {expected:?} in {paths:?}"
-        );
+        assert!(paths.contains(&expected), "missing section {expected:?} in {paths:?}");
     }
     assert!(d.text.contains("let s = String::from(\"hello\");"));
 }

@@ -19,16 +19,12 @@ const HINTS: &[Option<&str>] = &[
 ];
 
 fn fixture(name: &str) -> Vec<u8> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 fn check(bytes: &[u8], hint: Option<&str>) {
-    let opts = ParseOptions {
-        max_decompressed_bytes: 8 * 1024 * 1024,
-    };
+    let opts = ParseOptions { max_decompressed_bytes: 8 * 1024 * 1024 };
     if let Ok(parsed) = parse(bytes, hint.map(Path::new), &opts) {
         for doc in &parsed.documents {
             check_doc(doc);

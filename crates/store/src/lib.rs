@@ -16,16 +16,28 @@
 
 mod records;
 mod schema;
+mod search;
+mod sparse;
+pub mod vectors;
 pub mod words;
 
 pub use records::*;
+pub use vectors::VectorOptions;
 
-use datafactory_core::{chunk_id, Chunk, Document, Format, Section};
+use datafactory_core::{chunk_id, Chunk, Document, Embedding, Format, Section};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use sparse::SparseIndex;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 use tantivy::{IndexWriter, TantivyDocument};
+use vectors::VectorIndex;
 use words::{WordDoc, WordIndex};
+
+/// Save the vector index at most this often during a long ingest (it is
+/// rewritten whole); `checkpoint` saves it at once.
+const VECTOR_SAVE_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -33,16 +45,16 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("word index: {0}")]
     Index(String),
-    #[error("another DataFactory process is writing to this data directory; wait for it to finish or stop it")]
+    #[error(
+        "another DataFactory process is writing to this data directory; wait for it to finish or stop it"
+    )]
     Busy,
     #[error("{0}")]
     Invalid(String),
     #[error("the store in {path} has schema version {found}, newer than this program's {supported}; upgrade DataFactory")]
-    TooNew {
-        path: PathBuf,
-        found: i64,
-        supported: i64,
-    },
+    TooNew { path: PathBuf, found: i64, supported: i64 },
+    #[error("the store holds vectors of {stored}, but the configured embedding model is {configured}; use another data directory, or configure the stored model")]
+    ModelMismatch { stored: String, configured: String },
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error("stored JSON: {0}")]
@@ -60,16 +72,37 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// The writer of the word index and what it holds that is not yet committed.
 struct WriterState {
     writer: IndexWriter<TantivyDocument>,
-    /// The last change added to the writer but not yet committed.
+    /// The last change added to the word index writer but not yet committed.
     pending: Option<i64>,
+    /// The last change added to the vector index but not yet saved.
+    vectors_pending: Option<i64>,
+    vectors_saved_at: Instant,
 }
 
 pub struct Store {
     dir: PathBuf,
     db: Mutex<Connection>,
     words: WordIndex,
-    // Lock order: `writer` before `db`.
+    // Lock order: `writer`, then `vectors`/`sparse`/`key_collections`, then `db`.
     writer: Mutex<Option<WriterState>>,
+    vectors: RwLock<Option<Arc<VectorIndex>>>,
+    /// Built on the first sparse search, then kept current by this process.
+    sparse: RwLock<Option<SparseIndex>>,
+    /// Vector key → collection, for filtered dense and sparse search; built
+    /// on first use, then kept current by this process.
+    key_collections: RwLock<Option<HashMap<u64, Arc<str>>>>,
+}
+
+/// Which derived index a catch-up is for.
+enum Catchup {
+    UpToDate,
+    /// Re-index these documents and drop these vector keys.
+    Replay {
+        documents: Vec<String>,
+        removed_keys: Vec<u64>,
+    },
+    /// The missed changes are gone: rebuild from SQLite.
+    Rebuild,
 }
 
 /// Identifies a document and the input and pipeline it was made from.
@@ -119,21 +152,27 @@ impl Store {
         db.busy_timeout(std::time::Duration::from_secs(10))?;
         let found: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if found > schema::SCHEMA_VERSION {
-            return Err(StoreError::TooNew {
-                path: db_path,
-                found,
-                supported: schema::SCHEMA_VERSION,
-            });
+            return Err(StoreError::TooNew { path: db_path, found, supported: schema::SCHEMA_VERSION });
         }
         schema::migrate(&mut db)?;
         let words = WordIndex::open(&dir.join("words"))?;
+        let vectors_dir = dir.join("vectors");
+        let vectors = match VectorIndex::saved_options(&vectors_dir)? {
+            Some(options) => Some(Arc::new(VectorIndex::open(&vectors_dir, &options)?)),
+            None => None,
+        };
         let store = Store {
             dir: dir.to_path_buf(),
             db: Mutex::new(db),
             words,
             writer: Mutex::new(None),
+            vectors: RwLock::new(vectors),
+            sparse: RwLock::new(None),
+            key_collections: RwLock::new(None),
         };
-        if store.words.applied_change()? != store.latest_change()? {
+        let vectors_behind =
+            store.vector_index().is_some_and(|v| v.applied_change() != store.latest_change().unwrap_or(0));
+        if vectors_behind || store.words.applied_change()? != store.latest_change()? {
             match store.writer() {
                 Ok(_) => {}
                 Err(StoreError::Busy) => {
@@ -158,9 +197,14 @@ impl Store {
             let mut state = WriterState {
                 writer: self.words.writer()?,
                 pending: None,
+                vectors_pending: None,
+                vectors_saved_at: Instant::now(),
             };
             self.words.reload()?;
             self.repair(&mut state)?;
+            if let Some(v) = self.vector_index() {
+                self.repair_vectors(&v)?;
+            }
             let db = lock(&self.db);
             let n = db.execute(
                 "UPDATE jobs SET state = 'interrupted', updated_at = ?1 WHERE state = 'running'",
@@ -178,13 +222,35 @@ impl Store {
     pub fn latest_change(&self) -> Result<i64> {
         let db = lock(&self.db);
         Ok(db
-            .query_row(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'changes'",
-                [],
-                |r| r.get(0),
-            )
+            .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'changes'", [], |r| r.get(0))
             .optional()?
             .unwrap_or(0))
+    }
+
+    /// What an index that includes changes up to `applied` must do to catch up.
+    fn catchup(&self, applied: i64, latest: i64) -> Result<Catchup> {
+        if applied == latest {
+            return Ok(Catchup::UpToDate);
+        }
+        let db = lock(&self.db);
+        let unapplied: i64 =
+            db.query_row("SELECT COUNT(*) FROM changes WHERE seq > ?1", [applied], |r| r.get(0))?;
+        if applied > latest || unapplied != latest - applied {
+            return Ok(Catchup::Rebuild);
+        }
+        let mut q =
+            db.prepare("SELECT document_id, removed_keys FROM changes WHERE seq > ?1 ORDER BY seq")?;
+        let mut documents = Vec::new();
+        let mut removed_keys = Vec::new();
+        let mut rows = q.query([applied])?;
+        while let Some(r) = rows.next()? {
+            let id: String = r.get(0)?;
+            if !documents.contains(&id) {
+                documents.push(id);
+            }
+            removed_keys.extend(serde_json::from_str::<Vec<u64>>(&r.get::<_, String>(1)?)?);
+        }
+        Ok(Catchup::Replay { documents, removed_keys })
     }
 
     /// Brings the word index up to SQLite's latest change. Returns the number
@@ -192,31 +258,21 @@ impl Store {
     fn repair(&self, state: &mut WriterState) -> Result<usize> {
         let applied = self.words.applied_change()?;
         let latest = self.latest_change()?;
-        if applied == latest {
-            return Ok(0);
-        }
-        let db = lock(&self.db);
-        let unapplied: i64 = db.query_row(
-            "SELECT COUNT(*) FROM changes WHERE seq > ?1",
-            [applied],
-            |r| r.get(0),
-        )?;
-        let replay = applied < latest && unapplied == latest - applied;
-        let ids: Vec<String> = if replay {
-            let mut q = db.prepare("SELECT DISTINCT document_id FROM changes WHERE seq > ?1")?;
-            let ids = q
-                .query_map([applied], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            ids
-        } else {
-            tracing::warn!(
-                "word index (change {applied}) cannot be replayed to change {latest}; rebuilding it from SQLite"
-            );
-            state.writer.delete_all_documents()?;
-            let mut q = db.prepare("SELECT id FROM documents ORDER BY id")?;
-            let ids = q.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-            ids
+        let ids: Vec<String> = match self.catchup(applied, latest)? {
+            Catchup::UpToDate => return Ok(0),
+            Catchup::Replay { documents, .. } => documents,
+            Catchup::Rebuild => {
+                tracing::warn!(
+                    "word index (change {applied}) cannot be replayed to change {latest}; rebuilding it from SQLite"
+                );
+                state.writer.delete_all_documents()?;
+                let db = lock(&self.db);
+                let mut q = db.prepare("SELECT id FROM documents ORDER BY id")?;
+                let ids = q.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+                ids
+            }
         };
+        let db = lock(&self.db);
         for id in &ids {
             self.words.delete_document(&state.writer, id);
             self.index_document_from_db(&db, &state.writer, id)?;
@@ -224,12 +280,55 @@ impl Store {
         drop(db);
         self.words.commit(&mut state.writer, latest)?;
         state.pending = None;
-        self.prune_changes(latest)?;
-        tracing::info!(
-            "word index repaired: {} document(s) re-indexed, now at change {latest}",
-            ids.len()
-        );
+        self.prune_changes()?;
+        tracing::info!("word index repaired: {} document(s) re-indexed, now at change {latest}", ids.len());
         Ok(ids.len())
+    }
+
+    /// Brings the vector index up to SQLite's latest change and saves it.
+    fn repair_vectors(&self, v: &VectorIndex) -> Result<()> {
+        let applied = v.applied_change();
+        let latest = self.latest_change()?;
+        let (sql, param): (&str, Option<Vec<String>>) = match self.catchup(applied, latest)? {
+            Catchup::UpToDate => return Ok(()),
+            Catchup::Replay { documents, removed_keys } => {
+                for k in removed_keys {
+                    v.remove(k)?;
+                }
+                (
+                    "SELECT e.key, e.dense FROM embeddings e JOIN chunks c ON c.id = e.chunk_id WHERE c.document_id = ?1",
+                    Some(documents),
+                )
+            }
+            Catchup::Rebuild => {
+                tracing::warn!("vector index (change {applied}) is rebuilt from SQLite (change {latest})");
+                v.clear()?;
+                ("SELECT key, dense FROM embeddings", None)
+            }
+        };
+        let db = lock(&self.db);
+        let mut q = db.prepare(sql)?;
+        let add_rows = |rows: &mut rusqlite::Rows<'_>| -> Result<()> {
+            while let Some(r) = rows.next()? {
+                let key: i64 = r.get(0)?;
+                v.add(key as u64, &vectors::decode_dense(&r.get::<_, Vec<u8>>(1)?))?;
+            }
+            Ok(())
+        };
+        match param {
+            Some(documents) => {
+                for d in documents {
+                    add_rows(&mut q.query([d])?)?;
+                }
+            }
+            None => add_rows(&mut q.query([])?)?,
+        }
+        drop(q);
+        drop(db);
+        v.save(latest)?;
+        self.prune_changes()?;
+        tracing::info!("vector index repaired, now at change {latest}");
+        Ok(())
     }
 
     /// Adds a stored document's chunks to the word index writer.
@@ -266,8 +365,41 @@ impl Store {
         Ok(())
     }
 
-    fn prune_changes(&self, upto: i64) -> Result<()> {
+    /// Drops the changes every derived index has saved.
+    fn prune_changes(&self) -> Result<()> {
+        let mut upto = self.words.applied_change()?;
+        if let Some(v) = self.vector_index() {
+            upto = upto.min(v.saved_change());
+        }
         lock(&self.db).execute("DELETE FROM changes WHERE seq <= ?1", [upto])?;
+        Ok(())
+    }
+
+    fn vector_index(&self) -> Option<Arc<VectorIndex>> {
+        self.vectors.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The options of the vector index, if the store has one.
+    pub fn vector_options(&self) -> Option<VectorOptions> {
+        self.vector_index().map(|v| v.options().clone())
+    }
+
+    /// Opens or creates the vector index for an embedding model (writer side),
+    /// bringing it up to date. Fails if the store holds another model's vectors.
+    pub fn enable_vectors(&self, options: &VectorOptions) -> Result<()> {
+        let guard = self.writer()?;
+        if self.vector_options().as_ref() == Some(options) {
+            return Ok(());
+        }
+        let index = Arc::new(VectorIndex::open(&self.dir.join("vectors"), options)?);
+        self.repair_vectors(&index)?;
+        *self.vectors.write().unwrap_or_else(|p| p.into_inner()) = Some(index);
+        lock(&self.db).execute(
+            "INSERT INTO meta (key, value) VALUES ('embedding_model', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [&options.model],
+        )?;
+        drop(guard);
         Ok(())
     }
 
@@ -276,27 +408,41 @@ impl Store {
     pub fn document_fingerprint(&self, id: &str) -> Result<Option<(String, String)>> {
         let db = lock(&self.db);
         Ok(db
-            .query_row(
-                "SELECT content_hash, pipeline FROM documents WHERE id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .query_row("SELECT content_hash, pipeline FROM documents WHERE id = ?1", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?)
     }
 
-    /// Stores a document and its chunks in one transaction, replacing an
-    /// earlier version; does nothing if the same input was stored with the
-    /// same pipeline. The word index sees it at the next `flush`.
+    /// Stores a document and its chunks (and their embeddings, aligned with
+    /// `chunks`) in one transaction, replacing an earlier version; does
+    /// nothing if the same input was stored with the same pipeline. The word
+    /// index sees it at the next `flush`; the vector index at once.
     pub fn commit_document(
         &self,
         key: &DocumentKey,
         doc: &Document,
         chunks: &[Chunk],
+        embeddings: Option<&[Embedding]>,
     ) -> Result<CommitOutcome> {
-        datafactory_core::config::validate_collection(&key.collection)
-            .map_err(StoreError::Invalid)?;
+        datafactory_core::config::validate_collection(&key.collection).map_err(StoreError::Invalid)?;
+        if let Some(e) = embeddings {
+            if e.len() != chunks.len() {
+                return Err(StoreError::Invalid(format!(
+                    "{} embeddings for {} chunks",
+                    e.len(),
+                    chunks.len()
+                )));
+            }
+        }
         let mut guard = self.writer()?;
         let state = guard.as_mut().expect("writer taken above");
+        let vectors = self.vector_index();
+        if embeddings.is_some() && vectors.is_none() {
+            return Err(StoreError::Invalid(
+                "embeddings given, but the store has no vector index (enable_vectors first)".into(),
+            ));
+        }
         let mut db = lock(&self.db);
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let existing: Option<(String, String, i64)> = tx
@@ -316,7 +462,7 @@ impl Store {
             "INSERT OR IGNORE INTO collections (name, created_at) VALUES (?1, ?2)",
             params![key.collection, now],
         )?;
-        tx.execute("DELETE FROM chunks WHERE document_id = ?1", [&key.id])?;
+        let removed_keys = remove_chunks(&tx, &key.id)?;
         let created_at = existing.as_ref().map_or(now, |e| e.2);
         tx.execute(
             "INSERT INTO documents (id, collection, source, external_id, title, format, content_hash,
@@ -347,12 +493,15 @@ impl Store {
             ],
         )?;
         let mut ids = Vec::with_capacity(chunks.len());
+        let mut vector_keys = Vec::new();
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO chunks (id, document_id, ordinal, heading_path, text, char_start, char_end, page, token_count)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
-            for c in chunks {
+            let mut insert_embedding =
+                tx.prepare_cached("INSERT INTO embeddings (chunk_id, dense, sparse) VALUES (?1, ?2, ?3)")?;
+            for (i, c) in chunks.iter().enumerate() {
                 let id = chunk_id(&key.id, c.ordinal, &c.text);
                 insert.execute(params![
                     id,
@@ -365,19 +514,50 @@ impl Store {
                     c.page,
                     c.token_count,
                 ])?;
+                if let Some(e) = embeddings.map(|e| &e[i]) {
+                    let sparse = (!e.sparse.is_empty()).then(|| vectors::encode_sparse(&e.sparse));
+                    insert_embedding.execute(params![id, vectors::encode_dense(&e.dense), sparse])?;
+                    vector_keys.push(tx.last_insert_rowid() as u64);
+                }
                 ids.push(id);
             }
         }
         let op = if existing.is_some() { "replace" } else { "add" };
         tx.execute(
-            "INSERT INTO changes (document_id, op, at) VALUES (?1, ?2, ?3)",
-            params![key.id, op, now],
+            "INSERT INTO changes (document_id, op, at, removed_keys) VALUES (?1, ?2, ?3, ?4)",
+            params![key.id, op, now, serde_json::to_string(&removed_keys)?],
         )?;
         let seq = tx.last_insert_rowid();
         tx.commit()?;
         drop(db);
 
-        // SQLite has it; now the word index (committed later, in a batch).
+        // SQLite has it; now the derived indexes.
+        let collection: Arc<str> = Arc::from(key.collection.as_str());
+        self.forget_keys(&removed_keys);
+        if let (Some(v), Some(e)) = (&vectors, embeddings) {
+            let added = (|| -> Result<()> {
+                for k in &removed_keys {
+                    v.remove(*k)?;
+                }
+                for (k, e) in vector_keys.iter().zip(e) {
+                    v.add(*k, &e.dense)?;
+                }
+                Ok(())
+            })();
+            if let Err(err) = added {
+                tracing::warn!("vector index update failed ({err}); replaying from SQLite");
+                self.repair_vectors(v)?;
+            }
+            self.remember_keys(&vector_keys, e, &collection);
+        } else if let Some(v) = &vectors {
+            for k in &removed_keys {
+                v.remove(*k)?;
+            }
+        }
+        if let Some(v) = &vectors {
+            v.mark_applied(seq);
+            state.vectors_pending = Some(seq);
+        }
         let added = (|| -> Result<()> {
             self.words.delete_document(&state.writer, &key.id);
             for (c, id) in chunks.iter().zip(&ids) {
@@ -405,22 +585,69 @@ impl Store {
                 self.repair(state)?;
             }
         }
-        Ok(if existing.is_some() {
-            CommitOutcome::Replaced
-        } else {
-            CommitOutcome::Added
-        })
+        Ok(if existing.is_some() { CommitOutcome::Replaced } else { CommitOutcome::Added })
+    }
+
+    /// Keeps the in-memory sparse index and key map (if built) current.
+    fn remember_keys(&self, keys: &[u64], embeddings: &[Embedding], collection: &Arc<str>) {
+        if let Some(map) = self.key_collections.write().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            for k in keys {
+                map.insert(*k, collection.clone());
+            }
+        }
+        if let Some(sparse) = self.sparse.write().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            for (k, e) in keys.iter().zip(embeddings) {
+                if !e.sparse.is_empty() {
+                    sparse.add(*k, &e.sparse);
+                }
+            }
+        }
+    }
+
+    fn forget_keys(&self, keys: &[u64]) {
+        if keys.is_empty() {
+            return;
+        }
+        if let Some(map) = self.key_collections.write().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            for k in keys {
+                map.remove(k);
+            }
+        }
+        if let Some(sparse) = self.sparse.write().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            for k in keys {
+                sparse.remove(*k);
+            }
+        }
     }
 
     /// Commits the word index up to the last stored change, making every
-    /// document stored so far searchable.
+    /// document stored so far searchable by words; saves the vector index if
+    /// it was last saved a while ago.
     pub fn flush(&self) -> Result<()> {
+        self.flush_inner(false)
+    }
+
+    /// Commits the word index and saves the vector index now.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.flush_inner(true)
+    }
+
+    fn flush_inner(&self, save_vectors: bool) -> Result<()> {
         let mut guard = lock(&self.writer);
         if let Some(state) = guard.as_mut() {
             if let Some(seq) = state.pending.take() {
                 self.words.commit(&mut state.writer, seq)?;
-                self.prune_changes(seq)?;
             }
+            if let Some(seq) = state.vectors_pending {
+                if save_vectors || state.vectors_saved_at.elapsed() >= VECTOR_SAVE_INTERVAL {
+                    if let Some(v) = self.vector_index() {
+                        v.save(seq)?;
+                    }
+                    state.vectors_pending = None;
+                    state.vectors_saved_at = Instant::now();
+                }
+            }
+            self.prune_changes()?;
         }
         Ok(())
     }
@@ -431,64 +658,52 @@ impl Store {
         let state = guard.as_mut().expect("writer taken above");
         let mut db = lock(&self.db);
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let n = tx.execute("DELETE FROM chunks WHERE document_id = ?1", [id])?;
-        let d = tx.execute("DELETE FROM documents WHERE id = ?1", [id])?;
-        if d == 0 && n == 0 {
+        let exists: bool =
+            tx.query_row("SELECT 1 FROM documents WHERE id = ?1", [id], |_| Ok(())).optional()?.is_some();
+        if !exists {
             return Ok(false);
         }
+        let removed_keys = remove_chunks(&tx, id)?;
+        tx.execute("DELETE FROM documents WHERE id = ?1", [id])?;
         tx.execute(
-            "INSERT INTO changes (document_id, op, at) VALUES (?1, 'delete', ?2)",
-            params![id, now_ms()],
+            "INSERT INTO changes (document_id, op, at, removed_keys) VALUES (?1, 'delete', ?2, ?3)",
+            params![id, now_ms(), serde_json::to_string(&removed_keys)?],
         )?;
         let seq = tx.last_insert_rowid();
         tx.commit()?;
         drop(db);
         self.words.delete_document(&state.writer, id);
         state.pending = Some(seq);
+        self.forget_keys(&removed_keys);
+        if let Some(v) = self.vector_index() {
+            for k in &removed_keys {
+                v.remove(*k)?;
+            }
+            v.mark_applied(seq);
+            state.vectors_pending = Some(seq);
+        }
         drop(guard);
-        self.flush()?;
+        self.checkpoint()?;
         Ok(true)
     }
 
     /// Word search (BM25): the best chunks for `query`, read back from SQLite.
     pub fn search_words(&self, query: &WordQuery<'_>) -> Result<Vec<SearchHit>> {
-        let hits = self.words.search(
-            query.text,
-            query.collection,
-            query.top_k,
-            query.title_boost,
-            query.heading_boost,
-        )?;
-        let db = lock(&self.db);
-        let mut q = db.prepare_cached(
-            "SELECT c.document_id, c.ordinal, c.heading_path, c.text, c.char_start, c.char_end, c.page,
-                    d.title, d.source, d.collection
-             FROM chunks c JOIN documents d ON d.id = c.document_id WHERE c.id = ?1",
-        )?;
-        let mut out = Vec::with_capacity(hits.len());
-        for (chunk_id, score) in hits {
-            let hit = q
-                .query_row([&chunk_id], |r| {
-                    Ok(SearchHit {
-                        chunk_id: chunk_id.clone(),
-                        score,
-                        document_id: r.get(0)?,
-                        ordinal: r.get(1)?,
-                        heading_path: parse_json_list(&r.get::<_, String>(2)?),
-                        text: r.get(3)?,
-                        start: r.get::<_, i64>(4)? as usize,
-                        end: r.get::<_, i64>(5)? as usize,
-                        page: r.get(6)?,
-                        title: r.get(7)?,
-                        source: r.get(8)?,
-                        collection: r.get(9)?,
-                    })
-                })
-                .optional()?;
-            // A chunk the index has but SQLite no longer does is never shown.
-            out.extend(hit);
-        }
-        Ok(out)
+        let request = SearchRequest {
+            text: query.text,
+            embedding: None,
+            mode: SearchMode::Lexical,
+            collection: query.collection,
+            top_k: query.top_k,
+            candidates: query.top_k,
+            rrf_k: 60.0,
+            weight_words: 1.0,
+            weight_dense: 0.0,
+            weight_sparse: 0.0,
+            title_boost: query.title_boost,
+            heading_boost: query.heading_boost,
+        };
+        Ok(self.search(&request)?.hits)
     }
 
     pub fn list_documents(&self, collection: Option<&str>) -> Result<Vec<DocumentSummary>> {
@@ -505,7 +720,9 @@ impl Store {
         let db = lock(&self.db);
         let summary = db
             .query_row(
-                &format!("{SUMMARY_SELECT} WHERE d.id = ?1 OR d.external_id = ?1 ORDER BY d.id = ?1 DESC LIMIT 1"),
+                &format!(
+                    "{SUMMARY_SELECT} WHERE d.id = ?1 OR d.external_id = ?1 ORDER BY d.id = ?1 DESC LIMIT 1"
+                ),
                 [id],
                 summary_from_row,
             )
@@ -574,16 +791,36 @@ impl Store {
             [],
             |r| r.get(0),
         )?;
+        let embedded: i64 = db.query_row("SELECT COUNT(*) FROM embeddings", [], |r| r.get(0))?;
+        drop(q);
+        drop(db);
         let mut problems = Vec::new();
+        let vector_index = self.vector_index().map(|v| VectorStats {
+            model: v.options().model.clone(),
+            dimensions: v.options().dimensions,
+            vectors: v.len() as u64,
+            applied_change: v.applied_change(),
+            saved_change: v.saved_change(),
+        });
+        if let Some(v) = &vector_index {
+            if v.applied_change != latest {
+                problems.push(format!(
+                    "vector index is at change {}, SQLite at {latest} (a writer is running, or the next start repairs it)",
+                    v.applied_change
+                ));
+            } else if v.vectors != embedded as u64 {
+                problems.push(format!("vector index holds {} vectors, SQLite {embedded}", v.vectors));
+            }
+        } else if embedded > 0 {
+            problems.push(format!("SQLite holds {embedded} embeddings but there is no vector index"));
+        }
         if applied != latest {
             problems.push(format!(
                 "word index is at change {applied}, SQLite at {latest} (a writer is running, or the next start repairs it)"
             ));
         }
         if indexed != chunks as u64 {
-            problems.push(format!(
-                "word index holds {indexed} chunks, SQLite {chunks}"
-            ));
+            problems.push(format!("word index holds {indexed} chunks, SQLite {chunks}"));
         }
         if orphans > 0 {
             problems.push(format!("{orphans} chunks belong to no document"));
@@ -592,10 +829,9 @@ impl Store {
             documents: documents as u64,
             chunks: chunks as u64,
             collections,
-            word_index: IndexStats {
-                chunks: indexed,
-                applied_change: applied,
-            },
+            word_index: IndexStats { chunks: indexed, applied_change: applied },
+            embedded_chunks: embedded as u64,
+            vector_index,
             latest_change: latest,
             consistent: problems.is_empty(),
             problems,
@@ -611,12 +847,7 @@ impl Store {
         let id = format!(
             "job-{}",
             &blake3::hash(
-                format!(
-                    "{kind}{now}{}{:?}",
-                    std::process::id(),
-                    std::time::Instant::now()
-                )
-                .as_bytes()
+                format!("{kind}{now}{}{:?}", std::process::id(), std::time::Instant::now()).as_bytes()
             )
             .to_hex()[..16]
         );
@@ -663,16 +894,29 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        if let Err(e) = self.flush() {
-            tracing::warn!(
-                "could not commit the word index on close: {e}; the next start repairs it"
-            );
+        if let Err(e) = self.checkpoint() {
+            tracing::warn!("could not commit the word index on close: {e}; the next start repairs it");
         }
     }
 }
 
-const SUMMARY_SELECT: &str =
-    "SELECT d.id, d.collection, d.source, d.external_id, d.title, d.format,
+/// Deletes a document's chunks and embeddings; returns the vector keys removed.
+fn remove_chunks(tx: &rusqlite::Transaction<'_>, document_id: &str) -> Result<Vec<u64>> {
+    let keys: Vec<u64> = tx
+        .prepare_cached(
+            "SELECT e.key FROM embeddings e JOIN chunks c ON c.id = e.chunk_id WHERE c.document_id = ?1",
+        )?
+        .query_map([document_id], |r| r.get::<_, i64>(0).map(|k| k as u64))?
+        .collect::<Result<_, _>>()?;
+    tx.execute(
+        "DELETE FROM embeddings WHERE chunk_id IN (SELECT id FROM chunks WHERE document_id = ?1)",
+        [document_id],
+    )?;
+    tx.execute("DELETE FROM chunks WHERE document_id = ?1", [document_id])?;
+    Ok(keys)
+}
+
+const SUMMARY_SELECT: &str = "SELECT d.id, d.collection, d.source, d.external_id, d.title, d.format,
         d.content_hash, d.byte_size, d.version, d.created_at, d.updated_at,
         (SELECT COUNT(*) FROM chunks c WHERE c.document_id = d.id)
      FROM documents d";
@@ -709,5 +953,7 @@ impl Store {
         if let Some(mut state) = lock(&self.writer).take() {
             state.writer.rollback().expect("rollback");
         }
+        // Vectors held in memory are lost too.
+        *self.vectors.write().unwrap() = None;
     }
 }

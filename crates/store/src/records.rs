@@ -1,8 +1,75 @@
 //! What the store hands back: plain serialisable records. Their JSON shapes are
 //! part of the CLI's documented, stable `--json` output.
 
-use datafactory_core::{Format, Section};
+use datafactory_core::{Embedding, Format, Section};
 use serde::Serialize;
+
+/// Which retrievers a search uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchMode {
+    /// Words only (BM25).
+    Lexical,
+    /// Dense vectors only.
+    Dense,
+    /// Sparse lexical weights only (bge-m3).
+    Sparse,
+    /// Words, dense and (if weighted) sparse, fused by weighted reciprocal rank.
+    Hybrid,
+}
+
+impl SearchMode {
+    pub fn parse_name(s: &str) -> Option<SearchMode> {
+        Some(match s {
+            "lexical" | "words" => SearchMode::Lexical,
+            "dense" => SearchMode::Dense,
+            "sparse" => SearchMode::Sparse,
+            "hybrid" => SearchMode::Hybrid,
+            _ => return None,
+        })
+    }
+}
+
+/// A search over one or more retrievers.
+#[derive(Debug, Clone)]
+pub struct SearchRequest<'a> {
+    pub text: &'a str,
+    /// The query's embedding: needed by the dense and sparse retrievers.
+    pub embedding: Option<&'a Embedding>,
+    pub mode: SearchMode,
+    pub collection: Option<&'a str>,
+    pub top_k: usize,
+    /// Candidates taken from each retriever before fusion.
+    pub candidates: usize,
+    pub rrf_k: f32,
+    pub weight_words: f32,
+    pub weight_dense: f32,
+    pub weight_sparse: f32,
+    pub title_boost: f32,
+    pub heading_boost: f32,
+}
+
+/// The score each stage gave a result (absent: the stage did not find it or did not run).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StageScores {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub words: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dense: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparse: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fused: Option<f32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchResults {
+    /// The retrievers that ran, e.g. `["words", "dense"]`.
+    pub retrievers: Vec<&'static str>,
+    pub hits: Vec<SearchHit>,
+    /// Why a requested retriever did not run, if one did not.
+    pub notes: Vec<String>,
+}
 
 /// A word query.
 #[derive(Debug, Clone)]
@@ -17,7 +84,9 @@ pub struct WordQuery<'a> {
 #[derive(Debug, Clone, Serialize)]
 pub struct SearchHit {
     pub chunk_id: String,
+    /// The ranking score: fused in hybrid mode, else the one retriever's.
     pub score: f32,
+    pub scores: StageScores,
     pub document_id: String,
     pub collection: String,
     pub title: String,
@@ -88,11 +157,27 @@ pub struct IndexStats {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub struct VectorStats {
+    pub model: String,
+    pub dimensions: usize,
+    pub vectors: u64,
+    /// The last SQLite change the vector index includes (in this process).
+    pub applied_change: i64,
+    /// The last SQLite change its saved file includes.
+    pub saved_change: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct Stats {
     pub documents: u64,
     pub chunks: u64,
     pub collections: Vec<CollectionStats>,
     pub word_index: IndexStats,
+    /// Chunks with an embedding in SQLite.
+    pub embedded_chunks: u64,
+    /// Absent when the store has no vectors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vector_index: Option<VectorStats>,
     pub latest_change: i64,
     pub consistent: bool,
     pub problems: Vec<String>,

@@ -3,7 +3,8 @@
 use rusqlite::Connection;
 
 /// Each entry migrates from version `index` to `index + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE collections (
     name        TEXT PRIMARY KEY,
     created_at  INTEGER NOT NULL
@@ -57,7 +58,25 @@ CREATE TABLE jobs (
     updated_at   INTEGER NOT NULL,
     finished_at  INTEGER
 );
-"#];
+"#,
+    r#"
+-- Settings of the store itself (e.g. the embedding model of its vectors).
+CREATE TABLE meta (
+    key    TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
+-- One row per embedded chunk. `key` identifies the vector in the vector
+-- index; AUTOINCREMENT never reuses a key.
+CREATE TABLE embeddings (
+    key       INTEGER PRIMARY KEY AUTOINCREMENT,
+    chunk_id  TEXT NOT NULL UNIQUE REFERENCES chunks(id) ON DELETE CASCADE,
+    dense     BLOB NOT NULL,
+    sparse    BLOB
+);
+-- Vector keys a change removed (JSON array), so an index can replay it.
+ALTER TABLE changes ADD COLUMN removed_keys TEXT NOT NULL DEFAULT '[]';
+"#,
+];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 

@@ -22,13 +22,8 @@ fn document(title: &str, body: &str) -> Document {
 
 fn put(store: &Store, collection: &str, source: &str, body: &str) -> CommitOutcome {
     let doc = document(source, body);
-    let chunker = Chunker::new(
-        &ChunkingConfig {
-            max_tokens: 32,
-            overlap_tokens: 0,
-        },
-        Arc::new(HeuristicTokenCounter),
-    );
+    let chunker =
+        Chunker::new(&ChunkingConfig { max_tokens: 32, overlap_tokens: 0 }, Arc::new(HeuristicTokenCounter));
     let chunks = chunker.chunk(&doc);
     let key = DocumentKey {
         id: document_id(collection, source),
@@ -38,18 +33,12 @@ fn put(store: &Store, collection: &str, source: &str, body: &str) -> CommitOutco
         pipeline: chunker.fingerprint(),
         byte_size: body.len() as u64,
     };
-    store.commit_document(&key, &doc, &chunks).unwrap()
+    store.commit_document(&key, &doc, &chunks, None).unwrap()
 }
 
 fn search(store: &Store, q: &str, collection: Option<&str>) -> Vec<SearchHit> {
     store
-        .search_words(&WordQuery {
-            text: q,
-            collection,
-            top_k: 10,
-            title_boost: 0.5,
-            heading_boost: 0.8,
-        })
+        .search_words(&WordQuery { text: q, collection, top_k: 10, title_boost: 0.5, heading_boost: 0.8 })
         .unwrap()
 }
 
@@ -57,14 +46,8 @@ fn search(store: &Store, q: &str, collection: Option<&str>) -> Vec<SearchHit> {
 fn commit_search_replace_delete() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    assert_eq!(
-        put(&store, "c", "a.txt", "The DiffExecutor runs diffs."),
-        CommitOutcome::Added
-    );
-    assert_eq!(
-        put(&store, "c", "b.txt", "Apples and pears."),
-        CommitOutcome::Added
-    );
+    assert_eq!(put(&store, "c", "a.txt", "The DiffExecutor runs diffs."), CommitOutcome::Added);
+    assert_eq!(put(&store, "c", "b.txt", "Apples and pears."), CommitOutcome::Added);
     // Not searchable before the flush, searchable after.
     assert!(search(&store, "executor", None).is_empty());
     store.flush().unwrap();
@@ -75,14 +58,8 @@ fn commit_search_replace_delete() {
     assert_eq!(search(&store, "diff_executor", Some("c")).len(), 1);
     assert!(search(&store, "executor", Some("other")).is_empty());
 
-    assert_eq!(
-        put(&store, "c", "a.txt", "The DiffExecutor runs diffs."),
-        CommitOutcome::Unchanged
-    );
-    assert_eq!(
-        put(&store, "c", "a.txt", "Now about bananas."),
-        CommitOutcome::Replaced
-    );
+    assert_eq!(put(&store, "c", "a.txt", "The DiffExecutor runs diffs."), CommitOutcome::Unchanged);
+    assert_eq!(put(&store, "c", "a.txt", "Now about bananas."), CommitOutcome::Replaced);
     store.flush().unwrap();
     assert!(search(&store, "executor", None).is_empty());
     assert_eq!(search(&store, "bananas", None).len(), 1);
@@ -114,10 +91,7 @@ fn unflushed_changes_are_replayed_on_open() {
     let stats = store.stats().unwrap();
     assert!(stats.consistent, "{stats:?}");
     assert_eq!(stats.word_index.chunks, 2);
-    let hits: Vec<_> = search(&store, "zebra", None)
-        .into_iter()
-        .map(|h| h.source)
-        .collect();
+    let hits: Vec<_> = search(&store, "zebra", None).into_iter().map(|h| h.source).collect();
     assert_eq!(hits, vec!["two.txt"]);
     assert_eq!(search(&store, "giraffe", None).len(), 1);
 }
@@ -128,12 +102,7 @@ fn lost_word_index_is_rebuilt() {
     {
         let store = Store::open(dir.path()).unwrap();
         for i in 0..5 {
-            put(
-                &store,
-                "c",
-                &format!("{i}.txt"),
-                &format!("document number {i} about otters"),
-            );
+            put(&store, "c", &format!("{i}.txt"), &format!("document number {i} about otters"));
         }
     }
     std::fs::remove_dir_all(dir.path().join("words")).unwrap();
@@ -159,10 +128,7 @@ fn second_writer_is_refused_readers_are_not() {
         pipeline: "p".into(),
         byte_size: 1,
     };
-    assert!(matches!(
-        b.commit_document(&key, &doc, &[]),
-        Err(StoreError::Busy)
-    ));
+    assert!(matches!(b.commit_document(&key, &doc, &[], None), Err(StoreError::Busy)));
 }
 
 #[test]
@@ -178,10 +144,7 @@ fn bad_collection_names_are_refused() {
         pipeline: "p".into(),
         byte_size: 1,
     };
-    let e = store
-        .commit_document(&key, &doc, &[])
-        .unwrap_err()
-        .to_string();
+    let e = store.commit_document(&key, &doc, &[], None).unwrap_err().to_string();
     assert!(e.contains("collection name"), "{e}");
 }
 
@@ -195,4 +158,175 @@ fn jobs_left_running_are_marked_interrupted() {
     let store = Store::open(dir.path()).unwrap();
     put(&store, "c", "b.txt", "y");
     assert_eq!(store.get_job(&id).unwrap().unwrap().state, "interrupted");
+}
+
+// ---- vectors ----
+
+use datafactory_core::Embedding;
+
+const DIM: usize = 8;
+
+fn vector_options(model: &str) -> VectorOptions {
+    VectorOptions {
+        model: model.into(),
+        dimensions: DIM,
+        quantization: "f16".into(),
+        connectivity: 16,
+        expansion_add: 64,
+        expansion_search: 32,
+        exact_below: 1000,
+    }
+}
+
+/// A unit vector along axis `axis`, a little off so ties do not happen.
+fn axis(axis: usize) -> Vec<f32> {
+    let mut v = [0.01f32; DIM];
+    v[axis] = 1.0;
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter().map(|x| x / n).collect()
+}
+
+/// Stores a one-chunk document whose vector points along `dir` and whose
+/// sparse weights hold token `dir + 100`.
+fn put_vec(store: &Store, collection: &str, source: &str, body: &str, dir: usize) {
+    let doc = document(source, body);
+    let chunks = vec![Chunk {
+        ordinal: 0,
+        heading_path: vec![],
+        text: body.into(),
+        start: 0,
+        end: body.chars().count(),
+        page: None,
+        token_count: 3,
+    }];
+    let key = DocumentKey {
+        id: document_id(collection, source),
+        collection: collection.into(),
+        source: source.into(),
+        content_hash: datafactory_core::content_hash(format!("{body}{dir}").as_bytes()),
+        pipeline: "p".into(),
+        byte_size: body.len() as u64,
+    };
+    let e = Embedding { dense: axis(dir), sparse: vec![(dir as u32 + 100, 0.7)] };
+    store.commit_document(&key, &doc, &chunks, Some(&[e])).unwrap();
+}
+
+fn request<'a>(
+    text: &'a str,
+    e: &'a Embedding,
+    mode: SearchMode,
+    collection: Option<&'a str>,
+) -> SearchRequest<'a> {
+    SearchRequest {
+        text,
+        embedding: Some(e),
+        mode,
+        collection,
+        top_k: 5,
+        candidates: 50,
+        rrf_k: 60.0,
+        weight_words: 0.2,
+        weight_dense: 0.8,
+        weight_sparse: 0.0,
+        title_boost: 0.5,
+        heading_boost: 0.8,
+    }
+}
+
+fn sources(r: &SearchResults) -> Vec<&str> {
+    r.hits.iter().map(|h| h.source.as_str()).collect()
+}
+
+#[test]
+fn dense_sparse_and_hybrid_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.enable_vectors(&vector_options("m")).unwrap();
+    put_vec(&store, "c", "north.txt", "pointing north", 0);
+    put_vec(&store, "c", "east.txt", "pointing east", 1);
+    put_vec(&store, "d", "up.txt", "pointing up", 2);
+    store.flush().unwrap();
+
+    let q = Embedding { dense: axis(1), sparse: vec![(101, 1.0)] };
+    let dense = store.search(&request("", &q, SearchMode::Dense, None)).unwrap();
+    assert_eq!(dense.retrievers, ["dense"]);
+    assert_eq!(sources(&dense)[0], "east.txt");
+    assert!(dense.hits[0].scores.dense.unwrap() > 0.99);
+    let sparse = store.search(&request("", &q, SearchMode::Sparse, None)).unwrap();
+    assert_eq!(sources(&sparse), ["east.txt"]);
+    // Collection filters apply to every retriever.
+    let d = store.search(&request("", &q, SearchMode::Dense, Some("d"))).unwrap();
+    assert_eq!(sources(&d), ["up.txt"]);
+    let d = store.search(&request("", &q, SearchMode::Sparse, Some("d"))).unwrap();
+    assert!(d.hits.is_empty());
+
+    // Hybrid: "north" is found by words (rank 1) and by dense (rank 2 or 3);
+    // "east" by dense alone (rank 1): found by both wins.
+    let h = store.search(&request("north", &q, SearchMode::Hybrid, None)).unwrap();
+    assert_eq!(h.retrievers, ["words", "dense"]);
+    assert_eq!(sources(&h)[..2], ["north.txt", "east.txt"]);
+    let north = &h.hits[0];
+    assert!(north.scores.words.is_some() && north.scores.dense.is_some());
+    let fused = north.scores.fused.unwrap();
+    let expected = [2.0, 3.0].map(|rank| 0.2 / 61.0 + 0.8 / (60.0 + rank));
+    assert!(expected.iter().any(|e| (fused - e).abs() < 1e-6), "{:?}", north.scores);
+    assert!((h.hits[1].scores.fused.unwrap() - 0.8 / 61.0).abs() < 1e-6);
+    assert_eq!(h.hits[1].score, h.hits[1].scores.fused.unwrap());
+
+    // Without a query embedding, hybrid falls back to words and says why.
+    let mut words_only = request("north", &q, SearchMode::Hybrid, None);
+    words_only.embedding = None;
+    let w = store.search(&words_only).unwrap();
+    assert_eq!(w.retrievers, ["words"]);
+    assert!(!w.notes.is_empty());
+    assert!(store.stats().unwrap().consistent);
+}
+
+#[test]
+fn replaced_and_deleted_documents_leave_no_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.enable_vectors(&vector_options("m")).unwrap();
+    put_vec(&store, "c", "a.txt", "alpha", 0);
+    put_vec(&store, "c", "b.txt", "beta", 1);
+    put_vec(&store, "c", "a.txt", "alpha moved", 3); // replace: new direction
+    let q = Embedding { dense: axis(0), sparse: vec![(100, 1.0)] };
+    let r = store.search(&request("", &q, SearchMode::Dense, None)).unwrap();
+    assert!(r.hits.iter().all(|h| h.text != "alpha"));
+    assert!(store.search(&request("", &q, SearchMode::Sparse, None)).unwrap().hits.is_empty());
+    store.delete_document(&document_id("c", "b.txt")).unwrap();
+    let stats = store.stats().unwrap();
+    assert!(stats.consistent, "{stats:?}");
+    assert_eq!(stats.vector_index.as_ref().unwrap().vectors, 1);
+    assert_eq!(stats.embedded_chunks, 1);
+}
+
+#[test]
+fn vectors_are_replayed_after_a_crash_and_rebuilt_when_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.enable_vectors(&vector_options("m")).unwrap();
+    put_vec(&store, "c", "a.txt", "alpha", 0);
+    store.checkpoint().unwrap();
+    put_vec(&store, "c", "b.txt", "beta", 1);
+    put_vec(&store, "c", "a.txt", "alpha again", 2);
+    store.crash(); // vector index saved at the first document only
+
+    let store = Store::open(dir.path()).unwrap();
+    let stats = store.stats().unwrap();
+    assert!(stats.consistent, "{stats:?}");
+    let q = Embedding { dense: axis(2), sparse: vec![] };
+    let r = store.search(&request("", &q, SearchMode::Dense, None)).unwrap();
+    assert_eq!(r.hits[0].text, "alpha again");
+    assert_eq!(r.hits.len(), 2);
+    drop(store);
+
+    std::fs::remove_dir_all(dir.path().join("vectors")).unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.enable_vectors(&vector_options("m")).unwrap();
+    let stats = store.stats().unwrap();
+    assert!(stats.consistent, "{stats:?}");
+    assert_eq!(stats.vector_index.unwrap().vectors, 2);
+    let e = store.enable_vectors(&vector_options("another-model")).unwrap_err().to_string();
+    assert!(e.contains("another-model") && e.contains("m ("), "{e}");
 }

@@ -88,29 +88,20 @@ impl WordIndex {
     pub fn open(dir: &Path) -> Result<WordIndex, StoreError> {
         std::fs::create_dir_all(dir)?;
         let (schema, fields) = schema();
-        let directory = tantivy::directory::MmapDirectory::open(dir)
-            .map_err(|e| StoreError::Index(e.to_string()))?;
+        let directory =
+            tantivy::directory::MmapDirectory::open(dir).map_err(|e| StoreError::Index(e.to_string()))?;
         let index = Index::open_or_create(directory, schema)?;
         index.tokenizers().register(ANALYZER, analyzer());
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::OnCommitWithDelay)
-            .try_into()?;
-        Ok(WordIndex {
-            index,
-            reader,
-            fields,
-        })
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::OnCommitWithDelay).try_into()?;
+        Ok(WordIndex { index, reader, fields })
     }
 
     /// Takes the single writer of this index: only one process may hold it.
     pub fn writer(&self) -> Result<IndexWriter<TantivyDocument>, StoreError> {
-        self.index
-            .writer_with_num_threads(1, WRITER_MEMORY)
-            .map_err(|e| match e {
-                tantivy::TantivyError::LockFailure(..) => StoreError::Busy,
-                other => other.into(),
-            })
+        self.index.writer_with_num_threads(1, WRITER_MEMORY).map_err(|e| match e {
+            tantivy::TantivyError::LockFailure(..) => StoreError::Busy,
+            other => other.into(),
+        })
     }
 
     /// The last SQLite change included in the committed index (0: none).
@@ -134,11 +125,7 @@ impl WordIndex {
         Ok(())
     }
 
-    pub fn add(
-        &self,
-        writer: &IndexWriter<TantivyDocument>,
-        d: &WordDoc<'_>,
-    ) -> Result<(), StoreError> {
+    pub fn add(&self, writer: &IndexWriter<TantivyDocument>, d: &WordDoc<'_>) -> Result<(), StoreError> {
         let f = self.fields;
         let mut doc = TantivyDocument::default();
         doc.add_text(f.chunk_id, d.chunk_id);
@@ -156,11 +143,7 @@ impl WordIndex {
     }
 
     /// Commits everything added since the last commit, recording `change`.
-    pub fn commit(
-        &self,
-        writer: &mut IndexWriter<TantivyDocument>,
-        change: i64,
-    ) -> Result<(), StoreError> {
+    pub fn commit(&self, writer: &mut IndexWriter<TantivyDocument>, change: i64) -> Result<(), StoreError> {
         let mut prepared = writer.prepare_commit()?;
         prepared.set_payload(&format!("change:{change}"));
         prepared.commit()?;
@@ -186,34 +169,21 @@ impl WordIndex {
         }
         let mut should: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         for t in &terms {
-            for (field, boost) in [
-                (f.body, 1.0),
-                (f.heading, heading_boost),
-                (f.title, title_boost),
-            ] {
+            for (field, boost) in [(f.body, 1.0), (f.heading, heading_boost), (f.title, title_boost)] {
                 if boost <= 0.0 {
                     continue;
                 }
-                let q = TermQuery::new(
-                    Term::from_field_text(field, t),
-                    IndexRecordOption::WithFreqs,
-                );
+                let q = TermQuery::new(Term::from_field_text(field, t), IndexRecordOption::WithFreqs);
                 should.push((Occur::Should, Box::new(BoostQuery::new(Box::new(q), boost))));
             }
         }
         let words: Box<dyn Query> = Box::new(BooleanQuery::new(should));
         let query: Box<dyn Query> = match collection {
             Some(c) => {
-                let filter = TermQuery::new(
-                    Term::from_field_text(f.collection, c),
-                    IndexRecordOption::Basic,
-                );
+                let filter = TermQuery::new(Term::from_field_text(f.collection, c), IndexRecordOption::Basic);
                 Box::new(BooleanQuery::new(vec![
                     (Occur::Must, words),
-                    (
-                        Occur::Must,
-                        Box::new(ConstScoreQuery::new(Box::new(filter), 0.0)),
-                    ),
+                    (Occur::Must, Box::new(ConstScoreQuery::new(Box::new(filter), 0.0))),
                 ]))
             }
             None => words,
@@ -252,10 +222,7 @@ impl Tokenizer for CodeTokenizer {
         self.tokens.clear();
         let mut position = 0usize;
         let mut word_start: Option<usize> = None;
-        for (i, c) in text
-            .char_indices()
-            .chain(std::iter::once((text.len(), ' ')))
-        {
+        for (i, c) in text.char_indices().chain(std::iter::once((text.len(), ' '))) {
             let in_word = i < text.len() && (c.is_alphanumeric() || c == '_');
             match (in_word, word_start) {
                 (true, None) => word_start = Some(i),
@@ -266,21 +233,12 @@ impl Tokenizer for CodeTokenizer {
                 _ => {}
             }
         }
-        CodeTokenStream {
-            tokens: &mut self.tokens,
-            next: 0,
-        }
+        CodeTokenStream { tokens: &mut self.tokens, next: 0 }
     }
 }
 
 /// Emits a word and its identifier parts; returns the next free position.
-fn push_word(
-    tokens: &mut Vec<Token>,
-    text: &str,
-    start: usize,
-    end: usize,
-    position: usize,
-) -> usize {
+fn push_word(tokens: &mut Vec<Token>, text: &str, start: usize, end: usize, position: usize) -> usize {
     let word = &text[start..end];
     let parts = identifier_parts(word);
     let token = |from: usize, to: usize, text: String, position: usize| Token {
@@ -294,24 +252,14 @@ fn push_word(
         0 => position,
         1 => {
             let (a, b) = parts[0];
-            tokens.push(token(
-                start + a,
-                start + b,
-                word[a..b].to_string(),
-                position,
-            ));
+            tokens.push(token(start + a, start + b, word[a..b].to_string(), position));
             position + 1
         }
         n => {
             let joined: String = word.chars().filter(|&c| c != '_').collect();
             tokens.push(token(start, end, joined, position));
             for (k, &(a, b)) in parts.iter().enumerate() {
-                tokens.push(token(
-                    start + a,
-                    start + b,
-                    word[a..b].to_string(),
-                    position + k,
-                ));
+                tokens.push(token(start + a, start + b, word[a..b].to_string(), position + k));
             }
             position + n
         }
@@ -335,9 +283,7 @@ fn identifier_parts(word: &str) -> Vec<(usize, usize)> {
             let prev = chars[k - 1].1;
             let next = chars.get(k + 1).map(|&(_, n)| n);
             let boundary = (prev.is_lowercase() && c.is_uppercase())
-                || (prev.is_uppercase()
-                    && c.is_uppercase()
-                    && next.is_some_and(char::is_lowercase));
+                || (prev.is_uppercase() && c.is_uppercase() && next.is_some_and(char::is_lowercase));
             if boundary {
                 parts.push((s, i));
                 start = Some(i);
@@ -374,14 +320,8 @@ mod tests {
     #[test]
     fn identifiers_split_into_parts() {
         assert_eq!(tokens("DiffExecutor"), ["diffexecutor", "diff", "executor"]);
-        assert_eq!(
-            tokens("diff_executor"),
-            ["diffexecutor", "diff", "executor"]
-        );
-        assert_eq!(
-            tokens("HTTPServer v2"),
-            ["httpserver", "http", "server", "v2"]
-        );
+        assert_eq!(tokens("diff_executor"), ["diffexecutor", "diff", "executor"]);
+        assert_eq!(tokens("HTTPServer v2"), ["httpserver", "http", "server", "v2"]);
         assert_eq!(tokens("Ünïcode café, x"), ["unicode", "cafe", "x"]);
         assert_eq!(tokens("__init__"), ["init"]);
         assert!(tokens(" ,.; ").is_empty());

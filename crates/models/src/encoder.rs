@@ -1,0 +1,423 @@
+//! Our own BERT-family encoder on candle: BERT and XLM-RoBERTa.
+//!
+//! Why not candle-transformers' `BertModel`: it builds the attention mask as
+//! `(1 - mask) * f32::MIN` in the model's dtype, which becomes `-inf` in
+//! f16/bf16 and turns outputs into NaN. Here the additive mask is an f32
+//! tensor with a finite large negative value, and the attention scores are
+//! softmaxed in f32 whatever the model's dtype, so f32, f16 and bf16 all give
+//! finite, matching outputs.
+//!
+//! The two architectures share every layer; they differ only in position ids
+//! (XLM-RoBERTa counts from `pad_token_id + 1` and gives padding the position
+//! `pad_token_id`) and in having a single token type. [`Encoder::forward`]
+//! returns the last hidden state, so heads (pooling, bge-m3's sparse weights, a
+//! reranker's classifier) sit on top of the same code.
+//!
+//! For speed: the query, key and value projections are fused into one matmul,
+//! the `1/sqrt(head_dim)` scale is folded into the query weights at load time,
+//! and layer norm and softmax use candle's fused kernels.
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use serde::Deserialize;
+
+/// The additive attention mask value of padding positions. Finite in f32 (the
+/// mask and the softmax are always f32), so `0 * MASK_VALUE` is 0, not NaN.
+pub const MASK_VALUE: f32 = -1.0e9;
+
+/// Which position scheme and weight layout a checkpoint uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// `model_type` "bert": positions 0, 1, 2, …
+    Bert,
+    /// `model_type` "xlm-roberta" (also "roberta"): positions start at
+    /// `pad_token_id + 1` and skip padding.
+    XlmRoberta,
+}
+
+/// The fields of Hugging Face's `config.json` the encoder reads.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct EncoderConfig {
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_hidden_act")]
+    pub hidden_act: String,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab_size")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: u32,
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+}
+
+fn default_hidden_act() -> String {
+    "gelu".to_string()
+}
+fn default_type_vocab_size() -> usize {
+    2
+}
+fn default_layer_norm_eps() -> f64 {
+    1e-12
+}
+
+impl EncoderConfig {
+    pub fn from_json(text: &str) -> std::result::Result<EncoderConfig, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn architecture(&self) -> std::result::Result<Architecture, String> {
+        match self.model_type.as_str() {
+            "bert" => Ok(Architecture::Bert),
+            "xlm-roberta" | "roberta" => Ok(Architecture::XlmRoberta),
+            other => {
+                Err(format!("model_type {other:?} is not supported (supported: bert, xlm-roberta, roberta)"))
+            }
+        }
+    }
+
+    /// The first position id of a real token (0 for BERT, `pad_token_id + 1`
+    /// for XLM-RoBERTa).
+    pub fn position_offset(&self) -> usize {
+        match self.architecture() {
+            Ok(Architecture::XlmRoberta) => self.pad_token_id as usize + 1,
+            _ => 0,
+        }
+    }
+
+    /// The longest input (special tokens included) the position table allows.
+    pub fn max_input_tokens(&self) -> usize {
+        self.max_position_embeddings.saturating_sub(self.position_offset())
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        self.architecture()?;
+        if self.hidden_size.checked_rem(self.num_attention_heads) != Some(0) {
+            return Err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if let Some(kind) = &self.position_embedding_type {
+            if kind != "absolute" {
+                return Err(format!("position_embedding_type {kind:?} is not supported (only \"absolute\")"));
+            }
+        }
+        activation(&self.hidden_act)?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Activation {
+    /// The exact GELU (`hidden_act` "gelu").
+    GeluErf,
+    /// The tanh approximation ("gelu_new", "gelu_pytorch_tanh", "gelu_fast").
+    GeluTanh,
+    Relu,
+}
+
+fn activation(name: &str) -> std::result::Result<Activation, String> {
+    match name {
+        "gelu" => Ok(Activation::GeluErf),
+        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
+        "relu" => Ok(Activation::Relu),
+        other => Err(format!("hidden_act {other:?} is not supported")),
+    }
+}
+
+impl Activation {
+    fn apply(self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::GeluErf => xs.gelu_erf(),
+            Activation::GeluTanh => xs.gelu(),
+            Activation::Relu => xs.relu(),
+        }
+    }
+}
+
+/// A padded batch ready for [`Encoder::forward`].
+#[derive(Debug, Clone)]
+pub struct EncoderInput {
+    /// Token ids, `[batch, len]` u32, padded with `pad_token_id`.
+    pub input_ids: Tensor,
+    /// Position ids, `[batch, len]` u32.
+    pub position_ids: Tensor,
+    /// Token type ids, `[batch, len]` u32; `None` means all 0.
+    pub token_type_ids: Option<Tensor>,
+    /// Additive attention mask, `[batch, 1, 1, len]` f32: 0 or [`MASK_VALUE`].
+    pub attention_bias: Tensor,
+    /// 1 for real tokens and 0 for padding, `[batch, len]` f32 (for pooling).
+    pub mask: Tensor,
+    /// Real tokens per sequence.
+    pub lengths: Vec<usize>,
+}
+
+impl EncoderInput {
+    pub fn batch_size(&self) -> usize {
+        self.lengths.len()
+    }
+    /// The padded length.
+    pub fn padded_len(&self) -> usize {
+        self.lengths.iter().copied().max().unwrap_or(0)
+    }
+}
+
+struct SelfAttention {
+    /// Query, key and value projections in one `[3 * hidden, hidden]` matrix;
+    /// the query rows are pre-scaled by `1/sqrt(head_dim)`.
+    qkv: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl SelfAttention {
+    fn load(vb: VarBuilder, config: &EncoderConfig) -> Result<SelfAttention> {
+        let hidden = config.hidden_size;
+        let heads = config.num_attention_heads;
+        let head_dim = hidden / heads;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let sv = vb.pp("self");
+        let get = |name: &str| -> Result<(Tensor, Tensor)> {
+            let p = sv.pp(name);
+            Ok((p.get((hidden, hidden), "weight")?, p.get(hidden, "bias")?))
+        };
+        let (qw, qb) = get("query")?;
+        let (kw, kb) = get("key")?;
+        let (vw, vbias) = get("value")?;
+        let (qw, qb) = ((qw * scale)?, (qb * scale)?);
+        let qkv = Linear::new(Tensor::cat(&[&qw, &kw, &vw], 0)?, Some(Tensor::cat(&[&qb, &kb, &vbias], 0)?));
+        let ov = vb.pp("output");
+        let output = candle_nn::linear(hidden, hidden, ov.pp("dense"))?;
+        let output_norm = candle_nn::layer_norm(hidden, config.layer_norm_eps, ov.pp("LayerNorm"))?;
+        Ok(SelfAttention { qkv, output, output_norm, heads, head_dim })
+    }
+
+    fn forward(&self, hidden: &Tensor, attention_bias: &Tensor) -> Result<Tensor> {
+        let (b, l, h) = hidden.dims3()?;
+        let dtype = hidden.dtype();
+        let qkv = self
+            .qkv
+            .forward(hidden)?
+            .reshape((b, l, 3, self.heads, self.head_dim))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?; // [3, b, heads, l, head_dim]
+        let q = qkv.get(0)?;
+        let k = qkv.get(1)?;
+        let v = qkv.get(2)?;
+        // [b, heads, l, l]; softmaxed in f32 with the f32 mask: finite in every dtype.
+        let scores = q.matmul(&k.t()?)?;
+        let scores = scores.to_dtype(DType::F32)?.broadcast_add(attention_bias)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+        let context = probs
+            .matmul(&v)? // [b, heads, l, head_dim]
+            .transpose(1, 2)?
+            .reshape((b, l, h))?;
+        let out = self.output.forward(&context)?;
+        self.output_norm.forward(&(out + hidden)?)
+    }
+}
+
+struct Layer {
+    attention: SelfAttention,
+    intermediate: Linear,
+    activation: Activation,
+    output: Linear,
+    output_norm: LayerNorm,
+}
+
+impl Layer {
+    fn load(vb: VarBuilder, config: &EncoderConfig) -> Result<Layer> {
+        let act = activation(&config.hidden_act).map_err(candle_core::Error::msg)?;
+        Ok(Layer {
+            attention: SelfAttention::load(vb.pp("attention"), config)?,
+            intermediate: candle_nn::linear(
+                config.hidden_size,
+                config.intermediate_size,
+                vb.pp("intermediate").pp("dense"),
+            )?,
+            activation: act,
+            output: candle_nn::linear(
+                config.intermediate_size,
+                config.hidden_size,
+                vb.pp("output").pp("dense"),
+            )?,
+            output_norm: candle_nn::layer_norm(
+                config.hidden_size,
+                config.layer_norm_eps,
+                vb.pp("output").pp("LayerNorm"),
+            )?,
+        })
+    }
+
+    fn forward(&self, hidden: &Tensor, attention_bias: &Tensor) -> Result<Tensor> {
+        let attended = self.attention.forward(hidden, attention_bias)?;
+        let inner = self.activation.apply(&self.intermediate.forward(&attended)?)?;
+        let out = self.output.forward(&inner)?;
+        self.output_norm.forward(&(out + attended)?)
+    }
+}
+
+/// A BERT or XLM-RoBERTa encoder returning the last hidden state.
+pub struct Encoder {
+    config: EncoderConfig,
+    architecture: Architecture,
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    token_type_embeddings: Embedding,
+    /// Row 0 of the token type table, added when no type ids are given.
+    token_type_zero: Tensor,
+    embeddings_norm: LayerNorm,
+    layers: Vec<Layer>,
+    device: Device,
+    dtype: DType,
+}
+
+/// Prefixes under which checkpoints store the encoder (`BertModel` saves
+/// none; task models save `bert.` or `roberta.`).
+const PREFIXES: [&str; 4] = ["", "bert", "roberta", "model"];
+
+impl Encoder {
+    /// Loads the encoder from a checkpoint whose tensors may sit under one of
+    /// the usual prefixes (none, `bert.`, `roberta.`, `model.`); `vb` is the
+    /// checkpoint's root.
+    pub fn load(vb: VarBuilder, config: &EncoderConfig) -> Result<Encoder> {
+        for prefix in PREFIXES {
+            let p = if prefix.is_empty() { vb.clone() } else { vb.pp(prefix) };
+            if p.contains_tensor("embeddings.word_embeddings.weight") {
+                return Self::load_at(p, config);
+            }
+        }
+        candle_core::bail!(
+            "no encoder weights found: expected embeddings.word_embeddings.weight, \
+             optionally under bert., roberta. or model."
+        )
+    }
+
+    /// Loads the encoder from `vb`, which points at the `embeddings` and
+    /// `encoder` tensors.
+    pub fn load_at(vb: VarBuilder, config: &EncoderConfig) -> Result<Encoder> {
+        config.check().map_err(candle_core::Error::msg)?;
+        let architecture = config.architecture().map_err(candle_core::Error::msg)?;
+        let h = config.hidden_size;
+        let ev = vb.pp("embeddings");
+        let word_embeddings = candle_nn::embedding(config.vocab_size, h, ev.pp("word_embeddings"))?;
+        let position_embeddings =
+            candle_nn::embedding(config.max_position_embeddings, h, ev.pp("position_embeddings"))?;
+        let token_type_embeddings =
+            candle_nn::embedding(config.type_vocab_size, h, ev.pp("token_type_embeddings"))?;
+        let token_type_zero = token_type_embeddings.embeddings().get(0)?.contiguous()?;
+        let embeddings_norm = candle_nn::layer_norm(h, config.layer_norm_eps, ev.pp("LayerNorm"))?;
+        let lv = vb.pp("encoder").pp("layer");
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| Layer::load(lv.pp(i), config))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Encoder {
+            config: config.clone(),
+            architecture,
+            word_embeddings,
+            position_embeddings,
+            token_type_embeddings,
+            token_type_zero,
+            embeddings_norm,
+            layers,
+            device: vb.device().clone(),
+            dtype: vb.dtype(),
+        })
+    }
+
+    pub fn config(&self) -> &EncoderConfig {
+        &self.config
+    }
+    pub fn architecture(&self) -> Architecture {
+        self.architecture
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    /// Pads token sequences (special tokens already added) to the longest one
+    /// and builds positions and masks. `type_ids`, when given, holds one
+    /// sequence per input of the same length.
+    pub fn prepare(&self, ids: &[&[u32]], type_ids: Option<&[&[u32]]>) -> Result<EncoderInput> {
+        let b = ids.len();
+        let len = ids.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
+        if len > self.config.max_input_tokens() {
+            candle_core::bail!(
+                "sequence of {len} tokens exceeds the model's {} positions",
+                self.config.max_input_tokens()
+            );
+        }
+        let pad = self.config.pad_token_id;
+        let offset = self.config.position_offset() as u32;
+        // XLM-RoBERTa gives padding the position `pad_token_id`; BERT's padding
+        // positions are masked out, so any valid index does.
+        let pad_position = match self.architecture {
+            Architecture::XlmRoberta => pad,
+            Architecture::Bert => 0,
+        };
+        let mut flat_ids = Vec::with_capacity(b * len);
+        let mut positions = Vec::with_capacity(b * len);
+        let mut bias = Vec::with_capacity(b * len);
+        let mut mask = Vec::with_capacity(b * len);
+        let mut flat_types = type_ids.map(|_| Vec::with_capacity(b * len));
+        for (i, seq) in ids.iter().enumerate() {
+            let n = seq.len();
+            flat_ids.extend_from_slice(seq);
+            flat_ids.extend(std::iter::repeat_n(pad, len - n));
+            positions.extend((0..n as u32).map(|p| p + offset));
+            positions.extend(std::iter::repeat_n(pad_position, len - n));
+            bias.extend(std::iter::repeat_n(0f32, n));
+            bias.extend(std::iter::repeat_n(MASK_VALUE, len - n));
+            mask.extend(std::iter::repeat_n(1f32, n));
+            mask.extend(std::iter::repeat_n(0f32, len - n));
+            if let (Some(flat), Some(types)) = (flat_types.as_mut(), type_ids) {
+                let t = types.get(i).copied().unwrap_or(&[]);
+                if t.len() != n {
+                    candle_core::bail!("type ids of sequence {i} do not match its tokens");
+                }
+                flat.extend_from_slice(t);
+                flat.extend(std::iter::repeat_n(0u32, len - n));
+            }
+        }
+        let dev = &self.device;
+        Ok(EncoderInput {
+            input_ids: Tensor::from_vec(flat_ids, (b, len), dev)?,
+            position_ids: Tensor::from_vec(positions, (b, len), dev)?,
+            token_type_ids: flat_types.map(|t| Tensor::from_vec(t, (b, len), dev)).transpose()?,
+            attention_bias: Tensor::from_vec(bias, (b, 1, 1, len), dev)?,
+            mask: Tensor::from_vec(mask, (b, len), dev)?,
+            lengths: ids.iter().map(|s| s.len()).collect(),
+        })
+    }
+
+    /// The last hidden state, `[batch, len, hidden]` in the model's dtype.
+    pub fn forward(&self, input: &EncoderInput) -> Result<Tensor> {
+        let words = self.word_embeddings.forward(&input.input_ids)?;
+        let positions = self.position_embeddings.forward(&input.position_ids)?;
+        let mut hidden = (words + positions)?;
+        hidden = match &input.token_type_ids {
+            Some(types) => (hidden + self.token_type_embeddings.forward(types)?)?,
+            None => hidden.broadcast_add(&self.token_type_zero)?,
+        };
+        let mut hidden = self.embeddings_norm.forward(&hidden)?;
+        for layer in &self.layers {
+            hidden = layer.forward(&hidden, &input.attention_bias)?;
+        }
+        Ok(hidden)
+    }
+}

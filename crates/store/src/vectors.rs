@@ -1,0 +1,317 @@
+//! The dense vector index: HNSW in usearch, cosine distance.
+//!
+//! Derived from SQLite (which keeps every f32 vector in `embeddings`), keyed by
+//! `embeddings.key`. The index file and a small state file live in
+//! `<data>/vectors/`; the state records the model, dimensions, index settings
+//! and the last SQLite change the saved index includes. Saving writes both to
+//! temporary files and renames them, index first: a crash between the two
+//! renames leaves an index ahead of its state, and replaying changes is
+//! idempotent (adds replace, removes of absent keys do nothing).
+
+use crate::StoreError;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use usearch::ffi::{IndexOptions, MetricKind, ScalarKind};
+
+/// How the store's vector index is built; recorded in its state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VectorOptions {
+    /// The embedding model's id: vectors of different models never mix.
+    pub model: String,
+    pub dimensions: usize,
+    /// `f16`, `f32` or `i8`.
+    pub quantization: String,
+    pub connectivity: usize,
+    pub expansion_add: usize,
+    pub expansion_search: usize,
+    /// Below this many vectors, search is exact.
+    pub exact_below: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    options: VectorOptions,
+    applied_change: i64,
+}
+
+pub struct VectorIndex {
+    dir: PathBuf,
+    options: VectorOptions,
+    index: RwLock<usearch::Index>,
+    /// Last change included in the saved files.
+    saved_change: RwLock<i64>,
+    /// Last change included in memory (≥ saved).
+    applied_change: RwLock<i64>,
+}
+
+fn usearch_options(o: &VectorOptions) -> IndexOptions {
+    IndexOptions {
+        dimensions: o.dimensions,
+        metric: MetricKind::Cos,
+        quantization: match o.quantization.as_str() {
+            "f32" => ScalarKind::F32,
+            "i8" => ScalarKind::I8,
+            _ => ScalarKind::F16,
+        },
+        connectivity: o.connectivity,
+        expansion_add: o.expansion_add,
+        expansion_search: o.expansion_search,
+        multi: false,
+    }
+}
+
+fn index_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Index(format!("vector index: {e}"))
+}
+
+impl VectorIndex {
+    fn state_path(dir: &Path) -> PathBuf {
+        dir.join("state.json")
+    }
+
+    fn index_path(dir: &Path) -> PathBuf {
+        dir.join("index.usearch")
+    }
+
+    /// The options a saved index was built with, if there is one.
+    pub fn saved_options(dir: &Path) -> Result<Option<VectorOptions>, StoreError> {
+        match std::fs::read(Self::state_path(dir)) {
+            Ok(bytes) => Ok(Some(serde_json::from_slice::<State>(&bytes)?.options)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens the saved index, or an empty one (applied change 0) when there is
+    /// none, it cannot be read, or it was built with other index settings.
+    /// Vectors of another model are refused.
+    pub fn open(dir: &Path, options: &VectorOptions) -> Result<VectorIndex, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let mut applied = 0;
+        let index = usearch::Index::new(&usearch_options(options)).map_err(index_error)?;
+        if let Ok(bytes) = std::fs::read(Self::state_path(dir)) {
+            let state: State = serde_json::from_slice(&bytes)?;
+            if state.options.model != options.model || state.options.dimensions != options.dimensions {
+                return Err(StoreError::ModelMismatch {
+                    stored: format!("{} ({} dimensions)", state.options.model, state.options.dimensions),
+                    configured: format!("{} ({} dimensions)", options.model, options.dimensions),
+                });
+            }
+            let same_build = state.options.quantization == options.quantization
+                && state.options.connectivity == options.connectivity;
+            let path = Self::index_path(dir);
+            if same_build && path.exists() {
+                match index.load(&path.to_string_lossy()) {
+                    Ok(()) => applied = state.applied_change,
+                    Err(e) => {
+                        tracing::warn!("vector index unreadable ({e}); rebuilding it from SQLite")
+                    }
+                }
+            }
+            index.change_expansion_search(options.expansion_search);
+        }
+        Ok(VectorIndex {
+            dir: dir.to_path_buf(),
+            options: options.clone(),
+            index: RwLock::new(index),
+            saved_change: RwLock::new(applied),
+            applied_change: RwLock::new(applied),
+        })
+    }
+
+    /// Changes HNSW's efSearch (search effort) for later searches.
+    pub fn set_expansion_search(&self, ef: usize) {
+        self.index.read().unwrap_or_else(|p| p.into_inner()).change_expansion_search(ef);
+    }
+
+    pub fn options(&self) -> &VectorOptions {
+        &self.options
+    }
+
+    /// The last change the saved files include.
+    pub fn saved_change(&self) -> i64 {
+        *self.saved_change.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The last change the index in memory includes.
+    pub fn applied_change(&self) -> i64 {
+        *self.applied_change.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that the index in memory includes `change`.
+    pub fn mark_applied(&self, change: i64) {
+        *self.applied_change.write().unwrap_or_else(|p| p.into_inner()) = change;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.read().unwrap_or_else(|p| p.into_inner()).size()
+    }
+
+    /// Adds (or replaces) the vector of `key`.
+    pub fn add(&self, key: u64, vector: &[f32]) -> Result<(), StoreError> {
+        if vector.len() != self.options.dimensions {
+            return Err(StoreError::Invalid(format!(
+                "vector has {} dimensions, the index {}",
+                vector.len(),
+                self.options.dimensions
+            )));
+        }
+        let index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        if index.contains(key) {
+            index.remove(key).map_err(index_error)?;
+        }
+        if index.size() + 1 > index.capacity() {
+            let capacity = (index.capacity() * 2).max(1024);
+            index.reserve(capacity).map_err(index_error)?;
+        }
+        index.add(key, vector).map_err(index_error)
+    }
+
+    pub fn remove(&self, key: u64) -> Result<(), StoreError> {
+        let index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        if index.contains(key) {
+            index.remove(key).map_err(index_error)?;
+        }
+        Ok(())
+    }
+
+    pub fn clear(&self) -> Result<(), StoreError> {
+        self.index.write().unwrap_or_else(|p| p.into_inner()).reset().map_err(index_error)
+    }
+
+    /// The nearest keys with their cosine similarity, best first. `keep`
+    /// filters keys (e.g. by collection).
+    pub fn search(
+        &self,
+        query: &[f32],
+        count: usize,
+        keep: Option<&dyn Fn(u64) -> bool>,
+    ) -> Result<Vec<(u64, f32)>, StoreError> {
+        if query.len() != self.options.dimensions {
+            return Err(StoreError::Invalid(format!(
+                "query vector has {} dimensions, the index {}",
+                query.len(),
+                self.options.dimensions
+            )));
+        }
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let size = index.size();
+        if size == 0 || count == 0 {
+            return Ok(Vec::new());
+        }
+        let matches = if size < self.options.exact_below {
+            // Exact: rank everything, then filter.
+            let all = index.exact_search(query, size).map_err(index_error)?;
+            let mut out: Vec<(u64, f32)> = all
+                .keys
+                .into_iter()
+                .zip(all.distances)
+                .filter(|(k, _)| keep.is_none_or(|f| f(*k)))
+                .take(count)
+                .collect();
+            out.iter_mut().for_each(|(_, d)| *d = 1.0 - *d);
+            return Ok(out);
+        } else if let Some(f) = keep {
+            index.filtered_search(query, count, f).map_err(index_error)?
+        } else {
+            index.search(query, count).map_err(index_error)?
+        };
+        Ok(matches.keys.into_iter().zip(matches.distances).map(|(k, d)| (k, 1.0 - d)).collect())
+    }
+
+    /// Writes the index and its state (including `applied_change`) durably.
+    pub fn save(&self, applied_change: i64) -> Result<(), StoreError> {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let tmp_index = self.dir.join("index.usearch.tmp");
+        index.save(&tmp_index.to_string_lossy()).map_err(index_error)?;
+        drop(index);
+        std::fs::File::open(&tmp_index)?.sync_all()?;
+        let state = State { options: self.options.clone(), applied_change };
+        let tmp_state = self.dir.join("state.json.tmp");
+        std::fs::write(&tmp_state, serde_json::to_vec_pretty(&state)?)?;
+        std::fs::File::open(&tmp_state)?.sync_all()?;
+        std::fs::rename(&tmp_index, Self::index_path(&self.dir))?;
+        std::fs::rename(&tmp_state, Self::state_path(&self.dir))?;
+        if let Ok(d) = std::fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        *self.saved_change.write().unwrap_or_else(|p| p.into_inner()) = applied_change;
+        self.mark_applied(applied_change);
+        Ok(())
+    }
+}
+
+/// Little-endian f32s.
+pub fn encode_dense(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+pub fn decode_dense(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// (u32 token id, f32 weight) pairs, little-endian.
+pub fn encode_sparse(v: &[(u32, f32)]) -> Vec<u8> {
+    v.iter().flat_map(|(t, w)| t.to_le_bytes().into_iter().chain(w.to_le_bytes())).collect()
+}
+
+pub fn decode_sparse(b: &[u8]) -> Vec<(u32, f32)> {
+    b.chunks_exact(8)
+        .map(|c| (u32::from_le_bytes([c[0], c[1], c[2], c[3]]), f32::from_le_bytes([c[4], c[5], c[6], c[7]])))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> VectorOptions {
+        VectorOptions {
+            model: "m".into(),
+            dimensions: 4,
+            quantization: "f16".into(),
+            connectivity: 16,
+            expansion_add: 64,
+            expansion_search: 32,
+            exact_below: 2,
+        }
+    }
+
+    #[test]
+    fn add_search_save_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = VectorIndex::open(dir.path(), &options()).unwrap();
+        index.add(1, &[1.0, 0.0, 0.0, 0.0]).unwrap();
+        index.add(2, &[0.0, 1.0, 0.0, 0.0]).unwrap();
+        index.add(3, &[0.7, 0.7, 0.0, 0.0]).unwrap();
+        index.add(3, &[0.0, 0.0, 1.0, 0.0]).unwrap(); // replaces
+        let hits = index.search(&[0.9, 0.1, 0.0, 0.0], 2, None).unwrap();
+        assert_eq!(hits[0].0, 1);
+        assert!(hits[0].1 > 0.9);
+        let keep = |k: u64| k != 1;
+        assert_eq!(index.search(&[0.9, 0.3, 0.0, 0.0], 1, Some(&keep)).unwrap()[0].0, 2);
+        index.save(7).unwrap();
+        let again = VectorIndex::open(dir.path(), &options()).unwrap();
+        assert_eq!(again.applied_change(), 7);
+        assert_eq!(again.len(), 3);
+        let mut other = options();
+        other.model = "other".into();
+        assert!(matches!(VectorIndex::open(dir.path(), &other), Err(StoreError::ModelMismatch { .. })));
+        let mut i8 = options();
+        i8.quantization = "i8".into();
+        assert_eq!(VectorIndex::open(dir.path(), &i8).unwrap().applied_change(), 0);
+    }
+
+    #[test]
+    fn blobs_round_trip() {
+        let v = vec![0.5f32, -1.25, 3.0];
+        assert_eq!(decode_dense(&encode_dense(&v)), v);
+        let s = vec![(3u32, 0.25f32), (70000, 1.5)];
+        assert_eq!(decode_sparse(&encode_sparse(&s)), s);
+    }
+}
