@@ -19,7 +19,11 @@ const STOPWORDS: &[&str] = &[
 const QUERIES: &[(&str, &str, &str)] = &[
     ("whole values divisible solely by unity plus themselves", "Prime_number", "A prime number"),
     ("medieval physicians accused foul vapours", "Black_Death", "Medical knowledge had stagnated"),
-    ("extraterrestrial wanderer able to heal by altering looks", "Doctor_Who", "The Doctor rarely travels alone"),
+    (
+        "extraterrestrial wanderer able to heal by altering looks",
+        "Doctor_Who",
+        "The Doctor rarely travels alone",
+    ),
     ("trees cleared letting cows graze", "Amazon_rainforest", "Between 1991 and 2000"),
     ("swelling treated with steroid medicines", "Immune_system", "Anti-inflammatory drugs"),
 ];
