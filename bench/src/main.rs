@@ -18,7 +18,7 @@ fn main() -> Result<()> {
         Some("vectors") => vectors(&args[1..]),
         Some("embed") => embed(&args[1..]),
         _ => bail!(
-            "usage: datafactory-bench vectors DIR QUANTIZATION EF[,EF...] | embed MODEL_DIR TEXTS.json THREADS"
+            "usage: datafactory-bench vectors DIR QUANTIZATION EF[,EF...] | embed MODEL_DIR TEXTS.json BATCH [DTYPE]"
         ),
     }
 }
@@ -91,17 +91,23 @@ fn vectors(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `embed MODEL_DIR TEXTS.json`: embeds the texts (a JSON list of strings)
-/// with DataFactory's embedder, once to warm up on 32 texts, then all, and
-/// writes the vectors to TEXTS.json.vectors.f32 for the cosine check.
+/// `embed MODEL_DIR TEXTS.json BATCH [DTYPE]`: embeds the texts (a JSON list
+/// of strings) with DataFactory's embedder (`embedding.dtype` DTYPE, default
+/// f32), once to warm up on 32 texts, then all, and writes the vectors to
+/// TEXTS.json.DTYPE.vectors.f32 for the cosine check.
 fn embed(args: &[String]) -> Result<()> {
-    let [model, texts_path, batch] = args else { bail!("embed MODEL_DIR TEXTS.json BATCH") };
+    let (model, texts_path, batch, dtype) = match args {
+        [model, texts, batch] => (model, texts, batch, "f32"),
+        [model, texts, batch, dtype] => (model, texts, batch, dtype.as_str()),
+        _ => bail!("embed MODEL_DIR TEXTS.json BATCH [DTYPE]"),
+    };
     let texts: Vec<String> = serde_json::from_slice(&std::fs::read(texts_path)?)?;
     let config = datafactory_core::config::EmbeddingConfig {
         model: model.clone(),
         allow_download: false,
         device: "cpu".into(),
         batch_size: batch.parse()?,
+        dtype: dtype.to_string(),
         sparse: false,
         ..Default::default()
     };
@@ -114,11 +120,12 @@ fn embed(args: &[String]) -> Result<()> {
     let vectors = embedder.embed(&refs, datafactory_core::InputKind::Passage)?;
     let secs = started.elapsed().as_secs_f64();
     let bytes: Vec<u8> = vectors.iter().flat_map(|v| v.dense.iter().flat_map(|x| x.to_le_bytes())).collect();
-    std::fs::write(format!("{texts_path}.vectors.f32"), bytes)?;
+    std::fs::write(format!("{texts_path}.{dtype}.vectors.f32"), bytes)?;
     println!(
         "{}",
         serde_json::json!({
             "engine": "datafactory/candle",
+            "dtype": dtype,
             "model": embedder.model_id(),
             "texts": texts.len(),
             "seconds": secs,

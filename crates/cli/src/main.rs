@@ -79,6 +79,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Evaluate retrieval on a question set: ingest it into a fresh temporary
+    /// store with the configured pipeline, run its queries, report Pass@k,
+    /// Recall@k, MRR@10, nDCG@10 and latency per search mode.
+    Eval {
+        /// lexical, dense, sparse or hybrid; repeat for several (default: every
+        /// mode the configuration allows).
+        #[arg(long = "mode", short)]
+        modes: Vec<String>,
+        /// Cut-offs of Pass@k and Recall@k.
+        #[arg(long, value_delimiter = ',', default_value = "5,10,20")]
+        k: Vec<usize>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Evaluate only the first N queries.
+        #[arg(long)]
+        limit_queries: Option<usize>,
+        /// own: DataFactory's chunker; given: the set's own chunks (default when it has them).
+        #[arg(long, value_parser = ["own", "given"])]
+        chunker: Option<String>,
+        /// The set: a folder (cookbook codebase or docs set, BEIR, Cranfield, SQuAD files) or a SQuAD JSON file.
+        dataset: PathBuf,
+    },
+    /// Run the DataFactory HTTP service (ingest jobs, search, documents, metrics).
+    Serve {
+        /// Address to listen on (default: server.address, 0.0.0.0:9000).
+        #[arg(long)]
+        address: Option<String>,
+    },
     /// Show the effective configuration.
     Config {
         #[command(subcommand)]
@@ -152,7 +181,26 @@ fn open_store(config: &Config) -> Result<Store> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let config = load_config(&cli)?;
+    let data_dir_flag = cli.data_dir.clone();
     match cli.command {
+        Command::Serve { address } => {
+            let address = address.unwrap_or_else(|| config.server.address.clone());
+            let address: std::net::SocketAddr = address
+                .parse()
+                .with_context(|| format!("--address {address:?} is not an IP address and port"))?;
+            let store = Arc::new(open_store(&config)?);
+            let (embedder, note) = load_embedder(&config);
+            if let Some(n) = &note {
+                eprintln!("warning: {n}");
+            }
+            let state = Arc::new(datafactory_server::AppState::new(config, store, embedder, note));
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(datafactory_server::serve(
+                state,
+                address,
+                datafactory_server::shutdown_signal(),
+            ))?;
+        }
         Command::Config { action: ConfigCommand::Show } => {
             print!("{}", config.to_toml());
         }
@@ -167,6 +215,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 paths,
                 collection: collection.unwrap_or_else(|| config.ingest.default_collection.clone()),
                 all_files,
+                ..Default::default()
             };
             let progress = Progress::new();
             let mut summary = datafactory_ingest::ingest(&store, &pipeline, &request, &progress)?;
@@ -261,6 +310,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
+        Command::Eval { modes, k, json, limit_queries, chunker, dataset } => {
+            run_eval(&config, data_dir_flag.as_deref(), modes, k, json, limit_queries, chunker, &dataset)?;
+        }
         Command::Stats { json } => {
             let store = open_store(&config)?;
             let stats = store.stats()?;
@@ -275,6 +327,93 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `datafactory eval`: loads the set, evaluates it in a temporary store
+/// (under `--data-dir` when given, else the system's temporary folder; never
+/// the configured store), prints the report.
+#[allow(clippy::too_many_arguments)]
+fn run_eval(
+    config: &Config,
+    data_dir_flag: Option<&std::path::Path>,
+    modes: Vec<String>,
+    ks: Vec<usize>,
+    json: bool,
+    limit_queries: Option<usize>,
+    chunker: Option<String>,
+    dataset: &std::path::Path,
+) -> Result<()> {
+    let modes = modes
+        .iter()
+        .map(|m| {
+            SearchMode::parse_name(m)
+                .with_context(|| format!("unknown search mode {m:?}: use hybrid, lexical, dense or sparse"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let set = datafactory_eval::load(dataset)?;
+    let (embedder, note) = load_embedder(config);
+    if let Some(n) = &note {
+        eprintln!("warning: {n}");
+    }
+    let temp = match data_dir_flag {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            tempfile::Builder::new().prefix(".eval-").tempdir_in(dir)
+        }
+        None => tempfile::Builder::new().prefix("datafactory-eval-").tempdir(),
+    }
+    .context("cannot create a temporary store")?;
+    let settings = datafactory_eval::EvalSettings {
+        modes: (!modes.is_empty()).then_some(modes),
+        ks,
+        limit_queries,
+        chunker: chunker.as_deref().and_then(datafactory_eval::ChunkerChoice::parse_name),
+    };
+    let progress = EvalProgress::new();
+    let result = datafactory_eval::evaluate(&set, config, embedder, temp.path(), &settings, &progress);
+    progress.finish();
+    let mut report = result?;
+    if let Some(n) = note {
+        report.notes.insert(0, n);
+    }
+    if json {
+        output::print_json(&report)?;
+    } else {
+        output::print_eval(&report);
+    }
+    Ok(())
+}
+
+/// A progress bar per stage of an evaluation, on a terminal.
+struct EvalProgress {
+    bar: indicatif::ProgressBar,
+}
+
+impl EvalProgress {
+    fn new() -> EvalProgress {
+        let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg:<18} {bar:40} {pos}/{len} (eta {eta})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        EvalProgress { bar }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl datafactory_eval::EvalObserver for EvalProgress {
+    fn stage(&self, name: &str, total: usize) {
+        self.bar.reset();
+        self.bar.set_length(total as u64);
+        self.bar.set_message(name.to_string());
+    }
+
+    fn advance(&self, steps: usize) {
+        self.bar.inc(steps as u64);
+    }
 }
 
 /// The configured embedding model, or None (words only) with the reason.

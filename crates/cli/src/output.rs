@@ -2,6 +2,7 @@
 //! The JSON shapes are documented in the README and kept stable.
 
 use anyhow::Result;
+use datafactory_eval::{EvalReport, RelevanceLevel};
 use datafactory_ingest::IngestSummary;
 use datafactory_store::{DocumentDetail, DocumentSummary, SearchHit, Stats};
 use serde::Serialize;
@@ -150,6 +151,71 @@ pub fn print_stats(s: &Stats) {
         println!("consistent  NO");
         for p in &s.problems {
             println!("  - {p}");
+        }
+    }
+}
+
+/// The evaluation report as a table: Pass@k (and, for sets judged by chunk,
+/// Recall@k of their documents) in percent, MRR@10 and nDCG@10, latency.
+pub fn print_eval(r: &EvalReport) {
+    let d = &r.dataset;
+    let level = match d.relevance {
+        RelevanceLevel::Chunk => "golden chunks",
+        RelevanceLevel::Document => "relevant documents",
+    };
+    println!(
+        "{} ({}): {} documents, {} of {} queries; judged by {level}; chunks: {}",
+        d.name,
+        d.format,
+        d.documents,
+        d.evaluated_queries,
+        d.queries,
+        match d.chunker {
+            datafactory_eval::ChunkerChoice::Own => "DataFactory's chunker",
+            datafactory_eval::ChunkerChoice::Given => "the set's own",
+        }
+    );
+    let s = &r.store;
+    match &s.embedding_model {
+        Some(m) => println!(
+            "store: {} chunks in {:.1} s, embedded with {m} ({:.1} s)",
+            s.chunks, s.ingest_seconds, s.embedding_seconds
+        ),
+        None => println!("store: {} chunks in {:.1} s, words only", s.chunks, s.ingest_seconds),
+    }
+    let with_recall = d.relevance == RelevanceLevel::Chunk;
+    let mut header = format!("{:<8}", "mode");
+    for k in &r.k {
+        header.push_str(&format!(" {:>8}", format!("Pass@{k}")));
+    }
+    if with_recall {
+        for k in &r.k {
+            header.push_str(&format!(" {:>9}", format!("Recall@{k}")));
+        }
+    }
+    header.push_str(&format!(" {:>7} {:>8} {:>8} {:>8}", "MRR@10", "nDCG@10", "p50 ms", "p95 ms"));
+    println!();
+    println!("{header}");
+    for m in &r.modes {
+        let mut line = format!("{:<8}", m.mode);
+        for k in &r.k {
+            line.push_str(&format!(" {:>8.1}", 100.0 * m.pass.get(k).copied().unwrap_or(0.0)));
+        }
+        if with_recall {
+            for k in &r.k {
+                line.push_str(&format!(" {:>9.1}", 100.0 * m.recall.get(k).copied().unwrap_or(0.0)));
+            }
+        }
+        line.push_str(&format!(
+            " {:>7.3} {:>8.3} {:>8.1} {:>8.1}",
+            m.mrr_at_10, m.ndcg_at_10, m.latency_ms.p50, m.latency_ms.p95
+        ));
+        println!("{line}");
+    }
+    if !r.notes.is_empty() {
+        println!();
+        for n in &r.notes {
+            println!("note: {n}");
         }
     }
 }

@@ -24,6 +24,7 @@ pub struct Config {
     pub embedding: EmbeddingConfig,
     pub vectors: VectorConfig,
     pub search: SearchConfig,
+    pub server: ServerConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,7 +65,8 @@ pub struct EmbeddingConfig {
     pub allow_download: bool,
     /// `cpu`, `cuda` (the first visible GPU; pin it with CUDA_VISIBLE_DEVICES), or `auto`.
     pub device: String,
-    /// `auto` (f32 on CPU, f16 on GPU), `f32`, `f16` or `bf16`.
+    /// `auto` (f32 on CPU, f16 on GPU), `f32`, `f16`, `bf16`, or `int8` (CPU
+    /// only: the encoder's linear layers in int8, AVX-512 VNNI where available).
     pub dtype: String,
     /// Tokens per passage; longer passages are truncated.
     pub max_length: usize,
@@ -103,6 +105,22 @@ pub struct SearchConfig {
     pub weight_sparse: f32,
 }
 
+/// The HTTP service (`datafactory serve`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub address: String,
+    /// Bearer tokens accepted on every route but `/health`; empty: no authentication.
+    pub api_keys: Vec<String>,
+    /// Largest request body (uploads included), bytes; larger ones get 413.
+    pub max_body_bytes: u64,
+    /// Requests handled at once; more get 429.
+    pub max_concurrent_requests: usize,
+    /// Per-request time limit, seconds (an ingest with `wait=true` included).
+    pub request_timeout_seconds: u64,
+}
+
 /// The dense vector index (HNSW, usearch).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -129,6 +147,7 @@ impl Default for Config {
             embedding: EmbeddingConfig::default(),
             vectors: VectorConfig::default(),
             search: SearchConfig::default(),
+            server: ServerConfig::default(),
         }
     }
 }
@@ -187,6 +206,18 @@ impl Default for SearchConfig {
             weight_words: 0.2,
             weight_dense: 0.8,
             weight_sparse: 0.0,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            address: "0.0.0.0:9000".to_string(),
+            api_keys: Vec::new(),
+            max_body_bytes: 256 * 1024 * 1024,
+            max_concurrent_requests: 256,
+            request_timeout_seconds: 600,
         }
     }
 }
@@ -289,8 +320,11 @@ impl Config {
         if !matches!(e.device.as_str(), "cpu" | "cuda" | "auto") {
             return invalid("embedding.device", format!("must be cpu, cuda or auto, is {:?}", e.device));
         }
-        if !matches!(e.dtype.as_str(), "auto" | "f32" | "f16" | "bf16") {
-            return invalid("embedding.dtype", format!("must be auto, f32, f16 or bf16, is {:?}", e.dtype));
+        if !matches!(e.dtype.as_str(), "auto" | "f32" | "f16" | "bf16" | "int8") {
+            return invalid(
+                "embedding.dtype",
+                format!("must be auto, f32, f16, bf16 or int8, is {:?}", e.dtype),
+            );
         }
         if e.max_length < 8 || e.max_length > 8192 {
             return invalid(
@@ -330,6 +364,21 @@ impl Config {
         }
         if self.vectors.expansion_add == 0 || self.vectors.expansion_search == 0 {
             return invalid("vectors.expansion_search", "expansions must be at least 1");
+        }
+        if self.server.address.parse::<std::net::SocketAddr>().is_err() {
+            return invalid(
+                "server.address",
+                format!("must be an IP address and port such as 0.0.0.0:9000, is {:?}", self.server.address),
+            );
+        }
+        if self.server.api_keys.iter().any(|k| k.len() < 16) {
+            return invalid("server.api_keys", "every key must be at least 16 characters");
+        }
+        if self.server.max_concurrent_requests == 0 {
+            return invalid("server.max_concurrent_requests", "must be at least 1");
+        }
+        if self.server.request_timeout_seconds == 0 {
+            return invalid("server.request_timeout_seconds", "must be at least 1");
         }
         for (key, v) in [
             ("search.title_boost", self.search.title_boost),

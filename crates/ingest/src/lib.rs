@@ -148,7 +148,7 @@ impl Pipeline {
 }
 
 /// What to ingest.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct IngestRequest {
     /// Files and folders; folders are walked recursively.
     pub paths: Vec<PathBuf>,
@@ -156,6 +156,15 @@ pub struct IngestRequest {
     /// Take every file in walked folders, not only known document extensions
     /// (files that are not documents are then skipped, not failed).
     pub all_files: bool,
+    /// Files stored under a name of the caller's choosing instead of their
+    /// path (uploads: the client's file name), as (path, source name). The
+    /// name is the document's identity: uploading it again replaces it.
+    pub named: Vec<(PathBuf, String)>,
+    /// A job the caller already recorded (`Store::create_job`); else one is made.
+    pub job_id: Option<String>,
+    /// Set to stop early: no new file is started, what is done is committed,
+    /// and the job ends `interrupted`.
+    pub cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Told about progress as the ingest runs.
@@ -251,6 +260,8 @@ enum FileResult {
 struct Input {
     path: PathBuf,
     explicit: bool,
+    /// The source name, when it is not the path.
+    source: Option<String>,
 }
 
 /// Ingests files and folders into the store, recording the run as a job.
@@ -267,10 +278,24 @@ pub fn ingest(
         store.enable_vectors(options)?;
         summary.embedding.model = Some(options.model.clone());
     }
-    let inputs = collect_inputs(&request.paths, pipeline, request.all_files, &mut summary.failed);
+    let mut inputs = collect_inputs(&request.paths, pipeline, request.all_files, &mut summary.failed);
+    for (path, name) in &request.named {
+        if path.is_file() {
+            inputs.push(Input { path: path.clone(), explicit: true, source: Some(name.clone()) });
+        } else {
+            summary.failed.push(Failure {
+                source: name.clone(),
+                location: None,
+                error: format!("cannot read {}", path.display()),
+            });
+        }
+    }
     summary.files = inputs.len();
     observer.started(inputs.len());
-    let job_id = store.create_job("ingest", Some(&request.collection))?;
+    let job_id = match &request.job_id {
+        Some(id) => id.clone(),
+        None => store.create_job("ingest", Some(&request.collection))?,
+    };
     summary.job_id = job_id.clone();
 
     let result = run(store, pipeline, request, &inputs, observer, &mut summary);
@@ -281,7 +306,9 @@ pub fn ingest(
         summary.documents_per_second = written as f64 / summary.elapsed_seconds;
         summary.chunks_per_second = summary.chunks as f64 / summary.elapsed_seconds;
     }
+    let cancelled = request.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed));
     let state = match &result {
+        Ok(()) if cancelled => "interrupted",
         Ok(()) if summary.has_failures() => "completed_with_errors",
         Ok(()) => "succeeded",
         Err(_) => "failed",
@@ -310,6 +337,9 @@ fn run(
             let tx = tx.clone();
             let next = &next;
             scope.spawn(move || loop {
+                if request.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+                    break;
+                }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(input) = inputs.get(i) else { break };
                 let result = prepare_file(store, pipeline, &request.collection, input);
@@ -522,7 +552,7 @@ fn collect_inputs(
                                 .map(|x| x.to_string_lossy().to_ascii_lowercase())
                                 .unwrap_or_default();
                             if all_files || pipeline.extensions.contains(&ext) {
-                                inputs.push(Input { path: e.into_path(), explicit: false });
+                                inputs.push(Input { path: e.into_path(), explicit: false, source: None });
                             }
                         }
                         Ok(_) => {}
@@ -534,7 +564,7 @@ fn collect_inputs(
                     }
                 }
             }
-            Ok(_) => inputs.push(Input { path: path.clone(), explicit: true }),
+            Ok(_) => inputs.push(Input { path: path.clone(), explicit: true, source: None }),
         }
     }
     for input in &mut inputs {
@@ -555,7 +585,7 @@ fn collect_inputs(
 
 /// Reads, parses and chunks one file (worker side).
 fn prepare_file(store: &Store, pipeline: &Pipeline, collection: &str, input: &Input) -> FileResult {
-    let source = input.path.display().to_string();
+    let source = input.source.clone().unwrap_or_else(|| input.path.display().to_string());
     let fail = |error: String| FileResult::Failed(Failure { source: source.clone(), location: None, error });
     match std::fs::metadata(&input.path) {
         Ok(m) if m.len() > pipeline.max_file_bytes => {

@@ -63,6 +63,7 @@ impl LoadedModel {
         sparse: bool,
         device: &Device,
         dtype: DType,
+        int8: bool,
     ) -> Result<LoadedModel, EmbedError> {
         let unavailable =
             |what: &str, e: candle_core::Error| EmbedError::Unavailable(format!("cannot load {what}: {e}"));
@@ -77,8 +78,11 @@ impl LoadedModel {
             VarBuilder::from_pth(weights, dtype, device)
         }
         .map_err(|e| unavailable(&weights.display().to_string(), e))?;
-        let encoder = Encoder::load(vb, config)
+        let mut encoder = Encoder::load(vb, config)
             .map_err(|e| unavailable(&format!("the encoder from {}", weights.display()), e))?;
+        if int8 {
+            encoder.quantize_int8().map_err(|e| unavailable("the encoder in int8", e))?;
+        }
         let sparse = match (&files.sparse_linear, sparse) {
             (Some(path), true) => Some(
                 SparseHead::load(path, config.hidden_size, device)
@@ -137,7 +141,7 @@ impl CandleEmbedder {
             .and_then(|c| c.architecture().map(|_| c))
             .map_err(|e| EmbedError::Unavailable(format!("{}: {e}", files.config.display())))?;
         let device = select_device(&config.device)?;
-        let dtype = select_dtype(&config.dtype, &device)?;
+        let (dtype, int8) = select_dtype(&config.dtype, &device)?;
 
         // The effective limit: the configuration, the position table, and the
         // length the sentence-transformers model was set up for.
@@ -180,7 +184,7 @@ impl CandleEmbedder {
             .collect();
 
         let pooling = Pooling::from_file(files.pooling_config.as_deref()).map_err(EmbedError::Unavailable)?;
-        let model = LoadedModel::load(&files, &encoder_config, config.sparse, &device, dtype)?;
+        let model = LoadedModel::load(&files, &encoder_config, config.sparse, &device, dtype, int8)?;
         if config.sparse && model.sparse.is_none() {
             tracing::debug!(model = %files.name, "no sparse_linear.pt: dense vectors only");
         }
@@ -200,6 +204,7 @@ impl CandleEmbedder {
             dir = %files.dir.display(),
             device = ?device,
             ?dtype,
+            int8,
             pooling = %pooling.name(),
             max_length,
             sparse = model.sparse.is_some(),
@@ -291,8 +296,14 @@ impl CandleEmbedder {
             return Ok(model.clone());
         }
         let sparse = self.model.sparse.is_some();
-        let model =
-            Arc::new(LoadedModel::load(&self.files, &self.encoder_config, sparse, &Device::Cpu, DType::F32)?);
+        let model = Arc::new(LoadedModel::load(
+            &self.files,
+            &self.encoder_config,
+            sparse,
+            &Device::Cpu,
+            DType::F32,
+            false,
+        )?);
         *slot = Some(model.clone());
         Ok(model)
     }
@@ -445,14 +456,22 @@ fn select_device(name: &str) -> Result<Device, EmbedError> {
     }
 }
 
-fn select_dtype(name: &str, device: &Device) -> Result<DType, EmbedError> {
+/// The dtype the model loads in, and whether its linear layers then run in
+/// int8 (`"int8"`: CPU only, f32 everywhere else).
+fn select_dtype(name: &str, device: &Device) -> Result<(DType, bool), EmbedError> {
     match name {
-        "auto" if device.is_cuda() => Ok(DType::F16),
-        "auto" | "f32" => Ok(DType::F32),
-        "f16" => Ok(DType::F16),
-        "bf16" => Ok(DType::BF16),
+        "auto" if device.is_cuda() => Ok((DType::F16, false)),
+        "auto" | "f32" => Ok((DType::F32, false)),
+        "f16" => Ok((DType::F16, false)),
+        "bf16" => Ok((DType::BF16, false)),
+        "int8" if device.is_cpu() => Ok((DType::F32, true)),
+        "int8" => Err(EmbedError::Unavailable(
+            "embedding.dtype = \"int8\" runs on the CPU only; set embedding.device to \"cpu\" \
+             or choose f16, bf16 or f32 for the GPU"
+                .to_string(),
+        )),
         other => Err(EmbedError::Unavailable(format!(
-            "embedding.dtype must be auto, f32, f16 or bf16, is {other:?}"
+            "embedding.dtype must be auto, f32, f16, bf16 or int8, is {other:?}"
         ))),
     }
 }
@@ -487,8 +506,10 @@ mod tests {
         assert!(select_device("cpu").unwrap().is_cpu());
         assert!(select_device("auto").is_ok());
         assert!(select_device("tpu").is_err());
-        assert_eq!(select_dtype("auto", &Device::Cpu).unwrap(), DType::F32);
-        assert_eq!(select_dtype("bf16", &Device::Cpu).unwrap(), DType::BF16);
+        assert_eq!(select_dtype("auto", &Device::Cpu).unwrap(), (DType::F32, false));
+        assert_eq!(select_dtype("bf16", &Device::Cpu).unwrap(), (DType::BF16, false));
+        assert_eq!(select_dtype("int8", &Device::Cpu).unwrap(), (DType::F32, true));
+        assert!(select_dtype("int4", &Device::Cpu).is_err());
         if !candle_core::utils::cuda_is_available() {
             let e = select_device("cuda").unwrap_err().to_string();
             assert!(e.contains("cuda"), "{e}");

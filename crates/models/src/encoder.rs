@@ -15,9 +15,13 @@
 //!
 //! For speed: the query, key and value projections are fused into one matmul,
 //! the `1/sqrt(head_dim)` scale is folded into the query weights at load time,
-//! and layer norm and softmax use candle's fused kernels.
+//! and layer norm uses candle's fused kernel. On the CPU in f32, the linear
+//! layers' bias, residual and GELU run as one pass after the matmul and the
+//! attention mask is added inside the softmax ([`crate::kernels`]); with
+//! [`Encoder::quantize_int8`] the linear layers run in int8 (AVX-512 VNNI).
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use crate::kernels::{self, Epilogue, Int8Linear};
+use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
@@ -142,6 +146,94 @@ impl Activation {
     }
 }
 
+/// Whether the CPU kernels of [`crate::kernels`] apply to a tensor.
+fn cpu_f32(xs: &Tensor) -> bool {
+    xs.device().is_cpu() && xs.dtype() == DType::F32
+}
+
+/// A linear layer: candle's, with a fused f32 epilogue on the CPU, or int8.
+struct Dense {
+    linear: Linear,
+    int8: Option<Int8Linear>,
+}
+
+impl Dense {
+    fn new(linear: Linear) -> Dense {
+        Dense { linear, int8: None }
+    }
+
+    fn quantize_int8(&mut self) -> Result<()> {
+        let w = self.linear.weight();
+        let (n, k) = w.dims2()?;
+        let weight = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let bias = self.linear.bias().map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?;
+        self.int8 = Some(Int8Linear::new(&weight, bias.as_deref(), n, k));
+        Ok(())
+    }
+
+    /// `act(xs Wᵀ + b [+ residual])` for `xs` `[b, l, k]`.
+    fn forward(&self, xs: &Tensor, residual: Option<&Tensor>, act: Option<Activation>) -> Result<Tensor> {
+        let fused = matches!(act, None | Some(Activation::GeluErf));
+        let bias = self.linear.bias();
+        if !cpu_f32(xs) || !fused || bias.is_none() && self.int8.is_none() {
+            let mut out = self.linear.forward(xs)?;
+            if let Some(r) = residual {
+                out = (out + r)?;
+            }
+            return match act {
+                Some(act) => act.apply(&out),
+                None => Ok(out),
+            };
+        }
+        let epilogue = if act.is_some() { Epilogue::GeluErf } else { Epilogue::None };
+        let (b, l, k) = xs.dims3()?;
+        let n = self.linear.weight().dim(0)?;
+        let xs = xs.contiguous()?;
+        let residual = residual.map(|r| r.contiguous()).transpose()?;
+        let with_residual = |f: &dyn Fn(Option<&[f32]>) -> Vec<f32>| -> Result<Vec<f32>> {
+            match &residual {
+                Some(r) => kernels::f32_slice(r, |r| f(Some(r))),
+                None => Ok(f(None)),
+            }
+        };
+        let out = match &self.int8 {
+            Some(q) => kernels::f32_slice(&xs, |x| with_residual(&|r| q.forward(x, r, epilogue)))??,
+            None => {
+                let y = xs.reshape((b * l, k))?.matmul(&self.linear.weight().t()?)?;
+                let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?.unwrap_or_default();
+                kernels::f32_slice(&y, |y| {
+                    with_residual(&|r| kernels::bias_epilogue(y, n, &bias, r, epilogue))
+                })??
+            }
+        };
+        kernels::f32_tensor(out, (b, l, n))
+    }
+}
+
+/// Adds the attention mask (`[b, 1, 1, len]`) to the scores (`[b, heads, l,
+/// len]`) and softmaxes the last dimension, in place.
+struct MaskedSoftmax;
+
+impl InplaceOp2 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "masked-softmax"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        let (Some((a, b)), Some((c, d))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("masked-softmax needs contiguous tensors");
+        };
+        let (CpuStorage::F32(scores), CpuStorage::F32(mask)) = (s1, s2) else {
+            candle_core::bail!("masked-softmax needs f32 tensors");
+        };
+        let [_, heads, l, len] = l1.dims() else {
+            candle_core::bail!("masked-softmax needs [b, heads, l, len]")
+        };
+        kernels::masked_softmax(&mut scores[a..b], &mask[c..d], *heads, *l, *len);
+        Ok(())
+    }
+}
+
 /// A padded batch ready for [`Encoder::forward`].
 #[derive(Debug, Clone)]
 pub struct EncoderInput {
@@ -172,8 +264,8 @@ impl EncoderInput {
 struct SelfAttention {
     /// Query, key and value projections in one `[3 * hidden, hidden]` matrix;
     /// the query rows are pre-scaled by `1/sqrt(head_dim)`.
-    qkv: Linear,
-    output: Linear,
+    qkv: Dense,
+    output: Dense,
     output_norm: LayerNorm,
     heads: usize,
     head_dim: usize,
@@ -194,9 +286,12 @@ impl SelfAttention {
         let (kw, kb) = get("key")?;
         let (vw, vbias) = get("value")?;
         let (qw, qb) = ((qw * scale)?, (qb * scale)?);
-        let qkv = Linear::new(Tensor::cat(&[&qw, &kw, &vw], 0)?, Some(Tensor::cat(&[&qb, &kb, &vbias], 0)?));
+        let qkv = Dense::new(Linear::new(
+            Tensor::cat(&[&qw, &kw, &vw], 0)?,
+            Some(Tensor::cat(&[&qb, &kb, &vbias], 0)?),
+        ));
         let ov = vb.pp("output");
-        let output = candle_nn::linear(hidden, hidden, ov.pp("dense"))?;
+        let output = Dense::new(candle_nn::linear(hidden, hidden, ov.pp("dense"))?);
         let output_norm = candle_nn::layer_norm(hidden, config.layer_norm_eps, ov.pp("LayerNorm"))?;
         Ok(SelfAttention { qkv, output, output_norm, heads, head_dim })
     }
@@ -204,9 +299,23 @@ impl SelfAttention {
     fn forward(&self, hidden: &Tensor, attention_bias: &Tensor) -> Result<Tensor> {
         let (b, l, h) = hidden.dims3()?;
         let dtype = hidden.dtype();
+        if cpu_f32(hidden) && attention_bias.is_contiguous() && matches!(self.head_dim, 32 | 64) {
+            // One pass per sequence over the fused projections' output.
+            let qkv = self.qkv.forward(hidden, None, None)?;
+            let heads = self.heads;
+            let context = kernels::f32_slice(&qkv, |qkv| {
+                kernels::f32_slice(attention_bias, |mask| match self.head_dim {
+                    32 => kernels::attention::<32>(qkv, mask, b, l, heads),
+                    _ => kernels::attention::<64>(qkv, mask, b, l, heads),
+                })
+            })??;
+            let context = kernels::f32_tensor(context, (b, l, h))?;
+            let out = self.output.forward(&context, Some(hidden), None)?;
+            return self.output_norm.forward(&out);
+        }
         let qkv = self
             .qkv
-            .forward(hidden)?
+            .forward(hidden, None, None)?
             .reshape((b, l, 3, self.heads, self.head_dim))?
             .permute((2, 0, 3, 1, 4))?
             .contiguous()?; // [3, b, heads, l, head_dim]
@@ -215,22 +324,27 @@ impl SelfAttention {
         let v = qkv.get(2)?;
         // [b, heads, l, l]; softmaxed in f32 with the f32 mask: finite in every dtype.
         let scores = q.matmul(&k.t()?)?;
-        let scores = scores.to_dtype(DType::F32)?.broadcast_add(attention_bias)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+        let probs = if cpu_f32(&scores) && scores.is_contiguous() && attention_bias.is_contiguous() {
+            scores.inplace_op2(attention_bias, &MaskedSoftmax)?;
+            scores
+        } else {
+            let scores = scores.to_dtype(DType::F32)?.broadcast_add(attention_bias)?;
+            candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?
+        };
         let context = probs
             .matmul(&v)? // [b, heads, l, head_dim]
             .transpose(1, 2)?
             .reshape((b, l, h))?;
-        let out = self.output.forward(&context)?;
-        self.output_norm.forward(&(out + hidden)?)
+        let out = self.output.forward(&context, Some(hidden), None)?;
+        self.output_norm.forward(&out)
     }
 }
 
 struct Layer {
     attention: SelfAttention,
-    intermediate: Linear,
+    intermediate: Dense,
     activation: Activation,
-    output: Linear,
+    output: Dense,
     output_norm: LayerNorm,
 }
 
@@ -239,17 +353,17 @@ impl Layer {
         let act = activation(&config.hidden_act).map_err(candle_core::Error::msg)?;
         Ok(Layer {
             attention: SelfAttention::load(vb.pp("attention"), config)?,
-            intermediate: candle_nn::linear(
+            intermediate: Dense::new(candle_nn::linear(
                 config.hidden_size,
                 config.intermediate_size,
                 vb.pp("intermediate").pp("dense"),
-            )?,
+            )?),
             activation: act,
-            output: candle_nn::linear(
+            output: Dense::new(candle_nn::linear(
                 config.intermediate_size,
                 config.hidden_size,
                 vb.pp("output").pp("dense"),
-            )?,
+            )?),
             output_norm: candle_nn::layer_norm(
                 config.hidden_size,
                 config.layer_norm_eps,
@@ -260,9 +374,18 @@ impl Layer {
 
     fn forward(&self, hidden: &Tensor, attention_bias: &Tensor) -> Result<Tensor> {
         let attended = self.attention.forward(hidden, attention_bias)?;
-        let inner = self.activation.apply(&self.intermediate.forward(&attended)?)?;
-        let out = self.output.forward(&inner)?;
-        self.output_norm.forward(&(out + attended)?)
+        let inner = self.intermediate.forward(&attended, None, Some(self.activation))?;
+        let out = self.output.forward(&inner, Some(&attended), None)?;
+        self.output_norm.forward(&out)
+    }
+
+    fn quantize_int8(&mut self) -> Result<()> {
+        for dense in
+            [&mut self.attention.qkv, &mut self.attention.output, &mut self.intermediate, &mut self.output]
+        {
+            dense.quantize_int8()?;
+        }
+        Ok(())
     }
 }
 
@@ -279,6 +402,7 @@ pub struct Encoder {
     layers: Vec<Layer>,
     device: Device,
     dtype: DType,
+    int8: bool,
 }
 
 /// Prefixes under which checkpoints store the encoder (`BertModel` saves
@@ -331,6 +455,7 @@ impl Encoder {
             layers,
             device: vb.device().clone(),
             dtype: vb.dtype(),
+            int8: false,
         })
     }
 
@@ -348,6 +473,26 @@ impl Encoder {
     }
     pub fn hidden_size(&self) -> usize {
         self.config.hidden_size
+    }
+
+    /// Runs the linear layers in int8 from now on: weights quantised per
+    /// output channel, inputs per token at run time, products summed in i32
+    /// (AVX-512 VNNI where the CPU has it). CPU and f32 only; embeddings,
+    /// attention and layer norms stay f32.
+    pub fn quantize_int8(&mut self) -> Result<()> {
+        if !self.device.is_cpu() || self.dtype != DType::F32 {
+            candle_core::bail!("int8 runs on the CPU in f32 only");
+        }
+        for layer in &mut self.layers {
+            layer.quantize_int8()?;
+        }
+        self.int8 = true;
+        Ok(())
+    }
+
+    /// Whether [`Encoder::quantize_int8`] was applied.
+    pub fn is_int8(&self) -> bool {
+        self.int8
     }
 
     /// Pads token sequences (special tokens already added) to the longest one

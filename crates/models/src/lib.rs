@@ -16,10 +16,13 @@
 //! implementation (reusable for other heads: it returns the last hidden
 //! state), [`pooling`] turns token vectors into a text vector, [`sparse`] is
 //! bge-m3's lexical head, and [`embedder`] ties them to tokenization,
-//! batching and devices.
+//! batching and devices. `kernels` holds the CPU kernels the encoder uses in
+//! f32 beside candle's (fused epilogues, per-sequence attention) and the int8
+//! linear layer (AVX-512 VNNI) behind `embedding.dtype = "int8"`.
 
 pub mod embedder;
 pub mod encoder;
+mod kernels;
 pub mod pooling;
 pub mod resolve;
 pub mod sparse;

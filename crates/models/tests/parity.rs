@@ -78,3 +78,39 @@ fn all_minilm_matches_sentence_transformers() {
     }
     eprintln!("minimum cosine vs sentence-transformers: {worst}");
 }
+
+/// `embedding.dtype = "int8"` (linear layers in int8) stays within cosine
+/// 0.99 of sentence-transformers' f32 vectors and of our own f32 ones, and
+/// does not depend on batching (inputs are quantised per token).
+#[test]
+fn all_minilm_int8_stays_close_to_f32() {
+    let dir = model_dir();
+    let golden: Golden = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/parity/minilm_golden.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut config = common::config_for(&dir);
+    config.batch_size = 8;
+    let f32_embedder = CandleEmbedder::load(&config).unwrap();
+    config.dtype = "int8".to_string();
+    let int8 = CandleEmbedder::load(&config).unwrap();
+    assert!(int8.encoder().is_int8());
+    let texts: Vec<&str> = golden.texts.iter().map(|t| t.text.as_str()).collect();
+    let got = int8.embed(&texts, InputKind::Passage).unwrap();
+    let ours = f32_embedder.embed(&texts, InputKind::Passage).unwrap();
+    let mut worst = 1f32;
+    for ((g, o), want) in got.iter().zip(&ours).zip(&golden.texts) {
+        let c = cosine(&g.dense, &want.vector).min(cosine(&g.dense, &o.dense));
+        worst = worst.min(c);
+        assert!(c >= 0.99, "{:?}: int8 cosine {c}", want.text);
+    }
+    eprintln!("minimum int8 cosine vs f32: {worst}");
+    let one_by_one: Vec<_> =
+        texts.iter().map(|t| int8.embed(&[t], InputKind::Passage).unwrap().remove(0)).collect();
+    for (a, b) in got.iter().zip(&one_by_one) {
+        assert!(cosine(&a.dense, &b.dense) > 0.99999);
+    }
+}

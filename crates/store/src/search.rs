@@ -37,8 +37,12 @@ impl Store {
     pub fn search(&self, req: &SearchRequest<'_>) -> Result<SearchResults> {
         let mut notes = Vec::new();
         let vectors = self.vector_index();
+        // Only a mode that asks for dense retrieval explains its absence.
+        let wants_dense = matches!(req.mode, SearchMode::Dense)
+            || (matches!(req.mode, SearchMode::Hybrid) && req.weight_dense > 0.0);
         let dense_possible = match (vectors.is_some(), req.embedding.is_some_and(|e| !e.dense.is_empty())) {
             (true, true) => true,
+            _ if !wants_dense => false,
             (false, _) => {
                 notes.push("dense retrieval unavailable: the store has no vectors (no embedding model was used at ingest)".to_string());
                 false

@@ -56,6 +56,12 @@ fn commit_search_replace_delete() {
     assert_eq!(hits[0].source, "a.txt");
     assert_eq!(hits[0].heading_path, vec!["Intro"]);
     assert_eq!(search(&store, "diff_executor", Some("c")).len(), 1);
+    // A store without vectors: lexical search has nothing to explain, hybrid does.
+    let q = Embedding { dense: vec![], sparse: vec![] };
+    assert!(store.search(&request("executor", &q, SearchMode::Lexical, None)).unwrap().notes.is_empty());
+    let h = store.search(&request("executor", &q, SearchMode::Hybrid, None)).unwrap();
+    assert_eq!(h.retrievers, ["words"]);
+    assert!(h.notes[0].contains("no vectors"), "{:?}", h.notes);
     assert!(search(&store, "executor", Some("other")).is_empty());
 
     assert_eq!(put(&store, "c", "a.txt", "The DiffExecutor runs diffs."), CommitOutcome::Unchanged);

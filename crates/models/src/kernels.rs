@@ -1,0 +1,925 @@
+//! CPU kernels the encoder uses beside candle's, for f32 tensors on the CPU:
+//!
+//! - [`Int8Linear`]: a linear layer whose weights are quantised to int8 per
+//!   output channel at load time and whose inputs are quantised to u8 per
+//!   row at run time (asymmetric: min to max); the products are summed
+//!   exactly in i32 (AVX-512 VNNI
+//!   when the CPU has it, plain Rust otherwise, with the same results) and
+//!   scaled back to f32 with the bias, the residual and the activation fused
+//!   into the same pass.
+//! - [`bias_epilogue`]: bias + residual + activation after an f32 matmul, one
+//!   pass instead of candle's two or three.
+//! - [`masked_softmax`]: the attention mask added and the softmax taken in one
+//!   pass over the scores.
+//! - [`gelu_erf`]: the exact GELU on a branch-free erf the compiler vectorises.
+//!
+//! Everything here works on plain slices; [`f32_slice`] and [`f32_tensor`]
+//! move between them and candle tensors without copying.
+
+use candle_core::{CpuStorage, Device, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+/// Rows of the input one parallel task handles: its quantised rows (64 ×
+/// in-features bytes) stay in L2 while every weight tile passes over them.
+const ROWS_PER_TASK: usize = 64;
+
+/// Runs `f` on the data of a contiguous f32 CPU tensor.
+pub(crate) fn f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("kernel input is not contiguous");
+    };
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(data)) => Ok(f(&data[start..end])),
+        _ => candle_core::bail!("kernel input is not an f32 CPU tensor"),
+    }
+}
+
+/// Wraps `data` as a CPU tensor of `shape` (no copy).
+pub(crate) fn f32_tensor<S: Into<Shape>>(data: Vec<f32>, shape: S) -> Result<Tensor> {
+    Tensor::from_vec(data, shape, &Device::Cpu)
+}
+
+/// The activation fused into a linear layer's epilogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Epilogue {
+    /// Bias only (plus the residual when given).
+    None,
+    /// The exact GELU after the bias.
+    GeluErf,
+}
+
+/// Runs `$body` (an expression over the given slices) compiled for AVX-512F
+/// when the CPU has it, so that its loops vectorise 16 wide, and as plain
+/// code otherwise.
+macro_rules! multiversion {
+    ($name:ident ( $($arg:ident : $ty:ty),* ) $body:block) => {
+        fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F, checked just above;
+                    // `avx512` only compiles the same safe body for it.
+                    unsafe { avx512($($arg),*) };
+                    return;
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+multiversion!(add_bias_rows(x: &[f32], out: &mut [f32], n: usize, bias: &[f32], residual: Option<&[f32]>) {
+    match residual {
+        Some(residual) => {
+            for ((o, x), r) in out.chunks_exact_mut(n).zip(x.chunks_exact(n)).zip(residual.chunks_exact(n)) {
+                for (((o, x), b), r) in o.iter_mut().zip(x).zip(bias).zip(r) {
+                    *o = x + b + r;
+                }
+            }
+        }
+        None => {
+            for (o, x) in out.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+                for ((o, x), b) in o.iter_mut().zip(x).zip(bias) {
+                    *o = x + b;
+                }
+            }
+        }
+    }
+});
+
+/// `y = act(x + bias [+ residual])` for `x` `[rows, n]` row-major: the
+/// epilogue of an f32 matmul, one pass over memory.
+pub(crate) fn bias_epilogue(
+    x: &[f32],
+    n: usize,
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    act: Epilogue,
+) -> Vec<f32> {
+    assert_eq!(bias.len(), n);
+    let mut out = vec![0f32; x.len()];
+    let chunk = ROWS_PER_TASK * n;
+    out.par_chunks_mut(chunk).enumerate().for_each(|(t, out)| {
+        let range = t * chunk..t * chunk + out.len();
+        let residual = residual.map(|r| &r[range.clone()]);
+        add_bias_rows(&x[range], out, n, bias, residual);
+        if act == Epilogue::GeluErf {
+            gelu_erf(out);
+        }
+    });
+    out
+}
+
+/// Softmax over the last dimension of `scores` (`[b, heads, l, len]`), with
+/// the additive mask `bias` (`[b, len]`) added first; in place.
+pub(crate) fn masked_softmax(scores: &mut [f32], bias: &[f32], heads: usize, l: usize, len: usize) {
+    assert_eq!(scores.len() % (heads * l * len), 0);
+    assert_eq!(bias.len() * heads * l, scores.len());
+    scores.par_chunks_mut(len * l).enumerate().for_each(|(i, rows)| {
+        let b = i / heads;
+        softmax_rows(rows, &bias[b * len..(b + 1) * len]);
+    });
+}
+
+multiversion!(softmax_rows(rows: &mut [f32], mask: &[f32]) {
+    let len = mask.len();
+    for row in rows.chunks_exact_mut(len) {
+        let mut max = [f32::NEG_INFINITY; 16];
+        let mut chunks = row.chunks_exact_mut(16);
+        let mut mask_chunks = mask.chunks_exact(16);
+        for (c, m) in (&mut chunks).zip(&mut mask_chunks) {
+            for j in 0..16 {
+                c[j] += m[j];
+                max[j] = max[j].max(c[j]);
+            }
+        }
+        let mut max = max.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        for (x, m) in chunks.into_remainder().iter_mut().zip(mask_chunks.remainder()) {
+            *x += m;
+            max = max.max(*x);
+        }
+        let mut sums = [0f32; 16];
+        let mut chunks = row.chunks_exact_mut(16);
+        for c in &mut chunks {
+            for j in 0..16 {
+                c[j] = exp(c[j] - max);
+                sums[j] += c[j];
+            }
+        }
+        let mut sum: f32 = sums.iter().sum();
+        for x in chunks.into_remainder() {
+            *x = exp(*x - max);
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        for x in row.iter_mut() {
+            *x *= inv;
+        }
+    }
+});
+
+/// Self-attention for one batch: `qkv` is `[b, len, 3 * heads * D]` (per
+/// token the queries, already scaled by `1/√D`, then keys, then values, head
+/// after head), `mask` the additive mask `[b, len]`; returns the context
+/// `[b, len, heads * D]`. Each sequence is one parallel task whose keys,
+/// values and scores stay in L1/L2, instead of candle's whole-batch
+/// `[b, heads, len, len]` scores going to memory three times.
+pub(crate) fn attention<const D: usize>(
+    qkv: &[f32],
+    mask: &[f32],
+    b: usize,
+    len: usize,
+    heads: usize,
+) -> Vec<f32> {
+    let h = heads * D;
+    assert_eq!(qkv.len(), b * len * 3 * h);
+    assert_eq!(mask.len(), b * len);
+    let mut out = vec![0f32; b * len * h];
+    out.par_chunks_mut(len * h).enumerate().for_each(|(i, out)| {
+        attention_sequence::<D>(
+            &qkv[i * len * 3 * h..(i + 1) * len * 3 * h],
+            &mask[i * len..(i + 1) * len],
+            heads,
+            out,
+        );
+    });
+    out
+}
+
+fn attention_sequence<const D: usize>(qkv: &[f32], mask: &[f32], heads: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F, checked just above; the function
+        // only compiles the same safe body for it.
+        unsafe { attention_sequence_avx512::<D>(qkv, mask, heads, out) };
+        return;
+    }
+    attention_sequence_body::<D>(qkv, mask, heads, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn attention_sequence_avx512<const D: usize>(qkv: &[f32], mask: &[f32], heads: usize, out: &mut [f32]) {
+    attention_sequence_body::<D>(qkv, mask, heads, out)
+}
+
+#[inline(always)]
+fn attention_sequence_body<const D: usize>(qkv: &[f32], mask: &[f32], heads: usize, out: &mut [f32]) {
+    let len = mask.len();
+    let h = heads * D;
+    // Keys transposed, `[D][lp]`, and the mask, padded to whole blocks of
+    // 16 keys; padding keys are 0 and masked out.
+    let lp = len.div_ceil(16) * 16;
+    let mut kt = vec![0f32; D * lp];
+    let mut v = vec![0f32; len * D];
+    let mut m = vec![f32::MIN; lp];
+    m[..len].copy_from_slice(mask);
+    let mut scores = vec![0f32; lp];
+    for head in 0..heads {
+        for (j, token) in qkv.chunks_exact(3 * h).enumerate() {
+            let key = &token[h + head * D..h + (head + 1) * D];
+            for (d, k) in key.iter().enumerate() {
+                kt[d * lp + j] = *k;
+            }
+            v[j * D..(j + 1) * D].copy_from_slice(&token[2 * h + head * D..2 * h + (head + 1) * D]);
+        }
+        // Loops below are simple axpy forms over contiguous slices, which
+        // the loop vectoriser handles (register-tiled arrays were left scalar).
+        for t in 0..len {
+            let q = &qkv[t * 3 * h + head * D..t * 3 * h + (head + 1) * D];
+            let row = &mut scores[..lp];
+            row.copy_from_slice(&m);
+            if !avx512::scores(q, &kt, row) {
+                for (d, &qd) in q.iter().enumerate() {
+                    for (s, k) in row.iter_mut().zip(&kt[d * lp..(d + 1) * lp]) {
+                        *s += qd * k;
+                    }
+                }
+            }
+            // Softmax (padding keys give exp(MIN - max) ≈ 0).
+            let mut max = [f32::NEG_INFINITY; 16];
+            for c in row.chunks_exact(16) {
+                for x in 0..16 {
+                    max[x] = max[x].max(c[x]);
+                }
+            }
+            let max = max.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let mut sums = [0f32; 16];
+            for c in row.chunks_exact_mut(16) {
+                for x in 0..16 {
+                    c[x] = exp(c[x] - max);
+                    sums[x] += c[x];
+                }
+            }
+            let inv = 1.0 / sums.iter().sum::<f32>();
+            let o: &mut [f32; D] = (&mut out[t * h + head * D..t * h + (head + 1) * D]).try_into().unwrap();
+            *o = [0f32; D];
+            if !avx512::context(&row[..len], &v, o) {
+                for (j, vj) in v.chunks_exact(D).enumerate() {
+                    let p = row[j];
+                    for (o, v) in o.iter_mut().zip(vj) {
+                        *o += p * v;
+                    }
+                }
+            }
+            for o in o.iter_mut() {
+                *o *= inv;
+            }
+        }
+    }
+}
+
+/// Explicit AVX-512 inner loops of [`attention_sequence_body`] (the
+/// compiler left them scalar); each returns false, doing nothing, where the
+/// CPU lacks AVX-512F or the shapes do not fit.
+mod avx512 {
+    /// `row[j] += Σ_d q[d] · kt[d][j]` for `kt` `[q.len()][row.len()]`,
+    /// `row.len()` a multiple of 16.
+    #[inline(always)]
+    pub(super) fn scores(q: &[f32], kt: &[f32], row: &mut [f32]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if row.len().is_multiple_of(16)
+            && kt.len() == q.len() * row.len()
+            && std::arch::is_x86_feature_detected!("avx512f")
+        {
+            // SAFETY: AVX-512F is present (checked) and the shapes are as
+            // `scores_avx512` requires (checked).
+            unsafe { scores_avx512(q, kt, row) };
+            return true;
+        }
+        let _ = (q, kt, row);
+        false
+    }
+
+    /// `o += Σ_j p[j] · v[j]` for `v` `[p.len()][o.len()]`, `o.len()` 16 to
+    /// 64 in steps of 16.
+    #[inline(always)]
+    pub(super) fn context(p: &[f32], v: &[f32], o: &mut [f32]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if o.len().is_multiple_of(16)
+            && (16..=64).contains(&o.len())
+            && v.len() >= p.len() * o.len()
+            && std::arch::is_x86_feature_detected!("avx512f")
+        {
+            // SAFETY: AVX-512F is present (checked) and the shapes are as
+            // `context_avx512` requires (checked).
+            unsafe { context_avx512(p, v, o) };
+            return true;
+        }
+        let _ = (p, v, o);
+        false
+    }
+
+    /// # Safety
+    /// AVX-512F; `row.len().is_multiple_of(16)`, `kt.len() == q.len() * row.len()`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn scores_avx512(q: &[f32], kt: &[f32], row: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let lp = row.len();
+        let mut jb = 0;
+        // Four blocks of 16 keys at a time: four independent FMA chains hide
+        // the FMA latency (one chain alone waits on it every step).
+        while jb + 64 <= lp {
+            // In bounds: jb + 64 ≤ lp, and d * lp + jb + 64 ≤ kt.len().
+            let mut acc = [_mm512_setzero_ps(); 4];
+            for (i, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_loadu_ps(row.as_ptr().add(jb + 16 * i));
+            }
+            for (d, &qd) in q.iter().enumerate() {
+                let qv = _mm512_set1_ps(qd);
+                let k = kt.as_ptr().add(d * lp + jb);
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k.add(16 * i)), *acc);
+                }
+            }
+            for (i, acc) in acc.iter().enumerate() {
+                _mm512_storeu_ps(row.as_mut_ptr().add(jb + 16 * i), *acc);
+            }
+            jb += 64;
+        }
+        while jb < lp {
+            // In bounds: jb + 16 ≤ lp, and d * lp + jb + 16 ≤ kt.len().
+            let mut acc = _mm512_loadu_ps(row.as_ptr().add(jb));
+            for (d, &qd) in q.iter().enumerate() {
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(qd), _mm512_loadu_ps(kt.as_ptr().add(d * lp + jb)), acc);
+            }
+            _mm512_storeu_ps(row.as_mut_ptr().add(jb), acc);
+            jb += 16;
+        }
+    }
+
+    /// # Safety
+    /// AVX-512F; `o.len()` is 16, 32, 48 or 64; `v.len() ≥ p.len() * o.len()`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn context_avx512(p: &[f32], v: &[f32], o: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let d = o.len();
+        let nv = d / 16;
+        // Even and odd keys in separate accumulators: twice the independent
+        // FMA chains.
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut acc2 = [_mm512_setzero_ps(); 4];
+        let pairs = p.len() / 2;
+        for jj in 0..pairs {
+            let j = 2 * jj;
+            let p0 = _mm512_set1_ps(p[j]);
+            let p1 = _mm512_set1_ps(p[j + 1]);
+            for i in 0..nv {
+                // In bounds: (j + 1) * d + i * 16 + 16 ≤ p.len() * d ≤ v.len().
+                acc[i] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v.as_ptr().add(j * d + i * 16)), acc[i]);
+                acc2[i] = _mm512_fmadd_ps(p1, _mm512_loadu_ps(v.as_ptr().add((j + 1) * d + i * 16)), acc2[i]);
+            }
+        }
+        if p.len() % 2 == 1 {
+            let j = p.len() - 1;
+            let pv = _mm512_set1_ps(p[j]);
+            for (i, acc) in acc.iter_mut().enumerate().take(nv) {
+                *acc = _mm512_fmadd_ps(pv, _mm512_loadu_ps(v.as_ptr().add(j * d + i * 16)), *acc);
+            }
+        }
+        for (a, b) in acc.iter_mut().zip(&acc2) {
+            *a = _mm512_add_ps(*a, *b);
+        }
+        for (i, acc) in acc.iter().enumerate().take(nv) {
+            let out = o.as_mut_ptr().add(i * 16);
+            _mm512_storeu_ps(out, _mm512_add_ps(_mm512_loadu_ps(out), *acc));
+        }
+    }
+}
+
+/// The exact GELU, `x/2 · (1 + erf(x/√2))`, in place.
+pub(crate) fn gelu_erf(xs: &mut [f32]) {
+    gelu_erf_slice(xs)
+}
+
+multiversion!(gelu_erf_slice(xs: &mut [f32]) {
+    for x in xs {
+        *x = 0.5 * *x * (1.0 + erf(*x * std::f32::consts::FRAC_1_SQRT_2));
+    }
+});
+
+/// erf by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7, about
+/// one f32 ulp near 1), branch-free so that loops over it vectorise.
+#[inline(always)]
+pub(crate) fn erf(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A1: f32 = 0.254_829_6;
+    const A2: f32 = -0.284_496_74;
+    const A3: f32 = 1.421_413_8;
+    const A4: f32 = -1.453_152;
+    const A5: f32 = 1.061_405_4;
+    let a = x.abs();
+    let t = 1.0 / (1.0 + P * a);
+    let poly = t * (A1 + t * (A2 + t * (A3 + t * (A4 + t * A5))));
+    let y = 1.0 - poly * exp(-(a * a));
+    y.copysign(x)
+}
+
+/// e^x for x ≤ 88 (below -87 it returns about 1e-38 instead of smaller
+/// values or 0): 2^n by the exponent bits times a degree-6 Taylor polynomial
+/// on |r| ≤ ln2/2 (relative error about 1.2e-7). Branch-free.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    // n is in [-126, 127]: n + 127 is a valid biased exponent.
+    f32::from_bits(((n as i32 + 127) as u32) << 23) * p
+}
+
+/// A linear layer `y = x Wᵀ + b` with W in int8 (symmetric, one scale per
+/// output channel) and x quantised per row when it runs, asymmetrically to
+/// u8 (the operand VNNI wants unsigned): `x ≈ min + scale · q`, so
+/// `x · w ≈ sw · (scale · Σ q·w + min · Σ w)` with `Σ q·w` exact in i32.
+/// Asymmetric rows use all 256 levels on skewed inputs such as GELU outputs
+/// (≥ -0.17), about twice the resolution of a symmetric scale there.
+pub(crate) struct Int8Linear {
+    /// Output channels.
+    n: usize,
+    /// Input features.
+    k: usize,
+    /// `k` rounded up to groups of 4 (one VNNI lane's worth).
+    groups: usize,
+    /// Channels in blocks of 16 (one 512-bit register of i32).
+    blocks: usize,
+    /// `[blocks][groups][16 channels][4 features]`: a block's 4 features of
+    /// 16 channels lie in 64 consecutive bytes. Padding is 0.
+    packed: Vec<i8>,
+    /// Per channel (padded to `blocks * 16`): the weight scale, `Σ_k w` of
+    /// the quantised weights, and the bias.
+    scales: Vec<f32>,
+    sums: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Int8Linear {
+    /// Quantises `weight` (`[n, k]` row-major) symmetrically per row.
+    pub(crate) fn new(weight: &[f32], bias: Option<&[f32]>, n: usize, k: usize) -> Int8Linear {
+        assert_eq!(weight.len(), n * k, "weight is not [n, k]");
+        let groups = k.div_ceil(4);
+        let blocks = n.div_ceil(16);
+        let mut packed = vec![0i8; blocks * groups * 64];
+        let mut scales = vec![0f32; blocks * 16];
+        let mut sums = vec![0f32; blocks * 16];
+        let mut bias_padded = vec![0f32; blocks * 16];
+        for c in 0..n {
+            let row = &weight[c * k..(c + 1) * k];
+            let amax = row.iter().fold(0f32, |m, w| m.max(w.abs()));
+            let (scale, inv) = if amax > 0.0 { (amax / 127.0, 127.0 / amax) } else { (0.0, 0.0) };
+            scales[c] = scale;
+            let (block, lane) = (c / 16, c % 16);
+            let mut sum = 0i32;
+            for (j, w) in row.iter().enumerate() {
+                let q = (w * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+                sum += q as i32;
+                packed[(block * groups + j / 4) * 64 + lane * 4 + j % 4] = q;
+            }
+            sums[c] = sum as f32;
+            if let Some(b) = bias {
+                bias_padded[c] = b[c];
+            }
+        }
+        Int8Linear { n, k, groups, blocks, packed, scales, sums, bias: bias_padded }
+    }
+
+    /// `act(x Wᵀ + b [+ residual])` for `x` `[m, k]` row-major; `residual` is
+    /// `[m, n]`. Rows run in parallel on rayon's pool.
+    pub(crate) fn forward(&self, x: &[f32], residual: Option<&[f32]>, act: Epilogue) -> Vec<f32> {
+        self.forward_with(x, residual, act, vnni_available())
+    }
+
+    pub(crate) fn forward_with(
+        &self,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        act: Epilogue,
+        vnni: bool,
+    ) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        assert_eq!(x.len() % k, 0, "input is not [m, k]");
+        let m = x.len() / k;
+        if let Some(r) = residual {
+            assert_eq!(r.len(), m * n, "residual is not [m, n]");
+        }
+        let mut out = vec![0f32; m * n];
+        let stride = self.groups * 4;
+        out.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(t, out)| {
+            let r0 = t * ROWS_PER_TASK;
+            let rows = out.len() / n;
+            let mut qa = vec![0u8; rows * stride];
+            let mut sa = vec![(0f32, 0f32); rows];
+            quantize_rows(&x[r0 * k..(r0 + rows) * k], k, &mut qa, stride, &mut sa);
+            let residual = residual.map(|res| &res[r0 * n..(r0 + rows) * n]);
+            #[cfg(target_arch = "x86_64")]
+            if vnni {
+                // SAFETY: `vnni` is true only when `vnni_available()` said so
+                // (or a test passed it after checking the same); `qa` holds
+                // `rows` rows of `stride` bytes, `out` and `residual` `rows`
+                // rows of `n` floats, as `matmul_vnni` requires.
+                unsafe { self.matmul_vnni(&qa, &sa, rows, out, residual) };
+                if act == Epilogue::GeluErf {
+                    gelu_erf(out);
+                }
+                return;
+            }
+            let _ = vnni;
+            self.matmul_scalar(&qa, &sa, rows, out, residual);
+            if act == Epilogue::GeluErf {
+                gelu_erf(out);
+            }
+        });
+        out
+    }
+
+    /// The portable kernel: the same integer sums as the VNNI one, then the
+    /// scale, bias and residual.
+    fn matmul_scalar(
+        &self,
+        qa: &[u8],
+        sa: &[(f32, f32)],
+        rows: usize,
+        out: &mut [f32],
+        residual: Option<&[f32]>,
+    ) {
+        let (n, stride, groups) = (self.n, self.groups * 4, self.groups);
+        let mut acc = [0i32; 16];
+        for r in 0..rows {
+            let a = &qa[r * stride..(r + 1) * stride];
+            for block in 0..self.blocks {
+                acc.fill(0);
+                let w = &self.packed[block * groups * 64..(block + 1) * groups * 64];
+                for (g, wg) in w.chunks_exact(64).enumerate() {
+                    let ag = &a[g * 4..g * 4 + 4];
+                    for (lane, wl) in wg.chunks_exact(4).enumerate() {
+                        let mut s = 0i32;
+                        for t in 0..4 {
+                            s += ag[t] as i32 * wl[t] as i32;
+                        }
+                        acc[lane] += s;
+                    }
+                }
+                for (lane, &sum) in acc.iter().enumerate() {
+                    let c = block * 16 + lane;
+                    if c < n {
+                        let (scale, min) = sa[r];
+                        let dot = sum as f32 * scale + min * self.sums[c];
+                        let y = dot * self.scales[c] + self.bias[c];
+                        out[r * n + c] = y + residual.map_or(0.0, |res| res[r * n + c]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether the CPU runs the AVX-512 VNNI kernel.
+pub(crate) fn vnni_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+multiversion!(quantize_rows(x: &[f32], k: usize, qa: &mut [u8], stride: usize, sa: &mut [(f32, f32)]) {
+    for ((x, q), s) in x.chunks_exact(k).zip(qa.chunks_exact_mut(stride)).zip(sa.iter_mut()) {
+        *s = quantize_row(x, q);
+    }
+});
+
+/// Quantises a row to u8 with `x ≈ min + scale · q` and returns `(scale,
+/// min)`; `out`'s bytes past `x.len()` are left as they are (their weights
+/// are 0).
+#[inline(always)]
+fn quantize_row(x: &[f32], out: &mut [u8]) -> (f32, f32) {
+    let (min, max) = x.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let range = max - min;
+    if range.is_nan() || range <= 0.0 || !range.is_finite() {
+        // Constant (or empty, or non-finite) rows: every q is 0 and x = min.
+        out[..x.len()].fill(0);
+        return (0.0, if min.is_finite() { min } else { 0.0 });
+    }
+    let inv = 255.0 / range;
+    // Adding and taking away 1.5 · 2^23 rounds to nearest even for values in
+    // [0, 255] (vectorises, unlike `round_ties_even`, which calls rintf).
+    const ROUND: f32 = 12_582_912.0;
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = (((v - min) * inv).clamp(0.0, 255.0) + ROUND - ROUND) as u8;
+    }
+    (range / 255.0, min)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use super::Int8Linear;
+    use std::arch::x86_64::*;
+
+    /// Rows per register tile.
+    const MR: usize = 8;
+
+    impl Int8Linear {
+        /// `out = sw · (scale · Σ_k q·w + min · Σ_k w) + bias [+ residual]`
+        /// for `rows` rows.
+        ///
+        /// # Safety
+        /// The CPU must have AVX-512F, AVX-512BW and AVX-512 VNNI; `qa` must
+        /// hold `rows * groups * 4` bytes, `sa` `rows` scales, `out` (and
+        /// `residual` when given) `rows * n` floats.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+        pub(super) unsafe fn matmul_vnni(
+            &self,
+            qa: &[u8],
+            sa: &[(f32, f32)],
+            rows: usize,
+            out: &mut [f32],
+            residual: Option<&[f32]>,
+        ) {
+            assert!(qa.len() >= rows * self.groups * 4 && sa.len() >= rows && out.len() >= rows * self.n);
+            if let Some(r) = residual {
+                assert!(r.len() >= rows * self.n);
+            }
+            let mut block = 0;
+            while block < self.blocks {
+                let nv = if block + 1 < self.blocks { 2 } else { 1 };
+                let mut r = 0;
+                while r < rows {
+                    let tile_rows = (rows - r).min(MR);
+                    // SAFETY (all arms): the tile covers rows r..r+tile_rows ≤
+                    // rows and blocks block..block+nv ≤ self.blocks, inside
+                    // the bounds asserted above.
+                    unsafe {
+                        match (tile_rows, nv) {
+                            (8, 2) => self.tile::<8, 2>(qa, sa, r, block, out, residual),
+                            (8, 1) => self.tile::<8, 1>(qa, sa, r, block, out, residual),
+                            (7, 2) => self.tile::<7, 2>(qa, sa, r, block, out, residual),
+                            (7, 1) => self.tile::<7, 1>(qa, sa, r, block, out, residual),
+                            (6, 2) => self.tile::<6, 2>(qa, sa, r, block, out, residual),
+                            (6, 1) => self.tile::<6, 1>(qa, sa, r, block, out, residual),
+                            (5, 2) => self.tile::<5, 2>(qa, sa, r, block, out, residual),
+                            (5, 1) => self.tile::<5, 1>(qa, sa, r, block, out, residual),
+                            (4, 2) => self.tile::<4, 2>(qa, sa, r, block, out, residual),
+                            (4, 1) => self.tile::<4, 1>(qa, sa, r, block, out, residual),
+                            (3, 2) => self.tile::<3, 2>(qa, sa, r, block, out, residual),
+                            (3, 1) => self.tile::<3, 1>(qa, sa, r, block, out, residual),
+                            (2, 2) => self.tile::<2, 2>(qa, sa, r, block, out, residual),
+                            (2, 1) => self.tile::<2, 1>(qa, sa, r, block, out, residual),
+                            (1, 2) => self.tile::<1, 2>(qa, sa, r, block, out, residual),
+                            _ => self.tile::<1, 1>(qa, sa, r, block, out, residual),
+                        }
+                    }
+                    r += tile_rows;
+                }
+                block += nv;
+            }
+        }
+
+        /// One tile: rows `r0..r0+R`, channel blocks `b0..b0+NV`.
+        ///
+        /// # Safety
+        /// As [`Int8Linear::matmul_vnni`], and `r0 + R ≤ rows`,
+        /// `b0 + NV ≤ self.blocks`.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+        unsafe fn tile<const R: usize, const NV: usize>(
+            &self,
+            qa: &[u8],
+            sa: &[(f32, f32)],
+            r0: usize,
+            b0: usize,
+            out: &mut [f32],
+            residual: Option<&[f32]>,
+        ) {
+            let groups = self.groups;
+            let stride = groups * 4;
+            let a = qa.as_ptr().add(r0 * stride);
+            let w = self.packed.as_ptr().add(b0 * groups * 64);
+            let mut acc = [[_mm512_setzero_si512(); NV]; R];
+            for g in 0..groups {
+                let mut wv = [_mm512_setzero_si512(); NV];
+                for (v, wv) in wv.iter_mut().enumerate() {
+                    // In bounds: block b0+v < blocks, group g < groups.
+                    *wv = _mm512_loadu_si512(w.add((v * groups + g) * 64) as *const _);
+                }
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    // 4 bytes of row r0+i at features 4g..4g+4 < stride.
+                    let av = _mm512_set1_epi32((a.add(i * stride + g * 4) as *const i32).read_unaligned());
+                    for v in 0..NV {
+                        acc[v] = _mm512_dpbusd_epi32(acc[v], av, wv[v]);
+                    }
+                }
+            }
+            let n = self.n;
+            for v in 0..NV {
+                let c = (b0 + v) * 16;
+                // Channels c..c+16 exist in the padded per-channel arrays;
+                // only the first `valid` are real and written.
+                let valid = (n - c).min(16);
+                let mask: __mmask16 = if valid == 16 { 0xffff } else { (1u16 << valid) - 1 };
+                let sums = _mm512_loadu_ps(self.sums.as_ptr().add(c));
+                let scale = _mm512_loadu_ps(self.scales.as_ptr().add(c));
+                let bias = _mm512_loadu_ps(self.bias.as_ptr().add(c));
+                for (i, acc) in acc.iter().enumerate() {
+                    let row = r0 + i;
+                    let (row_scale, row_min) = sa[row];
+                    let dot = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(acc[v]),
+                        _mm512_set1_ps(row_scale),
+                        _mm512_mul_ps(_mm512_set1_ps(row_min), sums),
+                    );
+                    let mut y = _mm512_fmadd_ps(dot, scale, bias);
+                    if let Some(res) = residual {
+                        let rv = _mm512_maskz_loadu_ps(mask, res.as_ptr().add(row * n + c));
+                        y = _mm512_add_ps(y, rv);
+                    }
+                    _mm512_mask_storeu_ps(out.as_mut_ptr().add(row * n + c), mask, y);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    #[test]
+    fn erf_and_exp_are_accurate() {
+        let mut worst_exp = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = (x as f64).exp();
+            worst_exp = worst_exp.max(((exp(x) as f64 - want) / want).abs());
+            x += 0.0137;
+        }
+        assert!(worst_exp < 5e-7, "exp relative error {worst_exp}");
+        // erf against the series/continued fraction in f64 via libm-free
+        // reference: erf(x) = 2/sqrt(pi) * sum ... (Taylor, |x| ≤ 3).
+        let erf64 = |x: f64| -> f64 {
+            let mut term = x;
+            let mut sum = x;
+            for n in 1..200 {
+                term *= -x * x / n as f64;
+                sum += term / (2 * n + 1) as f64;
+            }
+            sum * 2.0 / std::f64::consts::PI.sqrt()
+        };
+        let mut worst = 0f64;
+        let mut x = -3.0f32;
+        while x <= 3.0 {
+            worst = worst.max((erf(x) as f64 - erf64(x as f64)).abs());
+            x += 0.001;
+        }
+        assert!(worst < 6e-7, "erf absolute error {worst}");
+        assert_eq!(erf(10.0), 1.0);
+        assert_eq!(erf(-10.0), -1.0);
+        let mut g = [0.0f32, 1.0, -1.0, 30.0, -30.0];
+        gelu_erf(&mut g);
+        assert_eq!(g[0], 0.0);
+        assert!((g[1] - 0.841_344_8).abs() < 1e-6 && (g[2] + 0.158_655_3).abs() < 1e-6);
+        assert_eq!(g[3], 30.0);
+        assert_eq!(g[4], -0.0);
+    }
+
+    #[test]
+    fn masked_softmax_matches_the_definition() {
+        let (b, heads, l, len) = (2, 3, 2, 5);
+        let mut seed = 7;
+        let scores: Vec<f32> = (0..b * heads * l * len).map(|_| lcg(&mut seed) * 4.0).collect();
+        let bias: Vec<f32> =
+            (0..b * len).map(|i| if i % len >= 3 + i / len { -1.0e9 } else { 0.0 }).collect();
+        let mut got = scores.clone();
+        masked_softmax(&mut got, &bias, heads, l, len);
+        for (row_index, (row, want_row)) in got.chunks(len).zip(scores.chunks(len)).enumerate() {
+            let batch = row_index / (heads * l);
+            let z: Vec<f64> =
+                want_row.iter().zip(&bias[batch * len..]).map(|(s, m)| *s as f64 + *m as f64).collect();
+            let max = z.iter().cloned().fold(f64::MIN, f64::max);
+            let sum: f64 = z.iter().map(|v| (v - max).exp()).sum();
+            for (g, v) in row.iter().zip(&z) {
+                assert!((*g as f64 - (v - max).exp() / sum).abs() < 1e-6);
+            }
+        }
+    }
+
+    fn attention_reference(
+        qkv: &[f32],
+        mask: &[f32],
+        b: usize,
+        len: usize,
+        heads: usize,
+        d: usize,
+    ) -> Vec<f32> {
+        let h = heads * d;
+        let mut out = vec![0f32; b * len * h];
+        for i in 0..b {
+            let tok = |t: usize| &qkv[(i * len + t) * 3 * h..(i * len + t + 1) * 3 * h];
+            for head in 0..heads {
+                for t in 0..len {
+                    let q = &tok(t)[head * d..(head + 1) * d];
+                    let s: Vec<f64> = (0..len)
+                        .map(|j| {
+                            let k = &tok(j)[h + head * d..h + (head + 1) * d];
+                            q.iter().zip(k).map(|(a, b)| (*a * *b) as f64).sum::<f64>()
+                                + mask[i * len + j] as f64
+                        })
+                        .collect();
+                    let max = s.iter().cloned().fold(f64::MIN, f64::max);
+                    let z: f64 = s.iter().map(|x| (x - max).exp()).sum();
+                    for x in 0..d {
+                        let o: f64 = (0..len)
+                            .map(|j| (s[j] - max).exp() / z * tok(j)[2 * h + head * d + x] as f64)
+                            .sum();
+                        out[(i * len + t) * h + head * d + x] = o as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_matches_the_definition() {
+        // Lengths that are not multiples of 16 keys or 4 query rows; the
+        // second sequence is padded (masked) after 13 tokens.
+        for &(b, len, heads) in &[(2usize, 21usize, 3usize), (1, 4, 2), (3, 40, 1)] {
+            let mut seed = (b * 100 + len) as u64;
+            for d in [32, 64] {
+                let qkv: Vec<f32> = (0..b * len * 3 * heads * d).map(|_| lcg(&mut seed)).collect();
+                let mask: Vec<f32> = (0..b * len)
+                    .map(|i| if i / len == 1 && i % len >= 13 { crate::encoder::MASK_VALUE } else { 0.0 })
+                    .collect();
+                let got = if d == 32 {
+                    attention::<32>(&qkv, &mask, b, len, heads)
+                } else {
+                    attention::<64>(&qkv, &mask, b, len, heads)
+                };
+                let want = attention_reference(&qkv, &mask, b, len, heads, d);
+                let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(err < 1e-5, "b={b} len={len} heads={heads} d={d}: error {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn int8_linear_is_close_to_f32_and_kernels_agree() {
+        // Odd sizes: padding of features (k % 4) and channels (n % 16), and
+        // a row count that is not a multiple of the tile or the task.
+        for &(m, k, n) in &[(70, 37, 50), (9, 384, 48), (130, 64, 16), (1, 5, 3)] {
+            let mut seed = (m * 31 + k * 7 + n) as u64;
+            let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed) * 0.1).collect();
+            let bias: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+            let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
+            let res: Vec<f32> = (0..m * n).map(|_| lcg(&mut seed)).collect();
+            let lin = Int8Linear::new(&w, Some(&bias), n, k);
+            let scalar = lin.forward_with(&x, Some(&res), Epilogue::GeluErf, false);
+            let mut exact = vec![0f32; m * n];
+            for r in 0..m {
+                for c in 0..n {
+                    let dot: f32 = (0..k).map(|j| x[r * k + j] * w[c * k + j]).sum();
+                    exact[r * n + c] = dot + bias[c] + res[r * n + c];
+                }
+            }
+            gelu_erf(&mut exact);
+            let err = scalar.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(err < 0.02 * (k as f32).sqrt() * 0.1, "m={m} k={k} n={n}: error {err}");
+            if vnni_available() {
+                let fast = lin.forward_with(&x, Some(&res), Epilogue::GeluErf, true);
+                let diff = fast.iter().zip(&scalar).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(diff < 1e-5, "m={m} k={k} n={n}: VNNI and scalar differ by {diff}");
+                let plain = lin.forward_with(&x, None, Epilogue::None, true);
+                let plain_scalar = lin.forward_with(&x, None, Epilogue::None, false);
+                let diff = plain.iter().zip(&plain_scalar).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(diff < 1e-5, "VNNI and scalar differ by {diff} without residual");
+            }
+        }
+    }
+
+    #[test]
+    fn bias_epilogue_adds_and_activates() {
+        let x = vec![1.0, -2.0, 0.5, 3.0];
+        let out = bias_epilogue(&x, 2, &[1.0, 1.0], Some(&[0.0, 1.0, 0.0, -1.0]), Epilogue::None);
+        assert_eq!(out, vec![2.0, 0.0, 1.5, 3.0]);
+    }
+}

@@ -1,0 +1,390 @@
+//! The real service on a loopback port: ingest (JSON and uploads), jobs,
+//! search, documents, keys, limits, metrics, concurrency.
+
+use datafactory_core::Config;
+use datafactory_server::{serve_on, AppState};
+use datafactory_store::Store;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+const KEY: &str = "test-key-0123456789abcdef";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// The real all-MiniLM-L6-v2 (see `.ci/run`).
+fn minilm() -> PathBuf {
+    let dir = std::env::var_os("DATAFACTORY_TEST_MINILM").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/datafactory-test-models/all-MiniLM-L6-v2")
+    });
+    assert!(dir.join("config.json").is_file(), "all-MiniLM-L6-v2 missing at {} (run .ci/run)", dir.display());
+    dir
+}
+
+struct Server {
+    base: String,
+    _tmp: tempfile::TempDir,
+    data: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    async fn start(configure: impl FnOnce(&mut Config)) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let mut config = Config { data_dir: data.clone(), ..Default::default() };
+        config.embedding.model = String::new();
+        configure(&mut config);
+        let embedder = if config.embedding.model.is_empty() {
+            None
+        } else {
+            Some(datafactory_models::load_embedder(&config.embedding).unwrap())
+        };
+        let store = Arc::new(Store::open(&data).unwrap());
+        let state = Arc::new(AppState::new(config, store, embedder, Some("words only (test)".into())));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve_on(state, listener, async {
+            let _ = rx.await;
+        }));
+        Server { base, _tmp: tmp, data, stop: Some(tx), task }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+}
+
+async fn sources(c: &reqwest::Client, s: &Server, q: &str) -> Vec<String> {
+    let v: Value = c
+        .get(s.url("/search"))
+        .query(&[("q", q), ("top_k", "5")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["results"].as_array().unwrap().iter().map(|r| r["source"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_search_documents_over_http() {
+    let s = Server::start(|_| {}).await;
+    let c = client();
+    assert_eq!(c.get(s.url("/health")).send().await.unwrap().status(), 200);
+
+    // JSON, waiting for the job.
+    let r = c
+        .post(s.url("/ingest?wait=true"))
+        .json(
+            &json!({"text": "The walrus is a large flippered marine mammal.", "title": "Walrus", "id": "w1"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let job: Value = r.json().await.unwrap();
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    assert_eq!(job["summary"]["documents"]["added"], 1);
+
+    // Uploads, without waiting: 202, then the job is polled to its end.
+    let mut form = reqwest::multipart::Form::new();
+    for name in ["sample.pdf", "sample.docx", "sample.md"] {
+        let bytes = std::fs::read(fixtures().join(name)).unwrap();
+        form = form.part("file", reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()));
+    }
+    // A hostile name: only its last component survives, as a source name.
+    form = form.part(
+        "file",
+        reqwest::multipart::Part::bytes(b"Notes about narwhals.".to_vec())
+            .file_name("../../../../tmp/evil.txt"),
+    );
+    let r = c.post(s.url("/ingest")).multipart(form).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let accepted: Value = r.json().await.unwrap();
+    let id = accepted["job_id"].as_str().unwrap().to_string();
+    let mut state = String::new();
+    for _ in 0..200 {
+        let v: Value = c.get(s.url(&format!("/jobs/{id}"))).send().await.unwrap().json().await.unwrap();
+        state = v["state"].as_str().unwrap().to_string();
+        if state != "queued" && state != "running" {
+            assert_eq!(v["files"]["total"], 4, "{v:#}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, "succeeded");
+    assert_eq!(sources(&c, &s, "quasar").await[0], "upload:sample.pdf");
+    assert_eq!(sources(&c, &s, "zeppelin").await[0], "upload:sample.docx");
+    assert_eq!(sources(&c, &s, "narwhals").await[0], "upload:evil.txt");
+    assert!(
+        !Path::new("/tmp/evil.txt").exists()
+            || std::fs::read("/tmp/evil.txt").unwrap() != b"Notes about narwhals."
+    );
+    // Upload folders are removed once ingested.
+    assert_eq!(std::fs::read_dir(s.data.join("uploads")).unwrap().count(), 0);
+
+    // The same file again is the same document: unchanged.
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(std::fs::read(fixtures().join("sample.md")).unwrap())
+            .file_name("sample.md"),
+    );
+    let v: Value =
+        c.post(s.url("/ingest?wait=true")).multipart(form).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["summary"]["documents"]["unchanged"], 1, "{v:#}");
+
+    // POST search, documents, delete.
+    let v: Value = c
+        .post(s.url("/search"))
+        .json(&json!({"query": "marzipan", "top_k": 3, "mode": "lexical"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["retrievers"], json!(["words"]));
+    let doc_id = v["results"][0]["document_id"].as_str().unwrap().to_string();
+    let docs: Value = c.get(s.url("/documents")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(docs.as_array().unwrap().len(), 5);
+    let d: Value = c.get(s.url(&format!("/documents/{doc_id}"))).send().await.unwrap().json().await.unwrap();
+    assert!(!d["chunks"].as_array().unwrap().is_empty());
+    assert_eq!(c.delete(s.url(&format!("/documents/{doc_id}"))).send().await.unwrap().status(), 200);
+    assert_eq!(c.delete(s.url(&format!("/documents/{doc_id}"))).send().await.unwrap().status(), 404);
+    assert!(sources(&c, &s, "marzipan").await.is_empty());
+
+    // Bad requests say what is wrong.
+    let r = c.post(s.url("/ingest")).json(&json!({"title": "no text"})).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("text"));
+    let r = c.get(s.url("/search")).query(&[("q", "x"), ("mode", "psychic")]).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+
+    let metrics = c.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("datafactory_http_requests_total{route=\"/search\",status=\"200\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("datafactory_documents_ingested_total 5"), "{metrics}");
+    let ready: Value = c.get(s.url("/ready")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["store"]["consistent"], true, "{ready:#}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_limits_are_enforced() {
+    let s = Server::start(|c| {
+        c.server.api_keys = vec![KEY.to_string()];
+        c.server.max_body_bytes = 10_000;
+    })
+    .await;
+    let c = client();
+    assert_eq!(c.get(s.url("/health")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(s.url("/ready")).send().await.unwrap().status(), 401);
+    assert_eq!(
+        c.get(s.url("/search?q=x")).bearer_auth("wrong-key-0123456789").send().await.unwrap().status(),
+        401
+    );
+    assert_eq!(c.get(s.url("/search?q=x")).bearer_auth(KEY).send().await.unwrap().status(), 200);
+    let big = "word ".repeat(5000);
+    let r = c.post(s.url("/ingest")).bearer_auth(KEY).json(&json!({"text": big})).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_ingests_while_searching() {
+    let s = Arc::new(Server::start(|_| {}).await);
+    let c = client();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (c, s) = (c.clone(), s.clone());
+        tasks.push(tokio::spawn(async move {
+            let docs: Vec<Value> =
+                (0..20).map(|j| json!({"id": format!("{i}-{j}"), "text": format!("Report {i}-{j} about tapirs number t{i}x{j}.")})).collect();
+            let v: Value = c
+                .post(s.url("/ingest?wait=true"))
+                .json(&json!({"documents": docs, "collection": format!("c{i}")}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(v["state"], "succeeded", "{v:#}");
+        }));
+    }
+    let searcher = {
+        let (c, s) = (c.clone(), s.clone());
+        tokio::spawn(async move {
+            for _ in 0..50 {
+                let r = c.get(s.url("/search?q=tapirs")).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        })
+    };
+    for t in tasks {
+        t.await.unwrap();
+    }
+    searcher.await.unwrap();
+    let docs: Value = c.get(s.url("/documents")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(docs.as_array().unwrap().len(), 160);
+    let v: Value = c.get(s.url("/search?q=t3x7&collection=c3")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["results"].as_array().unwrap().len(), 1, "{v:#}");
+    let ready: Value = c.get(s.url("/ready")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["store"]["consistent"], true, "{ready:#}");
+    if let Ok(s) = Arc::try_unwrap(s) {
+        s.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_events_stream_until_done() {
+    let s = Server::start(|_| {}).await;
+    let c = client();
+    let docs: Vec<Value> = (0..300)
+        .map(|j| json!({"id": format!("d{j}"), "text": format!("Document {j} on okapis.")}))
+        .collect();
+    let accepted: Value = c
+        .post(s.url("/ingest"))
+        .json(&json!({"documents": docs}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = accepted["job_id"].as_str().unwrap();
+    let body = c.get(s.url(&format!("/jobs/{id}/events"))).send().await.unwrap().text().await.unwrap();
+    // The stream ends with a `done` event holding the finished job.
+    let done = body.split("\n\n").find(|e| e.contains("event: done")).expect("no done event");
+    let data = done.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+    let v: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    assert_eq!(v["summary"]["documents"]["added"], 300);
+    assert_eq!(c.get(s.url("/jobs/job-none/events")).send().await.unwrap().status(), 404);
+    // Without a model the embedding routes say why.
+    let r = c.post(s.url("/v1/embeddings")).json(&json!({"input": "x"})).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_and_tei_embedding_routes() {
+    let model = minilm();
+    let s = Server::start(|c| c.embedding.model = model.display().to_string()).await;
+    let c = client();
+    let v: Value = c
+        .post(s.url("/v1/embeddings"))
+        .json(&json!({"input": ["a cat sat on the mat", "stock markets fell"], "model": "minilm"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["object"], "list");
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!(data[1]["index"], 1);
+    let a: Vec<f64> = data[0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(a.len(), 384);
+    assert!((a.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-3);
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    let t: Value = c
+        .post(s.url("/embed"))
+        .json(&json!({"inputs": "a cat sat on the mat"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let b: Vec<f64> = t[0].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let cos: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+    assert!(cos > 0.9999, "the two routes disagree: {cos}");
+    s.stop().await;
+}
+
+/// Serves `data` until the returned sender fires.
+async fn serve_dir(
+    data: &Path,
+) -> (String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let mut config = Config { data_dir: data.to_path_buf(), ..Default::default() };
+    config.embedding.model = String::new();
+    let store = Arc::new(Store::open(data).unwrap());
+    let state = Arc::new(AppState::new(config, store, None, None));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve_on(state, listener, async {
+        let _ = rx.await;
+    }));
+    (base, tx, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cut_short_by_shutdown_resumes_on_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let c = client();
+    let (base, stop, task) = serve_dir(&data).await;
+    let docs: Vec<Value> = (0..3000)
+        .map(|j| json!({"id": format!("d{j}"), "text": format!("Document {j} about quokkas q{j}.")}))
+        .collect();
+    let accepted: Value = c
+        .post(format!("{base}/ingest"))
+        .json(&json!({"documents": docs}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = accepted["job_id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Graceful stop: the job stops at a file boundary and is checkpointed.
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    let stored = Store::open(&data).unwrap();
+    let job = stored.get_job(&id).unwrap().unwrap();
+    assert_eq!(job.state, "interrupted", "{job:?}");
+    drop(stored);
+
+    let (base, stop, task) = serve_dir(&data).await;
+    let mut last = Value::Null;
+    for _ in 0..600 {
+        last = c.get(format!("{base}/jobs/{id}")).send().await.unwrap().json().await.unwrap();
+        if last["state"] != "queued" && last["state"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last["state"], "succeeded", "{last:#}");
+    let docs: Value = c.get(format!("{base}/documents")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(docs.as_array().unwrap().len(), 3000);
+    let v: Value = c.get(format!("{base}/search?q=q2999")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["results"].as_array().unwrap().len(), 1);
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(std::fs::read_dir(data.join("uploads")).unwrap().count(), 0);
+}
