@@ -167,10 +167,30 @@ pub struct IngestRequest {
     pub cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
-/// Told about progress as the ingest runs.
+/// The phases an ingest runs through, in order. Analysis and enrichment are
+/// reported as not run until their stages exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Analysis,
+    Chunking,
+    Enrichment,
+    Embedding,
+    Storage,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 5] =
+        [Phase::Analysis, Phase::Chunking, Phase::Enrichment, Phase::Embedding, Phase::Storage];
+}
+
+/// Told about progress as the ingest runs (from several threads).
 pub trait IngestObserver: Sync {
     fn started(&self, _files: usize) {}
     fn file_done(&self, _source: &str, _failed: bool) {}
+    /// `items` more were done in `phase` (chunking: files parsed and
+    /// chunked; embedding: chunks; storage: documents), taking `seconds`.
+    fn phase_progress(&self, _phase: Phase, _items: usize, _seconds: f64) {}
 }
 
 /// An observer that ignores everything.
@@ -342,7 +362,9 @@ fn run(
                 }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(input) = inputs.get(i) else { break };
+                let started = Instant::now();
                 let result = prepare_file(store, pipeline, &request.collection, input);
+                observer.phase_progress(Phase::Chunking, 1, started.elapsed().as_secs_f64());
                 if tx.send(result).is_err() {
                     break; // the committer stopped
                 }
@@ -499,8 +521,10 @@ impl Committer<'_> {
         let started = Instant::now();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let mut vectors = embedder.embed(&refs, InputKind::Passage).map_err(|e| e.to_string())?.into_iter();
+        let seconds = started.elapsed().as_secs_f64();
         self.summary.embedding.chunks += texts.len();
-        self.summary.embedding.seconds += started.elapsed().as_secs_f64();
+        self.summary.embedding.seconds += seconds;
+        self.observer.phase_progress(Phase::Embedding, texts.len(), seconds);
         Ok(pending
             .iter()
             .map(|p| p.prepared.as_ref().map(|p| vectors.by_ref().take(p.chunks.len()).collect()))
@@ -508,8 +532,11 @@ impl Committer<'_> {
     }
 
     fn commit(&mut self, p: &Prepared, embeddings: Option<&[Embedding]>) -> Result<(), IngestError> {
+        let started = Instant::now();
+        let outcome = self.store.commit_document(&p.key, &p.document, &p.chunks, embeddings)?;
+        self.observer.phase_progress(Phase::Storage, 1, started.elapsed().as_secs_f64());
         let s = &mut self.summary;
-        match self.store.commit_document(&p.key, &p.document, &p.chunks, embeddings)? {
+        match outcome {
             CommitOutcome::Added => s.documents.added += 1,
             CommitOutcome::Replaced => s.documents.replaced += 1,
             CommitOutcome::Unchanged => {

@@ -1,7 +1,7 @@
 //! Ingest jobs as the service sees them: live progress in memory, the record
 //! in SQLite (`jobs` table) for after the job or a restart.
 
-use datafactory_ingest::{IngestObserver, IngestSummary};
+use datafactory_ingest::{IngestObserver, IngestSummary, Phase};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -26,6 +26,20 @@ pub struct JobProgress {
     summary: Mutex<Option<IngestSummary>>,
     error: Mutex<Option<String>>,
     pub cancel: Arc<AtomicBool>,
+    /// Per phase (in `Phase::ALL` order): items done and seconds spent.
+    phases: Mutex<[(usize, f64); 5]>,
+    /// Whether this job embeds (a model is loaded).
+    pub embeds: bool,
+}
+
+#[derive(Serialize)]
+pub struct PhaseView {
+    pub phase: Phase,
+    /// `pending`, `running`, `done`, or `not_run` (the stage does not exist
+    /// yet, or there is no model to embed with).
+    pub state: &'static str,
+    pub items: usize,
+    pub seconds: f64,
 }
 
 #[derive(Serialize)]
@@ -35,6 +49,7 @@ pub struct JobView {
     /// `queued`, `running`, `succeeded`, `completed_with_errors`, `failed`, `interrupted`.
     pub state: String,
     pub files: FileCounts,
+    pub phases: Vec<PhaseView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub summary: Option<IngestSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -50,10 +65,32 @@ pub struct FileCounts {
 
 impl JobProgress {
     pub fn view(&self) -> JobView {
+        let state = self.state.lock().map(|s| s.to_string()).unwrap_or_default();
+        let finished = !matches!(state.as_str(), "queued" | "running");
+        let counts = self.phases.lock().map(|p| *p).unwrap_or_default();
+        let phases = Phase::ALL
+            .iter()
+            .zip(counts)
+            .map(|(&phase, (items, seconds))| {
+                let exists = match phase {
+                    Phase::Analysis | Phase::Enrichment => false,
+                    Phase::Embedding => self.embeds,
+                    Phase::Chunking | Phase::Storage => true,
+                };
+                let state = match (exists, finished, items) {
+                    (false, _, _) => "not_run",
+                    (true, true, _) => "done",
+                    (true, false, 0) => "pending",
+                    (true, false, _) => "running",
+                };
+                PhaseView { phase, state, items, seconds }
+            })
+            .collect();
         JobView {
             id: self.id.clone(),
             collection: self.collection.clone(),
-            state: self.state.lock().map(|s| s.to_string()).unwrap_or_default(),
+            phases,
+            state,
             files: FileCounts {
                 total: self.files_total.load(Ordering::Relaxed),
                 done: self.files_done.load(Ordering::Relaxed),
@@ -101,6 +138,13 @@ impl IngestObserver for JobProgress {
         self.set_state("running");
     }
 
+    fn phase_progress(&self, phase: Phase, items: usize, seconds: f64) {
+        if let (Some(i), Ok(mut p)) = (Phase::ALL.iter().position(|&x| x == phase), self.phases.lock()) {
+            p[i].0 += items;
+            p[i].1 += seconds;
+        }
+    }
+
     fn file_done(&self, _source: &str, failed: bool) {
         self.files_done.fetch_add(1, Ordering::Relaxed);
         if failed {
@@ -110,10 +154,11 @@ impl IngestObserver for JobProgress {
 }
 
 impl Jobs {
-    pub fn add(&self, id: &str, collection: &str) -> Arc<JobProgress> {
+    pub fn add(&self, id: &str, collection: &str, embeds: bool) -> Arc<JobProgress> {
         let job = Arc::new(JobProgress {
             id: id.to_string(),
             collection: collection.to_string(),
+            embeds,
             state: Mutex::new("queued"),
             ..Default::default()
         });

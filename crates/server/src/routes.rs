@@ -285,7 +285,7 @@ fn start_job(
     plan: JobPlan,
     folder: PathBuf,
 ) -> tokio::task::JoinHandle<Arc<crate::jobs::JobProgress>> {
-    let progress = state.jobs.add(&plan.job_id, &plan.collection);
+    let progress = state.jobs.add(&plan.job_id, &plan.collection, state.pipeline.embedder().is_some());
     let request = IngestRequest {
         collection: plan.collection,
         named: plan.named,

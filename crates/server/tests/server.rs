@@ -281,6 +281,31 @@ async fn job_events_stream_until_done() {
     let v: Value = serde_json::from_str(data).unwrap();
     assert_eq!(v["state"], "succeeded", "{v:#}");
     assert_eq!(v["summary"]["documents"]["added"], 300);
+    // Per phase: chunking counted one file, storage 300 documents; no model, no embedding.
+    let phases: Vec<(String, String, u64)> = v["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["phase"].as_str().unwrap().into(),
+                p["state"].as_str().unwrap().into(),
+                p["items"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            ("analysis".into(), "not_run".into(), 0),
+            ("chunking".into(), "done".into(), 1),
+            ("enrichment".into(), "not_run".into(), 0),
+            ("embedding".into(), "not_run".into(), 0),
+            ("storage".into(), "done".into(), 300),
+        ]
+    );
+    // Progress events came before the end.
+    assert!(body.contains("event: progress"));
     assert_eq!(c.get(s.url("/jobs/job-none/events")).send().await.unwrap().status(), 404);
     // Without a model the embedding routes say why.
     let r = c.post(s.url("/v1/embeddings")).json(&json!({"input": "x"})).send().await.unwrap();
@@ -387,4 +412,34 @@ async fn a_job_cut_short_by_shutdown_resumes_on_restart() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
     assert_eq!(std::fs::read_dir(data.join("uploads")).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_limit_get_429() {
+    let s = Arc::new(Server::start(|c| c.server.max_concurrent_requests = 1).await);
+    let c = client();
+    let docs: Vec<Value> =
+        (0..3000).map(|j| json!({"id": format!("d{j}"), "text": format!("Text {j} on lemurs.")})).collect();
+    // An ingest that waits for its job holds the one slot while it runs.
+    let slow = {
+        let (c, s) = (c.clone(), s.clone());
+        tokio::spawn(async move {
+            c.post(s.url("/ingest?wait=true"))
+                .json(&json!({"documents": docs}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let r = c.get(s.url("/search?q=lemurs")).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.text().await.unwrap().contains("too many requests"));
+    assert_eq!(slow.await.unwrap(), 200);
+    // The slot is free again.
+    assert_eq!(c.get(s.url("/search?q=lemurs")).send().await.unwrap().status(), 200);
+    if let Ok(s) = Arc::try_unwrap(s) {
+        s.stop().await;
+    }
 }
