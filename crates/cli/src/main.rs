@@ -2,6 +2,7 @@
 //! request, hands them to the libraries, and renders what comes back for
 //! people (tables, a progress bar) or for programs (`--json`).
 
+mod client;
 mod output;
 
 use anyhow::{Context, Result};
@@ -34,6 +35,12 @@ struct Cli {
     /// More log output (-v info, -vv debug); or set DATAFACTORY_LOG.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Send `ingest` and `search` to a running `datafactory serve` at this URL.
+    #[arg(long, global = true, env = "DATAFACTORY_SERVER")]
+    server: Option<String>,
+    /// Bearer key for --server.
+    #[arg(long, global = true, env = "DATAFACTORY_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -203,6 +210,50 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Config { action: ConfigCommand::Show } => {
             print!("{}", config.to_toml());
+        }
+        Command::Ingest { collection, all_files, json, paths } if cli.server.is_some() => {
+            let client = client::Client::new(cli.server.as_deref().unwrap_or_default(), cli.api_key.clone());
+            let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+            let show = |v: &serde_json::Value| {
+                bar.set_length(v["files"]["total"].as_u64().unwrap_or(0));
+                bar.set_position(v["files"]["done"].as_u64().unwrap_or(0));
+                let phases: Vec<String> = v["phases"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| p["state"] != "not_run")
+                    .map(|p| format!("{} {}", p["phase"].as_str().unwrap_or(""), p["items"]))
+                    .collect();
+                bar.set_message(phases.join(", "));
+            };
+            let summaries = client.ingest(&config, &paths, collection.as_deref(), all_files, &show)?;
+            bar.finish_and_clear();
+            let failed = summaries.iter().any(|s| s.has_failures());
+            for s in &summaries {
+                if json {
+                    output::print_json(s)?;
+                } else {
+                    output::print_ingest(s);
+                }
+            }
+            if failed {
+                return Ok(ExitCode::from(EXIT_SOME_FAILED));
+            }
+        }
+        Command::Search { collection, mode, top_k, json, query } if cli.server.is_some() => {
+            let client = client::Client::new(cli.server.as_deref().unwrap_or_default(), cli.api_key.clone());
+            let text = query.join(" ");
+            let v = client.search(&text, top_k, collection.as_deref(), mode.as_deref())?;
+            if json {
+                output::print_json(&v)?;
+            } else {
+                for n in v["notes"].as_array().into_iter().flatten() {
+                    eprintln!("note: {}", n.as_str().unwrap_or(""));
+                }
+                let hits: Vec<datafactory_store::SearchHit> = serde_json::from_value(v["results"].clone())?;
+                let took = std::time::Duration::from_secs_f64(v["took_ms"].as_f64().unwrap_or(0.0) / 1000.0);
+                output::print_hits(&hits, took);
+            }
         }
         Command::Ingest { collection, all_files, json, paths } => {
             let store = open_store(&config)?;

@@ -197,7 +197,7 @@ pub trait IngestObserver: Sync {
 pub struct Quiet;
 impl IngestObserver for Quiet {}
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Failure {
     pub source: String,
     /// Where in the file, for multi-record inputs (`"line 12"`).
@@ -206,14 +206,14 @@ pub struct Failure {
     pub error: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Note {
     pub source: String,
     pub message: String,
 }
 
 /// The result of one ingest; its JSON shape is the CLI's `ingest --json`.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct IngestSummary {
     pub job_id: String,
     pub collection: String,
@@ -231,7 +231,7 @@ pub struct IngestSummary {
     pub chunks_per_second: f64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct EmbeddingSummary {
     /// The model's id; null when chunks were not embedded.
     pub model: Option<String>,
@@ -242,7 +242,7 @@ pub struct EmbeddingSummary {
     pub note: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct DocumentCounts {
     pub added: usize,
     pub replaced: usize,

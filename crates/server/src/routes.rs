@@ -199,7 +199,7 @@ async fn ingest(
             })?;
             n += 1;
             // Keep the extension (a hint for the format), never the path.
-            let ext = std::path::Path::new(&client_name)
+            let ext = std::path::Path::new(client_name.rsplit('/').next().unwrap_or(""))
                 .extension()
                 .map(|e| format!(".{}", e.to_string_lossy()))
                 .unwrap_or_default();
@@ -352,18 +352,26 @@ pub(crate) fn resume_jobs(state: &Shared) -> usize {
     resumed
 }
 
-/// A file name reduced to its last component and safe characters.
+/// A client's file name as a safe relative name: every path component
+/// reduced to safe characters, `.`, `..` and empty ones dropped (so
+/// `../../etc/x.txt` becomes `etc/x.txt`). It is only ever a source name: the
+/// bytes are stored under a name the server makes.
 fn sanitize_name(name: &str) -> String {
-    let last = name.rsplit(['/', '\\']).next().unwrap_or("");
-    let clean: String = last
-        .chars()
-        .map(|c| if c.is_alphanumeric() || matches!(c, '.' | '-' | '_' | ' ') { c } else { '_' })
+    let parts: Vec<String> = name
+        .split(['/', '\\'])
+        .map(|part| {
+            let clean: String = part
+                .chars()
+                .map(|c| if c.is_alphanumeric() || matches!(c, '.' | '-' | '_' | ' ') { c } else { '_' })
+                .collect();
+            clean.trim_matches(['.', ' ']).chars().take(200).collect::<String>()
+        })
+        .filter(|p| !p.is_empty())
         .collect();
-    let clean = clean.trim_matches(['.', ' ']).to_string();
-    if clean.is_empty() {
+    if parts.is_empty() {
         "upload".to_string()
     } else {
-        clean.chars().take(200).collect()
+        parts.join("/")
     }
 }
 

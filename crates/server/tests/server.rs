@@ -111,7 +111,7 @@ async fn ingest_search_documents_over_http() {
         let bytes = std::fs::read(fixtures().join(name)).unwrap();
         form = form.part("file", reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()));
     }
-    // A hostile name: only its last component survives, as a source name.
+    // A hostile name: `..` is dropped, and the name is only a source name.
     form = form.part(
         "file",
         reqwest::multipart::Part::bytes(b"Notes about narwhals.".to_vec())
@@ -134,7 +134,7 @@ async fn ingest_search_documents_over_http() {
     assert_eq!(state, "succeeded");
     assert_eq!(sources(&c, &s, "quasar").await[0], "upload:sample.pdf");
     assert_eq!(sources(&c, &s, "zeppelin").await[0], "upload:sample.docx");
-    assert_eq!(sources(&c, &s, "narwhals").await[0], "upload:evil.txt");
+    assert_eq!(sources(&c, &s, "narwhals").await[0], "upload:tmp/evil.txt");
     assert!(
         !Path::new("/tmp/evil.txt").exists()
             || std::fs::read("/tmp/evil.txt").unwrap() != b"Notes about narwhals."

@@ -50,7 +50,7 @@ pub struct SearchRequest<'a> {
 }
 
 /// The score each stage gave a result (absent: the stage did not find it or did not run).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct StageScores {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub words: Option<f32>,
@@ -81,7 +81,7 @@ pub struct WordQuery<'a> {
     pub heading_boost: f32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SearchHit {
     pub chunk_id: String,
     /// The ranking score: fused in hybrid mode, else the one retriever's.

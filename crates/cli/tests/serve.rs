@@ -1,0 +1,118 @@
+//! `datafactory serve` as a process: SIGKILL it in the middle of an ingest
+//! job, start it again, and the job finishes.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start(data: &std::path::Path, port: u16) -> Child {
+    let child = datafactory(data)
+        .args(["serve", "--address", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ureq::get(&format!("http://127.0.0.1:{port}/health")).call().is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+#[test]
+fn a_job_killed_with_the_server_resumes_when_it_starts_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = start(&data, port);
+    let docs: Vec<Value> = (0..20000)
+        .map(|j| json!({"id": format!("d{j}"), "text": format!("Entry {j} about pangolins p{j}x.")}))
+        .collect();
+    let accepted: Value = ureq::post(&format!("{base}/ingest"))
+        .send_json(json!({"documents": docs}))
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let id = accepted["job_id"].as_str().unwrap().to_string();
+    // Wait until some documents are stored, then kill without warning.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let v: Value = ureq::get(&format!("{base}/jobs/{id}")).call().unwrap().into_json().unwrap();
+        let stored = v["phases"].as_array().unwrap().iter().find(|p| p["phase"] == "storage").unwrap()
+            ["items"]
+            .as_u64()
+            .unwrap();
+        assert_eq!(v["state"], "running", "the job ended before it could be killed: {v:#}");
+        if stored > 500 {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.kill().unwrap(); // SIGKILL
+    server.wait().unwrap();
+
+    let mut server = start(&data, port);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let last = loop {
+        let v: Value = ureq::get(&format!("{base}/jobs/{id}")).call().unwrap().into_json().unwrap();
+        if v["state"] != "running" && v["state"] != "queued" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the resumed job did not finish: {v:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(last["state"], "succeeded", "{last:#}");
+    // What the killed run had stored was not redone.
+    assert!(last["summary"]["documents"]["unchanged"].as_u64().unwrap() > 500, "{last:#}");
+    let v: Value = ureq::get(&format!("{base}/search?q=p19999x")).call().unwrap().into_json().unwrap();
+    assert_eq!(v["results"].as_array().unwrap().len(), 1);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let stats = run_json(datafactory(&data).args(["stats", "--json"]), 0);
+    assert_eq!(stats["documents"], 20000);
+    assert_eq!(stats["consistent"], true, "{stats:#}");
+}
+
+#[test]
+fn the_cli_ingests_and_searches_through_a_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let corpus = tmp.path().join("corpus");
+    std::fs::create_dir_all(corpus.join("sub")).unwrap();
+    for name in ["sample.md", "sample.pdf", "sample.docx"] {
+        std::fs::copy(fixtures().join(name), corpus.join(name)).unwrap();
+    }
+    std::fs::copy(fixtures().join("sample.txt"), corpus.join("sub/sample.txt")).unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = start(&data, port);
+    // The client needs no data directory of its own.
+    let client_dir = tmp.path().join("client");
+    let summary =
+        run_json(datafactory(&client_dir).args(["--server", &url, "ingest", "--json"]).arg(&corpus), 0);
+    assert_eq!(summary["documents"]["added"], 4, "{summary:#}");
+    assert!(!client_dir.exists(), "a client must not open a local store");
+    let v = run_json(datafactory(&client_dir).args(["--server", &url, "search", "--json", "hummingbird"]), 0);
+    assert_eq!(v["results"][0]["source"], "upload:corpus/sub/sample.txt", "{v:#}");
+    let out = run(datafactory(&client_dir).args(["--server", &url, "search", "zeppelin"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("upload:corpus/sample.docx"));
+    // Uploading again changes nothing.
+    let again =
+        run_json(datafactory(&client_dir).args(["--server", &url, "ingest", "--json"]).arg(&corpus), 0);
+    assert_eq!(again["documents"]["unchanged"], 4, "{again:#}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let out = run(datafactory(&client_dir).args(["--server", &url, "search", "x"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the server"));
+}
