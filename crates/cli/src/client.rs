@@ -121,18 +121,16 @@ impl Client {
         top_k: Option<usize>,
         collection: Option<&str>,
         mode: Option<&str>,
+        filter: &datafactory_store::SearchFilter,
     ) -> Result<Value> {
-        let mut r = self.request("GET", "/search").query("q", query);
-        if let Some(k) = top_k {
-            r = r.query("top_k", &k.to_string());
-        }
-        if let Some(c) = collection {
-            r = r.query("collection", c);
-        }
-        if let Some(m) = mode {
-            r = r.query("mode", m);
-        }
-        Ok(Self::answer(r.call())?.into_json()?)
+        let body = serde_json::json!({
+            "query": query,
+            "top_k": top_k,
+            "collection": collection,
+            "mode": mode,
+            "filter": {"document_ids": filter.document_ids, "metadata": filter.metadata},
+        });
+        Ok(Self::answer(self.request("POST", "/search").send_json(body))?.into_json()?)
     }
 }
 

@@ -68,6 +68,12 @@ enum Command {
         /// hybrid, lexical, dense or sparse (default: search.mode).
         #[arg(long, short)]
         mode: Option<String>,
+        /// Only this document (id, or the id its input gave it); repeatable.
+        #[arg(long = "document")]
+        documents: Vec<String>,
+        /// Only documents whose metadata has KEY equal to VALUE (JSON, else a string); repeatable.
+        #[arg(long = "meta", value_name = "KEY=VALUE")]
+        meta: Vec<String>,
         /// Number of results (default: search.top_k).
         #[arg(long, short = 'k')]
         top_k: Option<usize>,
@@ -240,10 +246,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(EXIT_SOME_FAILED));
             }
         }
-        Command::Search { collection, mode, top_k, json, query } if cli.server.is_some() => {
+        Command::Search { collection, mode, top_k, json, query, documents, meta } if cli.server.is_some() => {
+            let filter = search_filter(documents, &meta)?;
             let client = client::Client::new(cli.server.as_deref().unwrap_or_default(), cli.api_key.clone());
             let text = query.join(" ");
-            let v = client.search(&text, top_k, collection.as_deref(), mode.as_deref())?;
+            let v = client.search(&text, top_k, collection.as_deref(), mode.as_deref(), &filter)?;
             if json {
                 output::print_json(&v)?;
             } else {
@@ -281,7 +288,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(EXIT_SOME_FAILED));
             }
         }
-        Command::Search { collection, mode, top_k, json, query } => {
+        Command::Search { collection, mode, top_k, json, query, documents, meta } => {
+            let filter = search_filter(documents, &meta)?;
             let store = open_store(&config)?;
             let text = query.join(" ");
             let mode_name = mode.unwrap_or_else(|| config.search.mode.clone());
@@ -308,6 +316,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 weight_sparse: config.search.weight_sparse,
                 title_boost: config.search.title_boost,
                 heading_boost: config.search.heading_boost,
+                filter: (!filter.is_empty()).then_some(&filter),
             })?;
             let took = started.elapsed();
             notes.append(&mut results.notes);
@@ -503,6 +512,17 @@ fn query_embedding(
     }
     let mut v = embedder.embed(&[text], InputKind::Query)?;
     Ok(v.pop())
+}
+
+/// `--document` and `--meta KEY=VALUE` as a search filter.
+fn search_filter(documents: Vec<String>, meta: &[String]) -> Result<datafactory_store::SearchFilter> {
+    let mut filter = datafactory_store::SearchFilter { document_ids: documents, ..Default::default() };
+    for m in meta {
+        let (k, v) = m.split_once('=').with_context(|| format!("--meta {m:?}: expected KEY=VALUE"))?;
+        let value = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
+        filter.metadata.insert(k.to_string(), value);
+    }
+    Ok(filter)
 }
 
 /// A progress bar on a terminal; nothing otherwise.

@@ -246,6 +246,26 @@ fn collections_keep_searches_apart() {
     let results = v["results"].as_array().unwrap();
     assert!(!results.is_empty());
     assert!(results.iter().all(|r| r["collection"] == "two"));
+    // Filters by document and by metadata (JSONL records carry metadata).
+    run_json(datafactory(&data).args(["ingest", "--json", "-c", "one"]).arg(corpus.join("sample.jsonl")), 0);
+    let all =
+        run_json(datafactory(&data).args(["search", "--json", "-k", "50", "tangerine obsidian marzipan"]), 0);
+    assert!(all["results"].as_array().unwrap().len() >= 3, "{all:#}");
+    let md = all["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["source"].as_str().unwrap().ends_with("sample.md"))
+        .unwrap();
+    let id = md["document_id"].as_str().unwrap();
+    let only = run_json(
+        datafactory(&data).args(["search", "--json", "--document", id, "tangerine obsidian marzipan"]),
+        0,
+    );
+    assert!(only["results"].as_array().unwrap().iter().all(|r| r["document_id"] == id), "{only:#}");
+    let out = run(datafactory(&data).args(["search", "--meta", "nokey", "x"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("KEY=VALUE"));
     let stats = run_json(datafactory(&data).args(["stats", "--json"]), 0);
     let names: Vec<&str> =
         stats["collections"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();

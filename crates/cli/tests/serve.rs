@@ -104,6 +104,20 @@ fn the_cli_ingests_and_searches_through_a_server() {
     assert!(!client_dir.exists(), "a client must not open a local store");
     let v = run_json(datafactory(&client_dir).args(["--server", &url, "search", "--json", "hummingbird"]), 0);
     assert_eq!(v["results"][0]["source"], "upload:corpus/sub/sample.txt", "{v:#}");
+    let id = v["results"][0]["document_id"].as_str().unwrap().to_string();
+    let only = run_json(
+        datafactory(&client_dir).args([
+            "--server",
+            &url,
+            "search",
+            "--json",
+            "--document",
+            &id,
+            "hummingbird zeppelin",
+        ]),
+        0,
+    );
+    assert!(only["results"].as_array().unwrap().iter().all(|r| r["document_id"] == id.as_str()), "{only:#}");
     let out = run(datafactory(&client_dir).args(["--server", &url, "search", "zeppelin"]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("upload:corpus/sample.docx"));
     // Uploading again changes nothing.

@@ -232,6 +232,7 @@ pub fn evaluate(
                 weight_sparse: config.search.weight_sparse,
                 title_boost: config.search.title_boost,
                 heading_boost: config.search.heading_boost,
+                filter: None,
             })?;
             Ok((results, started.elapsed().as_secs_f64() * 1000.0))
         };

@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use datafactory_core::{Embedding, InputKind};
 use datafactory_ingest::IngestRequest;
-use datafactory_store::{SearchMode, SearchRequest};
+use datafactory_store::{SearchFilter, SearchMode, SearchRequest};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -522,6 +522,11 @@ struct SearchBody {
     top_k: Option<usize>,
     collection: Option<String>,
     mode: Option<String>,
+    /// POST: `{"document_ids": [...], "metadata": {"key": value}}`.
+    #[serde(default)]
+    filter: Option<SearchFilter>,
+    /// GET: comma-separated document ids.
+    document_ids: Option<String>,
 }
 
 async fn search_get(
@@ -548,6 +553,10 @@ async fn search(state: Shared, q: SearchBody) -> Result<Json<Value>, ApiError> {
         bad_request(format!("unknown mode {mode_name:?}: use hybrid, lexical, dense or sparse"))
     })?;
     let top_k = q.top_k.unwrap_or(state.config.search.top_k).clamp(1, 1000);
+    let mut filter = q.filter.clone().unwrap_or_default();
+    if let Some(ids) = &q.document_ids {
+        filter.document_ids.extend(ids.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from));
+    }
     let s = state.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<Value, String> {
         let started = Instant::now();
@@ -586,6 +595,7 @@ async fn search(state: Shared, q: SearchBody) -> Result<Json<Value>, ApiError> {
                 weight_sparse: c.weight_sparse,
                 title_boost: c.title_boost,
                 heading_boost: c.heading_boost,
+                filter: (!filter.is_empty()).then_some(&filter),
             })
             .map_err(|e| e.to_string())?;
         notes.append(&mut results.notes);

@@ -164,6 +164,29 @@ async fn ingest_search_documents_over_http() {
         .unwrap();
     assert_eq!(v["retrievers"], json!(["words"]));
     let doc_id = v["results"][0]["document_id"].as_str().unwrap().to_string();
+    // Filters: by document id (GET) and by metadata (POST).
+    let other = c
+        .get(s.url("/search"))
+        .query(&[("q", "marzipan walrus"), ("document_ids", "w1")])
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let found: Vec<&str> =
+        other["results"].as_array().unwrap().iter().map(|r| r["title"].as_str().unwrap()).collect();
+    assert_eq!(found, ["Walrus"], "{other:#}");
+    let none: Value = c
+        .post(s.url("/search"))
+        .json(&json!({"query": "marzipan walrus", "filter": {"metadata": {"team": "nobody"}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(none["results"].as_array().unwrap().is_empty(), "{none:#}");
     let docs: Value = c.get(s.url("/documents")).send().await.unwrap().json().await.unwrap();
     assert_eq!(docs.as_array().unwrap().len(), 5);
     let d: Value = c.get(s.url(&format!("/documents/{doc_id}"))).send().await.unwrap().json().await.unwrap();

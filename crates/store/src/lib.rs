@@ -702,6 +702,7 @@ impl Store {
             weight_sparse: 0.0,
             title_boost: query.title_boost,
             heading_boost: query.heading_boost,
+            filter: None,
         };
         Ok(self.search(&request)?.hits)
     }

@@ -47,6 +47,25 @@ pub struct SearchRequest<'a> {
     pub weight_sparse: f32,
     pub title_boost: f32,
     pub heading_boost: f32,
+    /// Only chunks of documents that pass this filter.
+    pub filter: Option<&'a SearchFilter>,
+}
+
+/// Restricts a search to some documents.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+pub struct SearchFilter {
+    /// Only these documents (ids, or the ids their input gave them); empty: any.
+    #[serde(default)]
+    pub document_ids: Vec<String>,
+    /// Only documents whose metadata has each of these keys with this exact value.
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl SearchFilter {
+    pub fn is_empty(&self) -> bool {
+        self.document_ids.is_empty() && self.metadata.is_empty()
+    }
 }
 
 /// The score each stage gave a result (absent: the stage did not find it or did not run).

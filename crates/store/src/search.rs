@@ -5,10 +5,11 @@
 use crate::sparse::SparseIndex;
 use crate::vectors::decode_sparse;
 use crate::{
-    lock, parse_json_list, Result, SearchHit, SearchMode, SearchRequest, SearchResults, StageScores, Store,
+    lock, parse_json_list, Result, SearchFilter, SearchHit, SearchMode, SearchRequest, SearchResults,
+    StageScores, Store,
 };
 use rusqlite::OptionalExtension;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Chunk ids with a retriever's scores, best first.
@@ -89,21 +90,45 @@ impl Store {
         let fuse = wanted.len() > 1;
         let depth = if fuse { req.candidates.max(req.top_k) } else { req.top_k };
 
+        // A filter becomes the set of documents (and vector keys) allowed.
+        let allowed = match req.filter.filter(|f| !f.is_empty()) {
+            Some(f) => {
+                let docs = self.filtered_documents(f, req.collection)?;
+                if docs.is_empty() {
+                    return Ok(SearchResults { retrievers: Vec::new(), hits: Vec::new(), notes });
+                }
+                let keys = if wanted.iter().any(|(r, _)| *r != Retriever::Words) {
+                    self.keys_of(&docs)?
+                } else {
+                    HashSet::new()
+                };
+                Some((docs, keys))
+            }
+            None => None,
+        };
+        let allowed_docs: Option<Vec<String>> = allowed.as_ref().map(|(d, _)| d.iter().cloned().collect());
+
         let mut lists: Vec<(Retriever, f32, Ranked)> = Vec::new();
         for &(r, w) in &wanted {
             let list = match r {
-                Retriever::Words => {
-                    self.words.search(req.text, req.collection, depth, req.title_boost, req.heading_boost)?
-                }
+                Retriever::Words => self.words.search(
+                    req.text,
+                    req.collection,
+                    allowed_docs.as_deref(),
+                    depth,
+                    req.title_boost,
+                    req.heading_boost,
+                )?,
                 Retriever::Dense => {
                     let v = vectors.as_ref().expect("checked above");
                     let query = &req.embedding.expect("checked above").dense;
-                    let hits = match req.collection {
-                        Some(c) => self.with_key_collections(|map| {
+                    let hits = match (&allowed, req.collection) {
+                        (Some((_, keys)), _) => v.search(query, depth, Some(&|k: u64| keys.contains(&k)))?,
+                        (None, Some(c)) => self.with_key_collections(|map| {
                             let keep = |k: u64| map.get(&k).is_some_and(|x| &**x == c);
                             v.search(query, depth, Some(&keep))
                         })??,
-                        None => v.search(query, depth, None)?,
+                        (None, None) => v.search(query, depth, None)?,
                     };
                     self.chunk_ids_of(hits)?
                 }
@@ -113,12 +138,15 @@ impl Store {
                     let hits = {
                         let sparse = self.sparse.read().unwrap_or_else(|p| p.into_inner());
                         let index = sparse.as_ref().expect("built above");
-                        match req.collection {
-                            Some(c) => self.with_key_collections(|map| {
+                        match (&allowed, req.collection) {
+                            (Some((_, keys)), _) => {
+                                index.search(query, depth, Some(&|k: u64| keys.contains(&k)))
+                            }
+                            (None, Some(c)) => self.with_key_collections(|map| {
                                 let keep = |k: u64| map.get(&k).is_some_and(|x| &**x == c);
                                 index.search(query, depth, Some(&keep))
                             })?,
-                            None => index.search(query, depth, None),
+                            (None, None) => index.search(query, depth, None),
                         }
                     };
                     self.chunk_ids_of(hits)?
@@ -149,6 +177,51 @@ impl Store {
         ranked.truncate(req.top_k);
         let hits = self.hydrate(ranked, primary)?;
         Ok(SearchResults { retrievers: lists.iter().map(|l| l.0.name()).collect(), hits, notes })
+    }
+
+    /// The ids of the documents (in `collection`, if given) that pass `filter`.
+    /// Reads every candidate document's metadata: fine for the document
+    /// counts one node holds; an index on metadata is a later step.
+    fn filtered_documents(&self, filter: &SearchFilter, collection: Option<&str>) -> Result<HashSet<String>> {
+        let db = lock(&self.db);
+        let mut q = db.prepare_cached(
+            "SELECT id, external_id, metadata FROM documents WHERE ?1 IS NULL OR collection = ?1",
+        )?;
+        let mut out = HashSet::new();
+        let mut rows = q.query([collection])?;
+        while let Some(r) = rows.next()? {
+            let id: String = r.get(0)?;
+            let external: Option<String> = r.get(1)?;
+            if !filter.document_ids.is_empty()
+                && !filter.document_ids.iter().any(|d| *d == id || Some(d) == external.as_ref())
+            {
+                continue;
+            }
+            if !filter.metadata.is_empty() {
+                let metadata: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(&r.get::<_, String>(2)?).unwrap_or_default();
+                if !filter.metadata.iter().all(|(k, v)| metadata.get(k) == Some(v)) {
+                    continue;
+                }
+            }
+            out.insert(id);
+        }
+        Ok(out)
+    }
+
+    /// The vector keys of these documents' chunks.
+    fn keys_of(&self, documents: &HashSet<String>) -> Result<HashSet<u64>> {
+        let db = lock(&self.db);
+        let mut q = db.prepare_cached(
+            "SELECT e.key FROM embeddings e JOIN chunks c ON c.id = e.chunk_id WHERE c.document_id = ?1",
+        )?;
+        let mut keys = HashSet::new();
+        for d in documents {
+            for k in q.query_map([d], |r| r.get::<_, i64>(0))? {
+                keys.insert(k? as u64);
+            }
+        }
+        Ok(keys)
     }
 
     /// Vector keys → chunk ids, keeping rank order and scores.

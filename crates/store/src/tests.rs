@@ -236,6 +236,7 @@ fn request<'a>(
         weight_sparse: 0.0,
         title_boost: 0.5,
         heading_boost: 0.8,
+        filter: None,
     }
 }
 
@@ -335,4 +336,59 @@ fn vectors_are_replayed_after_a_crash_and_rebuilt_when_lost() {
     assert_eq!(stats.vector_index.unwrap().vectors, 2);
     let e = store.enable_vectors(&vector_options("another-model")).unwrap_err().to_string();
     assert!(e.contains("another-model") && e.contains("m ("), "{e}");
+}
+
+#[test]
+fn filters_restrict_every_retriever_to_matching_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.enable_vectors(&vector_options("m")).unwrap();
+    for (i, lang) in ["nl", "en", "nl"].iter().enumerate() {
+        let body = format!("report {i} about tulips");
+        let mut doc = document(&format!("r{i}"), &body);
+        doc.metadata.insert("lang".into(), serde_json::json!(lang));
+        doc.external_id = Some(format!("ext-{i}"));
+        let chunks = vec![Chunk {
+            ordinal: 0,
+            heading_path: vec![],
+            text: body.clone(),
+            start: 0,
+            end: body.chars().count(),
+            page: None,
+            token_count: 4,
+        }];
+        let key = DocumentKey {
+            id: document_id("c", &format!("r{i}")),
+            collection: "c".into(),
+            source: format!("r{i}"),
+            content_hash: format!("h{i}"),
+            pipeline: "p".into(),
+            byte_size: 1,
+        };
+        let e = Embedding { dense: axis(i), sparse: vec![(7, 1.0)] };
+        store.commit_document(&key, &doc, &chunks, Some(&[e])).unwrap();
+    }
+    store.flush().unwrap();
+    let q = Embedding { dense: axis(1), sparse: vec![(7, 1.0)] };
+    let dutch = SearchFilter {
+        metadata: [("lang".to_string(), serde_json::json!("nl"))].into_iter().collect(),
+        ..Default::default()
+    };
+    for mode in [SearchMode::Lexical, SearchMode::Dense, SearchMode::Sparse, SearchMode::Hybrid] {
+        let mut r = request("tulips", &q, mode, None);
+        r.filter = Some(&dutch);
+        let mut found = sources(&store.search(&r).unwrap()).into_iter().map(String::from).collect::<Vec<_>>();
+        found.sort();
+        assert_eq!(found, ["r0", "r2"], "{mode:?}");
+    }
+    let by_id =
+        SearchFilter { document_ids: vec!["ext-1".into(), document_id("c", "r2")], ..Default::default() };
+    let mut r = request("tulips", &q, SearchMode::Hybrid, None);
+    r.filter = Some(&by_id);
+    let mut found = sources(&store.search(&r).unwrap()).into_iter().map(String::from).collect::<Vec<_>>();
+    found.sort();
+    assert_eq!(found, ["r1", "r2"]);
+    let none = SearchFilter { document_ids: vec!["missing".into()], ..Default::default() };
+    r.filter = Some(&none);
+    assert!(store.search(&r).unwrap().hits.is_empty());
 }

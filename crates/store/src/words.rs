@@ -156,6 +156,7 @@ impl WordIndex {
         &self,
         query: &str,
         collection: Option<&str>,
+        documents: Option<&[String]>,
         limit: usize,
         title_boost: f32,
         heading_boost: f32,
@@ -178,15 +179,28 @@ impl WordIndex {
             }
         }
         let words: Box<dyn Query> = Box::new(BooleanQuery::new(should));
-        let query: Box<dyn Query> = match collection {
-            Some(c) => {
-                let filter = TermQuery::new(Term::from_field_text(f.collection, c), IndexRecordOption::Basic);
-                Box::new(BooleanQuery::new(vec![
-                    (Occur::Must, words),
-                    (Occur::Must, Box::new(ConstScoreQuery::new(Box::new(filter), 0.0))),
-                ]))
-            }
-            None => words,
+        // Filters score nothing: constant-score clauses with weight 0.
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, words)];
+        if let Some(c) = collection {
+            let filter = TermQuery::new(Term::from_field_text(f.collection, c), IndexRecordOption::Basic);
+            clauses.push((Occur::Must, Box::new(ConstScoreQuery::new(Box::new(filter), 0.0))));
+        }
+        if let Some(ids) = documents {
+            let any: Vec<(Occur, Box<dyn Query>)> = ids
+                .iter()
+                .map(|id| {
+                    let q =
+                        TermQuery::new(Term::from_field_text(f.document_id, id), IndexRecordOption::Basic);
+                    (Occur::Should, Box::new(q) as Box<dyn Query>)
+                })
+                .collect();
+            clauses
+                .push((Occur::Must, Box::new(ConstScoreQuery::new(Box::new(BooleanQuery::new(any)), 0.0))));
+        }
+        let query: Box<dyn Query> = if clauses.len() == 1 {
+            clauses.pop().expect("one clause").1
+        } else {
+            Box::new(BooleanQuery::new(clauses))
         };
         let searcher = self.reader.searcher();
         let top = searcher.search(&query, &TopDocs::with_limit(limit).order_by_score())?;
