@@ -130,3 +130,59 @@ fn the_cli_ingests_and_searches_through_a_server() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the server"));
 }
+
+/// The real `openai` Python client (installed by `.ci/run`) against
+/// `/v1/embeddings`, in its default base64 encoding and in floats.
+#[test]
+fn the_openai_python_client_gets_embeddings() {
+    let model = minilm_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let port = free_port();
+    let mut cmd = datafactory(&data);
+    cmd.env("DATAFACTORY_EMBEDDING__MODEL", &model)
+        .args(["serve", "--address", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut server = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ureq::get(&format!("http://127.0.0.1:{port}/health")).call().is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let script = r#"
+import json, sys
+from openai import OpenAI
+client = OpenAI(base_url=sys.argv[1], api_key="unused")
+texts = ["a cat sat on the mat", "stock markets fell sharply"]
+default = client.embeddings.create(model="all-MiniLM-L6-v2", input=texts)
+floats = client.embeddings.create(model="all-MiniLM-L6-v2", input=texts, encoding_format="float")
+print(json.dumps({
+    "default": [d.embedding for d in default.data],
+    "float": [d.embedding for d in floats.data],
+    "tokens": default.usage.prompt_tokens,
+}))
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(format!("http://127.0.0.1:{port}/v1"))
+        .output()
+        .expect("python3");
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(
+        out.status.success(),
+        "the openai client failed (is it installed? .ci/run installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["tokens"].as_u64().unwrap() > 0);
+    for i in 0..2 {
+        let a: Vec<f64> = v["default"][i].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let b: Vec<f64> = v["float"][i].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert_eq!(a.len(), 384);
+        let cos: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!(cos > 0.9999, "base64 and float answers differ: {cos}");
+    }
+}

@@ -461,6 +461,8 @@ impl OneOrMany {
 struct OpenAiRequest {
     input: OneOrMany,
     model: Option<String>,
+    /// `float` (default) or `base64` (little-endian f32s, as OpenAI's clients ask for).
+    encoding_format: Option<String>,
 }
 
 /// `POST /v1/embeddings`, the OpenAI shape, over the in-process model.
@@ -483,10 +485,24 @@ async fn openai_embeddings(
     .await
     .map_err(internal)?
     .map_err(internal)?;
+    let base64 = match r.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => return Err(bad_request(format!("encoding_format {other:?}: use float or base64"))),
+    };
     let data: Vec<Value> = vectors
         .into_iter()
         .enumerate()
-        .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v.dense}))
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                use base64::Engine as _;
+                let bytes: Vec<u8> = v.dense.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v.dense)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
         .collect();
     Ok(Json(json!({
         "object": "list",

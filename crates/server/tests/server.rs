@@ -358,6 +358,22 @@ async fn openai_and_tei_embedding_routes() {
     assert_eq!(a.len(), 384);
     assert!((a.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-3);
     assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    // base64: little-endian f32s, what OpenAI's clients ask for by default.
+    let b64: Value = c
+        .post(s.url("/v1/embeddings"))
+        .json(&json!({"input": "a cat sat on the mat", "encoding_format": "base64"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let encoded = b64["data"][0]["embedding"].as_str().expect("a base64 string");
+    let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded).unwrap();
+    let decoded: Vec<f64> =
+        bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect();
+    assert_eq!(decoded.len(), 384);
+    assert!(decoded.iter().zip(&a).all(|(x, y)| (x - y).abs() < 1e-6));
     let t: Value = c
         .post(s.url("/embed"))
         .json(&json!({"inputs": "a cat sat on the mat"}))
