@@ -203,7 +203,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .with_context(|| format!("--address {address:?} is not an IP address and port"))?;
             let store = Arc::new(open_store(&config)?);
             let (embedder, note) = load_embedder(&config);
-            if let Some(n) = &note {
+            if let Some(n) = note.as_ref().filter(|_| !config.embedding.model.trim().is_empty()) {
                 eprintln!("warning: {n}");
             }
             let state = Arc::new(datafactory_server::AppState::new(config, store, embedder, note));
@@ -265,7 +265,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Ingest { collection, all_files, json, paths } => {
             let store = open_store(&config)?;
             let (embedder, note) = load_embedder(&config);
-            if let Some(n) = &note {
+            if let Some(n) = note.as_ref().filter(|_| !config.embedding.model.trim().is_empty()) {
                 eprintln!("warning: {n}");
             }
             let pipeline = Pipeline::with_embedder(&config, embedder);
@@ -412,7 +412,7 @@ fn run_eval(
         .collect::<Result<Vec<_>>>()?;
     let set = datafactory_eval::load(dataset)?;
     let (embedder, note) = load_embedder(config);
-    if let Some(n) = &note {
+    if let Some(n) = note.as_ref().filter(|_| !config.embedding.model.trim().is_empty()) {
         eprintln!("warning: {n}");
     }
     let temp = match data_dir_flag {
@@ -535,7 +535,7 @@ impl Progress {
         let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} files ({per_sec}, eta {eta}) {msg}",
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} files (eta {eta}) {msg}",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
