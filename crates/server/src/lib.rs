@@ -9,6 +9,7 @@
 
 mod jobs;
 mod metrics;
+pub mod openapi;
 mod routes;
 
 use datafactory_core::{Config, Embedder};

@@ -44,6 +44,7 @@ pub fn router(state: Shared) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(|| async { Json(crate::openapi::document()) }))
         .route("/ingest", post(ingest))
         .route("/jobs/{id}", get(job))
         .route("/jobs/{id}/events", get(job_events))

@@ -482,3 +482,33 @@ async fn requests_beyond_the_limit_get_429() {
         s.stop().await;
     }
 }
+
+/// Every operation /openapi.json describes is served (no 404 or 405).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_described_operation_is_served() {
+    let s = Server::start(|_| {}).await;
+    let c = client();
+    let spec: Value = c.get(s.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(spec["openapi"], "3.1.0");
+    let paths = spec["paths"].as_object().unwrap();
+    assert!(paths.len() >= 12);
+    for (path, ops) in paths {
+        let concrete = path.replace("{id}", "none");
+        for method in ops.as_object().unwrap().keys() {
+            let url = s.url(&concrete);
+            let r = match method.as_str() {
+                "get" => c.get(&url).query(&[("q", "x")]).send().await.unwrap(),
+                "post" => c.post(&url).json(&json!({})).send().await.unwrap(),
+                "delete" => c.delete(&url).send().await.unwrap(),
+                m => panic!("unexpected method {m}"),
+            };
+            let status = r.status().as_u16();
+            let body = r.text().await.unwrap();
+            // 404 is a fine answer for a missing id, not for a missing route.
+            let missing_route = status == 405
+                || (status == 404 && !body.contains("no such") && !body.contains("no running job"));
+            assert!(!missing_route, "{} {path}: {status} {body}", method.to_uppercase());
+        }
+    }
+    s.stop().await;
+}
