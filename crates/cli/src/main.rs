@@ -7,7 +7,7 @@ mod output;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use datafactory_core::{Config, Embedder, InputKind};
+use datafactory_core::{Config, Embedder};
 use datafactory_ingest::{IngestObserver, IngestRequest, Pipeline};
 use datafactory_store::{SearchMode, SearchRequest, Store};
 use std::path::PathBuf;
@@ -304,19 +304,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 query_embedding(&config, &store, &text, &mut notes)?
             };
             let mut results = store.search(&SearchRequest {
-                text: &text,
                 embedding: embedding.as_ref(),
-                mode,
                 collection: collection.as_deref(),
-                top_k: top_k.unwrap_or(config.search.top_k),
-                candidates: config.search.candidates,
-                rrf_k: config.search.rrf_k,
-                weight_words: config.search.weight_words,
-                weight_dense: config.search.weight_dense,
-                weight_sparse: config.search.weight_sparse,
-                title_boost: config.search.title_boost,
-                heading_boost: config.search.heading_boost,
                 filter: (!filter.is_empty()).then_some(&filter),
+                ..SearchRequest::new(&text, mode, top_k.unwrap_or(config.search.top_k), &config.search)
             })?;
             let took = started.elapsed();
             notes.append(&mut results.notes);
@@ -487,31 +478,20 @@ fn load_embedder(config: &Config) -> (Option<Arc<dyn Embedder>>, Option<String>)
     }
 }
 
-/// Embeds the query with the model the store's vectors were made with.
+/// Embeds the query with the model the store's vectors were made with,
+/// loading the model only when the store has vectors.
 fn query_embedding(
     config: &Config,
     store: &Store,
     text: &str,
     notes: &mut Vec<String>,
 ) -> Result<Option<datafactory_core::Embedding>> {
-    let Some(stored) = store.vector_options() else {
+    if store.vector_options().is_none() {
         return Ok(None); // the store explains it
-    };
+    }
     let (embedder, note) = load_embedder(config);
     notes.extend(note);
-    let Some(embedder) = embedder else {
-        return Ok(None);
-    };
-    if embedder.model_id() != stored.model {
-        notes.push(format!(
-            "the store's vectors are from {}, the configured model is {}: dense retrieval off",
-            stored.model,
-            embedder.model_id()
-        ));
-        return Ok(None);
-    }
-    let mut v = embedder.embed(&[text], InputKind::Query)?;
-    Ok(v.pop())
+    Ok(datafactory_ingest::query_embedding(store, embedder.as_deref(), text, notes)?)
 }
 
 /// `--document` and `--meta KEY=VALUE` as a search filter.

@@ -220,19 +220,9 @@ pub fn evaluate(
                 _ => None,
             };
             let results = store.search(&SearchRequest {
-                text,
                 embedding: embedding.as_ref(),
-                mode,
                 collection: Some(COLLECTION),
-                top_k,
-                candidates: config.search.candidates,
-                rrf_k: config.search.rrf_k,
-                weight_words: config.search.weight_words,
-                weight_dense: config.search.weight_dense,
-                weight_sparse: config.search.weight_sparse,
-                title_boost: config.search.title_boost,
-                heading_boost: config.search.heading_boost,
-                filter: None,
+                ..SearchRequest::new(text, mode, top_k, &config.search)
             })?;
             Ok((results, started.elapsed().as_secs_f64() * 1000.0))
         };

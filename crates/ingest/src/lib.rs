@@ -147,6 +147,29 @@ impl Pipeline {
     }
 }
 
+/// Embeds a search query with the model the store's vectors were made with.
+/// None when the store has no vectors (its search says so) or there is no
+/// model; None with a note in `notes` when the model is another one.
+pub fn query_embedding(
+    store: &Store,
+    embedder: Option<&dyn Embedder>,
+    text: &str,
+    notes: &mut Vec<String>,
+) -> Result<Option<Embedding>, datafactory_core::EmbedError> {
+    let (Some(stored), Some(embedder)) = (store.vector_options(), embedder) else {
+        return Ok(None);
+    };
+    if embedder.model_id() != stored.model {
+        notes.push(format!(
+            "the store's vectors are from {}, the loaded model is {}: dense retrieval off",
+            stored.model,
+            embedder.model_id()
+        ));
+        return Ok(None);
+    }
+    Ok(embedder.embed(&[text], InputKind::Query)?.pop())
+}
+
 /// What to ingest.
 #[derive(Debug, Clone, Default)]
 pub struct IngestRequest {

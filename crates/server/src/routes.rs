@@ -578,41 +578,27 @@ async fn search(state: Shared, q: SearchBody) -> Result<Json<Value>, ApiError> {
     let result = tokio::task::spawn_blocking(move || -> Result<Value, String> {
         let started = Instant::now();
         let mut notes = Vec::new();
-        let embedding: Option<Embedding> = match (mode, s.pipeline.embedder(), s.store.vector_options()) {
-            (SearchMode::Lexical, _, _) | (_, _, None) => None,
-            (_, None, Some(_)) => {
-                notes.push(s.embedding_note.clone().unwrap_or_else(|| "no embedding model loaded".into()));
+        let embedding: Option<Embedding> = match (mode, s.pipeline.embedder()) {
+            (SearchMode::Lexical, _) => None,
+            (_, None) => {
+                if s.store.vector_options().is_some() {
+                    notes
+                        .push(s.embedding_note.clone().unwrap_or_else(|| "no embedding model loaded".into()));
+                }
                 None
             }
-            (_, Some(e), Some(v)) if e.model_id() != v.model => {
-                notes.push(format!(
-                    "the store's vectors are from {}, the loaded model is {}",
-                    v.model,
-                    e.model_id()
-                ));
-                None
-            }
-            (_, Some(e), Some(_)) => {
-                e.embed(&[q.query.as_str()], InputKind::Query).map_err(|e| e.to_string())?.pop()
+            (_, Some(e)) => {
+                datafactory_ingest::query_embedding(&s.store, Some(e.as_ref()), &q.query, &mut notes)
+                    .map_err(|e| e.to_string())?
             }
         };
-        let c = &s.config.search;
         let mut results = s
             .store
             .search(&SearchRequest {
-                text: &q.query,
                 embedding: embedding.as_ref(),
-                mode,
                 collection: q.collection.as_deref(),
-                top_k,
-                candidates: c.candidates,
-                rrf_k: c.rrf_k,
-                weight_words: c.weight_words,
-                weight_dense: c.weight_dense,
-                weight_sparse: c.weight_sparse,
-                title_boost: c.title_boost,
-                heading_boost: c.heading_boost,
                 filter: (!filter.is_empty()).then_some(&filter),
+                ..SearchRequest::new(&q.query, mode, top_k, &s.config.search)
             })
             .map_err(|e| e.to_string())?;
         notes.append(&mut results.notes);

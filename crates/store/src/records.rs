@@ -51,6 +51,33 @@ pub struct SearchRequest<'a> {
     pub filter: Option<&'a SearchFilter>,
 }
 
+impl<'a> SearchRequest<'a> {
+    /// A request with the configured fusion and boosts, no query embedding,
+    /// no collection and no filter; set those with struct update syntax.
+    pub fn new(
+        text: &'a str,
+        mode: SearchMode,
+        top_k: usize,
+        settings: &datafactory_core::config::SearchConfig,
+    ) -> SearchRequest<'a> {
+        SearchRequest {
+            text,
+            embedding: None,
+            mode,
+            collection: None,
+            top_k,
+            candidates: settings.candidates,
+            rrf_k: settings.rrf_k,
+            weight_words: settings.weight_words,
+            weight_dense: settings.weight_dense,
+            weight_sparse: settings.weight_sparse,
+            title_boost: settings.title_boost,
+            heading_boost: settings.heading_boost,
+            filter: None,
+        }
+    }
+}
+
 /// Restricts a search to some documents.
 #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
 pub struct SearchFilter {
