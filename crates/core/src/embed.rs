@@ -47,4 +47,10 @@ pub trait Embedder: Send + Sync {
     fn embed(&self, texts: &[&str], kind: InputKind) -> Result<Vec<Embedding>, EmbedError>;
     /// Counts tokens with the model's own tokenizer (for the chunker's budget).
     fn token_counter(&self) -> Arc<dyn TokenCounter>;
+    /// Hands memory cached between batches back to the device (a GPU's
+    /// memory pool) after a job; returns the bytes held before and after.
+    /// `None` where nothing is cached (the CPU).
+    fn release_cached_memory(&self) -> Option<(u64, u64)> {
+        None
+    }
 }

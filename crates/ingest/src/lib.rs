@@ -342,6 +342,13 @@ pub fn ingest(
     summary.job_id = job_id.clone();
 
     let result = run(store, pipeline, request, &inputs, observer, &mut summary);
+    // Like the seed's torch.cuda.empty_cache(): what the GPU's memory pool
+    // kept between batches goes back to the card once the job is done.
+    if summary.chunks > 0 {
+        if let Some(embedder) = &pipeline.embedder {
+            embedder.release_cached_memory();
+        }
+    }
     summary.documents.failed = summary.failed.len();
     summary.elapsed_seconds = started.elapsed().as_secs_f64();
     let written = summary.documents.added + summary.documents.replaced;

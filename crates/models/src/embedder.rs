@@ -185,6 +185,7 @@ impl CandleEmbedder {
 
         let pooling = Pooling::from_file(files.pooling_config.as_deref()).map_err(EmbedError::Unavailable)?;
         let model = LoadedModel::load(&files, &encoder_config, config.sparse, &device, dtype, int8)?;
+        crate::gpu::keep_cache(&device);
         if config.sparse && model.sparse.is_none() {
             tracing::debug!(model = %files.name, "no sparse_linear.pt: dense vectors only");
         }
@@ -336,6 +337,14 @@ impl CandleEmbedder {
 }
 
 impl Embedder for CandleEmbedder {
+    fn release_cached_memory(&self) -> Option<(u64, u64)> {
+        let released = crate::gpu::release_cached(&self.device);
+        if let Some((before, after)) = released {
+            tracing::info!(before, after, "released cached GPU memory");
+        }
+        released
+    }
+
     fn model_id(&self) -> &str {
         &self.model_id
     }

@@ -22,6 +22,7 @@
 
 pub mod embedder;
 pub mod encoder;
+pub mod gpu;
 mod kernels;
 pub mod pooling;
 pub mod resolve;
