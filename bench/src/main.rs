@@ -17,8 +17,10 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("vectors") => vectors(&args[1..]),
         Some("embed") => embed(&args[1..]),
+        Some("rerank") => rerank(&args[1..]),
         _ => bail!(
-            "usage: datafactory-bench vectors DIR QUANTIZATION EF[,EF...] | embed MODEL_DIR TEXTS.json BATCH [DTYPE]"
+            "usage: datafactory-bench vectors DIR QUANTIZATION EF[,EF...] | embed MODEL_DIR TEXTS.json BATCH [DTYPE] \
+             | rerank MODEL_DIR PAIRS.json BATCH [DTYPE] [DEVICE]"
         ),
     }
 }
@@ -130,6 +132,59 @@ fn embed(args: &[String]) -> Result<()> {
             "texts": texts.len(),
             "seconds": secs,
             "passages_per_second": texts.len() as f64 / secs,
+            "load_seconds": load,
+        })
+    );
+    Ok(())
+}
+
+/// `rerank MODEL_DIR PAIRS.json BATCH [DTYPE] [DEVICE]`: scores the pairs (a
+/// JSON list of `[query, passage]`) with DataFactory's cross-encoder
+/// (`rerank.dtype` DTYPE, default f32; DEVICE `cpu`, the default, or `cuda`,
+/// which needs `--features cuda`), once to warm up on 32 pairs, then all, and
+/// writes the raw scores to PAIRS.json.DTYPE.scores.f32 for the agreement check.
+fn rerank(args: &[String]) -> Result<()> {
+    let (model, pairs_path, batch, dtype, device) = match args {
+        [model, pairs, batch] => (model, pairs, batch, "f32", "cpu"),
+        [model, pairs, batch, dtype] => (model, pairs, batch, dtype.as_str(), "cpu"),
+        [model, pairs, batch, dtype, device] => (model, pairs, batch, dtype.as_str(), device.as_str()),
+        _ => bail!("rerank MODEL_DIR PAIRS.json BATCH [DTYPE] [DEVICE]"),
+    };
+    let pairs: Vec<(String, String)> = serde_json::from_slice(&std::fs::read(pairs_path)?)
+        .with_context(|| format!("{pairs_path}: expected a JSON list of [query, passage]"))?;
+    let config = datafactory_core::config::RerankConfig {
+        model: model.clone(),
+        allow_download: false,
+        device: device.to_string(),
+        batch_size: batch.parse()?,
+        dtype: dtype.to_string(),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let reranker = datafactory_models::CandleReranker::load(&config)?;
+    let load = started.elapsed().as_secs_f64();
+    let refs: Vec<(&str, &str)> = pairs.iter().map(|(q, p)| (q.as_str(), p.as_str())).collect();
+    reranker.score_pairs(&refs[..refs.len().min(32)])?;
+    let started = Instant::now();
+    let scores = reranker.score_pairs(&refs)?;
+    let secs = started.elapsed().as_secs_f64();
+    let bytes: Vec<u8> = scores.iter().flat_map(|x| x.to_le_bytes()).collect();
+    std::fs::write(format!("{pairs_path}.{dtype}.scores.f32"), bytes)?;
+    let stats = reranker.stats();
+    println!(
+        "{}",
+        serde_json::json!({
+            "engine": "datafactory/candle",
+            "dtype": dtype,
+            "device": device,
+            "model": datafactory_core::Reranker::model_id(&reranker),
+            "pairs": pairs.len(),
+            "batch": config.batch_size,
+            "seconds": secs,
+            "pairs_per_second": pairs.len() as f64 / secs,
+            "tokens": stats.tokens,
+            "padded_tokens": stats.padded_tokens,
+            "gpu_fallbacks": stats.gpu_fallbacks,
             "load_seconds": load,
         })
     );
