@@ -170,7 +170,7 @@ fn rerank(args: &[String]) -> Result<()> {
     let secs = started.elapsed().as_secs_f64();
     let bytes: Vec<u8> = scores.iter().flat_map(|x| x.to_le_bytes()).collect();
     std::fs::write(format!("{pairs_path}.{dtype}.scores.f32"), bytes)?;
-    let stats = reranker.stats();
+    let stats = datafactory_core::Reranker::stats(&reranker);
     println!(
         "{}",
         serde_json::json!({

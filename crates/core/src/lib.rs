@@ -16,5 +16,5 @@ pub use config::{Config, ConfigError};
 pub use document::{Chunk, Document, Format, Section};
 pub use embed::{EmbedError, Embedder, Embedding, InputKind};
 pub use ids::{chunk_id, content_hash, document_id};
-pub use rerank::{sigmoid, RerankError, Reranker};
+pub use rerank::{sigmoid, RerankError, RerankStats, Reranker};
 pub use stage::{HeuristicTokenCounter, TokenCounter};

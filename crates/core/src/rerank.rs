@@ -19,12 +19,32 @@ pub enum RerankError {
     Runtime(String),
 }
 
+/// Work a reranker did since it was loaded (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RerankStats {
+    /// Forward passes run.
+    pub batches: u64,
+    /// Query-passage pairs scored.
+    pub pairs: u64,
+    /// Real tokens of those pairs (special tokens included, padding not).
+    pub tokens: u64,
+    /// Tokens computed including padding.
+    pub padded_tokens: u64,
+    /// Batches that ran out of GPU memory and were redone on the CPU.
+    pub gpu_fallbacks: u64,
+}
+
 pub trait Reranker: Send + Sync {
     /// A stable name of the model and its settings.
     fn model_id(&self) -> &str;
     /// The raw relevance score (logit) of each passage for `query`, in the
     /// order of `passages`; higher is more relevant.
     fn score(&self, query: &str, passages: &[&str]) -> Result<Vec<f32>, RerankError>;
+    /// Work done so far; zeros when the implementation does not count (a
+    /// remote reranker counts on its own side).
+    fn stats(&self) -> RerankStats {
+        RerankStats::default()
+    }
 }
 
 /// The logistic function: a raw score as a 0-1 relevance.

@@ -36,7 +36,7 @@ pub use datafactory_core::{EmbedError, Embedder, Embedding, InputKind};
 pub use embedder::{load_embedder, CandleEmbedder, EmbedderStats, ModelTokenCounter};
 pub use encoder::{Architecture, Encoder, EncoderConfig, EncoderInput};
 pub use pooling::{Pooling, PoolingMode};
-pub use reranker::{load_reranker, CandleReranker, RerankerStats};
+pub use reranker::{load_reranker, CandleReranker};
 pub use resolve::{
     resolve_model, resolve_model_in, resolve_request, HubEnvironment, ModelFiles, ModelRequest,
 };

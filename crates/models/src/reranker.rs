@@ -23,16 +23,12 @@
 use crate::embedder::{is_out_of_memory, open_weights, plan_batches, select_device, select_dtype, Counters};
 use crate::encoder::{Architecture, Encoder, EncoderConfig};
 use crate::resolve::{resolve_request, HubEnvironment, ModelFiles, ModelRequest};
-use crate::EmbedderStats;
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use datafactory_core::config::RerankConfig;
-use datafactory_core::{RerankError, Reranker};
+use datafactory_core::{RerankError, RerankStats, Reranker};
 use std::sync::{Arc, Mutex};
 use tokenizers::{Encoding, PostProcessor, Tokenizer, TruncationDirection};
-
-/// Work done since the reranker was loaded (`texts` counts pairs).
-pub type RerankerStats = EmbedderStats;
 
 /// The classification head on the first token: `out(tanh(dense(h[0])))`.
 struct ClassifierHead {
@@ -239,10 +235,6 @@ impl CandleReranker {
         })
     }
 
-    /// Work done so far.
-    pub fn stats(&self) -> RerankerStats {
-        self.counters.snapshot()
-    }
     /// Tokens of a pair at most (special tokens included).
     pub fn max_length(&self) -> usize {
         self.max_length
@@ -356,6 +348,17 @@ impl CandleReranker {
 impl Reranker for CandleReranker {
     fn model_id(&self) -> &str {
         &self.model_id
+    }
+
+    fn stats(&self) -> RerankStats {
+        let s = self.counters.snapshot();
+        RerankStats {
+            batches: s.batches,
+            pairs: s.texts,
+            tokens: s.tokens,
+            padded_tokens: s.padded_tokens,
+            gpu_fallbacks: s.gpu_fallbacks,
+        }
     }
 
     fn score(&self, query: &str, passages: &[&str]) -> Result<Vec<f32>, RerankError> {

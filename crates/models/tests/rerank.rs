@@ -93,7 +93,7 @@ fn logits_match_the_reference_in_any_batching() {
                 );
             }
             let stats = r.stats();
-            assert_eq!(stats.texts, golden.pairs.len() as u64);
+            assert_eq!(stats.pairs, golden.pairs.len() as u64);
             assert_eq!(stats.batches, golden.pairs.len().div_ceil(batch_size) as u64);
         }
     }
