@@ -121,7 +121,7 @@ pub struct CandleReranker {
     files: ModelFiles,
     encoder_config: EncoderConfig,
     model_id: String,
-    /// Neither truncates nor pads: pairs are cut by [`CandleReranker::pair`].
+    /// Neither truncates nor pads: pairs are cut by [`CandleReranker::encode_pairs`].
     tokenizer: Tokenizer,
     model: LoadedModel,
     /// A CPU copy of the model, made on the first GPU out-of-memory error.

@@ -73,6 +73,10 @@ async fn ready(State(state): State<Shared>) -> Json<Value> {
             "model": embedder.map(|e| e.model_id().to_string()),
             "note": state.embedding_note,
         },
+        "rerank": {
+            "mode": state.config.rerank.mode,
+            "model": state.reranker.as_ref().map(|r| r.model_id().to_string()),
+        },
     }))
 }
 

@@ -229,6 +229,10 @@ async fn search_reranks_through_the_service_and_answers_without_it() {
         c.post(service.url("/ingest?wait=true")).json(&json!({"documents": documents})).send().await.unwrap();
     assert_eq!(r.status(), 200);
 
+    let ready: Value = c.get(service.url("/ready")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["rerank"]["mode"], "remote", "{ready:#}");
+    assert_eq!(ready["rerank"]["model"], format!("remote:{}", reranker.base), "{ready:#}");
+
     // Up: the best 4 fused candidates are reranked, 3 are returned.
     let v: Value = c
         .get(service.url("/search"))
