@@ -42,7 +42,7 @@ step "bge-reranker-v2-m3-shaped classifier (random weights)"
 python3 bench/gpu/make_model.py /tmp/reranker-shape "$G/pairs.json" --classifier 2>&1 | tail -1 | tee -a "$S"
 for dtype in f16 bf16; do
   step "datafactory rerank $dtype"
-  "$G/bin/datafactory-bench" rerank /tmp/reranker-shape "$G/pairs.json" 32 $dtype cuda 2>"$OUT/dfr-$dtype.log" | tee -a "$S"
+  DATAFACTORY_BENCH_REPEATS=3 "$G/bin/datafactory-bench" rerank /tmp/reranker-shape "$G/pairs.json" 32 $dtype cuda 2>"$OUT/dfr-$dtype.log" | tee -a "$S"
   step "sentence-transformers CrossEncoder $dtype"
   python3 bench/gpu/st_rerank.py /tmp/reranker-shape "$G/pairs.json" --dtype $dtype --repeats 3 \
     --ours "$G/pairs.json.$dtype.scores.f32" 2>"$OUT/str-$dtype.log" | tee -a "$S"

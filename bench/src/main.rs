@@ -18,10 +18,18 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("vectors") => vectors(&args[1..]),
         Some("embed") => embed(&args[1..]),
+        Some("rerank") => rerank(&args[1..]),
         _ => bail!(
-            "usage: datafactory-bench vectors DIR QUANTIZATION EF[,EF...] | embed MODEL_DIR TEXTS.json BATCH [DTYPE] [DEVICE]"
+            "usage: datafactory-bench vectors DIR QUANTIZATION EF[,EF...] \
+             | embed MODEL_DIR TEXTS.json BATCH [DTYPE] [DEVICE] | rerank MODEL_DIR PAIRS.json BATCH [DTYPE] [DEVICE]"
         ),
     }
+}
+
+/// Timed runs per measurement: DATAFACTORY_BENCH_REPEATS (default 1); the
+/// fastest counts.
+fn repeats() -> usize {
+    std::env::var("DATAFACTORY_BENCH_REPEATS").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1)
 }
 
 fn read_f32(path: &Path) -> Result<Vec<f32>> {
@@ -121,12 +129,9 @@ fn embed(args: &[String]) -> Result<()> {
     let load = started.elapsed().as_secs_f64();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     embedder.embed(&refs[..refs.len().min(32)], datafactory_core::InputKind::Passage)?;
-    // DATAFACTORY_BENCH_REPEATS timed runs (default 1); the fastest counts.
-    let repeats: usize =
-        std::env::var("DATAFACTORY_BENCH_REPEATS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let mut all_seconds = Vec::new();
     let mut vectors = Vec::new();
-    for _ in 0..repeats.max(1) {
+    for _ in 0..repeats() {
         let started = Instant::now();
         vectors = embedder.embed(&refs, datafactory_core::InputKind::Passage)?;
         all_seconds.push(started.elapsed().as_secs_f64());
@@ -156,6 +161,65 @@ fn embed(args: &[String]) -> Result<()> {
             "gpu_memory_after_run": memory_after_run,
             "gpu_pool_released": released,
             "gpu_memory_after_release": memory_after_release,
+        })
+    );
+    Ok(())
+}
+
+/// `rerank MODEL_DIR PAIRS.json BATCH [DTYPE] [DEVICE]`: scores the pairs (a
+/// JSON list of `[query, passage]`) with DataFactory's cross-encoder
+/// (`rerank.dtype` DTYPE, default f32; DEVICE `cpu`, the default, or `cuda`,
+/// which needs `--features cuda`), once to warm up on 32 pairs, then all, and
+/// writes the raw scores to PAIRS.json.DTYPE.scores.f32 for the agreement check.
+fn rerank(args: &[String]) -> Result<()> {
+    let (model, pairs_path, batch, dtype, device) = match args {
+        [model, pairs, batch] => (model, pairs, batch, "f32", "cpu"),
+        [model, pairs, batch, dtype] => (model, pairs, batch, dtype.as_str(), "cpu"),
+        [model, pairs, batch, dtype, device] => (model, pairs, batch, dtype.as_str(), device.as_str()),
+        _ => bail!("rerank MODEL_DIR PAIRS.json BATCH [DTYPE] [DEVICE]"),
+    };
+    let pairs: Vec<(String, String)> = serde_json::from_slice(&std::fs::read(pairs_path)?)
+        .with_context(|| format!("{pairs_path}: expected a JSON list of [query, passage]"))?;
+    let config = datafactory_core::config::RerankConfig {
+        model: model.clone(),
+        allow_download: false,
+        device: device.to_string(),
+        batch_size: batch.parse()?,
+        dtype: dtype.to_string(),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let reranker = datafactory_models::CandleReranker::load(&config)?;
+    let load = started.elapsed().as_secs_f64();
+    let refs: Vec<(&str, &str)> = pairs.iter().map(|(q, p)| (q.as_str(), p.as_str())).collect();
+    reranker.score_pairs(&refs[..refs.len().min(32)])?;
+    let mut all_seconds = Vec::new();
+    let mut scores = Vec::new();
+    for _ in 0..repeats() {
+        let started = Instant::now();
+        scores = reranker.score_pairs(&refs)?;
+        all_seconds.push(started.elapsed().as_secs_f64());
+    }
+    let secs = all_seconds.iter().copied().fold(f64::INFINITY, f64::min);
+    let bytes: Vec<u8> = scores.iter().flat_map(|x| x.to_le_bytes()).collect();
+    std::fs::write(format!("{pairs_path}.{dtype}.scores.f32"), bytes)?;
+    let stats = datafactory_core::Reranker::stats(&reranker);
+    println!(
+        "{}",
+        serde_json::json!({
+            "engine": "datafactory/candle",
+            "dtype": dtype,
+            "device": device,
+            "model": datafactory_core::Reranker::model_id(&reranker),
+            "pairs": pairs.len(),
+            "batch": config.batch_size,
+            "seconds": secs,
+            "all_seconds": all_seconds,
+            "pairs_per_second": pairs.len() as f64 / secs,
+            "tokens": stats.tokens,
+            "padded_tokens": stats.padded_tokens,
+            "gpu_fallbacks": stats.gpu_fallbacks,
+            "load_seconds": load,
         })
     );
     Ok(())

@@ -121,6 +121,13 @@ enum Command {
         #[arg(long)]
         address: Option<String>,
     },
+    /// Run the reranker service: POST /rerank (text-embeddings-inference's
+    /// shape) with the cross-encoder of `rerank.model`; keys and limits of `[server]`.
+    RerankServer {
+        /// Address to listen on (default: rerank.address, 0.0.0.0:9200).
+        #[arg(long)]
+        address: Option<String>,
+    },
     /// Show the effective configuration.
     Config {
         #[command(subcommand)]
@@ -206,9 +213,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(n) = note.as_ref().filter(|_| !config.embedding.model.trim().is_empty()) {
                 eprintln!("warning: {n}");
             }
-            let state = Arc::new(datafactory_server::AppState::new(config, store, embedder, note));
+            let reranker = search_reranker(&config)?;
+            let state = Arc::new(
+                datafactory_server::AppState::new(config, store, embedder, note).with_reranker(reranker),
+            );
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(datafactory_server::serve(
+                state,
+                address,
+                datafactory_server::shutdown_signal(),
+            ))?;
+        }
+        Command::RerankServer { address } => {
+            let address = address.unwrap_or_else(|| config.rerank.address.clone());
+            let address: std::net::SocketAddr = address
+                .parse()
+                .with_context(|| format!("--address {address:?} is not an IP address and port"))?;
+            let reranker = datafactory_models::load_reranker(&config.rerank)
+                .context("cannot load the reranker model (rerank.model)")?;
+            let state = Arc::new(datafactory_server::RerankState::new(config, reranker));
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(datafactory_server::serve_rerank(
                 state,
                 address,
                 datafactory_server::shutdown_signal(),
@@ -303,19 +328,43 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 query_embedding(&config, &store, &text, &mut notes)?
             };
+            let top_k = top_k.unwrap_or(config.search.top_k);
+            let reranker = search_reranker(&config)?;
+            let candidates = config.rerank.candidates;
             let mut results = store.search(&SearchRequest {
                 embedding: embedding.as_ref(),
                 collection: collection.as_deref(),
                 filter: (!filter.is_empty()).then_some(&filter),
-                ..SearchRequest::new(&text, mode, top_k.unwrap_or(config.search.top_k), &config.search)
+                ..SearchRequest::new(
+                    &text,
+                    mode,
+                    datafactory_ingest::search_depth(top_k, reranker.is_some(), candidates),
+                    &config.search,
+                )
             })?;
-            let took = started.elapsed();
             notes.append(&mut results.notes);
+            let rerank = reranker.map(|r| {
+                let pipeline = Pipeline::new(&config);
+                let report = datafactory_ingest::rerank_hits(
+                    r.as_ref(),
+                    &pipeline,
+                    &text,
+                    &mut results.hits,
+                    candidates,
+                    top_k,
+                );
+                if let Some(e) = &report.error {
+                    notes.push(format!("reranking failed, results in fused order: {e}"));
+                }
+                report
+            });
+            let took = started.elapsed();
             if json {
                 output::print_json(&output::SearchOutput {
                     query: &text,
                     mode: &mode_name,
                     retrievers: &results.retrievers,
+                    rerank: rerank.as_ref(),
                     notes: &notes,
                     took_ms: took.as_secs_f64() * 1000.0,
                     results: &results.hits,
@@ -476,6 +525,19 @@ fn load_embedder(config: &Config) -> (Option<Arc<dyn Embedder>>, Option<String>)
         Ok(e) => (Some(e), None),
         Err(e) => (None, Some(format!("no embedding model, so words only: {e}"))),
     }
+}
+
+/// What search reranks with (`rerank.mode`): nothing, the reranker service's
+/// client, or the model loaded here (an error when it cannot be loaded).
+fn search_reranker(config: &Config) -> Result<Option<Arc<dyn datafactory_core::Reranker>>> {
+    Ok(match config.rerank.mode.as_str() {
+        "remote" => Some(Arc::new(datafactory_server::RemoteReranker::from_config(&config.rerank))),
+        "local" => Some(
+            datafactory_models::load_reranker(&config.rerank)
+                .context("rerank.mode is \"local\" but the reranker model cannot be loaded")?,
+        ),
+        _ => None,
+    })
 }
 
 /// Embeds the query with the model the store's vectors were made with,

@@ -19,7 +19,9 @@ pub struct SearchOutput<'a> {
     pub mode: &'a str,
     /// The retrievers that ran.
     pub retrievers: &'a [&'static str],
-    /// Why a retriever the mode asks for did not run.
+    /// What reranking did (null when `rerank.mode` is off).
+    pub rerank: Option<&'a datafactory_ingest::RerankReport>,
+    /// Why a retriever the mode asks for did not run, or why reranking failed.
     pub notes: &'a [String],
     pub took_ms: f64,
     pub results: &'a [SearchHit],

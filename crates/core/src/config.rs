@@ -24,6 +24,7 @@ pub struct Config {
     pub embedding: EmbeddingConfig,
     pub vectors: VectorConfig,
     pub search: SearchConfig,
+    pub rerank: RerankConfig,
     pub server: ServerConfig,
 }
 
@@ -105,6 +106,47 @@ pub struct SearchConfig {
     pub weight_sparse: f32,
 }
 
+/// Reranking of search candidates with a cross-encoder, and the reranker
+/// service (`datafactory rerank-server`), which reads the model settings here
+/// and the limits and API keys of `[server]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RerankConfig {
+    /// How search reranks: `off`, `remote` (through the reranker service at
+    /// `url`) or `local` (the model in this process).
+    pub mode: String,
+    /// The reranker service, for `mode = "remote"`.
+    pub url: String,
+    /// Bearer key sent to the reranker service (one of its `server.api_keys`).
+    pub api_key: String,
+    /// Time limit of one call to the reranker service, seconds.
+    pub timeout_seconds: u64,
+    /// Fused candidates reranked per search (the best ones; the rest keep
+    /// their fused order below them).
+    pub candidates: usize,
+    /// Address `datafactory rerank-server` listens on.
+    pub address: String,
+    /// The cross-encoder: a local directory or a Hugging Face repository id
+    /// (looked up in the Hugging Face cache, then downloaded if allowed).
+    pub model: String,
+    pub revision: String,
+    pub allow_download: bool,
+    /// `cpu`, `cuda` or `auto`, as `embedding.device`.
+    pub device: String,
+    /// `auto`, `f32`, `f16`, `bf16` or `int8`, as `embedding.dtype`.
+    pub dtype: String,
+    /// Tokens of a query-passage pair (special tokens included); the passage
+    /// is truncated first.
+    pub max_length: usize,
+    /// Tokens of the query at most; 0 means three quarters of `max_length`
+    /// (as FlagEmbedding's reranker).
+    pub query_max_length: usize,
+    /// Pairs per batch at most.
+    pub batch_size: usize,
+    /// Padded tokens per batch at most (pairs × longest pair).
+    pub batch_tokens: usize,
+}
+
 /// The HTTP service (`datafactory serve`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -147,6 +189,7 @@ impl Default for Config {
             embedding: EmbeddingConfig::default(),
             vectors: VectorConfig::default(),
             search: SearchConfig::default(),
+            rerank: RerankConfig::default(),
             server: ServerConfig::default(),
         }
     }
@@ -206,6 +249,38 @@ impl Default for SearchConfig {
             weight_words: 0.2,
             weight_dense: 0.8,
             weight_sparse: 0.0,
+        }
+    }
+}
+
+impl Default for RerankConfig {
+    fn default() -> Self {
+        RerankConfig {
+            mode: "off".to_string(),
+            url: "http://127.0.0.1:9200".to_string(),
+            api_key: String::new(),
+            timeout_seconds: 30,
+            candidates: 50,
+            address: "0.0.0.0:9200".to_string(),
+            model: "BAAI/bge-reranker-v2-m3".to_string(),
+            revision: "main".to_string(),
+            allow_download: true,
+            device: "auto".to_string(),
+            dtype: "auto".to_string(),
+            max_length: 512,
+            query_max_length: 0,
+            batch_size: 32,
+            batch_tokens: 16_384,
+        }
+    }
+}
+
+impl RerankConfig {
+    /// The query's token limit: `query_max_length`, or 3/4 of `max_length`.
+    pub fn effective_query_max_length(&self) -> usize {
+        match self.query_max_length {
+            0 => self.max_length * 3 / 4,
+            n => n.min(self.max_length),
         }
     }
 }
@@ -341,6 +416,56 @@ impl Config {
                 format!("must be at least embedding.max_length ({}), is {}", e.max_length, e.batch_tokens),
             );
         }
+        let r = &self.rerank;
+        if !matches!(r.mode.as_str(), "off" | "remote" | "local") {
+            return invalid("rerank.mode", format!("must be off, remote or local, is {:?}", r.mode));
+        }
+        if r.mode == "remote" && !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
+            return invalid("rerank.url", format!("must be an http:// or https:// URL, is {:?}", r.url));
+        }
+        if r.timeout_seconds == 0 {
+            return invalid("rerank.timeout_seconds", "must be at least 1");
+        }
+        if r.candidates == 0 || r.candidates > 1_000 {
+            return invalid("rerank.candidates", format!("must be between 1 and 1000, is {}", r.candidates));
+        }
+        if r.address.parse::<std::net::SocketAddr>().is_err() {
+            return invalid(
+                "rerank.address",
+                format!("must be an IP address and port such as 0.0.0.0:9200, is {:?}", r.address),
+            );
+        }
+        if !matches!(r.device.as_str(), "cpu" | "cuda" | "auto") {
+            return invalid("rerank.device", format!("must be cpu, cuda or auto, is {:?}", r.device));
+        }
+        if !matches!(r.dtype.as_str(), "auto" | "f32" | "f16" | "bf16" | "int8") {
+            return invalid(
+                "rerank.dtype",
+                format!("must be auto, f32, f16, bf16 or int8, is {:?}", r.dtype),
+            );
+        }
+        if r.max_length < 8 || r.max_length > 8192 {
+            return invalid("rerank.max_length", format!("must be between 8 and 8192, is {}", r.max_length));
+        }
+        if r.query_max_length > r.max_length.saturating_sub(4) {
+            return invalid(
+                "rerank.query_max_length",
+                format!(
+                    "must leave room for the passage: at most rerank.max_length - 4 ({}), is {}",
+                    r.max_length.saturating_sub(4),
+                    r.query_max_length
+                ),
+            );
+        }
+        if r.batch_size == 0 {
+            return invalid("rerank.batch_size", "must be at least 1");
+        }
+        if r.batch_tokens < r.max_length {
+            return invalid(
+                "rerank.batch_tokens",
+                format!("must be at least rerank.max_length ({}), is {}", r.max_length, r.batch_tokens),
+            );
+        }
         if self.search.top_k == 0 || self.search.top_k > 10_000 {
             return invalid("search.top_k", "must be between 1 and 10000");
         }
@@ -464,6 +589,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn rerank_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("df.toml");
+        std::fs::write(
+            &path,
+            "[rerank]\nmode = \"remote\"\nurl = \"http://10.0.0.2:9200\"\ncandidates = 20\n",
+        )
+        .unwrap();
+        let c = Config::load_with_env(Some(&path), &no_overrides(), env()).unwrap();
+        assert_eq!(c.rerank.mode, "remote");
+        assert_eq!(c.rerank.candidates, 20);
+        assert_eq!(c.rerank.effective_query_max_length(), 384);
+        for (toml, key) in [
+            ("mode = \"sometimes\"", "rerank.mode"),
+            ("mode = \"remote\"\nurl = \"localhost:9200\"", "rerank.url"),
+            ("candidates = 0", "rerank.candidates"),
+            ("query_max_length = 510", "rerank.query_max_length"),
+            ("dtype = \"int4\"", "rerank.dtype"),
+            ("mdoel = \"x\"", "mdoel"),
+        ] {
+            std::fs::write(&path, format!("[rerank]\n{toml}\n")).unwrap();
+            let e = Config::load_with_env(Some(&path), &no_overrides(), env()).unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
     }
 
     #[test]

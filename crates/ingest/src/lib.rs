@@ -14,7 +14,10 @@ use datafactory_core::{
     TokenCounter,
 };
 use datafactory_parse::{ParseError, ParseOptions};
+
+mod rerank;
 use datafactory_store::{CommitOutcome, DocumentKey, Store, StoreError, VectorOptions};
+pub use rerank::{rerank_hits, search_depth, RerankReport};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -127,22 +130,28 @@ impl Pipeline {
     /// The text embedded for a chunk: with `include_headings`, the document
     /// title and heading path first (a "contextual chunk header").
     pub fn embedding_text(&self, title: &str, chunk: &Chunk) -> String {
+        self.contextual_text(title, &chunk.heading_path, &chunk.text)
+    }
+
+    /// [`Pipeline::embedding_text`] from a chunk's parts (a search hit has no
+    /// [`Chunk`]): what the reranker reads too.
+    pub fn contextual_text(&self, title: &str, heading_path: &[String], text: &str) -> String {
         if !self.include_headings {
-            return chunk.text.clone();
+            return text.to_string();
         }
         let mut header = String::new();
         if !title.trim().is_empty() {
             header.push_str(title.trim());
             header.push('\n');
         }
-        if !chunk.heading_path.is_empty() {
-            header.push_str(&chunk.heading_path.join(" > "));
+        if !heading_path.is_empty() {
+            header.push_str(&heading_path.join(" > "));
             header.push('\n');
         }
         if header.is_empty() {
-            chunk.text.clone()
+            text.to_string()
         } else {
-            format!("{header}\n{}", chunk.text)
+            format!("{header}\n{text}")
         }
     }
 }

@@ -42,12 +42,36 @@ pub struct EmbedderStats {
 }
 
 #[derive(Default)]
-struct Counters {
+pub(crate) struct Counters {
     batches: AtomicU64,
     texts: AtomicU64,
     tokens: AtomicU64,
     padded_tokens: AtomicU64,
     gpu_fallbacks: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> EmbedderStats {
+        EmbedderStats {
+            batches: self.batches.load(Ordering::Relaxed),
+            texts: self.texts.load(Ordering::Relaxed),
+            tokens: self.tokens.load(Ordering::Relaxed),
+            padded_tokens: self.padded_tokens.load(Ordering::Relaxed),
+            gpu_fallbacks: self.gpu_fallbacks.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts one forward pass over `lengths` real tokens padded to `padded_len`.
+    pub(crate) fn batch(&self, lengths: &[usize], padded_len: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.texts.fetch_add(lengths.len() as u64, Ordering::Relaxed);
+        self.tokens.fetch_add(lengths.iter().sum::<usize>() as u64, Ordering::Relaxed);
+        self.padded_tokens.fetch_add((lengths.len() * padded_len) as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn gpu_fallback(&self) {
+        self.gpu_fallbacks.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The encoder and heads on one device.
@@ -68,16 +92,8 @@ impl LoadedModel {
         let unavailable =
             |what: &str, e: candle_core::Error| EmbedError::Unavailable(format!("cannot load {what}: {e}"));
         let weights = &files.weights;
-        let vb = if weights.extension().is_some_and(|e| e == "safetensors") {
-            // SAFETY: the file is memory-mapped read-only; it must not be
-            // truncated or rewritten while mapped. Model files are written once
-            // (a download renames a finished file into place) and never changed
-            // in place, the assumption every safetensors loader makes.
-            unsafe { VarBuilder::from_mmaped_safetensors(&[weights], dtype, device) }
-        } else {
-            VarBuilder::from_pth(weights, dtype, device)
-        }
-        .map_err(|e| unavailable(&weights.display().to_string(), e))?;
+        let vb = open_weights(weights, dtype, device)
+            .map_err(|e| unavailable(&weights.display().to_string(), e))?;
         let mut encoder = Encoder::load(vb, config)
             .map_err(|e| unavailable(&format!("the encoder from {}", weights.display()), e))?;
         if int8 {
@@ -91,6 +107,23 @@ impl LoadedModel {
             _ => None,
         };
         Ok(LoadedModel { encoder, sparse })
+    }
+}
+
+/// A model's weights (`model.safetensors`, memory-mapped, or `pytorch_model.bin`).
+pub(crate) fn open_weights(
+    weights: &std::path::Path,
+    dtype: DType,
+    device: &Device,
+) -> candle_core::Result<VarBuilder<'static>> {
+    if weights.extension().is_some_and(|e| e == "safetensors") {
+        // SAFETY: the file is memory-mapped read-only; it must not be
+        // truncated or rewritten while mapped. Model files are written once
+        // (a download renames a finished file into place) and never changed
+        // in place, the assumption every safetensors loader makes.
+        unsafe { VarBuilder::from_mmaped_safetensors(&[weights], dtype, device) }
+    } else {
+        VarBuilder::from_pth(weights, dtype, device)
     }
 }
 
@@ -140,8 +173,8 @@ impl CandleEmbedder {
         let encoder_config = EncoderConfig::from_json(&read(&files.config)?)
             .and_then(|c| c.architecture().map(|_| c))
             .map_err(|e| EmbedError::Unavailable(format!("{}: {e}", files.config.display())))?;
-        let device = select_device(&config.device)?;
-        let (dtype, int8) = select_dtype(&config.dtype, &device)?;
+        let device = select_device(&config.device, "embedding")?;
+        let (dtype, int8) = select_dtype(&config.dtype, &device, "embedding")?;
 
         // The effective limit: the configuration, the position table, and the
         // length the sentence-transformers model was set up for.
@@ -235,14 +268,7 @@ impl CandleEmbedder {
 
     /// Work done so far.
     pub fn stats(&self) -> EmbedderStats {
-        let c = &self.counters;
-        EmbedderStats {
-            batches: c.batches.load(Ordering::Relaxed),
-            texts: c.texts.load(Ordering::Relaxed),
-            tokens: c.tokens.load(Ordering::Relaxed),
-            padded_tokens: c.padded_tokens.load(Ordering::Relaxed),
-            gpu_fallbacks: c.gpu_fallbacks.load(Ordering::Relaxed),
-        }
+        self.counters.snapshot()
     }
 
     /// Tokens per input at most (special tokens and prefix included).
@@ -274,7 +300,7 @@ impl CandleEmbedder {
             // Untested here (no GPU in CI): a CUDA out-of-memory error on a
             // large batch falls back to the CPU instead of failing the ingest.
             Err(e) if self.device.is_cuda() && is_out_of_memory(&e) => {
-                self.counters.gpu_fallbacks.fetch_add(1, Ordering::Relaxed);
+                self.counters.gpu_fallback();
                 tracing::warn!(
                     texts = ids.len(),
                     longest = ids.iter().map(|s| s.len()).max().unwrap_or(0),
@@ -317,11 +343,7 @@ impl CandleEmbedder {
             Some(head) => Some(head.token_weights(&hidden)?.to_vec2::<f32>()?),
             None => None,
         };
-        let c = &self.counters;
-        c.batches.fetch_add(1, Ordering::Relaxed);
-        c.texts.fetch_add(ids.len() as u64, Ordering::Relaxed);
-        c.tokens.fetch_add(input.lengths.iter().sum::<usize>() as u64, Ordering::Relaxed);
-        c.padded_tokens.fetch_add((input.batch_size() * input.padded_len()) as u64, Ordering::Relaxed);
+        self.counters.batch(&input.lengths, input.padded_len());
         Ok(dense
             .into_iter()
             .enumerate()
@@ -438,14 +460,15 @@ impl TokenCounter for ModelTokenCounter {
     }
 }
 
-fn select_device(name: &str) -> Result<Device, EmbedError> {
+/// The device named by `<section>.device`.
+pub(crate) fn select_device(name: &str, section: &str) -> Result<Device, EmbedError> {
     match name {
         "cpu" => Ok(Device::Cpu),
         "cuda" => Device::new_cuda(0).map_err(|e| {
             EmbedError::Unavailable(format!(
-                "embedding.device = \"cuda\" but no CUDA device can be used: {e}. \
+                "{section}.device = \"cuda\" but no CUDA device can be used: {e}. \
                  The GPU needs a build with the `cuda` feature of datafactory-models; \
-                 otherwise set embedding.device to \"cpu\" or \"auto\"."
+                 otherwise set {section}.device to \"cpu\" or \"auto\"."
             ))
         }),
         "auto" => {
@@ -453,41 +476,40 @@ fn select_device(name: &str) -> Result<Device, EmbedError> {
                 match Device::new_cuda(0) {
                     Ok(device) => return Ok(device),
                     Err(e) => {
-                        tracing::info!(error = %e, "no usable CUDA device; embedding on the CPU")
+                        tracing::info!(error = %e, section, "no usable CUDA device; running on the CPU")
                     }
                 }
             }
             Ok(Device::Cpu)
         }
         other => {
-            Err(EmbedError::Unavailable(format!("embedding.device must be cpu, cuda or auto, is {other:?}")))
+            Err(EmbedError::Unavailable(format!("{section}.device must be cpu, cuda or auto, is {other:?}")))
         }
     }
 }
 
 /// The dtype the model loads in, and whether its linear layers then run in
-/// int8 (`"int8"`: CPU only, f32 everywhere else).
-fn select_dtype(name: &str, device: &Device) -> Result<(DType, bool), EmbedError> {
+/// int8 (`"int8"`: CPU only, f32 everywhere else); `name` is `<section>.dtype`.
+pub(crate) fn select_dtype(name: &str, device: &Device, section: &str) -> Result<(DType, bool), EmbedError> {
     match name {
         "auto" if device.is_cuda() => Ok((DType::F16, false)),
         "auto" | "f32" => Ok((DType::F32, false)),
         "f16" => Ok((DType::F16, false)),
         "bf16" => Ok((DType::BF16, false)),
         "int8" if device.is_cpu() => Ok((DType::F32, true)),
-        "int8" => Err(EmbedError::Unavailable(
-            "embedding.dtype = \"int8\" runs on the CPU only; set embedding.device to \"cpu\" \
+        "int8" => Err(EmbedError::Unavailable(format!(
+            "{section}.dtype = \"int8\" runs on the CPU only; set {section}.device to \"cpu\" \
              or choose f16, bf16 or f32 for the GPU"
-                .to_string(),
-        )),
+        ))),
         other => Err(EmbedError::Unavailable(format!(
-            "embedding.dtype must be auto, f32, f16, bf16 or int8, is {other:?}"
+            "{section}.dtype must be auto, f32, f16, bf16 or int8, is {other:?}"
         ))),
     }
 }
 
 /// Whether a candle error is a GPU allocation failure (cudarc reports
 /// `CUDA_ERROR_OUT_OF_MEMORY`, "out of memory").
-fn is_out_of_memory(e: &candle_core::Error) -> bool {
+pub(crate) fn is_out_of_memory(e: &candle_core::Error) -> bool {
     let text = e.to_string().to_ascii_lowercase();
     text.contains("out of memory") || text.contains("out_of_memory")
 }
@@ -512,15 +534,15 @@ mod tests {
 
     #[test]
     fn devices_and_dtypes() {
-        assert!(select_device("cpu").unwrap().is_cpu());
-        assert!(select_device("auto").is_ok());
-        assert!(select_device("tpu").is_err());
-        assert_eq!(select_dtype("auto", &Device::Cpu).unwrap(), (DType::F32, false));
-        assert_eq!(select_dtype("bf16", &Device::Cpu).unwrap(), (DType::BF16, false));
-        assert_eq!(select_dtype("int8", &Device::Cpu).unwrap(), (DType::F32, true));
-        assert!(select_dtype("int4", &Device::Cpu).is_err());
+        assert!(select_device("cpu", "embedding").unwrap().is_cpu());
+        assert!(select_device("auto", "embedding").is_ok());
+        assert!(select_device("tpu", "rerank").unwrap_err().to_string().contains("rerank.device"));
+        assert_eq!(select_dtype("auto", &Device::Cpu, "embedding").unwrap(), (DType::F32, false));
+        assert_eq!(select_dtype("bf16", &Device::Cpu, "embedding").unwrap(), (DType::BF16, false));
+        assert_eq!(select_dtype("int8", &Device::Cpu, "embedding").unwrap(), (DType::F32, true));
+        assert!(select_dtype("int4", &Device::Cpu, "embedding").is_err());
         if !candle_core::utils::cuda_is_available() {
-            let e = select_device("cuda").unwrap_err().to_string();
+            let e = select_device("cuda", "embedding").unwrap_err().to_string();
             assert!(e.contains("cuda"), "{e}");
         }
     }

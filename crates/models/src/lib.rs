@@ -19,12 +19,17 @@
 //! batching and devices. `kernels` holds the CPU kernels the encoder uses in
 //! f32 beside candle's (fused epilogues, per-sequence attention) and the int8
 //! linear layer (AVX-512 VNNI) behind `embedding.dtype = "int8"`.
+//!
+//! [`reranker`] puts a sequence-classification head on the same encoder: the
+//! cross-encoder behind the core crate's `Reranker` trait ([`load_reranker`]),
+//! with the same resolution, batching, devices and fallback.
 
 pub mod embedder;
 pub mod encoder;
 pub mod gpu;
 mod kernels;
 pub mod pooling;
+pub mod reranker;
 pub mod resolve;
 pub mod sparse;
 
@@ -32,4 +37,7 @@ pub use datafactory_core::{EmbedError, Embedder, Embedding, InputKind};
 pub use embedder::{load_embedder, CandleEmbedder, EmbedderStats, ModelTokenCounter};
 pub use encoder::{Architecture, Encoder, EncoderConfig, EncoderInput};
 pub use pooling::{Pooling, PoolingMode};
-pub use resolve::{resolve_model, resolve_model_in, HubEnvironment, ModelFiles};
+pub use reranker::{load_reranker, CandleReranker};
+pub use resolve::{
+    resolve_model, resolve_model_in, resolve_request, HubEnvironment, ModelFiles, ModelRequest,
+};

@@ -151,19 +151,53 @@ impl HubEnvironment {
     }
 }
 
+/// What to resolve: a model named in one section of the configuration
+/// (`embedding` or `rerank`), whose key names appear in the error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRequest<'a> {
+    /// The configuration section, e.g. `"embedding"`.
+    pub section: &'static str,
+    /// What the model is for, in messages, e.g. `"embedding model"`.
+    pub role: &'static str,
+    pub model: &'a str,
+    pub revision: &'a str,
+    pub allow_download: bool,
+    /// Also fetch bge-m3's `sparse_linear.pt` when downloading.
+    pub sparse: bool,
+}
+
+impl<'a> ModelRequest<'a> {
+    /// The embedding model of `[embedding]`.
+    pub fn embedding(config: &'a EmbeddingConfig) -> ModelRequest<'a> {
+        ModelRequest {
+            section: "embedding",
+            role: "embedding model",
+            model: &config.model,
+            revision: &config.revision,
+            allow_download: config.allow_download,
+            sparse: config.sparse,
+        }
+    }
+}
+
 /// Finds the model named by `config.model` (see the module docs), reading the
 /// hub settings from the environment.
 pub fn resolve_model(config: &EmbeddingConfig) -> Result<ModelFiles, EmbedError> {
-    resolve_model_in(config, &HubEnvironment::from_env())
+    resolve_request(&ModelRequest::embedding(config), &HubEnvironment::from_env())
 }
 
 /// [`resolve_model`] with the cache root and offline flag given.
 pub fn resolve_model_in(config: &EmbeddingConfig, hub: &HubEnvironment) -> Result<ModelFiles, EmbedError> {
-    let model = config.model.trim();
+    resolve_request(&ModelRequest::embedding(config), hub)
+}
+
+/// Finds any model (see the module docs) with the cache root and offline flag given.
+pub fn resolve_request(request: &ModelRequest, hub: &HubEnvironment) -> Result<ModelFiles, EmbedError> {
+    let section = request.section;
+    let role = request.role;
+    let model = request.model.trim();
     if model.is_empty() {
-        return Err(EmbedError::Unavailable(
-            "embedding.model is empty: no embedding model is configured".to_string(),
-        ));
+        return Err(EmbedError::Unavailable(format!("{section}.model is empty: no {role} is configured")));
     }
     // (a) A local directory.
     let as_path = Path::new(model);
@@ -177,31 +211,35 @@ pub fn resolve_model_in(config: &EmbeddingConfig, hub: &HubEnvironment) -> Resul
     }
     if !looks_like_repo_id(model) {
         return Err(EmbedError::Unavailable(format!(
-            "embedding.model {model:?} is neither an existing directory nor a Hugging Face \
+            "{section}.model {model:?} is neither an existing directory nor a Hugging Face \
              repository id (ORG/NAME); set it to a directory holding {} or to a repository id",
             REQUIRED_FILES.join(", ")
         )));
     }
     // (b) The Hugging Face cache.
-    let revision = if config.revision.trim().is_empty() { "main" } else { config.revision.trim() };
+    let revision = if request.revision.trim().is_empty() { "main" } else { request.revision.trim() };
     let lookup = lookup_cache(&hub.cache_root, model, revision);
     if let CacheLookup::Found(dir) = &lookup {
         return ModelFiles::from_dir(dir, model);
     }
     // (c) A download.
-    if config.allow_download && !hub.offline {
-        return download(model, revision, &hub.cache_root, config.sparse);
+    if request.allow_download && !hub.offline {
+        return download(request, model, revision, &hub.cache_root);
     }
     // (d) Nothing: say where we looked and how to provide the files.
-    let why = if hub.offline { "HF_HUB_OFFLINE is set" } else { "embedding.allow_download is false" };
+    let why = if hub.offline {
+        "HF_HUB_OFFLINE is set".to_string()
+    } else {
+        format!("{section}.allow_download is false")
+    };
     Err(EmbedError::Unavailable(format!(
-        "embedding model {model:?} (revision {revision:?}) was not found locally and cannot \
+        "{role} {model:?} (revision {revision:?}) was not found locally and cannot \
          be downloaded ({why}).\n\
          Looked in:\n  - {} (not a directory)\n  - {}\n\
          A model needs {} (or {} instead of model.safetensors); {} are read when present.\n\
-         To provide it: set embedding.model to a local directory holding these files; or put \
+         To provide it: set {section}.model to a local directory holding these files; or put \
          the model into the Hugging Face cache at {} (HF_HUB_CACHE or HF_HOME select another \
-         cache); or allow the download (embedding.allow_download = true, HF_HUB_OFFLINE unset).",
+         cache); or allow the download ({section}.allow_download = true, HF_HUB_OFFLINE unset).",
         std::env::current_dir()
             .map(|cwd| cwd.join(as_path))
             .unwrap_or_else(|_| as_path.to_path_buf())
@@ -286,20 +324,22 @@ fn lookup_cache(root: &Path, repo_id: &str, revision: &str) -> CacheLookup {
 /// its progress bar). Only called when the model is not found locally and
 /// downloads are allowed.
 fn download(
+    request: &ModelRequest,
     repo_id: &str,
     revision: &str,
     cache_root: &Path,
-    sparse: bool,
 ) -> Result<ModelFiles, EmbedError> {
     use hf_hub::api::sync::ApiBuilder;
     use hf_hub::{Cache, Repo, RepoType};
 
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         EmbedError::Unavailable(format!(
-            "downloading embedding model {repo_id:?} (revision {revision:?}) into {} failed \
-             ({what}): {e}. Without network access, set embedding.model to a local directory \
+            "downloading {} {repo_id:?} (revision {revision:?}) into {} failed \
+             ({what}): {e}. Without network access, set {}.model to a local directory \
              or populate the Hugging Face cache.",
-            cache_root.display()
+            request.role,
+            cache_root.display(),
+            request.section
         ))
     };
     let mut builder =
@@ -314,7 +354,7 @@ fn download(
     let repo = api.repo(Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string()));
     let info = repo.info().map_err(|e| failed("repository listing", &e))?;
     let listed = |name: &str| info.siblings.iter().any(|s| s.rfilename == name);
-    tracing::info!(model = repo_id, revision, "downloading the embedding model");
+    tracing::info!(model = repo_id, revision, role = request.role, "downloading the model");
     let get = |name: &str| repo.get(name).map_err(|e| failed(name, &e));
 
     let config = get("config.json")?;
@@ -339,7 +379,7 @@ fn download(
     .unwrap_or_else(|| "1_Pooling".to_string());
     let pooling_config = optional(&format!("{pooling_dir}/config.json"))?;
     let sentence_bert_config = optional("sentence_bert_config.json")?;
-    let sparse_linear = if sparse { optional("sparse_linear.pt")? } else { None };
+    let sparse_linear = if request.sparse { optional("sparse_linear.pt")? } else { None };
     let dir = config.parent().map(Path::to_path_buf).unwrap_or_else(|| cache_root.to_path_buf());
     Ok(ModelFiles {
         name: repo_id.to_string(),

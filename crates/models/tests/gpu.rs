@@ -113,3 +113,30 @@ fn cached_gpu_memory_is_released_after_a_job() {
     // And the embedder still works afterwards.
     assert_eq!(embed(&e, &texts[..8]).len(), 8);
 }
+
+#[test]
+fn the_cross_encoder_on_cuda_matches_the_cpu() {
+    let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tiny_xlmr_reranker(&tmp.path().join("reranker"), 1);
+    let texts = sample_texts();
+    let pairs: Vec<(&str, &str)> = texts.iter().map(|t| ("search the index", t.as_str())).collect();
+    let config = |device: &str, dtype: &str| datafactory_core::config::RerankConfig {
+        model: dir.to_str().unwrap().to_string(),
+        allow_download: false,
+        device: device.to_string(),
+        dtype: dtype.to_string(),
+        ..Default::default()
+    };
+    let reference =
+        datafactory_models::CandleReranker::load(&config("cpu", "f32")).unwrap().score_pairs(&pairs).unwrap();
+    for dtype in ["f32", "f16", "bf16"] {
+        let r = datafactory_models::CandleReranker::load(&config("cuda", dtype)).unwrap();
+        assert!(r.device().is_cuda());
+        let scores = r.score_pairs(&pairs).unwrap();
+        let worst = reference.iter().zip(&scores).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        println!("cross-encoder {dtype}: largest logit difference against CPU f32 {worst}");
+        assert!(scores.iter().all(|s| s.is_finite()), "{dtype}: NaN or inf");
+        assert!(worst <= if dtype == "f32" { 1e-4 } else { 0.05 }, "{dtype}: logits differ by {worst}");
+    }
+}

@@ -1,5 +1,7 @@
 //! The DataFactory service (`datafactory serve`, port 9000 by default): ingest
-//! as jobs, search, documents, health, readiness and metrics over HTTP.
+//! as jobs, search (reranked through [`Reranker`] when configured), documents,
+//! health, readiness and metrics over HTTP; and the reranker service
+//! (`datafactory rerank-server`, port 9200, [`rerank`]) with its client.
 //!
 //! It is an adapter: the work is done by `datafactory-ingest` and
 //! `datafactory-store`, on blocking threads, while the async side only moves
@@ -8,16 +10,19 @@
 //! name is kept only as the document's source name, never as a path).
 
 mod jobs;
+mod limits;
 mod metrics;
 pub mod openapi;
+pub mod rerank;
 mod routes;
 
-use datafactory_core::{Config, Embedder};
+use datafactory_core::{Config, Embedder, Reranker};
 use datafactory_ingest::Pipeline;
 use datafactory_store::Store;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+pub use rerank::{rerank_router, serve_rerank, serve_rerank_on, RemoteReranker, RerankState};
 pub use routes::router;
 
 /// Everything a request handler needs.
@@ -27,11 +32,13 @@ pub struct AppState {
     pub pipeline: Arc<Pipeline>,
     /// Why there is no embedder, when there is none.
     pub embedding_note: Option<String>,
+    /// Reranks search results, when `rerank.mode` is not `off`.
+    pub reranker: Option<Arc<dyn Reranker>>,
     jobs: jobs::Jobs,
-    metrics: metrics::Metrics,
+    metrics: Arc<metrics::Metrics>,
     /// Ingest jobs running at once; the others wait their turn.
     ingest_slots: Arc<tokio::sync::Semaphore>,
-    request_slots: Arc<tokio::sync::Semaphore>,
+    guard: limits::Guard,
 }
 
 impl AppState {
@@ -42,17 +49,26 @@ impl AppState {
         note: Option<String>,
     ) -> AppState {
         let pipeline = Arc::new(Pipeline::with_embedder(&config, embedder));
-        let request_slots = Arc::new(tokio::sync::Semaphore::new(config.server.max_concurrent_requests));
+        let metrics = Arc::new(metrics::Metrics::default());
+        let guard = limits::Guard::new(&config.server, metrics.clone());
         AppState {
             config,
             store,
             pipeline,
             embedding_note: note,
+            reranker: None,
             jobs: jobs::Jobs::default(),
-            metrics: metrics::Metrics::default(),
+            metrics,
             ingest_slots: Arc::new(tokio::sync::Semaphore::new(2)),
-            request_slots,
+            guard,
         }
+    }
+
+    /// Reranks search results with `reranker` (the reranker service's
+    /// client, or a model in this process).
+    pub fn with_reranker(mut self, reranker: Option<Arc<dyn Reranker>>) -> AppState {
+        self.reranker = reranker;
+        self
     }
 
     /// Asks running ingest jobs to stop after the files they are on.

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub chunks_embedded: AtomicU64,
     pub ingest_failures: AtomicU64,
     pub searches_words_only: AtomicU64,
+    pub searches_reranked: AtomicU64,
+    pub rerank_failures: AtomicU64,
 }
 
 #[derive(Default, Clone)]
@@ -44,7 +46,41 @@ impl Metrics {
         }
     }
 
+    /// Request counts and latencies, then the DataFactory service's counters.
     pub fn render(&self) -> String {
+        let mut out = self.render_requests();
+        for (name, help, v) in [
+            (
+                "datafactory_documents_ingested_total",
+                "Documents added or replaced.",
+                &self.documents_ingested,
+            ),
+            ("datafactory_chunks_ingested_total", "Chunks written.", &self.chunks_ingested),
+            ("datafactory_chunks_embedded_total", "Chunks embedded.", &self.chunks_embedded),
+            ("datafactory_ingest_failures_total", "Inputs that failed to ingest.", &self.ingest_failures),
+            (
+                "datafactory_searches_words_only_total",
+                "Searches that asked for vectors but ran on words alone.",
+                &self.searches_words_only,
+            ),
+            (
+                "datafactory_searches_reranked_total",
+                "Searches whose results were reranked.",
+                &self.searches_reranked,
+            ),
+            (
+                "datafactory_rerank_failures_total",
+                "Searches answered in fused order because the reranker failed or was unreachable.",
+                &self.rerank_failures,
+            ),
+        ] {
+            counter(&mut out, name, help, v.load(Ordering::Relaxed));
+        }
+        out
+    }
+
+    /// Request counts by route and status, and latency histograms by route.
+    pub fn render_requests(&self) -> String {
         let mut out = String::new();
         out.push_str("# HELP datafactory_http_requests_total HTTP requests by route and status.\n");
         out.push_str("# TYPE datafactory_http_requests_total counter\n");
@@ -84,27 +120,11 @@ impl Metrics {
                 );
             }
         }
-        for (name, help, v) in [
-            (
-                "datafactory_documents_ingested_total",
-                "Documents added or replaced.",
-                &self.documents_ingested,
-            ),
-            ("datafactory_chunks_ingested_total", "Chunks written.", &self.chunks_ingested),
-            ("datafactory_chunks_embedded_total", "Chunks embedded.", &self.chunks_embedded),
-            ("datafactory_ingest_failures_total", "Inputs that failed to ingest.", &self.ingest_failures),
-            (
-                "datafactory_searches_words_only_total",
-                "Searches that asked for vectors but ran on words alone.",
-                &self.searches_words_only,
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
-        }
         out
     }
+}
+
+/// Writes one counter in the text exposition format.
+pub fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
 }

@@ -1,9 +1,8 @@
 //! Routes, middleware (keys, limits, timeouts, metrics) and handlers.
 
 use crate::AppState;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
+use axum::extract::{Multipart, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -16,12 +15,11 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use subtle::ConstantTimeEq;
 
 type Shared = Arc<AppState>;
 
 /// An error answered as `{"error": "..."}` with its status.
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -29,18 +27,16 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn bad_request(m: impl Into<String>) -> ApiError {
+pub(crate) fn bad_request(m: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, m.into())
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
 pub fn router(state: Shared) -> Router {
-    let limit = state.config.server.max_body_bytes as usize;
-    let timeout = Duration::from_secs(state.config.server.request_timeout_seconds);
-    Router::new()
+    let routes = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -52,59 +48,11 @@ pub fn router(state: Shared) -> Router {
         .route("/embed", post(tei_embed))
         .route("/search", get(search_get).post(search_post))
         .route("/documents", get(documents))
-        .route("/documents/{id}", get(document).delete(delete_document))
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
-        .layer(middleware::from_fn_with_state(state.clone(), guard))
-        .with_state(state)
+        .route("/documents/{id}", get(document).delete(delete_document));
+    state.guard.clone().apply(routes, &state.config.server).with_state(state)
 }
 
-/// Keys, the concurrency limit, and metrics, around every request.
-async fn guard(State(state): State<Shared>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| request.uri().path().to_string());
-    let response = if route != "/health" && !authorized(&state, request.headers()) {
-        ApiError(StatusCode::UNAUTHORIZED, "missing or wrong API key (Authorization: Bearer KEY)".into())
-            .into_response()
-    } else {
-        match state.request_slots.clone().try_acquire_owned() {
-            Ok(_permit) => next.run(request).await,
-            Err(_) => {
-                ApiError(StatusCode::TOO_MANY_REQUESTS, "too many requests at once; retry later".into())
-                    .into_response()
-            }
-        }
-    };
-    state.metrics.observe(&route, response.status().as_u16(), started.elapsed().as_secs_f64());
-    response
-}
-
-/// Compares the bearer token with every key in constant time.
-fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
-    let keys = &state.config.server.api_keys;
-    if keys.is_empty() {
-        return true;
-    }
-    let Some(token) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let mut ok = subtle::Choice::from(0);
-    for key in keys {
-        // ct_eq is constant time for equal lengths; lengths are not secret.
-        ok |= token.as_bytes().ct_eq(key.as_bytes());
-    }
-    ok.into()
-}
-
-async fn health() -> Json<Value> {
+pub(crate) async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
@@ -124,6 +72,10 @@ async fn ready(State(state): State<Shared>) -> Json<Value> {
             "loaded": embedder.is_some(),
             "model": embedder.map(|e| e.model_id().to_string()),
             "note": state.embedding_note,
+        },
+        "rerank": {
+            "mode": state.config.rerank.mode,
+            "model": state.reranker.as_ref().map(|r| r.model_id().to_string()),
         },
     }))
 }
@@ -592,23 +544,46 @@ async fn search(state: Shared, q: SearchBody) -> Result<Json<Value>, ApiError> {
                     .map_err(|e| e.to_string())?
             }
         };
+        let candidates = s.config.rerank.candidates;
+        let depth = datafactory_ingest::search_depth(top_k, s.reranker.is_some(), candidates);
         let mut results = s
             .store
             .search(&SearchRequest {
                 embedding: embedding.as_ref(),
                 collection: q.collection.as_deref(),
                 filter: (!filter.is_empty()).then_some(&filter),
-                ..SearchRequest::new(&q.query, mode, top_k, &s.config.search)
+                ..SearchRequest::new(&q.query, mode, depth, &s.config.search)
             })
             .map_err(|e| e.to_string())?;
         notes.append(&mut results.notes);
         if mode != SearchMode::Lexical && !results.retrievers.contains(&"dense") {
             s.metrics.searches_words_only.fetch_add(1, Ordering::Relaxed);
         }
+        let rerank = s.reranker.as_ref().map(|r| {
+            let report = datafactory_ingest::rerank_hits(
+                r.as_ref(),
+                &s.pipeline,
+                &q.query,
+                &mut results.hits,
+                candidates,
+                top_k,
+            );
+            if report.reranked {
+                s.metrics.searches_reranked.fetch_add(1, Ordering::Relaxed);
+            } else {
+                s.metrics.rerank_failures.fetch_add(1, Ordering::Relaxed);
+                notes.push(format!(
+                    "reranking failed, results in fused order: {}",
+                    report.error.as_deref().unwrap_or("unknown error")
+                ));
+            }
+            report
+        });
         Ok(json!({
             "query": q.query,
             "mode": mode_name,
             "retrievers": results.retrievers,
+            "rerank": rerank,
             "notes": notes,
             "took_ms": started.elapsed().as_secs_f64() * 1000.0,
             "results": results.hits,

@@ -106,6 +106,10 @@ pub struct StageScores {
     pub sparse: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fused: Option<f32>,
+    /// The cross-encoder's relevance (0-1, the sigmoid of its logit), when
+    /// the result was reranked.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rerank: Option<f32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -130,7 +134,9 @@ pub struct WordQuery<'a> {
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SearchHit {
     pub chunk_id: String,
-    /// The ranking score: fused in hybrid mode, else the one retriever's.
+    /// The ranking score: the reranker's relevance when the result was
+    /// reranked (`scores.rerank`), else fused in hybrid mode, else the one
+    /// retriever's.
     pub score: f32,
     pub scores: StageScores,
     pub document_id: String,

@@ -290,3 +290,21 @@ pub fn sample_texts() -> Vec<String> {
     texts.push(WORDS[..12].join(" "));
     texts
 }
+
+/// [`tiny_xlmr`] with the head of `XLMRobertaForSequenceClassification`
+/// (`classifier.dense`, `classifier.out_proj` with `labels` outputs) beside
+/// the `roberta.` encoder: a cross-encoder when `labels` is 1.
+pub fn tiny_xlmr_reranker(dir: &Path, labels: usize) -> PathBuf {
+    tiny_xlmr(dir);
+    let path = dir.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let mut rng = Rng::new(23);
+    let h = 32;
+    let scale = (3.0 / h as f32).sqrt();
+    tensors.insert("classifier.dense.weight".into(), rng.tensor(&[h, h], scale, 0.0));
+    tensors.insert("classifier.dense.bias".into(), rng.tensor(&[h], 0.1, 0.0));
+    tensors.insert("classifier.out_proj.weight".into(), rng.tensor(&[labels, h], scale, 0.0));
+    tensors.insert("classifier.out_proj.bias".into(), rng.tensor(&[labels], 0.1, 0.0));
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    dir.to_path_buf()
+}

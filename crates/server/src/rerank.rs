@@ -1,0 +1,255 @@
+//! The reranker service (`datafactory rerank-server`, port 9200 by default)
+//! and its client.
+//!
+//! The service is an adapter over any [`Reranker`] (the cross-encoder of
+//! `datafactory-models`, loaded by the binary): `POST /rerank` takes and
+//! answers text-embeddings-inference's shapes (`query`, `texts`,
+//! `raw_scores`, `return_text`, `truncate`; a list of `{index, score, text?}`
+//! best first), plus `top_k`; `GET /health`, `GET /info`, `GET /metrics`. It
+//! applies the same keys and limits as the DataFactory service ([`crate::limits`]).
+//! Pairs are always truncated as the model's reference implementation does
+//! (query capped, passage cut first), whatever `truncate` says.
+//!
+//! [`RemoteReranker`] is the [`Reranker`] that search uses when
+//! `rerank.mode = "remote"`: one blocking HTTP call per search.
+
+use crate::limits::Guard;
+use crate::metrics::{counter, Metrics};
+use crate::routes::{bad_request, ApiError};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use datafactory_core::{sigmoid, Config, RerankError, Reranker};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything a request to the reranker service needs.
+pub struct RerankState {
+    pub config: Config,
+    pub reranker: Arc<dyn Reranker>,
+    metrics: Arc<Metrics>,
+    guard: Guard,
+}
+
+impl RerankState {
+    /// The service's limits and keys come from `config.server`.
+    pub fn new(config: Config, reranker: Arc<dyn Reranker>) -> RerankState {
+        let metrics = Arc::new(Metrics::default());
+        let guard = Guard::new(&config.server, metrics.clone());
+        RerankState { config, reranker, metrics, guard }
+    }
+}
+
+type Shared = Arc<RerankState>;
+
+pub fn rerank_router(state: Shared) -> Router {
+    let routes = Router::new()
+        .route("/health", get(crate::routes::health))
+        .route("/info", get(info))
+        .route("/metrics", get(metrics))
+        .route("/rerank", post(rerank));
+    state.guard.clone().apply(routes, &state.config.server).with_state(state)
+}
+
+/// Serves the reranker until `shutdown` completes.
+pub async fn serve_rerank(
+    state: Shared,
+    address: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    serve_rerank_on(state, listener, shutdown).await
+}
+
+/// Like [`serve_rerank`], on a listener the caller bound (tests bind port 0).
+pub async fn serve_rerank_on(
+    state: Shared,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    tracing::info!("reranker ({}) listening on {}", state.reranker.model_id(), listener.local_addr()?);
+    axum::serve(listener, rerank_router(state)).with_graceful_shutdown(shutdown).await
+}
+
+async fn info(State(state): State<Shared>) -> Json<Value> {
+    Json(json!({
+        "model_id": state.reranker.model_id(),
+        "model_type": "reranker",
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
+    let mut out = state.metrics.render_requests();
+    let s = state.reranker.stats();
+    for (name, help, v) in [
+        ("datafactory_rerank_pairs_total", "Query-passage pairs scored.", s.pairs),
+        ("datafactory_rerank_batches_total", "Forward passes run.", s.batches),
+        ("datafactory_rerank_tokens_total", "Tokens of the pairs scored (no padding).", s.tokens),
+        ("datafactory_rerank_padded_tokens_total", "Tokens computed, padding included.", s.padded_tokens),
+        (
+            "datafactory_rerank_gpu_fallbacks_total",
+            "Batches that ran out of GPU memory and were redone on the CPU.",
+            s.gpu_fallbacks,
+        ),
+    ] {
+        counter(&mut out, name, help, v);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// text-embeddings-inference's `/rerank` request, plus `top_k`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RerankRequest {
+    pub query: String,
+    pub texts: Vec<String>,
+    /// The model's logits instead of their sigmoid.
+    #[serde(default)]
+    pub raw_scores: bool,
+    /// Echo each text in its result.
+    #[serde(default)]
+    pub return_text: bool,
+    /// Accepted for compatibility: pairs are always truncated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncate: Option<bool>,
+    /// Only `Right` (the passage's end is cut).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncation_direction: Option<String>,
+    /// Only the best `top_k` results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+}
+
+/// One text's result: its index in the request, its score, and the text if asked.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct Rank {
+    pub index: usize,
+    pub score: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+/// `POST /rerank`: every text scored against the query, best first.
+async fn rerank(
+    State(state): State<Shared>,
+    Json(r): Json<RerankRequest>,
+) -> Result<Json<Vec<Rank>>, ApiError> {
+    if r.texts.is_empty() {
+        return Err(bad_request("`texts` is empty"));
+    }
+    if let Some(d) = r.truncation_direction.as_deref().filter(|d| !d.eq_ignore_ascii_case("right")) {
+        return Err(bad_request(format!("truncation_direction {d:?} is not supported: only Right")));
+    }
+    if r.top_k == Some(0) {
+        return Err(bad_request("`top_k` must be at least 1"));
+    }
+    let reranker = state.reranker.clone();
+    let RerankRequest { query, texts, raw_scores, return_text, top_k, .. } = r;
+    let (texts, scores) = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let scores = reranker.score(&query, &refs);
+        (texts, scores)
+    })
+    .await
+    .map_err(crate::routes::internal)?;
+    let scores = scores.map_err(|e| match e {
+        RerankError::Unavailable(m) => ApiError(StatusCode::SERVICE_UNAVAILABLE, m),
+        e => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    })?;
+    let mut ranks: Vec<Rank> = scores
+        .into_iter()
+        .zip(texts)
+        .enumerate()
+        .map(|(index, (logit, text))| Rank {
+            index,
+            score: if raw_scores { logit } else { sigmoid(logit) },
+            text: return_text.then_some(text),
+        })
+        .collect();
+    ranks.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
+    ranks.truncate(top_k.unwrap_or(usize::MAX));
+    Ok(Json(ranks))
+}
+
+/// The reranker service as a [`Reranker`]: `POST {url}/rerank` with raw
+/// scores, blocking, with the configured key and time limit.
+pub struct RemoteReranker {
+    url: String,
+    api_key: Option<String>,
+    agent: ureq::Agent,
+    model_id: String,
+}
+
+impl RemoteReranker {
+    pub fn new(url: &str, api_key: Option<&str>, timeout: Duration) -> RemoteReranker {
+        let url = url.trim_end_matches('/').to_string();
+        RemoteReranker {
+            model_id: format!("remote:{url}"),
+            api_key: api_key.filter(|k| !k.is_empty()).map(String::from),
+            agent: ureq::AgentBuilder::new().timeout(timeout).build(),
+            url,
+        }
+    }
+
+    /// From `rerank.url`, `rerank.api_key` and `rerank.timeout_seconds`.
+    pub fn from_config(config: &datafactory_core::config::RerankConfig) -> RemoteReranker {
+        RemoteReranker::new(&config.url, Some(&config.api_key), Duration::from_secs(config.timeout_seconds))
+    }
+}
+
+impl Reranker for RemoteReranker {
+    fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    fn score(&self, query: &str, passages: &[&str]) -> Result<Vec<f32>, RerankError> {
+        if passages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let body = json!({"query": query, "texts": passages, "raw_scores": true, "truncate": true});
+        let mut request = self.agent.post(&format!("{}/rerank", self.url));
+        if let Some(key) = &self.api_key {
+            request = request.set("Authorization", &format!("Bearer {key}"));
+        }
+        let ranks: Vec<Rank> = match request.send_json(body) {
+            Ok(response) => response.into_json().map_err(|e| {
+                RerankError::Runtime(format!("reranker service at {}: bad answer: {e}", self.url))
+            })?,
+            Err(ureq::Error::Status(code, response)) => {
+                let message = response
+                    .into_json::<Value>()
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(String::from))
+                    .unwrap_or_default();
+                return Err(RerankError::Runtime(format!(
+                    "reranker service at {} answered {code}: {message}",
+                    self.url
+                )));
+            }
+            Err(e) => {
+                return Err(RerankError::Unavailable(format!(
+                    "reranker service at {} unreachable: {e}",
+                    self.url
+                )))
+            }
+        };
+        let mut scores = vec![f32::NAN; passages.len()];
+        for r in ranks {
+            if let Some(s) = scores.get_mut(r.index) {
+                *s = r.score;
+            }
+        }
+        if scores.iter().any(|s| s.is_nan()) {
+            return Err(RerankError::Runtime(format!(
+                "reranker service at {} did not score every passage",
+                self.url
+            )));
+        }
+        Ok(scores)
+    }
+}
