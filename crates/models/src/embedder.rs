@@ -464,7 +464,7 @@ impl TokenCounter for ModelTokenCounter {
 pub(crate) fn select_device(name: &str, section: &str) -> Result<Device, EmbedError> {
     match name {
         "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0).map_err(|e| {
+        "cuda" => Device::new_cuda(0).inspect(crate::gpu::prepare_device).map_err(|e| {
             EmbedError::Unavailable(format!(
                 "{section}.device = \"cuda\" but no CUDA device can be used: {e}. \
                  The GPU needs a build with the `cuda` feature of datafactory-models; \
@@ -474,7 +474,10 @@ pub(crate) fn select_device(name: &str, section: &str) -> Result<Device, EmbedEr
         "auto" => {
             if candle_core::utils::cuda_is_available() {
                 match Device::new_cuda(0) {
-                    Ok(device) => return Ok(device),
+                    Ok(device) => {
+                        crate::gpu::prepare_device(&device);
+                        return Ok(device);
+                    }
                     Err(e) => {
                         tracing::info!(error = %e, section, "no usable CUDA device; running on the CPU")
                     }

@@ -552,6 +552,7 @@ impl Encoder {
 
     /// The last hidden state, `[batch, len, hidden]` in the model's dtype.
     pub fn forward(&self, input: &EncoderInput) -> Result<Tensor> {
+        let _launch = crate::gpu::launch_scope(input.input_ids.device());
         let words = self.word_embeddings.forward(&input.input_ids)?;
         let positions = self.position_embeddings.forward(&input.position_ids)?;
         let mut hidden = (words + positions)?;

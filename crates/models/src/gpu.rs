@@ -51,6 +51,51 @@ pub fn release_cached(device: &Device) -> Option<(u64, u64)> {
     }
 }
 
+/// Held around a forward pass: candle then uploads the small parameter
+/// vectors of its strided kernels (shapes and strides, a few hundred bytes)
+/// once per distinct content and reuses them, instead of one host-to-device
+/// copy from pageable memory (and a fresh allocation) per kernel launch. The
+/// uploads are keyed by their bytes, so every layer of every batch with the
+/// same shapes shares them. No-op on the CPU.
+pub struct LaunchScope {
+    // candle's guard (a type it does not export); dropping it ends the scope.
+    // Not Send: the scope is per thread.
+    #[cfg(feature = "cuda")]
+    _guard: Option<Box<dyn std::any::Any>>,
+}
+
+pub fn launch_scope(device: &Device) -> LaunchScope {
+    #[cfg(feature = "cuda")]
+    {
+        LaunchScope {
+            _guard: match device {
+                Device::Cuda(cuda) => Some(Box::new(cuda.enable_cuda_graph_htod_cache())),
+                _ => None,
+            },
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = device;
+        LaunchScope {}
+    }
+}
+
+/// A CUDA device for one model: candle gives each device its own stream, and
+/// our tensors never leave it, so cudarc's per-tensor event tracking (meant
+/// for tensors shared between streams: two event records per kernel
+/// argument) is turned off before any tensor is made.
+pub fn prepare_device(device: &Device) {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        // Safety: see above; every tensor of a model is made and used on the
+        // stream of the device it was loaded on.
+        unsafe { cuda.disable_event_tracking() };
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = device;
+}
+
 #[cfg(feature = "cuda")]
 mod imp {
     use super::GpuMemory;

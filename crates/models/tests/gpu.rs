@@ -99,19 +99,24 @@ fn cached_gpu_memory_is_released_after_a_job() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tiny_xlmr(&tmp.path().join("xlmr"));
     let e = load(&dir, "cuda", "f32");
-    // A job big enough for the pool to keep blocks between batches.
-    let texts: Vec<String> = sample_texts().into_iter().cycle().take(4096).collect();
+    let texts = sample_texts();
+    embed(&e, &texts);
+    // A tiny model's activations fit the pool's first block, which holds its
+    // weights too and can't be trimmed: stand in for a big job's activations
+    // with 512 MiB made and freed on the model's device.
+    let big = Tensor::zeros(512usize << 20, DType::U8, e.device()).unwrap();
+    drop(big);
     embed(&e, &texts);
     let held = gpu::memory(e.device()).expect("memory of a CUDA device");
     println!("after the job: {held:?}");
-    assert!(held.pool_reserved > held.pool_used, "the pool kept nothing between batches");
+    assert!(held.pool_reserved >= held.pool_used + (512 << 20), "the pool did not keep the freed memory");
     let (before, after) = e.release_cached_memory().expect("a CUDA embedder releases memory");
     let now = gpu::memory(e.device()).unwrap();
     println!("released: {before} -> {after} bytes; now {now:?}");
-    assert!(after < before, "nothing was released");
-    assert!(now.pool_reserved <= now.pool_used + (2 << 20), "cached blocks remain: {now:?}");
+    assert!(after + (512 << 20) <= before, "the freed memory was not released");
+    assert!(now.free >= held.free + (512 << 20), "the driver did not get the memory back");
     // And the embedder still works afterwards.
-    assert_eq!(embed(&e, &texts[..8]).len(), 8);
+    assert_eq!(embed(&e, &texts).len(), texts.len());
 }
 
 #[test]
