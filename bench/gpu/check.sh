@@ -25,11 +25,13 @@ chmod +x "$G"/bin/*
 ldd "$G/bin/datafactory-bench" | grep -E 'cuda|cublas|curand|nvrtc|not found' | tee "$OUT/ldd.txt"
 
 step "tests (crates/models/tests/gpu.rs)"
-"$G/bin/gpu-tests" --test-threads=1 --nocapture 2>&1 | tee "$OUT/tests.log" | grep -E '^test |test result|worst|released|filled|panicked'
+"$G/bin/gpu-tests" --test-threads=1 --nocapture 2>&1 | tee "$OUT/tests.log" | grep -E '^test |test result|worst|largest|released|filled|panicked'
 
 step "bge-m3-shaped model (random weights)"
 python3 bench/gpu/make_model.py /tmp/bge-m3-shape "$G/passages.json" 2>&1 | tail -1 | tee -a "$S"
 
+nvidia-smi dmon -s u -d 1 >"$OUT/dmon.log" 2>&1 &
+DMON=$!
 for dtype in f16 bf16; do
   step "datafactory $dtype"
   DATAFACTORY_BENCH_REPEATS=3 "$G/bin/datafactory-bench" embed /tmp/bge-m3-shape "$G/passages.json" 32 $dtype cuda 2>"$OUT/df-$dtype.log" | tee -a "$S"
@@ -37,6 +39,10 @@ for dtype in f16 bf16; do
   python3 bench/gpu/st_embed.py /tmp/bge-m3-shape "$G/passages.json" --dtype $dtype --repeats 3 \
     --ours "$G/passages.json.$dtype.vectors.f32" 2>"$OUT/st-$dtype.log" | tee -a "$S"
 done
+
+kill $DMON 2>/dev/null
+step "batch 128, f16"
+DATAFACTORY_BENCH_REPEATS=3 "$G/bin/datafactory-bench" embed /tmp/bge-m3-shape "$G/passages.json" 128 f16 cuda 2>>"$OUT/df-f16.log" | tee -a "$S"
 
 step "bge-reranker-v2-m3-shaped classifier (random weights)"
 python3 bench/gpu/make_model.py /tmp/reranker-shape "$G/pairs.json" --classifier 2>&1 | tail -1 | tee -a "$S"

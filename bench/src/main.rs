@@ -161,6 +161,7 @@ fn embed(args: &[String]) -> Result<()> {
             "gpu_memory_after_run": memory_after_run,
             "gpu_pool_released": released,
             "gpu_memory_after_release": memory_after_release,
+            "stage_seconds": datafactory_models::profile::report(),
         })
     );
     Ok(())

@@ -155,11 +155,13 @@ fn cpu_f32(xs: &Tensor) -> bool {
 struct Dense {
     linear: Linear,
     int8: Option<Int8Linear>,
+    /// For the stage profile ([`crate::profile`]).
+    name: &'static str,
 }
 
 impl Dense {
-    fn new(linear: Linear) -> Dense {
-        Dense { linear, int8: None }
+    fn new(linear: Linear, name: &'static str) -> Dense {
+        Dense { linear, int8: None, name }
     }
 
     fn quantize_int8(&mut self) -> Result<()> {
@@ -176,12 +178,21 @@ impl Dense {
         let fused = matches!(act, None | Some(Activation::GeluErf));
         let bias = self.linear.bias();
         if !cpu_f32(xs) || !fused || bias.is_none() && self.int8.is_none() {
-            let mut out = self.linear.forward(xs)?;
+            // candle's Linear, step by step (one 2-D matmul, then the bias).
+            let (dev, name) = (xs.device(), self.name);
+            let (b, l, k) = xs.dims3()?;
+            let w = self.linear.weight();
+            let mut out = crate::profile::stage(dev, name, "matmul", || {
+                xs.contiguous()?.reshape((b * l, k))?.matmul(&w.t()?)?.reshape((b, l, ()))
+            })?;
+            if let Some(bias) = bias {
+                out = crate::profile::stage(dev, name, "bias", || out.broadcast_add(bias))?;
+            }
             if let Some(r) = residual {
-                out = (out + r)?;
+                out = crate::profile::stage(dev, name, "residual", || out + r)?;
             }
             return match act {
-                Some(act) => act.apply(&out),
+                Some(act) => crate::profile::stage(dev, name, "activation", || act.apply(&out)),
                 None => Ok(out),
             };
         }
@@ -286,12 +297,12 @@ impl SelfAttention {
         let (kw, kb) = get("key")?;
         let (vw, vbias) = get("value")?;
         let (qw, qb) = ((qw * scale)?, (qb * scale)?);
-        let qkv = Dense::new(Linear::new(
-            Tensor::cat(&[&qw, &kw, &vw], 0)?,
-            Some(Tensor::cat(&[&qb, &kb, &vbias], 0)?),
-        ));
+        let qkv = Dense::new(
+            Linear::new(Tensor::cat(&[&qw, &kw, &vw], 0)?, Some(Tensor::cat(&[&qb, &kb, &vbias], 0)?)),
+            "qkv",
+        );
         let ov = vb.pp("output");
-        let output = Dense::new(candle_nn::linear(hidden, hidden, ov.pp("dense"))?);
+        let output = Dense::new(candle_nn::linear(hidden, hidden, ov.pp("dense"))?, "attention_output");
         let output_norm = candle_nn::layer_norm(hidden, config.layer_norm_eps, ov.pp("LayerNorm"))?;
         Ok(SelfAttention { qkv, output, output_norm, heads, head_dim })
     }
@@ -313,30 +324,33 @@ impl SelfAttention {
             let out = self.output.forward(&context, Some(hidden), None)?;
             return self.output_norm.forward(&out);
         }
-        let qkv = self
-            .qkv
-            .forward(hidden, None, None)?
-            .reshape((b, l, 3, self.heads, self.head_dim))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?; // [3, b, heads, l, head_dim]
+        let dev = hidden.device();
+        let qkv = self.qkv.forward(hidden, None, None)?;
+        let qkv = crate::profile::stage(dev, "attention", "split_heads", || {
+            qkv.reshape((b, l, 3, self.heads, self.head_dim))?.permute((2, 0, 3, 1, 4))?.contiguous()
+        })?; // [3, b, heads, l, head_dim]
         let q = qkv.get(0)?;
         let k = qkv.get(1)?;
         let v = qkv.get(2)?;
         // [b, heads, l, l]; softmaxed in f32 with the f32 mask: finite in every dtype.
-        let scores = q.matmul(&k.t()?)?;
+        let scores = crate::profile::stage(dev, "attention", "scores", || q.matmul(&k.t()?))?;
         let probs = if cpu_f32(&scores) && scores.is_contiguous() && attention_bias.is_contiguous() {
             scores.inplace_op2(attention_bias, &MaskedSoftmax)?;
             scores
         } else {
-            let scores = scores.to_dtype(DType::F32)?.broadcast_add(attention_bias)?;
-            candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?
+            crate::profile::stage(dev, "attention", "mask_softmax", || {
+                let scores = scores.to_dtype(DType::F32)?.broadcast_add(attention_bias)?;
+                candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)
+            })?
         };
-        let context = probs
-            .matmul(&v)? // [b, heads, l, head_dim]
-            .transpose(1, 2)?
-            .reshape((b, l, h))?;
+        let context = crate::profile::stage(dev, "attention", "context", || {
+            probs
+                .matmul(&v)? // [b, heads, l, head_dim]
+                .transpose(1, 2)?
+                .reshape((b, l, h))
+        })?;
         let out = self.output.forward(&context, Some(hidden), None)?;
-        self.output_norm.forward(&out)
+        crate::profile::stage(dev, "attention_output", "layer_norm", || self.output_norm.forward(&out))
     }
 }
 
@@ -353,17 +367,19 @@ impl Layer {
         let act = activation(&config.hidden_act).map_err(candle_core::Error::msg)?;
         Ok(Layer {
             attention: SelfAttention::load(vb.pp("attention"), config)?,
-            intermediate: Dense::new(candle_nn::linear(
-                config.hidden_size,
-                config.intermediate_size,
-                vb.pp("intermediate").pp("dense"),
-            )?),
+            intermediate: Dense::new(
+                candle_nn::linear(
+                    config.hidden_size,
+                    config.intermediate_size,
+                    vb.pp("intermediate").pp("dense"),
+                )?,
+                "intermediate",
+            ),
             activation: act,
-            output: Dense::new(candle_nn::linear(
-                config.intermediate_size,
-                config.hidden_size,
-                vb.pp("output").pp("dense"),
-            )?),
+            output: Dense::new(
+                candle_nn::linear(config.intermediate_size, config.hidden_size, vb.pp("output").pp("dense"))?,
+                "output",
+            ),
             output_norm: candle_nn::layer_norm(
                 config.hidden_size,
                 config.layer_norm_eps,
@@ -376,7 +392,7 @@ impl Layer {
         let attended = self.attention.forward(hidden, attention_bias)?;
         let inner = self.intermediate.forward(&attended, None, Some(self.activation))?;
         let out = self.output.forward(&inner, Some(&attended), None)?;
-        self.output_norm.forward(&out)
+        crate::profile::stage(out.device(), "output", "layer_norm", || self.output_norm.forward(&out))
     }
 
     fn quantize_int8(&mut self) -> Result<()> {
@@ -553,6 +569,15 @@ impl Encoder {
     /// The last hidden state, `[batch, len, hidden]` in the model's dtype.
     pub fn forward(&self, input: &EncoderInput) -> Result<Tensor> {
         let _launch = crate::gpu::launch_scope(input.input_ids.device());
+        let dev = input.input_ids.device();
+        let mut hidden = crate::profile::stage(dev, "embeddings", "all", || self.embed(input))?;
+        for layer in &self.layers {
+            hidden = layer.forward(&hidden, &input.attention_bias)?;
+        }
+        Ok(hidden)
+    }
+
+    fn embed(&self, input: &EncoderInput) -> Result<Tensor> {
         let words = self.word_embeddings.forward(&input.input_ids)?;
         let positions = self.position_embeddings.forward(&input.position_ids)?;
         let mut hidden = (words + positions)?;
@@ -560,10 +585,6 @@ impl Encoder {
             Some(types) => (hidden + self.token_type_embeddings.forward(types)?)?,
             None => hidden.broadcast_add(&self.token_type_zero)?,
         };
-        let mut hidden = self.embeddings_norm.forward(&hidden)?;
-        for layer in &self.layers {
-            hidden = layer.forward(&hidden, &input.attention_bias)?;
-        }
-        Ok(hidden)
+        self.embeddings_norm.forward(&hidden)
     }
 }

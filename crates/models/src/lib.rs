@@ -29,6 +29,7 @@ pub mod encoder;
 pub mod gpu;
 mod kernels;
 pub mod pooling;
+pub mod profile;
 pub mod reranker;
 pub mod resolve;
 pub mod sparse;
