@@ -9,10 +9,12 @@ pub mod config;
 pub mod document;
 pub mod embed;
 pub mod ids;
+pub mod plan;
 pub mod stage;
 
 pub use config::{Config, ConfigError};
 pub use document::{Chunk, Document, Format, Section};
 pub use embed::{EmbedError, Embedder, Embedding, InputKind};
 pub use ids::{chunk_id, content_hash, document_id};
+pub use plan::{ChunkPlan, ChunkStrategy, PlanOverride};
 pub use stage::{HeuristicTokenCounter, TokenCounter};
