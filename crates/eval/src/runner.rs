@@ -124,6 +124,8 @@ pub struct SettingsInfo {
     /// The chunk budget in effect (own chunker); given chunks are kept whole.
     pub max_tokens: usize,
     pub overlap_tokens: usize,
+    /// Own chunker: each document cut by its analysis' plan (`analysis.follow_plan`).
+    pub follow_plan: bool,
     pub include_headings: bool,
     pub candidates: usize,
     pub rrf_k: f32,
@@ -263,6 +265,7 @@ pub fn evaluate(
         settings: SettingsInfo {
             max_tokens: pipeline.chunker().max_tokens(),
             overlap_tokens: config.chunking.overlap_tokens,
+            follow_plan: config.analysis.follow_plan,
             include_headings: config.embedding.include_headings,
             candidates: c.candidates,
             rrf_k: c.rrf_k,
@@ -342,9 +345,9 @@ fn ingest(
     // (key, document, chunks) of every document, cut first so progress can count chunks.
     let mut prepared = Vec::with_capacity(dataset.documents.len());
     for (index, d) in dataset.documents.iter().enumerate() {
-        let document = store_document(d, chunker);
+        let mut document = store_document(d, chunker);
         let chunks = match chunker {
-            ChunkerChoice::Own => pipeline.chunker().chunk(&document),
+            ChunkerChoice::Own => pipeline.analyze_and_chunk(&mut document, None).0,
             ChunkerChoice::Given => given_chunks(&document, counter.as_ref()),
         };
         let id = document_id(COLLECTION, &format!("eval:{index}:{}", d.id));

@@ -7,6 +7,8 @@
 //! `<data_dir>/uploads/<job>/` with names the server makes (the client's file
 //! name is kept only as the document's source name, never as a path).
 
+pub mod analyzer;
+mod guard;
 mod jobs;
 mod metrics;
 pub mod openapi;
@@ -28,10 +30,10 @@ pub struct AppState {
     /// Why there is no embedder, when there is none.
     pub embedding_note: Option<String>,
     jobs: jobs::Jobs,
-    metrics: metrics::Metrics,
+    /// Keys, limits and request metrics.
+    guard: Arc<guard::Guard>,
     /// Ingest jobs running at once; the others wait their turn.
     ingest_slots: Arc<tokio::sync::Semaphore>,
-    request_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -42,16 +44,15 @@ impl AppState {
         note: Option<String>,
     ) -> AppState {
         let pipeline = Arc::new(Pipeline::with_embedder(&config, embedder));
-        let request_slots = Arc::new(tokio::sync::Semaphore::new(config.server.max_concurrent_requests));
+        let guard = Arc::new(guard::Guard::new(&config.server));
         AppState {
             config,
             store,
             pipeline,
             embedding_note: note,
             jobs: jobs::Jobs::default(),
-            metrics: metrics::Metrics::default(),
+            guard,
             ingest_slots: Arc::new(tokio::sync::Semaphore::new(2)),
-            request_slots,
         }
     }
 

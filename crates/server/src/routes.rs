@@ -1,13 +1,13 @@
-//! Routes, middleware (keys, limits, timeouts, metrics) and handlers.
+//! The DataFactory service's routes and handlers (keys, limits, timeouts and
+//! metrics around them: `guard.rs`).
 
 use crate::AppState;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
+use axum::extract::{Multipart, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use datafactory_core::{Embedding, InputKind};
+use datafactory_core::{Embedding, InputKind, PlanOverride};
 use datafactory_ingest::IngestRequest;
 use datafactory_store::{SearchFilter, SearchMode, SearchRequest};
 use serde::Deserialize;
@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use subtle::ConstantTimeEq;
 
 type Shared = Arc<AppState>;
 
@@ -38,9 +37,7 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 }
 
 pub fn router(state: Shared) -> Router {
-    let limit = state.config.server.max_body_bytes as usize;
-    let timeout = Duration::from_secs(state.config.server.request_timeout_seconds);
-    Router::new()
+    let routes = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -53,55 +50,8 @@ pub fn router(state: Shared) -> Router {
         .route("/search", get(search_get).post(search_post))
         .route("/documents", get(documents))
         .route("/documents/{id}", get(document).delete(delete_document))
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
-        .layer(middleware::from_fn_with_state(state.clone(), guard))
-        .with_state(state)
-}
-
-/// Keys, the concurrency limit, and metrics, around every request.
-async fn guard(State(state): State<Shared>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| request.uri().path().to_string());
-    let response = if route != "/health" && !authorized(&state, request.headers()) {
-        ApiError(StatusCode::UNAUTHORIZED, "missing or wrong API key (Authorization: Bearer KEY)".into())
-            .into_response()
-    } else {
-        match state.request_slots.clone().try_acquire_owned() {
-            Ok(_permit) => next.run(request).await,
-            Err(_) => {
-                ApiError(StatusCode::TOO_MANY_REQUESTS, "too many requests at once; retry later".into())
-                    .into_response()
-            }
-        }
-    };
-    state.metrics.observe(&route, response.status().as_u16(), started.elapsed().as_secs_f64());
-    response
-}
-
-/// Compares the bearer token with every key in constant time.
-fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
-    let keys = &state.config.server.api_keys;
-    if keys.is_empty() {
-        return true;
-    }
-    let Some(token) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let mut ok = subtle::Choice::from(0);
-    for key in keys {
-        // ct_eq is constant time for equal lengths; lengths are not secret.
-        ok |= token.as_bytes().ct_eq(key.as_bytes());
-    }
-    ok.into()
+        .with_state(state.clone());
+    state.guard.protect(routes)
 }
 
 async fn health() -> Json<Value> {
@@ -129,7 +79,7 @@ async fn ready(State(state): State<Shared>) -> Json<Value> {
 }
 
 async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.guard.metrics.render())
 }
 
 #[derive(Deserialize, Default)]
@@ -155,9 +105,11 @@ enum JsonIngest {
     Many {
         documents: Vec<JsonDocument>,
         collection: Option<String>,
+        plan: Option<PlanOverride>,
     },
     One {
         collection: Option<String>,
+        plan: Option<PlanOverride>,
         #[serde(flatten)]
         document: JsonDocument,
     },
@@ -183,6 +135,7 @@ async fn ingest(
     let folder = uploads.join(&batch);
     tokio::fs::create_dir_all(&folder).await.map_err(internal)?;
     let mut named: Vec<(PathBuf, String)> = Vec::new();
+    let mut plan_override: Option<PlanOverride> = None;
 
     if content_type.starts_with("multipart/form-data") {
         let mut multipart =
@@ -191,6 +144,12 @@ async fn ingest(
         while let Some(field) = multipart.next_field().await.map_err(|e| bad_request(e.to_string()))? {
             if field.name() == Some("collection") {
                 collection = Some(field.text().await.map_err(|e| bad_request(e.to_string()))?);
+                continue;
+            }
+            if field.name() == Some("plan") {
+                let text = field.text().await.map_err(|e| bad_request(e.to_string()))?;
+                plan_override =
+                    Some(serde_json::from_str(&text).map_err(|e| bad_request(format!("`plan` part: {e}")))?);
                 continue;
             }
             let client_name = field.file_name().map(sanitize_name).unwrap_or_else(|| format!("upload-{n}"));
@@ -218,12 +177,14 @@ async fn ingest(
         let parsed: JsonIngest = serde_json::from_slice(&body)
             .map_err(|e| bad_request(format!("expected JSON with `text` (or `documents`): {e}")))?;
         let documents = match parsed {
-            JsonIngest::Many { documents, collection: c } => {
+            JsonIngest::Many { documents, collection: c, plan } => {
                 collection = collection.or(c);
+                plan_override = plan;
                 documents
             }
-            JsonIngest::One { collection: c, document } => {
+            JsonIngest::One { collection: c, document, plan } => {
                 collection = collection.or(c);
+                plan_override = plan;
                 vec![document]
             }
         };
@@ -257,7 +218,10 @@ async fn ingest(
         .await
         .map_err(internal)?
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let plan = JobPlan { job_id: job_id.clone(), collection, named };
+    if let Some(Err(e)) = plan_override.as_ref().map(check_plan) {
+        return Err(bad_request(e));
+    }
+    let plan = JobPlan { job_id: job_id.clone(), collection, named, plan: plan_override };
     std::fs::write(folder.join(JOB_PLAN), serde_json::to_vec(&plan).map_err(internal)?).map_err(internal)?;
     let task = start_job(state.clone(), plan, folder);
     if params.wait {
@@ -274,6 +238,17 @@ pub(crate) struct JobPlan {
     job_id: String,
     collection: String,
     named: Vec<(PathBuf, String)>,
+    /// Changes to the chunking plan of every document (`plan` in the request).
+    #[serde(default)]
+    plan: Option<PlanOverride>,
+}
+
+/// What serde cannot check in a plan override.
+fn check_plan(o: &PlanOverride) -> Result<(), String> {
+    match o.max_tokens {
+        Some(m) if m < 16 => Err("`plan.max_tokens` must be at least 16".into()),
+        _ => Ok(()),
+    }
 }
 
 const JOB_PLAN: &str = "job.json";
@@ -292,6 +267,7 @@ fn start_job(
         named: plan.named,
         job_id: Some(plan.job_id),
         cancel: Some(progress.cancel.clone()),
+        plan: plan.plan,
         ..Default::default()
     };
     tokio::spawn(async move {
@@ -309,7 +285,7 @@ fn start_job(
         drop(permit);
         let result = match result {
             Ok(Ok(summary)) => {
-                let m = &state.metrics;
+                let m = &state.guard.metrics;
                 m.documents_ingested.fetch_add(
                     (summary.documents.added + summary.documents.replaced) as u64,
                     Ordering::Relaxed,
@@ -603,7 +579,7 @@ async fn search(state: Shared, q: SearchBody) -> Result<Json<Value>, ApiError> {
             .map_err(|e| e.to_string())?;
         notes.append(&mut results.notes);
         if mode != SearchMode::Lexical && !results.retrievers.contains(&"dense") {
-            s.metrics.searches_words_only.fetch_add(1, Ordering::Relaxed);
+            s.guard.metrics.searches_words_only.fetch_add(1, Ordering::Relaxed);
         }
         Ok(json!({
             "query": q.query,
