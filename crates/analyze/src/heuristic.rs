@@ -749,6 +749,42 @@ mod tests {
     }
 
     #[test]
+    fn slides_are_short_pages() {
+        let pages = [
+            "Quarterly review\nSales team\nMarch 2025",
+            "Agenda\n• Results\n• Pipeline\n• Hiring",
+            "Results\n• Revenue up 12%\n• Churn down to 3%",
+            "Pipeline\n• 40 open deals\n• 6 in negotiation",
+            "Hiring\n• Two account executives\n• One engineer",
+        ];
+        let mut text = String::new();
+        let mut sections = Vec::new();
+        for (i, p) in pages.iter().enumerate() {
+            let start = text.chars().count();
+            text.push_str(p);
+            sections.push(Section {
+                heading_path: vec![],
+                start,
+                end: text.chars().count(),
+                page: Some(i as u32 + 1),
+            });
+            text.push_str("\n\n");
+        }
+        let doc = Document {
+            title: "Quarterly review".into(),
+            format: Format::Pdf,
+            text,
+            sections,
+            metadata: Default::default(),
+            external_id: None,
+        };
+        let a = analyze(&doc);
+        assert_eq!(a.doc_type, DocType::Slides, "{a:#?}");
+        assert_eq!(a.structure.pages, 5);
+        assert!(a.plan.max_tokens <= 256);
+    }
+
+    #[test]
     fn language_and_determinism() {
         let de = "Die Stadt liegt am Ufer des Flusses und hat eine lange Geschichte. Im Mittelalter war sie \
             ein wichtiger Handelsplatz, und viele Kaufleute kamen aus dem ganzen Land hierher.";
