@@ -36,9 +36,27 @@ fn ingest_follows_the_plan_or_the_flag() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let md = fixtures().join("sample.md");
-    run_json(datafactory(&data).args(["ingest", "--json"]).arg(&md), 0);
+    let s = run_json(
+        datafactory(&data).args(["ingest", "--json"]).arg(&md).arg(fixtures().join("sample.jsonl")),
+        0,
+    );
+    // The summary counts what phase 1 found.
+    let a = &s["analysis"];
+    assert_eq!(a["documents"], 3, "{s:#}");
+    assert_eq!(a["types"]["manual"], 1, "{s:#}");
+    assert_eq!(a["languages"]["eng"], 3, "{s:#}");
+    assert_eq!(a["routes"]["heuristic"], 3, "{s:#}");
+    assert_eq!(a["fallbacks"].as_array().unwrap().len(), 0);
     let list = run_json(datafactory(&data).args(["documents", "list", "--json"]), 0);
-    let id = list[0]["id"].as_str().unwrap().to_string();
+    let id = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["source"].as_str().unwrap().ends_with("sample.md"))
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let doc = run_json(datafactory(&data).args(["documents", "show", "--json", &id]), 0);
     assert_eq!(doc["metadata"]["analysis"]["doc_type"], "manual");
     assert_eq!(doc["metadata"]["analysis"]["chunked_by"]["source"], "plan");

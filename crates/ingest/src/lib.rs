@@ -7,7 +7,7 @@
 //! corrupt, empty) is recorded with its reason and the batch goes on; only a
 //! failure of the store itself stops it.
 
-use datafactory_analyze::Analyzer;
+use datafactory_analyze::{Analysis, Analyzer};
 use datafactory_chunk::Chunker;
 use datafactory_core::config::{validate_collection, Config};
 use datafactory_core::{
@@ -135,12 +135,12 @@ impl Pipeline {
     /// its metadata (`metadata.analysis`, with `chunked_by`: `plan`,
     /// `override` or `config`), and cuts it by its plan (when
     /// `analysis.follow_plan`, or when `plan` overrides parts of it) or by the
-    /// configured chunker. Returns the chunks and the seconds the analysis took.
+    /// configured chunker. Returns the chunks, the analysis and the seconds it took.
     pub fn analyze_and_chunk(
         &self,
         document: &mut Document,
         plan: Option<&PlanOverride>,
-    ) -> (Vec<Chunk>, f64) {
+    ) -> (Vec<Chunk>, Analysis, f64) {
         let started = Instant::now();
         let analysis = self.analyzer.analyze(document);
         let seconds = started.elapsed().as_secs_f64();
@@ -163,7 +163,7 @@ impl Pipeline {
             );
         }
         document.metadata.insert("analysis".into(), record);
-        (chunker.chunk(document), seconds)
+        (chunker.chunk(document), analysis, seconds)
     }
 
     pub fn embedder(&self) -> Option<&Arc<dyn Embedder>> {
@@ -304,6 +304,8 @@ pub struct IngestSummary {
     pub skipped: Vec<Note>,
     pub warnings: Vec<Note>,
     pub embedding: EmbeddingSummary,
+    #[serde(default)]
+    pub analysis: AnalysisSummary,
     pub elapsed_seconds: f64,
     pub documents_per_second: f64,
     pub chunks_per_second: f64,
@@ -318,6 +320,38 @@ pub struct EmbeddingSummary {
     /// Why there are no embeddings, when there are none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+}
+
+/// What phase 1 found, over the documents analysed (each document's own
+/// analysis is stored with it, in `metadata.analysis`).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct AnalysisSummary {
+    pub documents: usize,
+    /// Documents per type (`manual`, `prose`, …).
+    pub types: std::collections::BTreeMap<String, usize>,
+    /// Documents per language code; `unknown` when too short to tell.
+    pub languages: std::collections::BTreeMap<String, usize>,
+    /// Documents per route that answered (`heuristic`, `llm`).
+    pub routes: std::collections::BTreeMap<String, usize>,
+    /// Documents whose configured route failed, and why (the heuristics answered).
+    pub fallbacks: Vec<Note>,
+}
+
+impl AnalysisSummary {
+    fn add(&mut self, source: &str, a: &Analysis) {
+        self.documents += 1;
+        *self.types.entry(a.doc_type.as_str().to_string()).or_default() += 1;
+        let language = a.language.as_ref().map_or("unknown", |l| l.code.as_str());
+        *self.languages.entry(language.to_string()).or_default() += 1;
+        let route = match a.route {
+            datafactory_analyze::Route::Heuristic => "heuristic",
+            datafactory_analyze::Route::Llm => "llm",
+        };
+        *self.routes.entry(route.to_string()).or_default() += 1;
+        if let Some(why) = &a.fallback {
+            self.fallbacks.push(Note { source: source.to_string(), message: why.clone() });
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
@@ -339,6 +373,7 @@ struct Prepared {
     key: DocumentKey,
     document: Document,
     chunks: Vec<Chunk>,
+    analysis: Analysis,
 }
 
 /// What a worker made of one file.
@@ -522,6 +557,7 @@ impl Committer<'_> {
                 self.summary.warnings.extend(warnings);
                 let n = prepared.len();
                 for (i, p) in prepared.into_iter().enumerate() {
+                    self.summary.analysis.add(&p.key.source, &p.analysis);
                     self.pending_chunks += p.chunks.len();
                     self.pending.push(Pending {
                         prepared: Some(p),
@@ -770,7 +806,7 @@ fn prepare_file(
                 }
             }
         }
-        let (chunks, seconds) = pipeline.analyze_and_chunk(&mut document, request.plan.as_ref());
+        let (chunks, analysis, seconds) = pipeline.analyze_and_chunk(&mut document, request.plan.as_ref());
         observer.phase_progress(Phase::Analysis, 1, seconds);
         prepared.push(Prepared {
             key: DocumentKey {
@@ -783,6 +819,7 @@ fn prepare_file(
             },
             document,
             chunks,
+            analysis,
         });
     }
     let failures = parsed

@@ -173,20 +173,24 @@ async fn ingest_asks_the_analyzer_service() {
             };
             let summary = datafactory_ingest::ingest(&store, &pipeline, &request, &Quiet).unwrap();
             assert_eq!(summary.documents.added + summary.documents.replaced, 1, "{summary:?}");
+            assert_eq!(summary.analysis.documents, 1);
+            let fallbacks = summary.analysis.fallbacks.len();
             let listed = store.list_documents(None).unwrap();
             let doc = store.get_document(&listed[0].id).unwrap().unwrap();
-            serde_json::to_value(&doc).unwrap()["metadata"]["analysis"].clone()
+            (serde_json::to_value(&doc).unwrap()["metadata"]["analysis"].clone(), fallbacks)
         })
     };
-    let a = analysis(config.clone()).await.unwrap();
+    let (a, fallbacks) = analysis(config.clone()).await.unwrap();
     assert_eq!(a["doc_type"], "manual", "{a:#}");
     assert!(a.get("fallback").is_none(), "{a:#}");
+    assert_eq!(fallbacks, 0);
     let _ = stop.send(());
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // The service is gone: the heuristics in-process, with the reason.
     config.data_dir = tmp.path().join("data2");
-    let a = analysis(config).await.unwrap();
+    let (a, fallbacks) = analysis(config).await.unwrap();
+    assert_eq!(fallbacks, 1);
     assert_eq!(a["doc_type"], "manual", "{a:#}");
     assert!(a["fallback"].as_str().unwrap().contains(&base), "{a:#}");
 }
