@@ -215,6 +215,8 @@ fn is_heading_line(t: &str) -> bool {
 struct Stats {
     words: usize,
     legal_per_1000: f64,
+    /// Different legal terms seen: one word used often ("shall") is not a contract.
+    legal_distinct: usize,
     academic_per_1000: f64,
     manual_per_1000: f64,
     citations_per_1000: f64,
@@ -270,7 +272,6 @@ const LEGAL_TERMS: &[&str] = &[
     "warranties",
     "covenant",
     "jurisdiction",
-    "governing",
     "termination",
     "breach",
     "notwithstanding",
@@ -358,6 +359,7 @@ impl Stats {
     fn of(doc: &Document, structure: &Structure) -> Stats {
         let text = doc.text.as_str();
         let (mut words, mut legal, mut academic, mut manual, mut numeric) = (0usize, 0, 0, 0, 0);
+        let mut legal_seen = 0u64;
         for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
             words += 1;
             if word.chars().all(|c| c.is_ascii_digit()) {
@@ -366,7 +368,10 @@ impl Stats {
             }
             let lower = word.to_lowercase();
             let w = lower.as_str();
-            legal += LEGAL_TERMS.contains(&w) as usize;
+            if let Some(i) = LEGAL_TERMS.iter().position(|t| *t == w) {
+                legal += 1;
+                legal_seen |= 1u64 << i;
+            }
             academic += ACADEMIC_TERMS.contains(&w) as usize;
             manual += MANUAL_TERMS.contains(&w) as usize;
         }
@@ -415,6 +420,7 @@ impl Stats {
         Stats {
             words,
             legal_per_1000: per_1000(legal),
+            legal_distinct: legal_seen.count_ones() as usize,
             academic_per_1000: per_1000(academic),
             manual_per_1000: per_1000(manual),
             citations_per_1000: per_1000(citations),
@@ -564,7 +570,9 @@ fn scores(s: &Structure, st: &Stats) -> Vec<(DocType, Score)> {
 
     // Legal: the vocabulary of contracts and statutes.
     let mut legal = Score::default();
-    legal.add("legal_terms_per_1000_words", st.legal_per_1000, (st.legal_per_1000 / 25.0).min(1.2));
+    let spread = (st.legal_distinct as f64 / 5.0).min(1.0);
+    legal.add("legal_terms_per_1000_words", st.legal_per_1000, (st.legal_per_1000 / 25.0).min(1.2) * spread);
+    legal.add("distinct_legal_terms", st.legal_distinct as f64, 0.0);
     out.push((DocType::Legal, legal));
 
     // Academic: abstract, references, citations, the vocabulary of papers.
