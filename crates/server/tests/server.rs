@@ -558,6 +558,22 @@ async fn ingest_records_the_analysis_and_follows_the_plan() {
     let chunks = doc["chunks"].as_array().unwrap();
     assert!(chunks.len() > planned_chunks, "{} <= {planned_chunks}", chunks.len());
     assert!(chunks.iter().all(|c| c["token_count"].as_u64().unwrap() <= 32));
+    // In a multipart upload, the override is a `plan` part.
+    let form =
+        reqwest::multipart::Form::new().text("plan", r#"{"max_tokens": 40, "keep_code_whole": false}"#).part(
+            "file",
+            reqwest::multipart::Part::bytes(std::fs::read(fixtures().join("sample.md")).unwrap())
+                .file_name("sample.md"),
+        );
+    let job: Value =
+        c.post(s.url("/ingest?wait=true")).multipart(form).send().await.unwrap().json().await.unwrap();
+    assert_eq!(job["summary"]["documents"]["replaced"], 1, "{job:#}");
+    let docs: Value = c.get(s.url("/documents")).send().await.unwrap().json().await.unwrap();
+    let md = docs.as_array().unwrap().iter().find(|d| d["source"] == "upload:sample.md").unwrap();
+    let id = md["id"].as_str().unwrap();
+    let doc: Value = c.get(s.url(&format!("/documents/{id}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(doc["metadata"]["analysis"]["chunked_by"]["source"], "override");
+    assert_eq!(doc["metadata"]["analysis"]["chunked_by"]["max_tokens"], 40);
     // A bad override is refused before any work.
     let r =
         c.post(s.url("/ingest")).json(&json!({"text": "x y z", "plan": {"size": 3}})).send().await.unwrap();
