@@ -194,3 +194,71 @@ async fn ingest_asks_the_analyzer_service() {
     assert_eq!(a["doc_type"], "manual", "{a:#}");
     assert!(a["fallback"].as_str().unwrap().contains(&base), "{a:#}");
 }
+
+/// A chat-completions server on a loopback port that answers a valid verdict
+/// after `delay`.
+async fn slow_llm(delay: Duration) -> String {
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move || async move {
+            tokio::time::sleep(delay).await;
+            let verdict = json!({"doc_type": "prose", "plan": {"strategy": "sections", "max_tokens": 300,
+                "overlap_tokens": 0, "keep_tables_whole": true, "keep_code_whole": true}, "reason": "llm"});
+            axum::Json(
+                json!({"choices": [{"message": {"role": "assistant", "content": verdict.to_string()}}]}),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+/// The LLM route behind the service: its answer, its fallback when the LLM
+/// is slower than `analysis.timeout_seconds`, 408 when the request takes
+/// longer than `server.request_timeout_seconds`, 429 beyond the concurrency limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_llm_route_behind_the_service() {
+    let llm = slow_llm(Duration::from_millis(1500)).await;
+    let text = json!({"text": "A short note about the weather in spring and the birds that come back."});
+    let c = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let configure = |llm: String, llm_timeout: u64, request_timeout: u64| {
+        move |c: &mut Config| {
+            c.analysis.route = "llm".into();
+            c.analysis.llm_url = llm;
+            c.analysis.llm_model = "test-model".into();
+            c.analysis.timeout_seconds = llm_timeout;
+            c.server.request_timeout_seconds = request_timeout;
+            c.server.max_concurrent_requests = 1;
+        }
+    };
+    // The LLM answers in time.
+    let (base, stop) = start(configure(llm.clone(), 10, 10)).await;
+    let url = format!("{base}/analyze");
+    let a: Value = c.post(&url).json(&text).send().await.unwrap().json().await.unwrap();
+    assert_eq!((a["route"].as_str(), a["reason"].as_str()), (Some("llm"), Some("llm")), "{a:#}");
+    // One request at a time: a second one while the first waits for the LLM gets 429.
+    let first = tokio::spawn({
+        let (c, url, text) = (c.clone(), url.clone(), text.clone());
+        async move { c.post(&url).json(&text).send().await.unwrap().status() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(c.post(&url).json(&text).send().await.unwrap().status(), 429);
+    assert_eq!(first.await.unwrap(), 200);
+    let _ = stop.send(());
+
+    // The LLM is slower than analysis.timeout_seconds: the heuristics answer.
+    let (base, stop) = start(configure(llm.clone(), 1, 10)).await;
+    let a: Value = c.post(format!("{base}/analyze")).json(&text).send().await.unwrap().json().await.unwrap();
+    assert_eq!(a["route"], "heuristic", "{a:#}");
+    assert!(a["fallback"].as_str().unwrap().contains("LLM"), "{a:#}");
+    let _ = stop.send(());
+
+    // The request is slower than server.request_timeout_seconds: 408.
+    let (base, stop) = start(configure(llm, 10, 1)).await;
+    let r = c.post(format!("{base}/analyze")).json(&text).send().await.unwrap();
+    assert_eq!(r.status(), 408);
+    let _ = stop.send(());
+}
