@@ -12,9 +12,14 @@
 //! Every chunk is a contiguous slice of `Document::text`: its offsets map back
 //! exactly, which lets a reader quote and highlight it. The same document and
 //! configuration always give the same chunks.
+//!
+//! A [`ChunkPlan`] (chosen per document by the analyzer) can change the size
+//! and overlap, cut by lines instead of sentences (code, data, chats), and
+//! keep code blocks and tables in one piece when they fit the budget.
 
 use datafactory_core::config::ChunkingConfig;
-use datafactory_core::{Chunk, Document, TokenCounter};
+use datafactory_core::plan::{blocks, BlockKind};
+use datafactory_core::{Chunk, ChunkPlan, ChunkStrategy, Document, TokenCounter};
 use std::sync::Arc;
 use unicode_segmentation::UnicodeSegmentation;
 
@@ -33,6 +38,9 @@ const CHARACTER: u8 = 0;
 pub struct Chunker {
     max_tokens: usize,
     overlap_tokens: usize,
+    strategy: ChunkStrategy,
+    keep_tables_whole: bool,
+    keep_code_whole: bool,
     counter: Arc<dyn TokenCounter>,
 }
 
@@ -50,19 +58,46 @@ impl Chunker {
         Chunker {
             max_tokens: config.max_tokens.max(1),
             overlap_tokens: config.overlap_tokens.min(config.max_tokens / 2),
+            strategy: ChunkStrategy::Sections,
+            keep_tables_whole: false,
+            keep_code_whole: false,
             counter,
+        }
+    }
+
+    /// This chunker following `plan`, its size capped at `cap` tokens (what
+    /// the embedding model takes).
+    pub fn with_plan(&self, plan: &ChunkPlan, cap: usize) -> Chunker {
+        let max_tokens = plan.max_tokens.min(cap).max(1);
+        Chunker {
+            max_tokens,
+            overlap_tokens: plan.overlap_tokens.min(max_tokens / 2),
+            strategy: plan.strategy,
+            keep_tables_whole: plan.keep_tables_whole,
+            keep_code_whole: plan.keep_code_whole,
+            counter: self.counter.clone(),
         }
     }
 
     /// Identifies everything that decides the chunks: a document ingested under
     /// another fingerprint is chunked again even if its bytes are unchanged.
     pub fn fingerprint(&self) -> String {
-        format!(
+        let mut f = format!(
             "chunker-v{CHUNKER_VERSION};max_tokens={};overlap_tokens={};counter={}",
             self.max_tokens,
             self.overlap_tokens,
             self.counter.name()
-        )
+        );
+        // Unchanged for the default chunker, so stores made before plans keep their fingerprint.
+        if self.strategy != ChunkStrategy::Sections || self.keep_tables_whole || self.keep_code_whole {
+            f.push_str(&format!(
+                ";strategy={};keep_tables={};keep_code={}",
+                self.strategy.as_str(),
+                self.keep_tables_whole,
+                self.keep_code_whole
+            ));
+        }
+        f
     }
 
     pub fn max_tokens(&self) -> usize {
@@ -95,9 +130,65 @@ impl Chunker {
         chunks
     }
 
-    /// Splits `text[start..end]` into atoms no larger than the budget.
+    /// Splits `text[start..end]` into atoms no larger than the budget: code
+    /// blocks and tables the plan keeps whole (and that fit) become one atom,
+    /// the rest is cut by the plan's strategy.
     fn atoms(&self, text: &str, start: usize, end: usize) -> Vec<Atom> {
         let mut atoms = Vec::new();
+        let mut pos = start;
+        if self.keep_tables_whole || self.keep_code_whole {
+            for block in blocks(&text[start..end]) {
+                let keep = match block.kind {
+                    BlockKind::Table => self.keep_tables_whole,
+                    BlockKind::Code => self.keep_code_whole,
+                };
+                let (a, b) = trim_range(text, start + block.start, start + block.end);
+                if !keep || a == b {
+                    continue;
+                }
+                let tokens = self.counter.count(&text[a..b]);
+                if tokens > self.max_tokens {
+                    continue; // too big to keep whole: cut like the text around it
+                }
+                self.free_atoms(text, pos, a, &mut atoms);
+                atoms.push(Atom { start: a, end: b, tokens, strength: PARAGRAPH });
+                pos = b;
+            }
+        }
+        self.free_atoms(text, pos, end, &mut atoms);
+        atoms
+    }
+
+    /// Atoms of text outside kept blocks, by the plan's strategy.
+    fn free_atoms(&self, text: &str, start: usize, end: usize, atoms: &mut Vec<Atom>) {
+        if start >= end {
+            return;
+        }
+        match self.strategy {
+            ChunkStrategy::Sections => self.sentence_atoms(text, start, end, atoms),
+            ChunkStrategy::Lines => self.line_atoms(text, start, end, atoms),
+        }
+    }
+
+    /// One atom per line; a blank line before it makes the gap a paragraph gap.
+    fn line_atoms(&self, text: &str, start: usize, end: usize, atoms: &mut Vec<Atom>) {
+        let mut pos = start;
+        let mut strength = PARAGRAPH;
+        for line in text[start..end].split_inclusive('\n') {
+            let (a, b) = trim_range(text, pos, pos + line.len());
+            pos += line.len();
+            if a == b {
+                strength = PARAGRAPH;
+                continue;
+            }
+            self.push_atom(text, a, b, strength, atoms);
+            strength = LINE;
+        }
+    }
+
+    /// Paragraphs cut into sentences (or lines, where a line ends without
+    /// sentence punctuation).
+    fn sentence_atoms(&self, text: &str, start: usize, end: usize, atoms: &mut Vec<Atom>) {
         for (p_start, p_end) in paragraphs(text, start, end) {
             let paragraph = &text[p_start..p_end];
             let mut strength = PARAGRAPH;
@@ -106,13 +197,12 @@ impl Chunker {
                 if a == b {
                     continue;
                 }
-                self.push_atom(text, a, b, strength, &mut atoms);
+                self.push_atom(text, a, b, strength, atoms);
                 // The gap after this piece: a sentence end, or only a line break.
                 let body = text[a..b].trim_end_matches(['"', '\'', ')', ']', '»', '”', '’']);
                 strength = if ends_sentence(body) || !piece.ends_with('\n') { SENTENCE } else { LINE };
             }
         }
-        atoms
     }
 
     fn push_atom(&self, text: &str, start: usize, end: usize, strength: u8, atoms: &mut Vec<Atom>) {

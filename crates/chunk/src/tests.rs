@@ -101,6 +101,39 @@ fn fingerprint_names_the_settings() {
     assert_ne!(f, chunker(301, 20).fingerprint());
 }
 
+fn plan(strategy: ChunkStrategy, max_tokens: usize, keep: bool) -> ChunkPlan {
+    ChunkPlan { strategy, max_tokens, overlap_tokens: 0, keep_tables_whole: keep, keep_code_whole: keep }
+}
+
+#[test]
+fn a_plan_keeps_code_blocks_and_tables_whole_when_they_fit() {
+    let prose = "Some words here. ".repeat(6);
+    let code = "```rust\nfn main() {\n    let x = 1;\n\n    println!(\"{x}\");\n}\n```";
+    let table = "| name | value |\n|---|---|\n| a | 1 |\n| b | 2 |";
+    let body = format!("{prose}\n{code}\n{prose}\n\n{table}\n\n{prose}");
+    let d = doc(&[("", &body)]);
+    let base = chunker(40, 0);
+    let whole = base.with_plan(&plan(ChunkStrategy::Sections, 40, true), 512).chunk(&d);
+    assert!(whole.iter().any(|c| c.text.contains(code)), "{whole:#?}");
+    assert!(whole.iter().any(|c| c.text.contains(table)), "{whole:#?}");
+    // A block over the budget is cut like any text, never over budget.
+    let small = base.with_plan(&plan(ChunkStrategy::Sections, 16, true), 512).chunk(&d);
+    assert!(small.iter().all(|c| c.token_count <= 16));
+}
+
+#[test]
+fn the_lines_strategy_cuts_at_lines_and_blank_lines() {
+    let body = "a = 1\nb = 2\n\nc = 3\nd = 4\n\ne = 5\nf = 6";
+    let d = doc(&[("", body)]);
+    let c = chunker(512, 0).with_plan(&plan(ChunkStrategy::Lines, 8, false), 512);
+    let chunks = c.chunk(&d);
+    let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
+    assert_eq!(texts, vec!["a = 1\nb = 2", "c = 3\nd = 4", "e = 5\nf = 6"]);
+    assert!(c.fingerprint().contains("strategy=lines"));
+    // The plan's size is capped by what the model takes.
+    assert_eq!(chunker(512, 0).with_plan(&plan(ChunkStrategy::Sections, 900, false), 300).max_tokens(), 300);
+}
+
 fn arbitrary_body() -> impl Strategy<Value = String> {
     // Words, punctuation, unicode, newlines and blank lines in any mix.
     let token = prop_oneof![
@@ -116,6 +149,10 @@ fn arbitrary_body() -> impl Strategy<Value = String> {
         "[一-龥]{1,4}",
         "[0-9]{1,30}",
         "[a-z]{40,200}",
+        Just("\n```\n".to_string()),
+        Just(" | ".to_string()),
+        Just("{\n".to_string()),
+        Just(";\n".to_string()),
     ];
     prop::collection::vec(token, 0..300).prop_map(|v| v.join(" "))
 }
@@ -128,6 +165,7 @@ proptest! {
         bodies in prop::collection::vec(arbitrary_body(), 1..4),
         max in 16usize..200,
         overlap_share in 0usize..50,
+        planned in 0usize..3,
     ) {
         let overlap = max * overlap_share / 100;
         let parts: Vec<(String, String)> = bodies
@@ -137,7 +175,16 @@ proptest! {
             .collect();
         let refs: Vec<(&str, &str)> = parts.iter().map(|(h, b)| (h.as_str(), b.as_str())).collect();
         let d = doc(&refs);
-        let c = chunker(max, overlap);
+        let c = match planned {
+            0 => chunker(max, overlap),
+            n => chunker(512, 0).with_plan(&ChunkPlan {
+                strategy: if n == 1 { ChunkStrategy::Sections } else { ChunkStrategy::Lines },
+                max_tokens: max,
+                overlap_tokens: overlap,
+                keep_tables_whole: true,
+                keep_code_whole: true,
+            }, 8192),
+        };
         let chunks = c.chunk(&d);
         let counter = HeuristicTokenCounter;
         for (i, ch) in chunks.iter().enumerate() {

@@ -49,6 +49,7 @@ impl Client {
         paths: &[PathBuf],
         collection: Option<&str>,
         all_files: bool,
+        plan: Option<&datafactory_core::PlanOverride>,
         progress: &dyn Fn(&Value),
     ) -> Result<Vec<IngestSummary>> {
         let files = collect(paths, &config.ingest.extensions, all_files)?;
@@ -65,6 +66,13 @@ impl Client {
                         "--{boundary}\r\nContent-Disposition: form-data; name=\"collection\"\r\n\r\n{c}\r\n"
                     )
                     .as_bytes(),
+                );
+            }
+            if let Some(p) = plan {
+                let p = serde_json::to_string(p)?;
+                body.extend(
+                    format!("--{boundary}\r\nContent-Disposition: form-data; name=\"plan\"\r\n\r\n{p}\r\n")
+                        .as_bytes(),
                 );
             }
             for (path, name) in batch {

@@ -7,7 +7,7 @@ mod output;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use datafactory_core::{Config, Embedder};
+use datafactory_core::{Config, Embedder, PlanOverride};
 use datafactory_ingest::{IngestObserver, IngestRequest, Pipeline};
 use datafactory_store::{SearchMode, SearchRequest, Store};
 use std::path::PathBuf;
@@ -58,8 +58,27 @@ enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+        /// Change every document's chunking plan, e.g.
+        /// `max_tokens=256,overlap_tokens=32,strategy=lines,keep_code_whole=true`
+        /// (followed even when analysis.follow_plan is off).
+        #[arg(long, value_name = "KEY=VALUE,...")]
+        plan: Option<String>,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+    },
+    /// Analyse documents: type, language, structure and the chunking plan.
+    Analyze {
+        /// Print the analyses as JSON (an array of {"source", "analysis"}).
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Run the analyzer service (POST /analyze, GET /health).
+    AnalyzeServer {
+        /// Address to listen on (default: analysis.address, 0.0.0.0:9100).
+        #[arg(long)]
+        address: Option<String>,
     },
     /// Search chunks: by words, by meaning, or both fused.
     Search {
@@ -239,10 +258,64 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 datafactory_server::shutdown_signal(),
             ))?;
         }
+        Command::AnalyzeServer { address } => {
+            let address = address.unwrap_or_else(|| config.analysis.address.clone());
+            let address: std::net::SocketAddr = address
+                .parse()
+                .with_context(|| format!("--address {address:?} is not an IP address and port"))?;
+            let state = Arc::new(datafactory_server::analyzer::AnalyzerState::new(&config));
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(datafactory_server::analyzer::serve(
+                state,
+                address,
+                datafactory_server::shutdown_signal(),
+            ))?;
+        }
+        Command::Analyze { json, files } => {
+            let analyzer = datafactory_analyze::Analyzer::from_config(&config.analysis);
+            let options = datafactory_parse::ParseOptions {
+                max_decompressed_bytes: config.ingest.max_decompressed_bytes,
+            };
+            let mut results = Vec::new();
+            let mut failed = false;
+            for path in &files {
+                let parsed = std::fs::read(path).map_err(|e| format!("cannot read: {e}")).and_then(|b| {
+                    datafactory_parse::parse(&b, Some(path), &options).map_err(|e| e.to_string())
+                });
+                match parsed {
+                    Ok(p) => {
+                        let many = p.documents.len() > 1;
+                        for (i, d) in p.documents.iter().enumerate() {
+                            let source = if many {
+                                format!("{}#{}", path.display(), i + 1)
+                            } else {
+                                path.display().to_string()
+                            };
+                            results.push((source, analyzer.analyze(d)));
+                        }
+                    }
+                    Err(e) => {
+                        failed = true;
+                        eprintln!("failed: {}: {e}", path.display());
+                    }
+                }
+            }
+            if json {
+                let v: Vec<_> =
+                    results.iter().map(|(s, a)| serde_json::json!({"source": s, "analysis": a})).collect();
+                output::print_json(&v)?;
+            } else {
+                output::print_analyses(&results);
+            }
+            if failed {
+                return Ok(ExitCode::from(EXIT_SOME_FAILED));
+            }
+        }
         Command::Config { action: ConfigCommand::Show } => {
             print!("{}", config.to_toml());
         }
-        Command::Ingest { collection, all_files, json, paths } if cli.server.is_some() => {
+        Command::Ingest { collection, all_files, json, plan, paths } if cli.server.is_some() => {
+            let plan = plan.as_deref().map(PlanOverride::parse).transpose().map_err(anyhow::Error::msg)?;
             let client = client::Client::new(cli.server.as_deref().unwrap_or_default(), cli.api_key.clone());
             let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
             let show = |v: &serde_json::Value| {
@@ -257,7 +330,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .collect();
                 bar.set_message(phases.join(", "));
             };
-            let summaries = client.ingest(&config, &paths, collection.as_deref(), all_files, &show)?;
+            let summaries =
+                client.ingest(&config, &paths, collection.as_deref(), all_files, plan.as_ref(), &show)?;
             bar.finish_and_clear();
             let failed = summaries.iter().any(|s| s.has_failures());
             for s in &summaries {
@@ -287,7 +361,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 output::print_hits(&hits, took);
             }
         }
-        Command::Ingest { collection, all_files, json, paths } => {
+        Command::Ingest { collection, all_files, json, plan, paths } => {
+            let plan = plan.as_deref().map(PlanOverride::parse).transpose().map_err(anyhow::Error::msg)?;
             let store = open_store(&config)?;
             let (embedder, note) = load_embedder(&config);
             if let Some(n) = note.as_ref().filter(|_| !config.embedding.model.trim().is_empty()) {
@@ -298,6 +373,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 paths,
                 collection: collection.unwrap_or_else(|| config.ingest.default_collection.clone()),
                 all_files,
+                plan,
                 ..Default::default()
             };
             let progress = Progress::new();

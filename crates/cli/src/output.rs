@@ -221,3 +221,34 @@ pub fn print_eval(r: &EvalReport) {
         }
     }
 }
+
+/// One line per document: type, language, tokens, structure, plan, and the
+/// signals that decided.
+pub fn print_analyses(results: &[(String, datafactory_analyze::Analysis)]) {
+    for (source, a) in results {
+        let language = a.language.as_ref().map_or("-".to_string(), |l| l.code.clone());
+        let s = &a.structure;
+        println!(
+            "{source}\n  {} ({}, confidence {:.2}), {language}, {} tokens, {} headings (depth {}), {} pages, {} tables, {} code blocks, {} lists, {:.0} words/paragraph",
+            a.doc_type.as_str(),
+            match a.route {
+                datafactory_analyze::Route::Heuristic => "heuristic",
+                datafactory_analyze::Route::Llm => "llm",
+            },
+            a.confidence,
+            a.estimated_tokens,
+            s.headings,
+            s.max_heading_depth,
+            s.pages,
+            s.tables,
+            s.code_blocks,
+            s.lists,
+            s.average_paragraph_words,
+        );
+        println!("  plan: {}", a.plan.describe());
+        println!("  why: {}", a.reason);
+        if let Some(f) = &a.fallback {
+            println!("  fallback: {f}");
+        }
+    }
+}

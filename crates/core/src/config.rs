@@ -26,6 +26,7 @@ pub struct Config {
     pub search: SearchConfig,
     pub rerank: RerankConfig,
     pub server: ServerConfig,
+    pub analysis: AnalysisConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,6 +164,33 @@ pub struct ServerConfig {
     pub request_timeout_seconds: u64,
 }
 
+/// Phase 1 of an ingest: what kind of document this is and how to cut it
+/// (`datafactory-analyze`; `datafactory analyze-server` serves it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalysisConfig {
+    /// `heuristic` (fast, deterministic) or `llm` (asks `llm_url`; falls back
+    /// to the heuristics when the LLM fails, times out or answers badly).
+    pub route: String,
+    /// A running analyzer service (`http://host:9100`) to ask instead of
+    /// analysing in-process; empty: in-process. It falls back to in-process
+    /// heuristics when it cannot be reached.
+    pub url: String,
+    /// Bearer key for `url`.
+    pub api_key: String,
+    /// An OpenAI-compatible server (`http://host:8080/v1`) for `route = "llm"`.
+    pub llm_url: String,
+    pub llm_model: String,
+    /// Bearer key for `llm_url`.
+    pub llm_api_key: String,
+    /// Time allowed for one analysis by the LLM or the remote analyzer, seconds.
+    pub timeout_seconds: u64,
+    /// Chunk each document by its plan; false: every document by `[chunking]`.
+    pub follow_plan: bool,
+    /// Where `datafactory analyze-server` listens.
+    pub address: String,
+}
+
 /// The dense vector index (HNSW, usearch).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -191,6 +219,7 @@ impl Default for Config {
             search: SearchConfig::default(),
             rerank: RerankConfig::default(),
             server: ServerConfig::default(),
+            analysis: AnalysisConfig::default(),
         }
     }
 }
@@ -293,6 +322,22 @@ impl Default for ServerConfig {
             max_body_bytes: 256 * 1024 * 1024,
             max_concurrent_requests: 256,
             request_timeout_seconds: 600,
+        }
+    }
+}
+
+impl Default for AnalysisConfig {
+    fn default() -> Self {
+        AnalysisConfig {
+            route: "heuristic".to_string(),
+            url: String::new(),
+            api_key: String::new(),
+            llm_url: String::new(),
+            llm_model: String::new(),
+            llm_api_key: String::new(),
+            timeout_seconds: 30,
+            follow_plan: true,
+            address: "0.0.0.0:9100".to_string(),
         }
     }
 }
@@ -505,6 +550,30 @@ impl Config {
         if self.server.request_timeout_seconds == 0 {
             return invalid("server.request_timeout_seconds", "must be at least 1");
         }
+        let a = &self.analysis;
+        if !matches!(a.route.as_str(), "heuristic" | "llm") {
+            return invalid("analysis.route", format!("must be heuristic or llm, is {:?}", a.route));
+        }
+        if a.route == "llm" && a.url.is_empty() && (a.llm_url.is_empty() || a.llm_model.is_empty()) {
+            return invalid(
+                "analysis.llm_url",
+                "route = \"llm\" needs analysis.llm_url and analysis.llm_model",
+            );
+        }
+        for (key, url) in [("analysis.url", &a.url), ("analysis.llm_url", &a.llm_url)] {
+            if !url.is_empty() && !url.starts_with("http://") && !url.starts_with("https://") {
+                return invalid(key, format!("must start with http:// or https://, is {url:?}"));
+            }
+        }
+        if a.timeout_seconds == 0 {
+            return invalid("analysis.timeout_seconds", "must be at least 1");
+        }
+        if a.address.parse::<std::net::SocketAddr>().is_err() {
+            return invalid(
+                "analysis.address",
+                format!("must be an IP address and port such as 0.0.0.0:9100, is {:?}", a.address),
+            );
+        }
         for (key, v) in [
             ("search.title_boost", self.search.title_boost),
             ("search.heading_boost", self.search.heading_boost),
@@ -589,6 +658,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("does not exist"), "{e}");
+        std::fs::write(&path, "[analysis]\nroute = \"magic\"\n").unwrap();
+        let e = Config::load_with_env(Some(&path), &no_overrides(), env()).unwrap_err().to_string();
+        assert!(e.contains("analysis.route"), "{e}");
+        std::fs::write(&path, "[analysis]\nroute = \"llm\"\n").unwrap();
+        let e = Config::load_with_env(Some(&path), &no_overrides(), env()).unwrap_err().to_string();
+        assert!(e.contains("analysis.llm_url"), "{e}");
     }
 
     #[test]

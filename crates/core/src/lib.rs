@@ -9,6 +9,7 @@ pub mod config;
 pub mod document;
 pub mod embed;
 pub mod ids;
+pub mod plan;
 pub mod rerank;
 pub mod stage;
 
@@ -16,5 +17,6 @@ pub use config::{Config, ConfigError};
 pub use document::{Chunk, Document, Format, Section};
 pub use embed::{EmbedError, Embedder, Embedding, InputKind};
 pub use ids::{chunk_id, content_hash, document_id};
+pub use plan::{ChunkPlan, ChunkStrategy, PlanOverride};
 pub use rerank::{sigmoid, RerankError, RerankStats, Reranker};
 pub use stage::{HeuristicTokenCounter, TokenCounter};

@@ -116,6 +116,8 @@ pub struct StoreInfo {
     pub embedding_model: Option<String>,
     pub ingest_seconds: f64,
     pub embedding_seconds: f64,
+    /// Documents per type, as the analyzer saw them (own chunker only).
+    pub document_types: std::collections::BTreeMap<String, usize>,
 }
 
 /// The settings that shape the results.
@@ -124,6 +126,8 @@ pub struct SettingsInfo {
     /// The chunk budget in effect (own chunker); given chunks are kept whole.
     pub max_tokens: usize,
     pub overlap_tokens: usize,
+    /// Own chunker: each document cut by its analysis' plan (`analysis.follow_plan`).
+    pub follow_plan: bool,
     pub include_headings: bool,
     pub candidates: usize,
     pub rrf_k: f32,
@@ -263,6 +267,7 @@ pub fn evaluate(
         settings: SettingsInfo {
             max_tokens: pipeline.chunker().max_tokens(),
             overlap_tokens: config.chunking.overlap_tokens,
+            follow_plan: config.analysis.follow_plan,
             include_headings: config.embedding.include_headings,
             candidates: c.candidates,
             rrf_k: c.rrf_k,
@@ -341,10 +346,15 @@ fn ingest(
     let mut ids = HashMap::with_capacity(dataset.documents.len());
     // (key, document, chunks) of every document, cut first so progress can count chunks.
     let mut prepared = Vec::with_capacity(dataset.documents.len());
+    let mut document_types = std::collections::BTreeMap::new();
     for (index, d) in dataset.documents.iter().enumerate() {
-        let document = store_document(d, chunker);
+        let mut document = store_document(d, chunker);
         let chunks = match chunker {
-            ChunkerChoice::Own => pipeline.chunker().chunk(&document),
+            ChunkerChoice::Own => {
+                let (chunks, analysis, _) = pipeline.analyze_and_chunk(&mut document, None);
+                *document_types.entry(analysis.doc_type.as_str().to_string()).or_default() += 1;
+                chunks
+            }
             ChunkerChoice::Given => given_chunks(&document, counter.as_ref()),
         };
         let id = document_id(COLLECTION, &format!("eval:{index}:{}", d.id));
@@ -405,6 +415,7 @@ fn ingest(
             embedding_model: pipeline.embedder().map(|e| e.model_id().to_string()),
             ingest_seconds: started.elapsed().as_secs_f64(),
             embedding_seconds,
+            document_types,
         },
         ids,
     ))

@@ -1,5 +1,5 @@
-//! The ingest pipeline: input files → parse → chunk → one atomic commit per
-//! document. Used by the CLI now and by the HTTP service later; it knows
+//! The ingest pipeline: input files → parse → analyse → chunk → one atomic
+//! commit per document. Used by the CLI now and by the HTTP service later; it knows
 //! nothing of either (progress goes to an [`IngestObserver`]).
 //!
 //! Parsing and chunking run on worker threads; one thread commits, in the
@@ -7,11 +7,12 @@
 //! corrupt, empty) is recorded with its reason and the batch goes on; only a
 //! failure of the store itself stops it.
 
+use datafactory_analyze::{Analysis, Analyzer};
 use datafactory_chunk::Chunker;
 use datafactory_core::config::{validate_collection, Config};
 use datafactory_core::{
     content_hash, document_id, Chunk, Document, Embedder, Embedding, HeuristicTokenCounter, InputKind,
-    TokenCounter,
+    PlanOverride, TokenCounter,
 };
 use datafactory_parse::{ParseError, ParseOptions};
 
@@ -45,6 +46,11 @@ const HEADER_RESERVE_TOKENS: usize = 48;
 #[derive(Clone)]
 pub struct Pipeline {
     chunker: Chunker,
+    analyzer: Analyzer,
+    /// Chunk each document by its analysis' plan (`analysis.follow_plan`).
+    follow_plan: bool,
+    /// The largest chunk a plan may ask for: what the embedding model takes.
+    plan_cap: usize,
     embedder: Option<Arc<dyn Embedder>>,
     include_headings: bool,
     vector_options: Option<VectorOptions>,
@@ -64,17 +70,18 @@ impl Pipeline {
     /// A pipeline that embeds every chunk with `embedder`; its tokenizer then
     /// budgets the chunks, which also fit the model's input length.
     pub fn with_embedder(config: &Config, embedder: Option<Arc<dyn Embedder>>) -> Pipeline {
-        let (counter, chunking): (Arc<dyn TokenCounter>, _) = match &embedder {
+        let (counter, chunking, plan_cap): (Arc<dyn TokenCounter>, _, _) = match &embedder {
             Some(e) => {
                 let mut chunking = config.chunking.clone();
                 let reserve = if config.embedding.include_headings { HEADER_RESERVE_TOKENS } else { 0 };
                 let fits = e.max_input_tokens().saturating_sub(reserve).max(16);
                 chunking.max_tokens = chunking.max_tokens.min(fits);
                 chunking.overlap_tokens = chunking.overlap_tokens.min(chunking.max_tokens / 2);
-                (e.token_counter(), chunking)
+                (e.token_counter(), chunking, fits)
             }
-            None => (Arc::new(HeuristicTokenCounter), config.chunking.clone()),
+            None => (Arc::new(HeuristicTokenCounter), config.chunking.clone(), usize::MAX),
         };
+        let analyzer = Analyzer::from_config(&config.analysis);
         let chunker = Chunker::new(&chunking, counter);
         let vector_options = embedder.as_ref().map(|e| VectorOptions {
             model: e.model_id().to_string(),
@@ -86,11 +93,13 @@ impl Pipeline {
             exact_below: config.vectors.exact_below,
         });
         let fingerprint = format!(
-            "parser-v{};{};embedding={}{}",
+            "parser-v{};{};embedding={}{};analysis={}{}",
             datafactory_parse::PARSER_VERSION,
             chunker.fingerprint(),
             embedder.as_ref().map_or("none", |e| e.model_id()),
             if embedder.is_some() && config.embedding.include_headings { ";headings" } else { "" },
+            analyzer.id(),
+            if config.analysis.follow_plan { ";follow_plan" } else { "" },
         );
         let workers = match config.ingest.workers {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -98,6 +107,9 @@ impl Pipeline {
         };
         Pipeline {
             chunker,
+            analyzer,
+            follow_plan: config.analysis.follow_plan,
+            plan_cap,
             embedder,
             include_headings: config.embedding.include_headings,
             vector_options,
@@ -116,6 +128,45 @@ impl Pipeline {
 
     pub fn chunker(&self) -> &Chunker {
         &self.chunker
+    }
+
+    pub fn analyzer(&self) -> &Analyzer {
+        &self.analyzer
+    }
+
+    /// Phase 1 and 2 for one document: analyses it, records the analysis in
+    /// its metadata (`metadata.analysis`, with `chunked_by`: `plan`,
+    /// `override` or `config`), and cuts it by its plan (when
+    /// `analysis.follow_plan`, or when `plan` overrides parts of it) or by the
+    /// configured chunker. Returns the chunks, the analysis and the seconds it took.
+    pub fn analyze_and_chunk(
+        &self,
+        document: &mut Document,
+        plan: Option<&PlanOverride>,
+    ) -> (Vec<Chunk>, Analysis, f64) {
+        let started = Instant::now();
+        let analysis = self.analyzer.analyze(document);
+        let seconds = started.elapsed().as_secs_f64();
+        let plan = plan.filter(|o| !o.is_empty());
+        let (chunker, chunked_by) = match plan {
+            Some(o) => (Some(self.chunker.with_plan(&o.apply(&analysis.plan), self.plan_cap)), "override"),
+            None if self.follow_plan => (Some(self.chunker.with_plan(&analysis.plan, self.plan_cap)), "plan"),
+            None => (None, "config"),
+        };
+        let chunker = chunker.as_ref().unwrap_or(&self.chunker);
+        let mut record = serde_json::to_value(&analysis).unwrap_or_default();
+        if let Some(map) = record.as_object_mut() {
+            map.insert(
+                "chunked_by".into(),
+                serde_json::json!({
+                    "source": chunked_by,
+                    "max_tokens": chunker.max_tokens(),
+                    "fingerprint": chunker.fingerprint(),
+                }),
+            );
+        }
+        document.metadata.insert("analysis".into(), record);
+        (chunker.chunk(document), analysis, seconds)
     }
 
     pub fn embedder(&self) -> Option<&Arc<dyn Embedder>> {
@@ -197,10 +248,13 @@ pub struct IngestRequest {
     /// Set to stop early: no new file is started, what is done is committed,
     /// and the job ends `interrupted`.
     pub cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Changes to every document's chunking plan (followed even when
+    /// `analysis.follow_plan` is off).
+    pub plan: Option<PlanOverride>,
 }
 
-/// The phases an ingest runs through, in order. Analysis and enrichment are
-/// reported as not run until their stages exist.
+/// The phases an ingest runs through, in order. Enrichment is reported as
+/// not run until its stage exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
@@ -220,8 +274,9 @@ impl Phase {
 pub trait IngestObserver: Sync {
     fn started(&self, _files: usize) {}
     fn file_done(&self, _source: &str, _failed: bool) {}
-    /// `items` more were done in `phase` (chunking: files parsed and
-    /// chunked; embedding: chunks; storage: documents), taking `seconds`.
+    /// `items` more were done in `phase` (analysis: documents; chunking:
+    /// files parsed and chunked; embedding: chunks; storage: documents),
+    /// taking `seconds`.
     fn phase_progress(&self, _phase: Phase, _items: usize, _seconds: f64) {}
 }
 
@@ -258,6 +313,8 @@ pub struct IngestSummary {
     pub skipped: Vec<Note>,
     pub warnings: Vec<Note>,
     pub embedding: EmbeddingSummary,
+    #[serde(default)]
+    pub analysis: AnalysisSummary,
     pub elapsed_seconds: f64,
     pub documents_per_second: f64,
     pub chunks_per_second: f64,
@@ -272,6 +329,38 @@ pub struct EmbeddingSummary {
     /// Why there are no embeddings, when there are none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+}
+
+/// What phase 1 found, over the documents analysed (each document's own
+/// analysis is stored with it, in `metadata.analysis`).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct AnalysisSummary {
+    pub documents: usize,
+    /// Documents per type (`manual`, `prose`, …).
+    pub types: std::collections::BTreeMap<String, usize>,
+    /// Documents per language code; `unknown` when too short to tell.
+    pub languages: std::collections::BTreeMap<String, usize>,
+    /// Documents per route that answered (`heuristic`, `llm`).
+    pub routes: std::collections::BTreeMap<String, usize>,
+    /// Documents whose configured route failed, and why (the heuristics answered).
+    pub fallbacks: Vec<Note>,
+}
+
+impl AnalysisSummary {
+    fn add(&mut self, source: &str, a: &Analysis) {
+        self.documents += 1;
+        *self.types.entry(a.doc_type.as_str().to_string()).or_default() += 1;
+        let language = a.language.as_ref().map_or("unknown", |l| l.code.as_str());
+        *self.languages.entry(language.to_string()).or_default() += 1;
+        let route = match a.route {
+            datafactory_analyze::Route::Heuristic => "heuristic",
+            datafactory_analyze::Route::Llm => "llm",
+        };
+        *self.routes.entry(route.to_string()).or_default() += 1;
+        if let Some(why) = &a.fallback {
+            self.fallbacks.push(Note { source: source.to_string(), message: why.clone() });
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
@@ -293,6 +382,7 @@ struct Prepared {
     key: DocumentKey,
     document: Document,
     chunks: Vec<Chunk>,
+    analysis: Analysis,
 }
 
 /// What a worker made of one file.
@@ -402,7 +492,7 @@ fn run(
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(input) = inputs.get(i) else { break };
                 let started = Instant::now();
-                let result = prepare_file(store, pipeline, &request.collection, input);
+                let result = prepare_file(store, pipeline, request, input, observer);
                 observer.phase_progress(Phase::Chunking, 1, started.elapsed().as_secs_f64());
                 if tx.send(result).is_err() {
                     break; // the committer stopped
@@ -483,6 +573,7 @@ impl Committer<'_> {
                 self.summary.warnings.extend(warnings);
                 let n = prepared.len();
                 for (i, p) in prepared.into_iter().enumerate() {
+                    self.summary.analysis.add(&p.key.source, &p.analysis);
                     self.pending_chunks += p.chunks.len();
                     self.pending.push(Pending {
                         prepared: Some(p),
@@ -650,7 +741,21 @@ fn collect_inputs(
 }
 
 /// Reads, parses and chunks one file (worker side).
-fn prepare_file(store: &Store, pipeline: &Pipeline, collection: &str, input: &Input) -> FileResult {
+fn prepare_file(
+    store: &Store,
+    pipeline: &Pipeline,
+    request: &IngestRequest,
+    input: &Input,
+    observer: &dyn IngestObserver,
+) -> FileResult {
+    let collection = request.collection.as_str();
+    // A plan override is part of what decides the chunks.
+    let fingerprint = match request.plan.as_ref().filter(|o| !o.is_empty()) {
+        Some(o) => {
+            format!("{};plan_override={}", pipeline.fingerprint, serde_json::to_string(o).unwrap_or_default())
+        }
+        None => pipeline.fingerprint.clone(),
+    };
     let source = input.source.clone().unwrap_or_else(|| input.path.display().to_string());
     let fail = |error: String| FileResult::Failed(Failure { source: source.clone(), location: None, error });
     match std::fs::metadata(&input.path) {
@@ -680,7 +785,7 @@ fn prepare_file(store: &Store, pipeline: &Pipeline, collection: &str, input: &In
     // Unchanged input under the same pipeline: nothing to do, not even parsing.
     if format != datafactory_core::Format::Jsonl {
         if let Ok(Some((hash, fp))) = store.document_fingerprint(&single_id) {
-            if hash == file_hash && fp == pipeline.fingerprint {
+            if hash == file_hash && fp == fingerprint {
                 return FileResult::Documents {
                     source,
                     prepared: Vec::new(),
@@ -698,7 +803,7 @@ fn prepare_file(store: &Store, pipeline: &Pipeline, collection: &str, input: &In
     let multi = parsed.documents.len() > 1 || format == datafactory_core::Format::Jsonl;
     let mut prepared = Vec::with_capacity(parsed.documents.len());
     let mut unchanged = 0;
-    for (i, document) in parsed.documents.into_iter().enumerate() {
+    for (i, mut document) in parsed.documents.into_iter().enumerate() {
         let (id, hash, doc_source) = if multi {
             let key = match &document.external_id {
                 Some(ext) => format!("jsonl:{ext}"),
@@ -711,24 +816,26 @@ fn prepare_file(store: &Store, pipeline: &Pipeline, collection: &str, input: &In
         };
         if multi {
             if let Ok(Some((stored_hash, fp))) = store.document_fingerprint(&id) {
-                if stored_hash == hash && fp == pipeline.fingerprint {
+                if stored_hash == hash && fp == fingerprint {
                     unchanged += 1;
                     continue;
                 }
             }
         }
-        let chunks = pipeline.chunker.chunk(&document);
+        let (chunks, analysis, seconds) = pipeline.analyze_and_chunk(&mut document, request.plan.as_ref());
+        observer.phase_progress(Phase::Analysis, 1, seconds);
         prepared.push(Prepared {
             key: DocumentKey {
                 id,
                 collection: collection.to_string(),
                 source: doc_source,
                 content_hash: hash,
-                pipeline: pipeline.fingerprint.clone(),
+                pipeline: fingerprint.clone(),
                 byte_size: if multi { document.text.len() as u64 } else { bytes.len() as u64 },
             },
             document,
             chunks,
+            analysis,
         });
     }
     let failures = parsed

@@ -73,9 +73,9 @@ impl JobProgress {
             .zip(counts)
             .map(|(&phase, (items, seconds))| {
                 let exists = match phase {
-                    Phase::Analysis | Phase::Enrichment => false,
+                    Phase::Enrichment => false,
                     Phase::Embedding => self.embeds,
-                    Phase::Chunking | Phase::Storage => true,
+                    Phase::Analysis | Phase::Chunking | Phase::Storage => true,
                 };
                 let state = match (exists, finished, items) {
                     (false, _, _) => "not_run",

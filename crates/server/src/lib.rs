@@ -9,6 +9,7 @@
 //! `<data_dir>/uploads/<job>/` with names the server makes (the client's file
 //! name is kept only as the document's source name, never as a path).
 
+pub mod analyzer;
 mod jobs;
 mod limits;
 mod metrics;

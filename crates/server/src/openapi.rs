@@ -45,14 +45,21 @@ pub fn document() -> Value {
         "filter": {"type": "object", "properties": {
             "document_ids": {"type": "array", "items": {"type": "string"}},
             "metadata": {"type": "object"}}}}}}});
+    // Changes to every document's chunking plan (the analyzer chooses one per document).
+    let plan_override = json!({"type": "object", "additionalProperties": false, "properties": {
+        "strategy": {"type": "string", "enum": ["sections", "lines"]},
+        "max_tokens": {"type": "integer", "minimum": 16}, "overlap_tokens": {"type": "integer", "minimum": 0},
+        "keep_tables_whole": {"type": "boolean"}, "keep_code_whole": {"type": "boolean"}}});
     let ingest_body = json!({
         "application/json": {"schema": {"type": "object", "properties": {
             "text": {"type": "string"}, "title": {"type": "string"}, "id": {"type": "string"},
             "metadata": {"type": "object"}, "collection": {"type": "string"},
-            "documents": {"type": "array", "items": {"type": "object"}}}}},
+            "documents": {"type": "array", "items": {"type": "object"}},
+            "plan": plan_override.clone()}}},
         "multipart/form-data": {"schema": {"type": "object", "properties": {
             "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
-            "collection": {"type": "string"}}}},
+            "collection": {"type": "string"},
+            "plan": {"type": "string", "description": "the `plan` object as JSON"}}}},
     });
     let texts = json!({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]});
     json!({

@@ -1,4 +1,5 @@
-//! Routes, middleware (keys, limits, timeouts, metrics) and handlers.
+//! The DataFactory service's routes and handlers (keys, limits, timeouts and
+//! metrics around them: `limits.rs`).
 
 use crate::AppState;
 use axum::extract::{Multipart, Path, Query, Request, State};
@@ -6,7 +7,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use datafactory_core::{Embedding, InputKind};
+use datafactory_core::{Embedding, InputKind, PlanOverride};
 use datafactory_ingest::IngestRequest;
 use datafactory_store::{SearchFilter, SearchMode, SearchRequest};
 use serde::Deserialize;
@@ -107,9 +108,11 @@ enum JsonIngest {
     Many {
         documents: Vec<JsonDocument>,
         collection: Option<String>,
+        plan: Option<PlanOverride>,
     },
     One {
         collection: Option<String>,
+        plan: Option<PlanOverride>,
         #[serde(flatten)]
         document: JsonDocument,
     },
@@ -135,6 +138,7 @@ async fn ingest(
     let folder = uploads.join(&batch);
     tokio::fs::create_dir_all(&folder).await.map_err(internal)?;
     let mut named: Vec<(PathBuf, String)> = Vec::new();
+    let mut plan_override: Option<PlanOverride> = None;
 
     if content_type.starts_with("multipart/form-data") {
         let mut multipart =
@@ -143,6 +147,12 @@ async fn ingest(
         while let Some(field) = multipart.next_field().await.map_err(|e| bad_request(e.to_string()))? {
             if field.name() == Some("collection") {
                 collection = Some(field.text().await.map_err(|e| bad_request(e.to_string()))?);
+                continue;
+            }
+            if field.name() == Some("plan") {
+                let text = field.text().await.map_err(|e| bad_request(e.to_string()))?;
+                plan_override =
+                    Some(serde_json::from_str(&text).map_err(|e| bad_request(format!("`plan` part: {e}")))?);
                 continue;
             }
             let client_name = field.file_name().map(sanitize_name).unwrap_or_else(|| format!("upload-{n}"));
@@ -170,12 +180,14 @@ async fn ingest(
         let parsed: JsonIngest = serde_json::from_slice(&body)
             .map_err(|e| bad_request(format!("expected JSON with `text` (or `documents`): {e}")))?;
         let documents = match parsed {
-            JsonIngest::Many { documents, collection: c } => {
+            JsonIngest::Many { documents, collection: c, plan } => {
                 collection = collection.or(c);
+                plan_override = plan;
                 documents
             }
-            JsonIngest::One { collection: c, document } => {
+            JsonIngest::One { collection: c, document, plan } => {
                 collection = collection.or(c);
+                plan_override = plan;
                 vec![document]
             }
         };
@@ -209,7 +221,10 @@ async fn ingest(
         .await
         .map_err(internal)?
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let plan = JobPlan { job_id: job_id.clone(), collection, named };
+    if let Some(Err(e)) = plan_override.as_ref().map(check_plan) {
+        return Err(bad_request(e));
+    }
+    let plan = JobPlan { job_id: job_id.clone(), collection, named, plan: plan_override };
     std::fs::write(folder.join(JOB_PLAN), serde_json::to_vec(&plan).map_err(internal)?).map_err(internal)?;
     let task = start_job(state.clone(), plan, folder);
     if params.wait {
@@ -226,6 +241,17 @@ pub(crate) struct JobPlan {
     job_id: String,
     collection: String,
     named: Vec<(PathBuf, String)>,
+    /// Changes to the chunking plan of every document (`plan` in the request).
+    #[serde(default)]
+    plan: Option<PlanOverride>,
+}
+
+/// What serde cannot check in a plan override.
+fn check_plan(o: &PlanOverride) -> Result<(), String> {
+    match o.max_tokens {
+        Some(m) if m < 16 => Err("`plan.max_tokens` must be at least 16".into()),
+        _ => Ok(()),
+    }
 }
 
 const JOB_PLAN: &str = "job.json";
@@ -244,6 +270,7 @@ fn start_job(
         named: plan.named,
         job_id: Some(plan.job_id),
         cancel: Some(progress.cancel.clone()),
+        plan: plan.plan,
         ..Default::default()
     };
     tokio::spawn(async move {

@@ -304,7 +304,7 @@ async fn job_events_stream_until_done() {
     let v: Value = serde_json::from_str(data).unwrap();
     assert_eq!(v["state"], "succeeded", "{v:#}");
     assert_eq!(v["summary"]["documents"]["added"], 300);
-    // Per phase: chunking counted one file, storage 300 documents; no model, no embedding.
+    // Per phase: analysis 300 documents, chunking one file, storage 300 documents; no model, no embedding.
     let phases: Vec<(String, String, u64)> = v["phases"]
         .as_array()
         .unwrap()
@@ -320,7 +320,7 @@ async fn job_events_stream_until_done() {
     assert_eq!(
         phases,
         [
-            ("analysis".into(), "not_run".into(), 0),
+            ("analysis".into(), "done".into(), 300),
             ("chunking".into(), "done".into(), 1),
             ("enrichment".into(), "not_run".into(), 0),
             ("embedding".into(), "not_run".into(), 0),
@@ -510,5 +510,73 @@ async fn every_described_operation_is_served() {
             assert!(!missing_route, "{} {path}: {status} {body}", method.to_uppercase());
         }
     }
+    s.stop().await;
+}
+
+/// Every stored document carries its analysis; a request's `plan` overrides
+/// the plan for its documents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_records_the_analysis_and_follows_the_plan() {
+    let s = Server::start(|_| {}).await;
+    let c = client();
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(std::fs::read(fixtures().join("sample.md")).unwrap())
+            .file_name("sample.md"),
+    );
+    let r = c.post(s.url("/ingest?wait=true")).multipart(form).send().await.unwrap();
+    let job: Value = r.json().await.unwrap();
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    let docs: Value = c.get(s.url("/documents")).send().await.unwrap().json().await.unwrap();
+    let id = docs[0]["id"].as_str().unwrap();
+    let doc: Value = c.get(s.url(&format!("/documents/{id}"))).send().await.unwrap().json().await.unwrap();
+    let a = &doc["metadata"]["analysis"];
+    assert_eq!(a["doc_type"], "manual", "{a:#}");
+    assert_eq!(a["route"], "heuristic");
+    assert_eq!(a["language"]["code"], "eng");
+    assert_eq!(a["chunked_by"]["source"], "plan");
+    assert_eq!(a["chunked_by"]["max_tokens"], a["plan"]["max_tokens"]);
+    let planned_chunks = doc["chunks"].as_array().unwrap().len();
+
+    // The same text with a plan override: smaller chunks, recorded as such.
+    let text = std::fs::read_to_string(fixtures().join("sample.md")).unwrap();
+    let r = c
+        .post(s.url("/ingest?wait=true"))
+        .json(&json!({"text": text, "id": "small", "plan": {"max_tokens": 32, "strategy": "lines"}}))
+        .send()
+        .await
+        .unwrap();
+    let job: Value = r.json().await.unwrap();
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    let docs: Value = c.get(s.url("/documents")).send().await.unwrap().json().await.unwrap();
+    let small = docs.as_array().unwrap().iter().find(|d| d["external_id"] == "small").unwrap();
+    let id = small["id"].as_str().unwrap();
+    let doc: Value = c.get(s.url(&format!("/documents/{id}"))).send().await.unwrap().json().await.unwrap();
+    let a = &doc["metadata"]["analysis"];
+    assert_eq!(a["chunked_by"]["source"], "override", "{a:#}");
+    assert_eq!(a["chunked_by"]["max_tokens"], 32);
+    let chunks = doc["chunks"].as_array().unwrap();
+    assert!(chunks.len() > planned_chunks, "{} <= {planned_chunks}", chunks.len());
+    assert!(chunks.iter().all(|c| c["token_count"].as_u64().unwrap() <= 32));
+    // In a multipart upload, the override is a `plan` part.
+    let form =
+        reqwest::multipart::Form::new().text("plan", r#"{"max_tokens": 40, "keep_code_whole": false}"#).part(
+            "file",
+            reqwest::multipart::Part::bytes(std::fs::read(fixtures().join("sample.md")).unwrap())
+                .file_name("sample.md"),
+        );
+    let job: Value =
+        c.post(s.url("/ingest?wait=true")).multipart(form).send().await.unwrap().json().await.unwrap();
+    assert_eq!(job["summary"]["documents"]["replaced"], 1, "{job:#}");
+    let docs: Value = c.get(s.url("/documents")).send().await.unwrap().json().await.unwrap();
+    let md = docs.as_array().unwrap().iter().find(|d| d["source"] == "upload:sample.md").unwrap();
+    let id = md["id"].as_str().unwrap();
+    let doc: Value = c.get(s.url(&format!("/documents/{id}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(doc["metadata"]["analysis"]["chunked_by"]["source"], "override");
+    assert_eq!(doc["metadata"]["analysis"]["chunked_by"]["max_tokens"], 40);
+    // A bad override is refused before any work.
+    let r =
+        c.post(s.url("/ingest")).json(&json!({"text": "x y z", "plan": {"size": 3}})).send().await.unwrap();
+    assert_eq!(r.status(), 400);
     s.stop().await;
 }
