@@ -12,7 +12,7 @@ pub mod ids;
 pub mod stage;
 
 pub use config::{Config, ConfigError};
-pub use document::{Chunk, Document, Format, Section};
+pub use document::{Chunk, ChunkContext, ContextKind, Document, Format, Section};
 pub use embed::{EmbedError, Embedder, Embedding, InputKind};
 pub use ids::{chunk_id, content_hash, document_id};
 pub use stage::{HeuristicTokenCounter, TokenCounter};

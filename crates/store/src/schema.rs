@@ -76,6 +76,24 @@ CREATE TABLE embeddings (
 -- Vector keys a change removed (JSON array), so an index can replay it.
 ALTER TABLE changes ADD COLUMN removed_keys TEXT NOT NULL DEFAULT '[]';
 "#,
+    r#"
+-- The context that situates a chunk in its document (JSON: text, kind,
+-- model, template, windowed); NULL when enrichment was off.
+ALTER TABLE chunks ADD COLUMN context TEXT;
+-- Every LLM answer, kept the moment it arrives, so that no call that once
+-- succeeded is made again (re-ingest, resume after a crash or restart).
+-- Independent of documents: it outlives a replaced or deleted version.
+CREATE TABLE llm_contexts (
+    document_hash  TEXT NOT NULL,
+    chunk_hash     TEXT NOT NULL,
+    model          TEXT NOT NULL,
+    template       TEXT NOT NULL,
+    context        TEXT NOT NULL,
+    call           TEXT NOT NULL,
+    created_at     INTEGER NOT NULL,
+    PRIMARY KEY (document_hash, chunk_hash, model, template)
+) WITHOUT ROWID;
+"#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

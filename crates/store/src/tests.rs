@@ -204,6 +204,7 @@ fn put_vec(store: &Store, collection: &str, source: &str, body: &str, dir: usize
         end: body.chars().count(),
         page: None,
         token_count: 3,
+        context: None,
     }];
     let key = DocumentKey {
         id: document_id(collection, source),
@@ -356,6 +357,7 @@ fn filters_restrict_every_retriever_to_matching_documents() {
             end: body.chars().count(),
             page: None,
             token_count: 4,
+            context: None,
         }];
         let key = DocumentKey {
             id: document_id("c", &format!("r{i}")),
