@@ -13,6 +13,7 @@ use datafactory_core::{
     content_hash, document_id, Chunk, Document, Embedder, Embedding, HeuristicTokenCounter, InputKind,
     TokenCounter,
 };
+use datafactory_enrich::{CacheKey, CallRecord, ContextCache, DocumentInput, Enricher, EnrichmentSummary};
 use datafactory_parse::{ParseError, ParseOptions};
 use datafactory_store::{CommitOutcome, DocumentKey, Store, StoreError, VectorOptions};
 use serde::Serialize;
@@ -43,6 +44,7 @@ const HEADER_RESERVE_TOKENS: usize = 48;
 pub struct Pipeline {
     chunker: Chunker,
     embedder: Option<Arc<dyn Embedder>>,
+    enricher: Arc<Enricher>,
     include_headings: bool,
     vector_options: Option<VectorOptions>,
     parse_options: ParseOptions,
@@ -82,12 +84,14 @@ impl Pipeline {
             expansion_search: config.vectors.expansion_search,
             exact_below: config.vectors.exact_below,
         });
+        let enricher = Arc::new(Enricher::from_config(&config.enrichment));
         let fingerprint = format!(
-            "parser-v{};{};embedding={}{}",
+            "parser-v{};{};embedding={}{}{}",
             datafactory_parse::PARSER_VERSION,
             chunker.fingerprint(),
             embedder.as_ref().map_or("none", |e| e.model_id()),
             if embedder.is_some() && config.embedding.include_headings { ";headings" } else { "" },
+            enricher.fingerprint().map(|f| format!(";context={f}")).unwrap_or_default(),
         );
         let workers = match config.ingest.workers {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -96,6 +100,7 @@ impl Pipeline {
         Pipeline {
             chunker,
             embedder,
+            enricher,
             include_headings: config.embedding.include_headings,
             vector_options,
             parse_options: ParseOptions { max_decompressed_bytes: config.ingest.max_decompressed_bytes },
@@ -119,6 +124,11 @@ impl Pipeline {
         self.embedder.as_ref()
     }
 
+    /// The enrichment stage (contexts per chunk).
+    pub fn enricher(&self) -> &Arc<Enricher> {
+        &self.enricher
+    }
+
     /// The vector index this pipeline's embeddings go to.
     pub fn vector_options(&self) -> Option<&VectorOptions> {
         self.vector_options.as_ref()
@@ -126,7 +136,24 @@ impl Pipeline {
 
     /// The text embedded for a chunk: with `include_headings`, the document
     /// title and heading path first (a "contextual chunk header").
+    /// The chunk's context, when it has one, comes before the chunk (a
+    /// heuristic context already holds the title and heading path, so it
+    /// replaces them).
     pub fn embedding_text(&self, title: &str, chunk: &Chunk) -> String {
+        if let Some(context) = chunk.context.as_ref().filter(|c| !c.text.trim().is_empty()) {
+            let mut header = String::new();
+            if self.include_headings && context.kind == datafactory_core::ContextKind::Llm {
+                if !title.trim().is_empty() {
+                    header.push_str(title.trim());
+                    header.push('\n');
+                }
+                if !chunk.heading_path.is_empty() {
+                    header.push_str(&chunk.heading_path.join(" > "));
+                    header.push('\n');
+                }
+            }
+            return format!("{header}{}\n\n{}", context.text.trim(), chunk.text);
+        }
         if !self.include_headings {
             return chunk.text.clone();
         }
@@ -249,6 +276,9 @@ pub struct IngestSummary {
     pub skipped: Vec<Note>,
     pub warnings: Vec<Note>,
     pub embedding: EmbeddingSummary,
+    /// Contexts per chunk: how many of which kind, timings, tokens per endpoint.
+    #[serde(default)]
+    pub enrichment: EnrichmentSummary,
     pub elapsed_seconds: f64,
     pub documents_per_second: f64,
     pub chunks_per_second: f64,
@@ -451,7 +481,7 @@ struct Committer<'a> {
 impl Committer<'_> {
     /// Chunks gathered before an embedding call.
     fn group_size(&self) -> usize {
-        if self.pipeline.embedder.is_some() {
+        if self.pipeline.embedder.is_some() || self.pipeline.enricher.uses_llm() {
             256
         } else {
             1
@@ -491,8 +521,9 @@ impl Committer<'_> {
 
     /// Embeds and commits everything pending.
     fn process(&mut self) -> Result<(), IngestError> {
-        let pending = std::mem::take(&mut self.pending);
+        let mut pending = std::mem::take(&mut self.pending);
         self.pending_chunks = 0;
+        self.enrich(&mut pending);
         let embeddings = self.embed(&pending);
         for (i, item) in pending.into_iter().enumerate() {
             let mut failed = false;
@@ -524,6 +555,38 @@ impl Committer<'_> {
             self.since_flush = 0;
         }
         Ok(())
+    }
+
+    /// Gives every pending chunk its context (LLM answers are kept in the
+    /// store as they arrive). A document where the LLM could not answer for
+    /// some chunk is committed with heuristic contexts there and a
+    /// fingerprint that makes the next ingest try again.
+    fn enrich(&mut self, pending: &mut [Pending]) {
+        let enricher = &self.pipeline.enricher;
+        if !enricher.enabled() {
+            return;
+        }
+        let prepared: Vec<&mut Prepared> = pending.iter_mut().filter_map(|p| p.prepared.as_mut()).collect();
+        if prepared.iter().all(|p| p.chunks.is_empty()) {
+            return;
+        }
+        let inputs: Vec<DocumentInput<'_>> = prepared
+            .iter()
+            .map(|p| DocumentInput { source: &p.key.source, document: &p.document, chunks: &p.chunks })
+            .collect();
+        let observer = self.observer;
+        let progress = |n: usize, seconds: f64| observer.phase_progress(Phase::Enrichment, n, seconds);
+        let (contexts, summary) = enricher.enrich(&inputs, &StoreCache(self.store), &progress);
+        drop(inputs);
+        for (p, c) in prepared.into_iter().zip(contexts) {
+            if !c.complete {
+                p.key.pipeline.push_str(";enrichment-incomplete");
+            }
+            for (chunk, context) in p.chunks.iter_mut().zip(c.contexts) {
+                chunk.context = Some(context);
+            }
+        }
+        self.summary.enrichment.merge(summary);
     }
 
     /// One embedding call for all pending chunks; per pending item, its
@@ -570,6 +633,34 @@ impl Committer<'_> {
         s.chunks += p.chunks.len();
         self.since_flush += 1;
         Ok(())
+    }
+}
+
+/// The store as the enrichment cache: LLM answers keyed by (document hash,
+/// chunk hash, model, template version).
+struct StoreCache<'a>(&'a Store);
+
+impl ContextCache for StoreCache<'_> {
+    fn get(&self, key: &CacheKey) -> Option<String> {
+        self.0
+            .llm_context(&key.document_hash, &key.chunk_hash, &key.model, &key.template)
+            .map_err(|e| tracing::warn!("reading the context cache: {e}"))
+            .ok()
+            .flatten()
+    }
+
+    fn put(&self, key: &CacheKey, context: &str, call: &CallRecord) {
+        let call = serde_json::to_value(call).unwrap_or_default();
+        if let Err(e) = self.0.save_llm_context(
+            &key.document_hash,
+            &key.chunk_hash,
+            &key.model,
+            &key.template,
+            context,
+            &call,
+        ) {
+            tracing::warn!("keeping an LLM context: {e}");
+        }
     }
 }
 
