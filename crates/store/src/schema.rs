@@ -99,12 +99,17 @@ CREATE TABLE llm_contexts (
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 pub fn migrate(db: &mut Connection) -> rusqlite::Result<()> {
+    migrate_to(db, SCHEMA_VERSION)
+}
+
+/// Migrates up to `target` (tests build stores of older versions with it).
+pub fn migrate_to(db: &mut Connection, target: i64) -> rusqlite::Result<()> {
     loop {
         // Read the version inside the write transaction: two processes opening
         // a new store at once must not both apply a migration.
         let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        let Some(sql) = MIGRATIONS.get(version.max(0) as usize) else {
+        let Some(sql) = MIGRATIONS.get(version.max(0) as usize).filter(|_| version < target) else {
             return Ok(());
         };
         tx.execute_batch(sql)?;
