@@ -231,9 +231,9 @@ impl Enricher {
             .iter()
             .map(|_| Health {
                 // Until measured: llama3.1:8b-class rates on one GPU.
-                prefill_s: 1.0 / 5000.0,
-                decode_s: 1.0 / 60.0,
-                answer_tokens: config.max_answer_tokens as f64 * 0.6,
+                prefill_s: 1.0 / 8000.0,
+                decode_s: 1.0 / 100.0,
+                answer_tokens: config.max_answer_tokens as f64 * 0.8,
                 ..Default::default()
             })
             .collect();

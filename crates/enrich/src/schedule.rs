@@ -542,7 +542,14 @@ impl<'a> Dispatcher<'a> {
         }
         // 2. The next chunk of this lane's run.
         let cached_group = st.lanes[lane].cached_group;
+        let shared = self.endpoints[endpoint].shared_prefix_cache;
         if let Some(run) = &mut st.lanes[lane].run {
+            let g = &st.groups[run.group];
+            if shared && run.next < run.end && !g.warmed[endpoint] && g.warming[endpoint] {
+                // The server's shared cache is being warmed with this
+                // document's prefix: start once it is.
+                return None;
+            }
             if run.next < run.end {
                 let job = self.groups[run.group].jobs[run.next];
                 run.next += 1;
@@ -582,8 +589,11 @@ impl<'a> Dispatcher<'a> {
                 .any(|l| !l.busy && l.run.is_none() && up[l.endpoint] && active(l.endpoint) < mine)
         });
         if let Some(g) = handed_back.or(take_fresh) {
-            let (a, b) = st.groups[g].unassigned.pop().unwrap_or((0, 0));
+            let (a, mut b) = st.groups[g].unassigned.pop().unwrap_or((0, 0));
             if a < b {
+                if !st.groups[g].started {
+                    b = self.fan_out(st, lane, g, a, b, health);
+                }
                 st.lanes[lane].run = Some(Run { group: g, next: a + 1, end: b });
                 let job = self.groups[g].jobs[a];
                 return Some((job, st.lanes[lane].cached_group != Some(g)));
@@ -598,15 +608,88 @@ impl<'a> Dispatcher<'a> {
         None
     }
 
+    /// Plans a fresh group: how many idle lanes finish `a..b` soonest, each
+    /// evaluating the prefix once (on a server that shares its prefix cache,
+    /// once per server) and then a contiguous run. Gives the other lanes
+    /// their runs and returns the end of this lane's run. Lanes are taken
+    /// one per server first where each slot has its own cache (prefills run
+    /// in parallel on different GPUs), on the same server first where the
+    /// cache is shared; a group takes at most its fair share of the lanes.
+    fn fan_out(&self, st: &mut State, lane: usize, g: usize, a: usize, b: usize, health: &[Health]) -> usize {
+        let n = b - a;
+        let endpoint = st.lanes[lane].endpoint;
+        let h = if health[endpoint].samples > 0 {
+            &health[endpoint]
+        } else {
+            health.iter().max_by_key(|h| h.samples).unwrap_or(&health[endpoint])
+        };
+        let t = self.job_cost(self.groups[g].jobs[a], h).max(1e-9);
+        let prefill = self.groups[g].prefix_tokens as f64 * h.prefill_s;
+        let now = Instant::now();
+        let up = |e: usize| health[e].down_until.is_none_or(|x| x <= now);
+        let shared = self.endpoints[endpoint].shared_prefix_cache;
+        let mut idle: Vec<usize> = (0..st.lanes.len())
+            .filter(|&l| {
+                l != lane && !st.lanes[l].busy && st.lanes[l].run.is_none() && up(st.lanes[l].endpoint)
+            })
+            .collect();
+        // Order: spread over servers (by slot), or fill this server first.
+        idle.sort_by_key(|&l| {
+            let same = st.lanes[l].endpoint == endpoint;
+            if shared {
+                (!same as usize, st.lanes[l].slot, st.lanes[l].endpoint)
+            } else {
+                (st.lanes[l].slot + same as usize, st.lanes[l].endpoint, 0)
+            }
+        });
+        let waiting = (0..self.groups.len())
+            .filter(|&x| x != g && !st.groups[x].started && !st.groups[x].unassigned.is_empty())
+            .count();
+        let fair = (st.lanes.len() / (waiting + 1)).max(1);
+        let mut per_server: std::collections::HashMap<usize, usize> = [(endpoint, 1)].into();
+        let estimate = |k: usize, per_server: &std::collections::HashMap<usize, usize>| {
+            let prefills = per_server
+                .iter()
+                .map(|(&e, &m)| if self.endpoints[e].shared_prefix_cache { 1 } else { m })
+                .max()
+                .unwrap_or(1);
+            prefills as f64 * prefill + n.div_ceil(k) as f64 * t
+        };
+        // The number of lanes (in the order above) that finishes soonest; a
+        // larger number only when it saves a twentieth.
+        let (mut best, mut k) = (estimate(1, &per_server), 1);
+        let candidates: Vec<usize> =
+            idle.iter().copied().take(fair.saturating_sub(1)).take(n.saturating_sub(1)).collect();
+        for (i, &l) in candidates.iter().enumerate() {
+            *per_server.entry(st.lanes[l].endpoint).or_default() += 1;
+            let e = estimate(i + 2, &per_server);
+            if e < best * 0.95 {
+                best = e;
+                k = i + 2;
+            }
+        }
+        let chosen: Vec<usize> =
+            std::iter::once(lane).chain(candidates.iter().copied().take(k - 1)).collect();
+        let bounds: Vec<usize> = (0..=k).map(|i| a + i * n / k).collect();
+        for (i, &l) in chosen.iter().enumerate().skip(1) {
+            st.lanes[l].run = Some(Run { group: g, next: bounds[i], end: bounds[i + 1] });
+        }
+        if k > 1 {
+            self.wake.notify_all();
+        }
+        bounds[1]
+    }
+
     fn steal(&self, st: &mut State, lane: usize, health: &[Health]) -> Option<(usize, bool)> {
         let endpoint = st.lanes[lane].endpoint;
         let e = &self.endpoints[endpoint];
-        let h = &health[endpoint];
-        if h.samples == 0 {
-            // No rates measured on this server yet: its first answer (which
-            // also warms a prefix) comes before any split.
-            return None;
-        }
+        // Rates measured on this server, else on the one measured most (the
+        // pool's servers are alike); none yet: the first answer comes first.
+        let h = if health[endpoint].samples > 0 {
+            &health[endpoint]
+        } else {
+            health.iter().filter(|h| h.samples > 0).max_by_key(|h| h.samples)?
+        };
         let prefills_here = st.lanes.iter().filter(|l| l.endpoint == endpoint && l.busy && l.cold).count();
         let mut best: Option<(usize, usize, f64)> = None; // (victim lane, take, gain)
         for (v, l) in st.lanes.iter().enumerate() {
