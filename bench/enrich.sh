@@ -17,4 +17,6 @@ MODEL="$HOME/.cache/datafactory-test-models/tiny-llama-$(sha256sum scripts/make_
 echo
 "$B" sim-shared
 echo
-"$B" real "$SERVER" "$MODEL" "${CHUNKS:-60}"
+"$B" real "$SERVER" "$MODEL" "${CHUNKS:-30}"
+echo
+ENRICH_BENCH_SERVER_ARGS="--cache-ram 0" "$B" real "$SERVER" "$MODEL" "${CHUNKS:-30}"

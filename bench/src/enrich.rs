@@ -399,9 +399,12 @@ fn real(binary: &str, model: &str, chunks: usize) -> Result<()> {
     let slots = 2;
     let chunk_chars = 200;
     let answer = 16;
+    // Extra llama-server flags, e.g. `--cache-ram 0` (no host-memory prompt cache).
+    let extra = std::env::var("ENRICH_BENCH_SERVER_ARGS").unwrap_or_default();
     println!(
-        "real llama-servers (tiny random-weight llama, CPU, 1 thread each): {SERVERS} servers x {slots} \
-         slots; {chunks} chunks of ~{chunk_chars} characters per document; answers {answer} tokens"
+        "real llama-servers (tiny random-weight llama, CPU, 1 thread each{}): {SERVERS} servers x {slots} \
+         slots; {chunks} chunks of ~{chunk_chars} characters per document; answers {answer} tokens",
+        if extra.is_empty() { String::new() } else { format!(", {extra}") }
     );
     println!();
     println!("| case | schedule | requests | prompt tokens evaluated | prompt tokens from cache | wall s |");
@@ -420,6 +423,7 @@ fn real(binary: &str, model: &str, chunks: usize) -> Result<()> {
                     .args(["-m", model, "--host", "127.0.0.1", "--port", &port.to_string()])
                     .args(["-np", &slots.to_string(), "-c", &(slots * 32768).to_string()])
                     .args(["-t", "1", "-tb", "1", "--no-webui"])
+                    .args(extra.split_whitespace())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()

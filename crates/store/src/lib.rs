@@ -126,6 +126,14 @@ pub enum CommitOutcome {
     Unchanged,
 }
 
+/// The part of a chunk's context the word index gets: an LLM's context. A
+/// heuristic one (title, heading path, first sentence) is embedded only: the
+/// title and heading path are indexed already, and the first sentence of a
+/// document on each of its chunks would make every chunk match it.
+fn indexed_context(context: Option<&datafactory_core::ChunkContext>) -> Option<&str> {
+    context.filter(|c| c.kind == datafactory_core::ContextKind::Llm).map(|c| c.text.as_str())
+}
+
 /// A chunk's stored context (JSON), if any and readable.
 pub(crate) fn parse_context(json: Option<String>) -> Option<datafactory_core::ChunkContext> {
     json.and_then(|j| serde_json::from_str(&j).ok())
@@ -365,7 +373,7 @@ impl Store {
                     title: &title,
                     heading: &heading.join(" / "),
                     body: &body,
-                    context: context.as_ref().map(|c| c.text.as_str()),
+                    context: indexed_context(context.as_ref()),
                 },
             )?;
         }
@@ -578,7 +586,7 @@ impl Store {
                         title: &doc.title,
                         heading: &c.heading_path.join(" / "),
                         body: &c.text,
-                        context: c.context.as_ref().map(|c| c.text.as_str()),
+                        context: indexed_context(c.context.as_ref()),
                     },
                 )?;
             }
