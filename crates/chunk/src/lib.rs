@@ -124,6 +124,7 @@ impl Chunker {
                     end: positions.char_of(byte_end),
                     page: section.page,
                     token_count: self.counter.count(piece) as u32,
+                    context: None,
                 });
             }
         }

@@ -646,6 +646,8 @@ fn search_filter(documents: Vec<String>, meta: &[String]) -> Result<datafactory_
 /// A progress bar on a terminal; nothing otherwise.
 struct Progress {
     bar: indicatif::ProgressBar,
+    /// Chunks given a context so far (shown while the LLM works).
+    contexts: std::sync::atomic::AtomicUsize,
 }
 
 impl Progress {
@@ -657,7 +659,7 @@ impl Progress {
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
-        Progress { bar }
+        Progress { bar, contexts: Default::default() }
     }
 
     fn finish(&self) {
@@ -677,5 +679,12 @@ impl IngestObserver for Progress {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         self.bar.set_message(name);
+    }
+
+    fn phase_progress(&self, phase: datafactory_ingest::Phase, items: usize, _seconds: f64) {
+        if phase == datafactory_ingest::Phase::Enrichment {
+            let n = self.contexts.fetch_add(items, std::sync::atomic::Ordering::Relaxed) + items;
+            self.bar.set_message(format!("enrichment: {n} chunks"));
+        }
     }
 }

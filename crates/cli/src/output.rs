@@ -46,6 +46,27 @@ pub fn print_ingest(s: &IngestSummary) {
         Some(m) => println!("embedded {} chunks with {m} in {:.1}s", s.embedding.chunks, s.embedding.seconds),
         None => println!("not embedded: {}", s.embedding.note.as_deref().unwrap_or("no model")),
     }
+    let e = &s.enrichment;
+    if e.mode == "llm" {
+        let evaluated: u64 = e.endpoints.iter().map(|x| x.evaluated_tokens).sum();
+        let cached: u64 = e.endpoints.iter().map(|x| x.cached_tokens).sum();
+        println!(
+            "contexts: {} from the LLM, {} kept from earlier, {} heuristic (LLM unavailable), {} windowed; \
+             {evaluated} prompt tokens evaluated, {cached} from server caches, in {:.1}s",
+            e.chunks.llm, e.chunks.cached, e.chunks.fallback, e.chunks.windowed, e.seconds
+        );
+        for x in e.endpoints.iter().filter(|x| x.failures > 0 || !x.up) {
+            println!(
+                "  {}: {} requests, {} failed{}",
+                x.url,
+                x.requests,
+                x.failures,
+                if x.up { "" } else { ", down" }
+            );
+        }
+    } else if e.mode == "heuristic" {
+        println!("contexts: {} heuristic (no LLM configured)", e.chunks.heuristic);
+    }
     if !s.skipped.is_empty() {
         println!("skipped {} file(s) that are not documents", s.skipped.len());
     }

@@ -27,6 +27,7 @@ pub struct Config {
     pub rerank: RerankConfig,
     pub server: ServerConfig,
     pub analysis: AnalysisConfig,
+    pub enrichment: EnrichmentConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -220,6 +221,116 @@ impl Default for Config {
             rerank: RerankConfig::default(),
             server: ServerConfig::default(),
             analysis: AnalysisConfig::default(),
+            enrichment: EnrichmentConfig::default(),
+        }
+    }
+}
+
+/// Contextual enrichment: a short context per chunk, written by an LLM (a pool
+/// of Ollama or OpenAI-compatible servers) or, without one, made from the
+/// document's structure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrichmentConfig {
+    /// `auto`: LLM contexts when endpoints are configured, heuristic ones
+    /// otherwise; `heuristic`: never call an LLM; `off`: no contexts.
+    pub mode: String,
+    /// `affine`: keep a document on few slots so its prefix stays cached;
+    /// `round_robin`: scatter chunks over every slot (the seed's thread pool).
+    pub schedule: String,
+    /// The prompt: empty for the built-in template (after Anthropic's
+    /// contextual-retrieval prompt); else a text with `{document}` and `{chunk}`.
+    pub template: String,
+    /// Names the custom template's version; part of the cache key, so change it
+    /// whenever the template changes meaning. Ignored for the built-in one.
+    pub template_version: String,
+    /// Cap on the answer (tokens).
+    pub max_answer_tokens: u32,
+    pub temperature: f32,
+    /// Per-request timeout (seconds), and to connect (seconds).
+    pub request_timeout_seconds: u64,
+    pub connect_timeout_seconds: u64,
+    /// Attempts per chunk (on other endpoints where there are) before the chunk
+    /// gets a heuristic context.
+    pub attempts: u32,
+    /// First wait before a retry (milliseconds); doubles per attempt.
+    pub backoff_ms: u64,
+    /// Consecutive failures that take an endpoint out of the pool, and how
+    /// long it stays out before it is tried again (seconds).
+    pub failures_before_down: u32,
+    pub down_seconds: u64,
+    /// Ollama's `keep_alive` (models stay loaded between documents).
+    pub keep_alive: String,
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+/// One LLM server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EndpointConfig {
+    /// `ollama` (`/api/chat`) or `openai` (`/v1/chat/completions`: vLLM,
+    /// llama.cpp's llama-server, TGI).
+    pub kind: String,
+    /// Base URL, e.g. `http://127.0.0.1:11434`.
+    pub url: String,
+    pub model: String,
+    /// Requests it serves at once (OLLAMA_NUM_PARALLEL, llama-server's `-np`).
+    pub slots: usize,
+    /// The model's context (tokens) as served: Ollama gets `num_ctx` up to this;
+    /// for llama-server, the per-slot context (`-c` / `-np`).
+    pub context_tokens: usize,
+    /// Pin requests to slots with llama-server's `id_slot` (openai kind only).
+    pub pin_slots: bool,
+    /// The server shares one prefix cache across its slots (vLLM's automatic
+    /// prefix caching): a warmed document then fans out at no prefill cost.
+    pub shared_prefix_cache: bool,
+    /// Count prompt tokens with the server's `/tokenize` (llama-server);
+    /// else a model-free estimate with a safety margin.
+    pub tokenize: bool,
+    /// Without `tokenize`: characters per token of this model's tokenizer, for
+    /// the estimate (0: a model-free estimate with a third added).
+    pub chars_per_token: f64,
+    /// Bearer token, if the server wants one.
+    pub api_key: String,
+    /// Extra JSON fields merged into each request body (e.g. `logit_bias`).
+    pub extra: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+impl Default for EnrichmentConfig {
+    fn default() -> Self {
+        EnrichmentConfig {
+            mode: "auto".into(),
+            schedule: "affine".into(),
+            template: String::new(),
+            template_version: String::new(),
+            max_answer_tokens: 100,
+            temperature: 0.0,
+            request_timeout_seconds: 120,
+            connect_timeout_seconds: 5,
+            attempts: 4,
+            backoff_ms: 250,
+            failures_before_down: 3,
+            down_seconds: 30,
+            keep_alive: "30m".into(),
+            endpoints: Vec::new(),
+        }
+    }
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        EndpointConfig {
+            kind: "ollama".into(),
+            url: "http://127.0.0.1:11434".into(),
+            model: "llama3.1:8b".into(),
+            slots: 1,
+            context_tokens: 8192,
+            pin_slots: false,
+            shared_prefix_cache: false,
+            tokenize: false,
+            chars_per_token: 0.0,
+            api_key: String::new(),
+            extra: Default::default(),
         }
     }
 }
@@ -435,6 +546,56 @@ impl Config {
                     self.chunking.max_tokens, self.chunking.overlap_tokens
                 ),
             );
+        }
+        let n = &self.enrichment;
+        if !matches!(n.mode.as_str(), "auto" | "heuristic" | "off") {
+            return invalid("enrichment.mode", format!("must be auto, heuristic or off, is {:?}", n.mode));
+        }
+        if !matches!(n.schedule.as_str(), "affine" | "round_robin") {
+            return invalid(
+                "enrichment.schedule",
+                format!("must be affine or round_robin, is {:?}", n.schedule),
+            );
+        }
+        if !n.template.is_empty() {
+            if !n.template.contains("{document}") || !n.template.contains("{chunk}") {
+                return invalid("enrichment.template", "must contain {document} and {chunk}");
+            }
+            if n.template_version.trim().is_empty() {
+                return invalid("enrichment.template_version", "must name the custom template's version");
+            }
+        }
+        if n.max_answer_tokens == 0 || n.max_answer_tokens > 4096 {
+            return invalid("enrichment.max_answer_tokens", "must be between 1 and 4096");
+        }
+        if n.attempts == 0 {
+            return invalid("enrichment.attempts", "must be at least 1");
+        }
+        if n.request_timeout_seconds == 0 {
+            return invalid("enrichment.request_timeout_seconds", "must be greater than 0");
+        }
+        for ep in &n.endpoints {
+            if !matches!(ep.kind.as_str(), "ollama" | "openai") {
+                return invalid(
+                    "enrichment.endpoints.kind",
+                    format!("must be ollama or openai, is {:?}", ep.kind),
+                );
+            }
+            if !(ep.url.starts_with("http://") || ep.url.starts_with("https://")) {
+                return invalid(
+                    "enrichment.endpoints.url",
+                    format!("must be an http(s) URL, is {:?}", ep.url),
+                );
+            }
+            if ep.model.trim().is_empty() {
+                return invalid("enrichment.endpoints.model", "must not be empty");
+            }
+            if ep.slots == 0 || ep.slots > 256 {
+                return invalid("enrichment.endpoints.slots", "must be between 1 and 256");
+            }
+            if ep.context_tokens < 256 {
+                return invalid("enrichment.endpoints.context_tokens", "must be at least 256");
+            }
         }
         let e = &self.embedding;
         if !matches!(e.device.as_str(), "cpu" | "cuda" | "auto") {

@@ -108,6 +108,52 @@ pub struct Chunk {
     pub page: Option<u32>,
     /// Tokens as counted by the chunker's token counter.
     pub token_count: u32,
+    /// What situates the chunk in its document (set by enrichment); embedded
+    /// and word-indexed with the chunk.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub context: Option<ChunkContext>,
+}
+
+/// A short text that situates a chunk within its document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkContext {
+    pub text: String,
+    pub kind: ContextKind,
+    /// The LLM that wrote it (`llm` only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub model: Option<String>,
+    /// The prompt template and version (`llm`) or the heuristic's version.
+    pub template: String,
+    /// The LLM saw a window around the chunk, not the whole document (the
+    /// document is longer than the model's context).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub windowed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContextKind {
+    /// Written by an LLM.
+    Llm,
+    /// Made without an LLM: title, heading path, first sentence.
+    Heuristic,
+}
+
+impl ContextKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContextKind::Llm => "llm",
+            ContextKind::Heuristic => "heuristic",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ContextKind> {
+        match s {
+            "llm" => Some(ContextKind::Llm),
+            "heuristic" => Some(ContextKind::Heuristic),
+            _ => None,
+        }
+    }
 }
 
 /// `&text[start..end]` in character offsets; clamps to the text's end.

@@ -14,7 +14,7 @@ pub mod rerank;
 pub mod stage;
 
 pub use config::{Config, ConfigError};
-pub use document::{Chunk, Document, Format, Section};
+pub use document::{Chunk, ChunkContext, ContextKind, Document, Format, Section};
 pub use embed::{EmbedError, Embedder, Embedding, InputKind};
 pub use ids::{chunk_id, content_hash, document_id};
 pub use plan::{ChunkPlan, ChunkStrategy, PlanOverride};

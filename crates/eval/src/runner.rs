@@ -472,6 +472,7 @@ fn given_chunks(doc: &Document, counter: &dyn TokenCounter) -> Vec<Chunk> {
                 start: s.start,
                 end: s.end,
                 page: s.page,
+                context: None,
             }
         })
         .collect()

@@ -14,6 +14,7 @@ use datafactory_core::{
     content_hash, document_id, Chunk, Document, Embedder, Embedding, HeuristicTokenCounter, InputKind,
     PlanOverride, TokenCounter,
 };
+use datafactory_enrich::{CacheKey, CallRecord, ContextCache, DocumentInput, Enricher, EnrichmentSummary};
 use datafactory_parse::{ParseError, ParseOptions};
 
 mod rerank;
@@ -52,6 +53,7 @@ pub struct Pipeline {
     /// The largest chunk a plan may ask for: what the embedding model takes.
     plan_cap: usize,
     embedder: Option<Arc<dyn Embedder>>,
+    enricher: Arc<Enricher>,
     include_headings: bool,
     vector_options: Option<VectorOptions>,
     parse_options: ParseOptions,
@@ -92,14 +94,16 @@ impl Pipeline {
             expansion_search: config.vectors.expansion_search,
             exact_below: config.vectors.exact_below,
         });
+        let enricher = Arc::new(Enricher::from_config(&config.enrichment));
         let fingerprint = format!(
-            "parser-v{};{};embedding={}{};analysis={}{}",
+            "parser-v{};{};embedding={}{};analysis={}{}{}",
             datafactory_parse::PARSER_VERSION,
             chunker.fingerprint(),
             embedder.as_ref().map_or("none", |e| e.model_id()),
             if embedder.is_some() && config.embedding.include_headings { ";headings" } else { "" },
             analyzer.id(),
             if config.analysis.follow_plan { ";follow_plan" } else { "" },
+            enricher.fingerprint().map(|f| format!(";context={f}")).unwrap_or_default(),
         );
         let workers = match config.ingest.workers {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -111,6 +115,7 @@ impl Pipeline {
             follow_plan: config.analysis.follow_plan,
             plan_cap,
             embedder,
+            enricher,
             include_headings: config.embedding.include_headings,
             vector_options,
             parse_options: ParseOptions { max_decompressed_bytes: config.ingest.max_decompressed_bytes },
@@ -173,6 +178,11 @@ impl Pipeline {
         self.embedder.as_ref()
     }
 
+    /// The enrichment stage (contexts per chunk).
+    pub fn enricher(&self) -> &Arc<Enricher> {
+        &self.enricher
+    }
+
     /// The vector index this pipeline's embeddings go to.
     pub fn vector_options(&self) -> Option<&VectorOptions> {
         self.vector_options.as_ref()
@@ -180,13 +190,40 @@ impl Pipeline {
 
     /// The text embedded for a chunk: with `include_headings`, the document
     /// title and heading path first (a "contextual chunk header").
+    /// The chunk's context, when it has one, comes before the chunk (a
+    /// heuristic context already holds the title and heading path, so it
+    /// replaces them).
     pub fn embedding_text(&self, title: &str, chunk: &Chunk) -> String {
-        self.contextual_text(title, &chunk.heading_path, &chunk.text)
+        let context =
+            chunk.context.as_ref().map(|c| (c.text.as_str(), c.kind == datafactory_core::ContextKind::Llm));
+        self.contextual_text(title, &chunk.heading_path, context, &chunk.text)
     }
 
     /// [`Pipeline::embedding_text`] from a chunk's parts (a search hit has no
-    /// [`Chunk`]): what the reranker reads too.
-    pub fn contextual_text(&self, title: &str, heading_path: &[String], text: &str) -> String {
+    /// [`Chunk`]): what the reranker reads too. `context` is the chunk's
+    /// context and whether the title and heading path go before it (an LLM's
+    /// context; a heuristic one already holds them).
+    pub fn contextual_text(
+        &self,
+        title: &str,
+        heading_path: &[String],
+        context: Option<(&str, bool)>,
+        text: &str,
+    ) -> String {
+        if let Some((context, with_header)) = context.filter(|(c, _)| !c.trim().is_empty()) {
+            let mut header = String::new();
+            if self.include_headings && with_header {
+                if !title.trim().is_empty() {
+                    header.push_str(title.trim());
+                    header.push('\n');
+                }
+                if !heading_path.is_empty() {
+                    header.push_str(&heading_path.join(" > "));
+                    header.push('\n');
+                }
+            }
+            return format!("{header}{}\n\n{text}", context.trim());
+        }
         if !self.include_headings {
             return text.to_string();
         }
@@ -315,6 +352,9 @@ pub struct IngestSummary {
     pub embedding: EmbeddingSummary,
     #[serde(default)]
     pub analysis: AnalysisSummary,
+    /// Contexts per chunk: how many of which kind, timings, tokens per endpoint.
+    #[serde(default)]
+    pub enrichment: EnrichmentSummary,
     pub elapsed_seconds: f64,
     pub documents_per_second: f64,
     pub chunks_per_second: f64,
@@ -557,7 +597,7 @@ struct Committer<'a> {
 impl Committer<'_> {
     /// Chunks gathered before an embedding call.
     fn group_size(&self) -> usize {
-        if self.pipeline.embedder.is_some() {
+        if self.pipeline.embedder.is_some() || self.pipeline.enricher.uses_llm() {
             256
         } else {
             1
@@ -598,8 +638,9 @@ impl Committer<'_> {
 
     /// Embeds and commits everything pending.
     fn process(&mut self) -> Result<(), IngestError> {
-        let pending = std::mem::take(&mut self.pending);
+        let mut pending = std::mem::take(&mut self.pending);
         self.pending_chunks = 0;
+        self.enrich(&mut pending);
         let embeddings = self.embed(&pending);
         for (i, item) in pending.into_iter().enumerate() {
             let mut failed = false;
@@ -631,6 +672,38 @@ impl Committer<'_> {
             self.since_flush = 0;
         }
         Ok(())
+    }
+
+    /// Gives every pending chunk its context (LLM answers are kept in the
+    /// store as they arrive). A document where the LLM could not answer for
+    /// some chunk is committed with heuristic contexts there and a
+    /// fingerprint that makes the next ingest try again.
+    fn enrich(&mut self, pending: &mut [Pending]) {
+        let enricher = &self.pipeline.enricher;
+        if !enricher.enabled() {
+            return;
+        }
+        let prepared: Vec<&mut Prepared> = pending.iter_mut().filter_map(|p| p.prepared.as_mut()).collect();
+        if prepared.iter().all(|p| p.chunks.is_empty()) {
+            return;
+        }
+        let inputs: Vec<DocumentInput<'_>> = prepared
+            .iter()
+            .map(|p| DocumentInput { source: &p.key.source, document: &p.document, chunks: &p.chunks })
+            .collect();
+        let observer = self.observer;
+        let progress = |n: usize, seconds: f64| observer.phase_progress(Phase::Enrichment, n, seconds);
+        let (contexts, summary) = enricher.enrich(&inputs, &StoreCache(self.store), &progress);
+        drop(inputs);
+        for (p, c) in prepared.into_iter().zip(contexts) {
+            if !c.complete {
+                p.key.pipeline.push_str(";enrichment-incomplete");
+            }
+            for (chunk, context) in p.chunks.iter_mut().zip(c.contexts) {
+                chunk.context = Some(context);
+            }
+        }
+        self.summary.enrichment.merge(summary);
     }
 
     /// One embedding call for all pending chunks; per pending item, its
@@ -677,6 +750,34 @@ impl Committer<'_> {
         s.chunks += p.chunks.len();
         self.since_flush += 1;
         Ok(())
+    }
+}
+
+/// The store as the enrichment cache: LLM answers keyed by (document hash,
+/// chunk hash, model, template version).
+struct StoreCache<'a>(&'a Store);
+
+impl ContextCache for StoreCache<'_> {
+    fn get(&self, key: &CacheKey) -> Option<String> {
+        self.0
+            .llm_context(&key.document_hash, &key.chunk_hash, &key.model, &key.template)
+            .map_err(|e| tracing::warn!("reading the context cache: {e}"))
+            .ok()
+            .flatten()
+    }
+
+    fn put(&self, key: &CacheKey, context: &str, call: &CallRecord) {
+        let call = serde_json::to_value(call).unwrap_or_default();
+        if let Err(e) = self.0.save_llm_context(
+            &key.document_hash,
+            &key.chunk_hash,
+            &key.model,
+            &key.template,
+            context,
+            &call,
+        ) {
+            tracing::warn!("keeping an LLM context: {e}");
+        }
     }
 }
 

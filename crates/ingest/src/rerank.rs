@@ -52,8 +52,17 @@ pub fn rerank_hits(
 ) -> RerankReport {
     let started = Instant::now();
     let n = candidates.min(hits.len());
-    let texts: Vec<String> =
-        hits[..n].iter().map(|h| pipeline.contextual_text(&h.title, &h.heading_path, &h.text)).collect();
+    let texts: Vec<String> = hits[..n]
+        .iter()
+        .map(|h| {
+            pipeline.contextual_text(
+                &h.title,
+                &h.heading_path,
+                h.context.as_deref().map(|c| (c, true)),
+                &h.text,
+            )
+        })
+        .collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let result = if n == 0 { Ok(Vec::new()) } else { reranker.score(query, &refs) };
     let error = match result {
@@ -134,6 +143,7 @@ mod tests {
             end: text.len(),
             page: None,
             text: text.into(),
+            context: None,
         }
     }
 

@@ -30,6 +30,8 @@ pub struct JobProgress {
     phases: Mutex<[(usize, f64); 5]>,
     /// Whether this job embeds (a model is loaded).
     pub embeds: bool,
+    /// Whether this job gives chunks contexts (enrichment is not `off`).
+    pub enriches: bool,
 }
 
 #[derive(Serialize)]
@@ -73,7 +75,7 @@ impl JobProgress {
             .zip(counts)
             .map(|(&phase, (items, seconds))| {
                 let exists = match phase {
-                    Phase::Enrichment => false,
+                    Phase::Enrichment => self.enriches,
                     Phase::Embedding => self.embeds,
                     Phase::Analysis | Phase::Chunking | Phase::Storage => true,
                 };
@@ -154,11 +156,12 @@ impl IngestObserver for JobProgress {
 }
 
 impl Jobs {
-    pub fn add(&self, id: &str, collection: &str, embeds: bool) -> Arc<JobProgress> {
+    pub fn add(&self, id: &str, collection: &str, embeds: bool, enriches: bool) -> Arc<JobProgress> {
         let job = Arc::new(JobProgress {
             id: id.to_string(),
             collection: collection.to_string(),
             embeds,
+            enriches,
             state: Mutex::new("queued"),
             ..Default::default()
         });

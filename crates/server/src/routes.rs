@@ -264,7 +264,12 @@ fn start_job(
     plan: JobPlan,
     folder: PathBuf,
 ) -> tokio::task::JoinHandle<Arc<crate::jobs::JobProgress>> {
-    let progress = state.jobs.add(&plan.job_id, &plan.collection, state.pipeline.embedder().is_some());
+    let progress = state.jobs.add(
+        &plan.job_id,
+        &plan.collection,
+        state.pipeline.embedder().is_some(),
+        state.pipeline.enricher().enabled(),
+    );
     let request = IngestRequest {
         collection: plan.collection,
         named: plan.named,

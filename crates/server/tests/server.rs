@@ -304,7 +304,8 @@ async fn job_events_stream_until_done() {
     let v: Value = serde_json::from_str(data).unwrap();
     assert_eq!(v["state"], "succeeded", "{v:#}");
     assert_eq!(v["summary"]["documents"]["added"], 300);
-    // Per phase: analysis 300 documents, chunking one file, storage 300 documents; no model, no embedding.
+    // Per phase: analysis 300 documents, chunking one file, enrichment 300 chunks
+    // (heuristic contexts: no LLM configured), storage 300 documents; no model, no embedding.
     let phases: Vec<(String, String, u64)> = v["phases"]
         .as_array()
         .unwrap()
@@ -322,7 +323,7 @@ async fn job_events_stream_until_done() {
         [
             ("analysis".into(), "done".into(), 300),
             ("chunking".into(), "done".into(), 1),
-            ("enrichment".into(), "not_run".into(), 0),
+            ("enrichment".into(), "done".into(), 300),
             ("embedding".into(), "not_run".into(), 0),
             ("storage".into(), "done".into(), 300),
         ]

@@ -126,6 +126,19 @@ pub enum CommitOutcome {
     Unchanged,
 }
 
+/// The part of a chunk's context the word index gets: an LLM's context. A
+/// heuristic one (title, heading path, first sentence) is embedded only: the
+/// title and heading path are indexed already, and the first sentence of a
+/// document on each of its chunks would make every chunk match it.
+fn indexed_context(context: Option<&datafactory_core::ChunkContext>) -> Option<&str> {
+    context.filter(|c| c.kind == datafactory_core::ContextKind::Llm).map(|c| c.text.as_str())
+}
+
+/// A chunk's stored context (JSON), if any and readable.
+pub(crate) fn parse_context(json: Option<String>) -> Option<datafactory_core::ChunkContext> {
+    json.and_then(|j| serde_json::from_str(&j).ok())
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -339,7 +352,7 @@ impl Store {
         document_id: &str,
     ) -> Result<()> {
         let mut q = db.prepare_cached(
-            "SELECT c.id, c.heading_path, c.text, d.collection, d.title
+            "SELECT c.id, c.heading_path, c.text, d.collection, d.title, c.context
              FROM chunks c JOIN documents d ON d.id = c.document_id
              WHERE c.document_id = ?1 ORDER BY c.ordinal",
         )?;
@@ -350,6 +363,7 @@ impl Store {
             let body: String = r.get(2)?;
             let collection: String = r.get(3)?;
             let title: String = r.get(4)?;
+            let context = parse_context(r.get(5)?);
             self.words.add(
                 writer,
                 &WordDoc {
@@ -359,6 +373,7 @@ impl Store {
                     title: &title,
                     heading: &heading.join(" / "),
                     body: &body,
+                    context: indexed_context(context.as_ref()),
                 },
             )?;
         }
@@ -496,8 +511,8 @@ impl Store {
         let mut vector_keys = Vec::new();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO chunks (id, document_id, ordinal, heading_path, text, char_start, char_end, page, token_count)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO chunks (id, document_id, ordinal, heading_path, text, char_start, char_end, page, token_count, context)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             let mut insert_embedding =
                 tx.prepare_cached("INSERT INTO embeddings (chunk_id, dense, sparse) VALUES (?1, ?2, ?3)")?;
@@ -513,6 +528,7 @@ impl Store {
                     c.end as i64,
                     c.page,
                     c.token_count,
+                    c.context.as_ref().map(serde_json::to_string).transpose()?,
                 ])?;
                 if let Some(e) = embeddings.map(|e| &e[i]) {
                     let sparse = (!e.sparse.is_empty()).then(|| vectors::encode_sparse(&e.sparse));
@@ -570,6 +586,7 @@ impl Store {
                         title: &doc.title,
                         heading: &c.heading_path.join(" / "),
                         body: &c.text,
+                        context: indexed_context(c.context.as_ref()),
                     },
                 )?;
             }
@@ -737,7 +754,7 @@ impl Store {
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         let mut q = db.prepare(
-            "SELECT id, ordinal, heading_path, text, char_start, char_end, page, token_count
+            "SELECT id, ordinal, heading_path, text, char_start, char_end, page, token_count, context
              FROM chunks WHERE document_id = ?1 ORDER BY ordinal",
         )?;
         let chunks = q
@@ -751,6 +768,7 @@ impl Store {
                     end: r.get::<_, i64>(5)? as usize,
                     page: r.get(6)?,
                     token_count: r.get(7)?,
+                    context: parse_context(r.get(8)?),
                 })
             })?
             .collect::<Result<_, _>>()?;
@@ -761,6 +779,61 @@ impl Store {
             text,
             chunks,
         }))
+    }
+
+    /// An LLM answer kept earlier for this (document hash, chunk hash, model,
+    /// template version), if any.
+    pub fn llm_context(
+        &self,
+        document_hash: &str,
+        chunk_hash: &str,
+        model: &str,
+        template: &str,
+    ) -> Result<Option<String>> {
+        let db = lock(&self.db);
+        let mut q = db.prepare_cached(
+            "SELECT context FROM llm_contexts
+             WHERE document_hash = ?1 AND chunk_hash = ?2 AND model = ?3 AND template = ?4",
+        )?;
+        let found =
+            q.query_row(params![document_hash, chunk_hash, model, template], |r| r.get(0)).optional()?;
+        Ok(found)
+    }
+
+    /// Keeps an LLM answer (at once, in its own transaction) with how it was
+    /// obtained (`call`: endpoint, tokens, timings). A second answer for the
+    /// same key is ignored.
+    pub fn save_llm_context(
+        &self,
+        document_hash: &str,
+        chunk_hash: &str,
+        model: &str,
+        template: &str,
+        context: &str,
+        call: &serde_json::Value,
+    ) -> Result<()> {
+        let db = lock(&self.db);
+        db.prepare_cached(
+            "INSERT OR IGNORE INTO llm_contexts
+                 (document_hash, chunk_hash, model, template, context, call, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            document_hash,
+            chunk_hash,
+            model,
+            template,
+            context,
+            call.to_string(),
+            now_ms()
+        ])?;
+        Ok(())
+    }
+
+    /// How many LLM answers the store keeps.
+    pub fn llm_context_count(&self) -> Result<u64> {
+        let db = lock(&self.db);
+        Ok(db.query_row("SELECT COUNT(*) FROM llm_contexts", [], |r| r.get::<_, i64>(0))? as u64)
     }
 
     /// Counts in SQLite and in the word index, and whether they agree.

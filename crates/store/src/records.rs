@@ -150,6 +150,9 @@ pub struct SearchHit {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub page: Option<u32>,
     pub text: String,
+    /// The context enrichment gave the chunk (its text).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub context: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -182,6 +185,8 @@ pub struct StoredChunk {
     pub page: Option<u32>,
     pub token_count: u32,
     pub text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<datafactory_core::ChunkContext>,
 }
 
 #[derive(Debug, Clone, Serialize)]

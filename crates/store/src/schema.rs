@@ -76,17 +76,40 @@ CREATE TABLE embeddings (
 -- Vector keys a change removed (JSON array), so an index can replay it.
 ALTER TABLE changes ADD COLUMN removed_keys TEXT NOT NULL DEFAULT '[]';
 "#,
+    r#"
+-- The context that situates a chunk in its document (JSON: text, kind,
+-- model, template, windowed); NULL when enrichment was off.
+ALTER TABLE chunks ADD COLUMN context TEXT;
+-- Every LLM answer, kept the moment it arrives, so that no call that once
+-- succeeded is made again (re-ingest, resume after a crash or restart).
+-- Independent of documents: it outlives a replaced or deleted version.
+CREATE TABLE llm_contexts (
+    document_hash  TEXT NOT NULL,
+    chunk_hash     TEXT NOT NULL,
+    model          TEXT NOT NULL,
+    template       TEXT NOT NULL,
+    context        TEXT NOT NULL,
+    call           TEXT NOT NULL,
+    created_at     INTEGER NOT NULL,
+    PRIMARY KEY (document_hash, chunk_hash, model, template)
+) WITHOUT ROWID;
+"#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 pub fn migrate(db: &mut Connection) -> rusqlite::Result<()> {
+    migrate_to(db, SCHEMA_VERSION)
+}
+
+/// Migrates up to `target` (tests build stores of older versions with it).
+pub fn migrate_to(db: &mut Connection, target: i64) -> rusqlite::Result<()> {
     loop {
         // Read the version inside the write transaction: two processes opening
         // a new store at once must not both apply a migration.
         let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        let Some(sql) = MIGRATIONS.get(version.max(0) as usize) else {
+        let Some(sql) = MIGRATIONS.get(version.max(0) as usize).filter(|_| version < target) else {
             return Ok(());
         };
         tx.execute_batch(sql)?;

@@ -246,7 +246,7 @@ impl Store {
         let db = lock(&self.db);
         let mut q = db.prepare_cached(
             "SELECT c.document_id, c.ordinal, c.heading_path, c.text, c.char_start, c.char_end, c.page,
-                    d.title, d.source, d.collection
+                    d.title, d.source, d.collection, c.context
              FROM chunks c JOIN documents d ON d.id = c.document_id WHERE c.id = ?1",
         )?;
         let mut out = Vec::with_capacity(ranked.len());
@@ -267,6 +267,7 @@ impl Store {
                         title: r.get(7)?,
                         source: r.get(8)?,
                         collection: r.get(9)?,
+                        context: crate::parse_context(r.get(10)?).map(|c| c.text),
                     })
                 })
                 .optional()?;

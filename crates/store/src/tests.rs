@@ -204,6 +204,7 @@ fn put_vec(store: &Store, collection: &str, source: &str, body: &str, dir: usize
         end: body.chars().count(),
         page: None,
         token_count: 3,
+        context: None,
     }];
     let key = DocumentKey {
         id: document_id(collection, source),
@@ -356,6 +357,7 @@ fn filters_restrict_every_retriever_to_matching_documents() {
             end: body.chars().count(),
             page: None,
             token_count: 4,
+            context: None,
         }];
         let key = DocumentKey {
             id: document_id("c", &format!("r{i}")),
@@ -391,4 +393,78 @@ fn filters_restrict_every_retriever_to_matching_documents() {
     let none = SearchFilter { document_ids: vec!["missing".into()], ..Default::default() };
     r.filter = Some(&none);
     assert!(store.search(&r).unwrap().hits.is_empty());
+}
+
+#[test]
+fn chunk_contexts_are_stored_and_word_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let body = "Revenue grew by three percent over the previous quarter.";
+    let doc = document("q3", body);
+    let chunks = vec![Chunk {
+        ordinal: 0,
+        heading_path: vec![],
+        text: body.into(),
+        start: 0,
+        end: body.chars().count(),
+        page: None,
+        token_count: 9,
+        context: Some(datafactory_core::ChunkContext {
+            text: "From ACME's quarterly filing, the section on zebrafinance results.".into(),
+            kind: datafactory_core::ContextKind::Llm,
+            model: Some("llama3.1:8b".into()),
+            template: "contextual-retrieval-v1".into(),
+            windowed: false,
+        }),
+    }];
+    let key = DocumentKey {
+        id: document_id("c", "q3"),
+        collection: "c".into(),
+        source: "q3".into(),
+        content_hash: "h".into(),
+        pipeline: "p".into(),
+        byte_size: body.len() as u64,
+    };
+    store.commit_document(&key, &doc, &chunks, None).unwrap();
+    store.flush().unwrap();
+    // A word only the context holds finds the chunk; the hit carries the context.
+    let hits = search(&store, "zebrafinance", None);
+    assert_eq!(hits.len(), 1);
+    assert!(hits[0].context.as_deref().unwrap().contains("ACME"));
+    let stored = store.get_document(&key.id).unwrap().unwrap();
+    assert_eq!(stored.chunks[0].context, chunks[0].context);
+    // The LLM answer cache: kept once, found by its full key only.
+    store.save_llm_context("d", "c", "m", "t", "ctx", &serde_json::json!({"seconds": 1.0})).unwrap();
+    store.save_llm_context("d", "c", "m", "t", "other", &serde_json::json!({})).unwrap();
+    assert_eq!(store.llm_context("d", "c", "m", "t").unwrap().as_deref(), Some("ctx"));
+    assert_eq!(store.llm_context("d", "c", "m", "t2").unwrap(), None);
+    assert_eq!(store.llm_context_count().unwrap(), 1);
+}
+
+#[test]
+fn a_version_2_store_migrates_to_version_3() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // A store as version 2 left it, with one chunk.
+        let db = rusqlite::Connection::open(dir.path().join("datafactory.sqlite3")).unwrap();
+        let mut db = db;
+        crate::schema::migrate_to(&mut db, 2).unwrap();
+        db.execute_batch(
+            "INSERT INTO collections VALUES ('c', 0);
+             INSERT INTO documents VALUES ('d', 'c', 's', NULL, 't', 'text', 'h', 'p', '{}', 'body', '[]', 4, 1, 0, 0);
+             INSERT INTO chunks VALUES ('k', 'd', 0, '[]', 'body', 0, 4, NULL, 1);",
+        )
+        .unwrap();
+        let v: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, 2);
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let detail = store.get_document("d").unwrap().unwrap();
+    assert_eq!(detail.chunks[0].text, "body");
+    assert_eq!(detail.chunks[0].context, None);
+    assert_eq!(store.llm_context_count().unwrap(), 0);
+    let db = rusqlite::Connection::open(dir.path().join("datafactory.sqlite3")).unwrap();
+    let v: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(v, crate::schema::SCHEMA_VERSION);
+    assert_eq!(v, 3);
 }

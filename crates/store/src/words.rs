@@ -37,6 +37,8 @@ pub(crate) struct WordDoc<'a> {
     pub title: &'a str,
     pub heading: &'a str,
     pub body: &'a str,
+    /// The chunk's context, indexed with its body.
+    pub context: Option<&'a str>,
 }
 
 pub(crate) struct WordIndex {
@@ -134,6 +136,9 @@ impl WordIndex {
         doc.add_text(f.title, d.title);
         doc.add_text(f.heading, d.heading);
         doc.add_text(f.body, d.body);
+        if let Some(context) = d.context.filter(|c| !c.is_empty()) {
+            doc.add_text(f.body, context);
+        }
         writer.add_document(doc)?;
         Ok(())
     }
