@@ -26,7 +26,7 @@ the ratio against that row is the model code alone. Each engine runs
 `--rounds` times, alternating, and its best round counts (the machines are
 shared; alternating spreads other load over all engines).
 
-    python3 bench/rerank.py [BASE_BERT_DIR] [--threads 2] [--n 1000] [--rounds 2] [--no-int8] [--keep DIR]
+    python3 bench/rerank.py [BASE_BERT_DIR] [--threads 2] [--n 1000] [--rounds 2] [--no-int8] [--keep DIR] [--binary PATH]
 
 BASE_BERT_DIR defaults to ~/.cache/datafactory-test-models/all-MiniLM-L6-v2.
 Needs sentence-transformers (pip; it brings torch and transformers) and builds
@@ -82,14 +82,18 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--no-int8", action="store_true", help="skip DataFactory's int8 run")
     ap.add_argument("--keep", help="write the benchmark model here (kept) instead of a temporary folder")
+    ap.add_argument("--binary", help="a datafactory-bench already built (default: build the release one)")
     args = ap.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     data = pairs(os.path.join(root, "..", "shared", "data"), args.n)
 
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "datafactory-bench"], cwd=root, check=True)
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
-    binary = os.path.join(target, "release", "datafactory-bench")
+    if args.binary:
+        binary = args.binary
+    else:
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "datafactory-bench"], cwd=root, check=True)
+        target = os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
+        binary = os.path.join(target, "release", "datafactory-bench")
 
     import torch
     from sentence_transformers import CrossEncoder
