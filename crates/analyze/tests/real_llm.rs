@@ -1,0 +1,176 @@
+//! The LLM route against a real LLM server: llama.cpp's `llama-server` over
+//! the tiny random-weight GGUF of the enrichment tests (see `.ci/run` and
+//! `crates/enrich/tests/common`). The analyzer's request asks for
+//! `response_format: json_schema`; llama-server turns the schema into a
+//! grammar, so even a random model writes JSON of the schema's shape. What
+//! that JSON says is still the random model's, and each outcome is asserted
+//! as it really happens:
+//!
+//! - the default server (Jinja chat templates) puts the generation prompt
+//!   into the grammar, which the tiny model's tokenizer cannot match: an
+//!   HTTP 400, so the heuristics answer;
+//! - with `--no-jinja` the grammar holds, but the greedy random model never
+//!   closes the `reason` string: the answer stops at the context size, cut
+//!   JSON, so the heuristics answer;
+//! - with the quote token favoured (`--logit-bias` on the server) the answer
+//!   is complete and schema-valid, but its overlap equals its chunk size,
+//!   which the schema cannot forbid and our check does: heuristics again;
+//! - with the quote and `0` favoured it is a valid verdict: route `llm`;
+//! - a server too slow for the timeout, and a killed one, fall back too.
+//!
+//! The structure figures are measured in every case, never asked.
+//!
+//! Where llama-server or the tiny model cannot be had, a test says why and
+//! stops; under CI (`CI=true`) it fails instead.
+
+#[path = "../../enrich/tests/common/mod.rs"]
+mod common;
+
+use common::{free_port, serial, tools, wait_healthy, Process, Tools};
+use datafactory_analyze::{analyze, Analysis, Analyzer, DocType, Route};
+use datafactory_core::config::AnalysisConfig;
+use datafactory_core::{ChunkStrategy, Document};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Token ids of the tiny model's vocabulary (see
+/// `scripts/make_tiny_llama_gguf.py`: 5 special tokens, then the 256 bytes).
+const QUOTE: u32 = 5 + b'"' as u32;
+const ZERO: u32 = 5 + b'0' as u32;
+
+/// Starts llama-server with one slot of `ctx` tokens and `extra` arguments.
+fn llama_server(tools: &Tools, ctx: usize, extra: &[&str]) -> Process {
+    let port = free_port();
+    let child = Command::new(&tools.server)
+        .args(["-m", tools.model.to_str().unwrap(), "--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["-np", "1", "-c", &ctx.to_string(), "-t", "1", "-tb", "1", "--no-webui"])
+        .args(["-b", "512", "-ub", "512"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting llama-server");
+    let p = Process { child, url: format!("http://127.0.0.1:{port}") };
+    wait_healthy(&format!("{}/health", p.url));
+    p
+}
+
+fn analyzer(server_url: &str, timeout_seconds: u64) -> Analyzer {
+    Analyzer::from_config(&AnalysisConfig {
+        route: "llm".into(),
+        llm_url: format!("{server_url}/v1"),
+        llm_model: "tiny".into(),
+        timeout_seconds,
+        ..Default::default()
+    })
+}
+
+fn handbook() -> Document {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/sample.md");
+    let bytes = std::fs::read(&path).unwrap();
+    datafactory_parse::parse(&bytes, Some(&path), &Default::default()).unwrap().documents.remove(0)
+}
+
+/// The figures the analyzer measures itself, whichever route answered.
+fn assert_measured(a: &Analysis, doc: &Document) {
+    let h = analyze(doc);
+    assert_eq!(a.structure, h.structure);
+    assert_eq!(a.estimated_tokens, h.estimated_tokens);
+    assert_eq!(a.language, h.language);
+    assert_eq!(a.format, h.format);
+}
+
+/// The heuristics' analysis, with a fallback reason containing each of `why`.
+fn assert_fell_back(a: &Analysis, doc: &Document, why: &[&str]) {
+    let h = analyze(doc);
+    assert_eq!(a.route, Route::Heuristic, "{a:#?}");
+    assert_eq!((a.doc_type, &a.plan, &a.analyzer), (h.doc_type, &h.plan, &h.analyzer));
+    let fallback = a.fallback.as_deref().unwrap_or_default();
+    for w in why {
+        assert!(fallback.contains(w), "{fallback:?} should say {w:?}");
+    }
+    assert_measured(a, doc);
+}
+
+#[test]
+fn the_tiny_models_answers_through_the_json_schema_grammar() {
+    let Some(tools) = tools() else { return };
+    let _turn = serial();
+    let doc = handbook();
+
+    // Default server: the Jinja path adds the generation prompt
+    // ("<|im_start|>assistant\n") to the grammar, and the tiny SentencePiece
+    // vocabulary tokenizes it with a space prefix (" as", "s", ...), so the
+    // grammar sampler cannot start.
+    let server = llama_server(&tools, 4096, &[]);
+    let a = analyzer(&server.url, 30).analyze(&doc);
+    assert_fell_back(&a, &doc, &["HTTP 400", "Failed to initialize samplers"]);
+    drop(server);
+
+    // --no-jinja: the grammar holds (the answer begins as a verdict), but the
+    // greedy random model does not pick the closing quote of `reason` in the
+    // ~400 tokens the prompt (~3,700 tokens) leaves of a 4,096 context: the
+    // answer stops there (finish_reason "length"), cut inside the string.
+    let server = llama_server(&tools, 4096, &["--no-jinja"]);
+    let a = analyzer(&server.url, 30).analyze(&doc);
+    assert_fell_back(&a, &doc, &["not a valid verdict", "EOF while parsing a string"]);
+    drop(server);
+
+    // The quote favoured: a complete, schema-valid verdict — {"doc_type":
+    // "prose", "plan": {"strategy": "sections", "max_tokens": 626,
+    // "overlap_tokens": 626, ...}, "reason": ""} — whose overlap the schema
+    // allows but our check does not.
+    let quote = format!("{QUOTE}+10");
+    let server = llama_server(&tools, 4096, &["--no-jinja", "-l", &quote]);
+    let a = analyzer(&server.url, 30).analyze(&doc);
+    assert_fell_back(&a, &doc, &["plan.overlap_tokens 626 is over half of max_tokens"]);
+    drop(server);
+}
+
+#[test]
+fn a_valid_verdict_from_the_real_server_is_taken_and_a_killed_server_falls_back() {
+    let Some(tools) = tools() else { return };
+    let _turn = serial();
+    let doc = handbook();
+
+    // The quote and `0` favoured: max_tokens 600, overlap 0, a reason of
+    // ~530 zeros, closed (finish_reason "stop", ~680 tokens; hence an 8,192
+    // context) — a valid verdict.
+    let (quote, zero) = (format!("{QUOTE}+10"), format!("{ZERO}+10"));
+    let mut server = llama_server(&tools, 8192, &["--no-jinja", "-l", &quote, "-l", &zero]);
+    let llm = analyzer(&server.url, 30);
+    let a = llm.analyze(&doc);
+    assert_eq!(a.route, Route::Llm, "{a:#?}");
+    assert_eq!(a.fallback, None);
+    assert_eq!(a.analyzer, "llm:tiny");
+    assert_eq!(a.doc_type, DocType::Prose);
+    assert_eq!(a.plan.strategy, ChunkStrategy::Sections);
+    assert_eq!((a.plan.max_tokens, a.plan.overlap_tokens), (600, 0));
+    assert_eq!((a.plan.keep_tables_whole, a.plan.keep_code_whole), (false, false));
+    assert!(!a.reason.is_empty() && a.reason.chars().all(|c| c == '0'), "{:?}", a.reason);
+    assert!(a.signals.is_empty());
+    assert_measured(&a, &doc);
+
+    // The server killed: the same analyzer falls back, naming the address.
+    let address = server.url.trim_start_matches("http://").to_string();
+    server.kill();
+    let a = llm.analyze(&doc);
+    assert_fell_back(&a, &doc, &[&address, "Connection refused"]);
+}
+
+#[test]
+fn a_real_server_slower_than_the_timeout_falls_back() {
+    let Some(tools) = tools() else { return };
+    let _turn = serial();
+    let doc = handbook();
+    // Unbiased, the answer runs to the end of a 16k context: seconds of
+    // generation, against a one-second timeout.
+    let server = llama_server(&tools, 16384, &["--no-jinja"]);
+    let started = Instant::now();
+    let a = analyzer(&server.url, 1).analyze(&doc);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_fell_back(&a, &doc, &["timed out"]);
+    drop(server);
+}
