@@ -34,7 +34,9 @@ impl IngestObserver for KillAfter {
 fn config(data: &std::path::Path, urls: &[String]) -> Config {
     let mut c = Config { data_dir: data.to_path_buf(), ..Default::default() };
     c.embedding.model = String::new();
+    // Small chunks, many per document (the analyzer's plan would cut bigger ones).
     c.chunking.max_tokens = 64;
+    c.analysis.follow_plan = false;
     c.enrichment.endpoints = urls.iter().map(|u| openai_endpoint(u, 2, 16384)).collect();
     c.enrichment.max_answer_tokens = 16;
     c.enrichment.backoff_ms = 50;
