@@ -38,10 +38,12 @@ pub fn document() -> Value {
         query("collection", "string", "only this collection"),
         query("mode", "string", "hybrid, lexical, dense or sparse"),
         query("document_ids", "string", "comma-separated document ids"),
+        query("rerank", "boolean", "rerank the results (default: rerank.mode is not off)"),
     ]);
     let search_body = json!({"application/json": {"schema": {"type": "object", "required": ["query"], "properties": {
         "query": {"type": "string"}, "top_k": {"type": "integer"}, "collection": {"type": "string"},
         "mode": {"type": "string", "enum": ["hybrid", "lexical", "dense", "sparse"]},
+        "rerank": {"type": "boolean"},
         "filter": {"type": "object", "properties": {
             "document_ids": {"type": "array", "items": {"type": "string"}},
             "metadata": {"type": "object"}}}}}}});

@@ -528,6 +528,8 @@ struct SearchBody {
     filter: Option<SearchFilter>,
     /// GET: comma-separated document ids.
     document_ids: Option<String>,
+    /// Rerank this search (default: whether `rerank.mode` is not `off`).
+    rerank: Option<bool>,
 }
 
 async fn search_get(
@@ -577,7 +579,15 @@ async fn search(state: Shared, q: SearchBody) -> Result<Json<Value>, ApiError> {
             }
         };
         let candidates = s.config.rerank.candidates;
-        let depth = datafactory_ingest::search_depth(top_k, s.reranker.is_some(), candidates);
+        let reranker = match q.rerank {
+            Some(false) => None,
+            Some(true) if s.reranker.is_none() => {
+                notes.push("reranking asked for, but rerank.mode is off: results in fused order".into());
+                None
+            }
+            _ => s.reranker.as_ref(),
+        };
+        let depth = datafactory_ingest::search_depth(top_k, reranker.is_some(), candidates);
         let mut results = s
             .store
             .search(&SearchRequest {
@@ -591,7 +601,7 @@ async fn search(state: Shared, q: SearchBody) -> Result<Json<Value>, ApiError> {
         if mode != SearchMode::Lexical && !results.retrievers.contains(&"dense") {
             s.metrics.searches_words_only.fetch_add(1, Ordering::Relaxed);
         }
-        let rerank = s.reranker.as_ref().map(|r| {
+        let rerank = reranker.map(|r| {
             let report = datafactory_ingest::rerank_hits(
                 r.as_ref(),
                 &s.pipeline,
