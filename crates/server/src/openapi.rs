@@ -76,7 +76,7 @@ pub fn document() -> Value {
         "security": [{"bearer": []}],
         "paths": {
             "/health": {"get": op("Alive", json!([]), None, object.clone())},
-            "/ready": {"get": op("Store and model state", json!([]), None, object.clone())},
+            "/ready": {"get": op("Store, model, reranker and LLM endpoint state", json!([]), None, object.clone())},
             "/metrics": {"get": op("Prometheus metrics (text)", json!([]), None, json!({"type": "string"}))},
             "/openapi.json": {"get": op("This document", json!([]), None, object.clone())},
             "/ingest": {"post": op(

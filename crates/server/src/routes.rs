@@ -57,10 +57,17 @@ pub(crate) async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// How long `/ready` waits for each LLM endpoint's health probe.
+const LLM_PROBE: Duration = Duration::from_secs(2);
+
 async fn ready(State(state): State<Shared>) -> Json<Value> {
     let embedder = state.pipeline.embedder();
     let store = state.store.clone();
     let stats = tokio::task::spawn_blocking(move || store.stats()).await.ok().and_then(|r| r.ok());
+    let enricher = state.pipeline.enricher().clone();
+    let llm_endpoints = tokio::task::spawn_blocking(move || enricher.endpoint_states(Some(LLM_PROBE)))
+        .await
+        .unwrap_or_default();
     Json(json!({
         "ready": stats.is_some(),
         "store": {
@@ -77,6 +84,10 @@ async fn ready(State(state): State<Shared>) -> Json<Value> {
         "rerank": {
             "mode": state.config.rerank.mode,
             "model": state.reranker.as_ref().map(|r| r.model_id().to_string()),
+        },
+        "enrichment": {
+            "mode": state.pipeline.enricher().mode(),
+            "endpoints": llm_endpoints,
         },
     }))
 }
