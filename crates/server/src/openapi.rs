@@ -77,7 +77,7 @@ pub fn document() -> Value {
         "paths": {
             "/health": {"get": op("Alive", json!([]), None, object.clone())},
             "/ready": {"get": op("Store, model, reranker and LLM endpoint state", json!([]), None, object.clone())},
-            "/metrics": {"get": op("Prometheus metrics (text)", json!([]), None, json!({"type": "string"}))},
+            "/metrics": {"get": op("Prometheus metrics (text): requests, ingest, LLM tokens per endpoint, phases, embedder", json!([]), None, json!({"type": "string"}))},
             "/openapi.json": {"get": op("This document", json!([]), None, object.clone())},
             "/ingest": {"post": op(
                 "Ingest uploaded files or JSON documents as a job (202, or 200 with wait=true)",

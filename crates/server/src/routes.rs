@@ -93,7 +93,10 @@ async fn ready(State(state): State<Shared>) -> Json<Value> {
 }
 
 async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    let mut out = state.metrics.render();
+    let embedder = state.pipeline.embedder().map(|e| e.stats()).unwrap_or_default();
+    state.metrics.render_ingest(&mut out, embedder);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
 #[derive(Deserialize, Default)]
@@ -312,12 +315,14 @@ fn start_job(
                 m.chunks_ingested.fetch_add(summary.chunks as u64, Ordering::Relaxed);
                 m.chunks_embedded.fetch_add(summary.embedding.chunks as u64, Ordering::Relaxed);
                 m.ingest_failures.fetch_add(summary.failed.len() as u64, Ordering::Relaxed);
+                m.record_enrichment(&summary);
                 Ok(summary)
             }
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(format!("ingest task failed: {e}")),
         };
         progress.finish(result);
+        state.metrics.record_phases(&progress.view().phases);
         state.jobs.done();
         progress
     })
