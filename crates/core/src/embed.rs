@@ -35,6 +35,21 @@ pub enum EmbedError {
     Runtime(String),
 }
 
+/// Work an embedder did since it was loaded (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EmbedderStats {
+    /// Forward passes run.
+    pub batches: u64,
+    /// Texts embedded.
+    pub texts: u64,
+    /// Real tokens embedded (special tokens included, padding not).
+    pub tokens: u64,
+    /// Tokens computed including padding.
+    pub padded_tokens: u64,
+    /// Batches that ran out of GPU memory and were redone on the CPU.
+    pub gpu_fallbacks: u64,
+}
+
 pub trait Embedder: Send + Sync {
     /// A stable name of the model and its settings (stored with the vectors).
     fn model_id(&self) -> &str;
@@ -52,5 +67,9 @@ pub trait Embedder: Send + Sync {
     /// `None` where nothing is cached (the CPU).
     fn release_cached_memory(&self) -> Option<(u64, u64)> {
         None
+    }
+    /// Work done so far; zeros when the implementation does not count.
+    fn stats(&self) -> EmbedderStats {
+        EmbedderStats::default()
     }
 }

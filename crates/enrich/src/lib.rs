@@ -182,6 +182,30 @@ impl EnrichmentSummary {
     }
 }
 
+/// One LLM endpoint of the pool: what the pool knows of it, and what a
+/// health probe found (`Enricher::endpoint_states`).
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointState {
+    pub url: String,
+    /// `ollama` or `openai`.
+    pub kind: &'static str,
+    pub model: String,
+    /// The pool sends it work: it was not taken out after failures, or the
+    /// time it was out for is over.
+    pub in_pool: bool,
+    /// Failed calls in a row, as the pool counted them.
+    pub consecutive_failures: u32,
+    /// Seconds until the pool tries it again, while it is out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_in_seconds: Option<f64>,
+    /// What the probe found (absent when not probed): the server answers and serves the model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub up: Option<bool>,
+    /// Why the probe failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Off,
@@ -277,6 +301,65 @@ impl Enricher {
             }
         }
         models
+    }
+
+    /// `llm`, `heuristic` or `off`: what this enricher does.
+    pub fn mode(&self) -> &'static str {
+        match self.mode {
+            Mode::Off => "off",
+            Mode::Heuristic => "heuristic",
+            Mode::Llm => "llm",
+        }
+    }
+
+    /// Every endpoint as the pool knows it; with `probe`, each also asked
+    /// now (at once, each within `probe`) whether it is up. A probe does not
+    /// change the pool: only calls made for work take endpoints out of it.
+    pub fn endpoint_states(&self, probe: Option<Duration>) -> Vec<EndpointState> {
+        let probes: Vec<Option<Result<(), String>>> = match probe {
+            None => vec![None; self.endpoints.len()],
+            Some(limit) => std::thread::scope(|s| {
+                let handles: Vec<_> = self
+                    .config
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        s.spawn(move || {
+                            Client::new(e, &self.config.keep_alive, limit, limit)
+                                .health()
+                                .map_err(|x| x.to_string())
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| Some(h.join().unwrap_or_else(|_| Err("health probe panicked".into()))))
+                    .collect()
+            }),
+        };
+        let now = Instant::now();
+        let health = lock(&self.health);
+        self.endpoints
+            .iter()
+            .zip(health.iter())
+            .zip(probes)
+            .map(|((e, h), p)| {
+                let out = h.down_until.filter(|t| *t > now);
+                EndpointState {
+                    url: e.client.base.clone(),
+                    kind: match e.client.kind {
+                        client::ApiKind::Ollama => "ollama",
+                        client::ApiKind::OpenAi => "openai",
+                    },
+                    model: e.client.model.clone(),
+                    in_pool: out.is_none(),
+                    consecutive_failures: h.consecutive_failures,
+                    retry_in_seconds: out.map(|t| (t - now).as_secs_f64()),
+                    up: p.as_ref().map(|r| r.is_ok()),
+                    error: p.and_then(|r| r.err()),
+                }
+            })
+            .collect()
     }
 
     /// Checks every endpoint now; an endpoint that fails is out of the pool

@@ -146,6 +146,7 @@ mod tests {
             page: None,
             text: text.into(),
             context: None,
+            context_kind: None,
         }
     }
 

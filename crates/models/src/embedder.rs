@@ -26,20 +26,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
-/// Counters of the work done since the embedder was loaded.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct EmbedderStats {
-    /// Forward passes run.
-    pub batches: u64,
-    /// Texts embedded.
-    pub texts: u64,
-    /// Real tokens embedded (special tokens included, padding not).
-    pub tokens: u64,
-    /// Tokens computed including padding.
-    pub padded_tokens: u64,
-    /// Batches that ran out of GPU memory and were redone on the CPU.
-    pub gpu_fallbacks: u64,
-}
+/// Counters of the work done since the embedder was loaded (the
+/// [`Embedder::stats`] of every embedder).
+pub use datafactory_core::EmbedderStats;
 
 #[derive(Default)]
 pub(crate) struct Counters {
@@ -359,6 +348,10 @@ impl CandleEmbedder {
 }
 
 impl Embedder for CandleEmbedder {
+    fn stats(&self) -> EmbedderStats {
+        self.counters.snapshot()
+    }
+
     fn release_cached_memory(&self) -> Option<(u64, u64)> {
         let released = crate::gpu::release_cached(&self.device);
         if let Some((before, after)) = released {

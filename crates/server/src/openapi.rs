@@ -38,10 +38,12 @@ pub fn document() -> Value {
         query("collection", "string", "only this collection"),
         query("mode", "string", "hybrid, lexical, dense or sparse"),
         query("document_ids", "string", "comma-separated document ids"),
+        query("rerank", "boolean", "rerank the results (default: rerank.mode is not off)"),
     ]);
     let search_body = json!({"application/json": {"schema": {"type": "object", "required": ["query"], "properties": {
         "query": {"type": "string"}, "top_k": {"type": "integer"}, "collection": {"type": "string"},
         "mode": {"type": "string", "enum": ["hybrid", "lexical", "dense", "sparse"]},
+        "rerank": {"type": "boolean"},
         "filter": {"type": "object", "properties": {
             "document_ids": {"type": "array", "items": {"type": "string"}},
             "metadata": {"type": "object"}}}}}}});
@@ -74,8 +76,8 @@ pub fn document() -> Value {
         "security": [{"bearer": []}],
         "paths": {
             "/health": {"get": op("Alive", json!([]), None, object.clone())},
-            "/ready": {"get": op("Store and model state", json!([]), None, object.clone())},
-            "/metrics": {"get": op("Prometheus metrics (text)", json!([]), None, json!({"type": "string"}))},
+            "/ready": {"get": op("Store, model, reranker and LLM endpoint state", json!([]), None, object.clone())},
+            "/metrics": {"get": op("Prometheus metrics (text): requests, ingest, LLM tokens per endpoint, phases, embedder", json!([]), None, json!({"type": "string"}))},
             "/openapi.json": {"get": op("This document", json!([]), None, object.clone())},
             "/ingest": {"post": op(
                 "Ingest uploaded files or JSON documents as a job (202, or 200 with wait=true)",

@@ -57,10 +57,17 @@ pub(crate) async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// How long `/ready` waits for each LLM endpoint's health probe.
+const LLM_PROBE: Duration = Duration::from_secs(2);
+
 async fn ready(State(state): State<Shared>) -> Json<Value> {
     let embedder = state.pipeline.embedder();
     let store = state.store.clone();
     let stats = tokio::task::spawn_blocking(move || store.stats()).await.ok().and_then(|r| r.ok());
+    let enricher = state.pipeline.enricher().clone();
+    let llm_endpoints = tokio::task::spawn_blocking(move || enricher.endpoint_states(Some(LLM_PROBE)))
+        .await
+        .unwrap_or_default();
     Json(json!({
         "ready": stats.is_some(),
         "store": {
@@ -78,11 +85,18 @@ async fn ready(State(state): State<Shared>) -> Json<Value> {
             "mode": state.config.rerank.mode,
             "model": state.reranker.as_ref().map(|r| r.model_id().to_string()),
         },
+        "enrichment": {
+            "mode": state.pipeline.enricher().mode(),
+            "endpoints": llm_endpoints,
+        },
     }))
 }
 
 async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+    let mut out = state.metrics.render();
+    let embedder = state.pipeline.embedder().map(|e| e.stats()).unwrap_or_default();
+    state.metrics.render_ingest(&mut out, embedder);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
 #[derive(Deserialize, Default)]
@@ -301,12 +315,14 @@ fn start_job(
                 m.chunks_ingested.fetch_add(summary.chunks as u64, Ordering::Relaxed);
                 m.chunks_embedded.fetch_add(summary.embedding.chunks as u64, Ordering::Relaxed);
                 m.ingest_failures.fetch_add(summary.failed.len() as u64, Ordering::Relaxed);
+                m.record_enrichment(&summary);
                 Ok(summary)
             }
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(format!("ingest task failed: {e}")),
         };
         progress.finish(result);
+        state.metrics.record_phases(&progress.view().phases);
         state.jobs.done();
         progress
     })
@@ -528,6 +544,8 @@ struct SearchBody {
     filter: Option<SearchFilter>,
     /// GET: comma-separated document ids.
     document_ids: Option<String>,
+    /// Rerank this search (default: whether `rerank.mode` is not `off`).
+    rerank: Option<bool>,
 }
 
 async fn search_get(
@@ -577,7 +595,15 @@ async fn search(state: Shared, q: SearchBody) -> Result<Json<Value>, ApiError> {
             }
         };
         let candidates = s.config.rerank.candidates;
-        let depth = datafactory_ingest::search_depth(top_k, s.reranker.is_some(), candidates);
+        let reranker = match q.rerank {
+            Some(false) => None,
+            Some(true) if s.reranker.is_none() => {
+                notes.push("reranking asked for, but rerank.mode is off: results in fused order".into());
+                None
+            }
+            _ => s.reranker.as_ref(),
+        };
+        let depth = datafactory_ingest::search_depth(top_k, reranker.is_some(), candidates);
         let mut results = s
             .store
             .search(&SearchRequest {
@@ -591,7 +617,7 @@ async fn search(state: Shared, q: SearchBody) -> Result<Json<Value>, ApiError> {
         if mode != SearchMode::Lexical && !results.retrievers.contains(&"dense") {
             s.metrics.searches_words_only.fetch_add(1, Ordering::Relaxed);
         }
-        let rerank = s.reranker.as_ref().map(|r| {
+        let rerank = reranker.map(|r| {
             let report = datafactory_ingest::rerank_hits(
                 r.as_ref(),
                 &s.pipeline,

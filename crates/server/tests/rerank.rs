@@ -250,14 +250,43 @@ async fn search_reranks_through_the_service_and_answers_without_it() {
     for w in results.windows(2) {
         assert!(w[0]["score"].as_f64().unwrap() >= w[1]["score"].as_f64().unwrap(), "{v:#}");
     }
-    // Each score is the model's relevance of the contextual text (title, then the chunk).
+    // Each score is the model's relevance of the contextual text: the title,
+    // the chunk's context (here a heuristic one), then the chunk.
     let local = tiny_reranker();
     for r in results {
-        let text = format!("{}\n\n{}", r["title"].as_str().unwrap(), r["text"].as_str().unwrap());
+        let context = r["context"].as_str().unwrap();
+        let text = format!("{}\n{context}\n\n{}", r["title"].as_str().unwrap(), r["text"].as_str().unwrap());
         let want = sigmoid(local.score("cat", &[&text]).unwrap()[0]) as f64;
         assert!((r["scores"]["rerank"].as_f64().unwrap() - want).abs() < 1e-4, "{r}");
         assert_eq!(r["score"], r["scores"]["rerank"]);
     }
+
+    // Per request: `rerank=false` (GET) and `"rerank": false` (POST) skip the reranker.
+    let off: Value = c
+        .get(service.url("/search"))
+        .query(&[("q", "cat"), ("top_k", "3"), ("rerank", "false")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let posted: Value = c
+        .post(service.url("/search"))
+        .json(&json!({"query": "cat", "top_k": 3, "rerank": false}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for v in [&off, &posted] {
+        assert_eq!(v["rerank"], Value::Null, "{v:#}");
+        for r in v["results"].as_array().unwrap() {
+            assert!(r["scores"].get("rerank").is_none(), "{r}");
+        }
+    }
+    assert_eq!(off["results"], posted["results"]);
 
     // Down: search still answers, in fused order, and says so.
     reranker.stop().await;

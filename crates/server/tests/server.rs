@@ -177,6 +177,22 @@ async fn ingest_search_documents_over_http() {
     let found: Vec<&str> =
         other["results"].as_array().unwrap().iter().map(|r| r["title"].as_str().unwrap()).collect();
     assert_eq!(found, ["Walrus"], "{other:#}");
+    // No LLM configured: the hit's context is a heuristic one, and says so.
+    let hit = &other["results"][0];
+    assert!(hit["context"].as_str().is_some_and(|c| !c.is_empty()), "{hit:#}");
+    assert_eq!(hit["context_kind"], "heuristic", "{hit:#}");
+    // Asking for reranking without a reranker: fused order, and a note.
+    let v: Value = c
+        .get(s.url("/search"))
+        .query(&[("q", "walrus"), ("rerank", "true")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["rerank"], Value::Null, "{v:#}");
+    assert!(v["notes"].to_string().contains("rerank.mode is off"), "{v:#}");
     let none: Value = c
         .post(s.url("/search"))
         .json(&json!({"query": "marzipan walrus", "filter": {"metadata": {"team": "nobody"}}}))

@@ -153,6 +153,9 @@ pub struct SearchHit {
     /// The context enrichment gave the chunk (its text).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub context: Option<String>,
+    /// Who wrote `context`: `llm` or `heuristic` (with `context` only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub context_kind: Option<datafactory_core::ContextKind>,
 }
 
 #[derive(Debug, Clone, Serialize)]

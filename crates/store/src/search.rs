@@ -253,6 +253,7 @@ impl Store {
         for (chunk_id, scores) in ranked {
             let hit = q
                 .query_row([&chunk_id], |r| {
+                    let context = crate::parse_context(r.get(10)?);
                     Ok(SearchHit {
                         chunk_id: chunk_id.clone(),
                         score: primary(&scores),
@@ -267,7 +268,8 @@ impl Store {
                         title: r.get(7)?,
                         source: r.get(8)?,
                         collection: r.get(9)?,
-                        context: crate::parse_context(r.get(10)?).map(|c| c.text),
+                        context_kind: context.as_ref().map(|c| c.kind),
+                        context: context.map(|c| c.text),
                     })
                 })
                 .optional()?;

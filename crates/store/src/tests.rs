@@ -431,6 +431,7 @@ fn chunk_contexts_are_stored_and_word_indexed() {
     let hits = search(&store, "zebrafinance", None);
     assert_eq!(hits.len(), 1);
     assert!(hits[0].context.as_deref().unwrap().contains("ACME"));
+    assert_eq!(hits[0].context_kind, Some(datafactory_core::ContextKind::Llm));
     let stored = store.get_document(&key.id).unwrap().unwrap();
     assert_eq!(stored.chunks[0].context, chunks[0].context);
     // The LLM answer cache: kept once, found by its full key only.
