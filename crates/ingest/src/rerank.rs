@@ -52,15 +52,15 @@ pub fn rerank_hits(
 ) -> RerankReport {
     let started = Instant::now();
     let n = candidates.min(hits.len());
-    // A hit's context goes before its text; whether its kind wants the title
-    // and heading path before it too is not known here, so they are left out.
+    // The text the embedder read: an LLM's context gets the title and heading
+    // path before it, a heuristic one already holds them.
     let texts: Vec<String> = hits[..n]
         .iter()
         .map(|h| {
             pipeline.contextual_text(
                 &h.title,
                 &h.heading_path,
-                h.context.as_deref().map(|c| (c, false)),
+                h.context.as_deref().map(|c| (c, h.context_kind == Some(datafactory_core::ContextKind::Llm))),
                 &h.text,
             )
         })
