@@ -2,8 +2,11 @@
 //! commit per document. Used by the CLI now and by the HTTP service later; it knows
 //! nothing of either (progress goes to an [`IngestObserver`]).
 //!
-//! Parsing and chunking run on worker threads; one thread commits, in the
-//! order documents become ready. A file that fails (unreadable, too large,
+//! Parsing and chunking run on worker threads; then an enrichment stage, an
+//! embedding stage and the committing thread, joined by bounded queues, so
+//! that embedding of early documents overlaps enrichment of later ones. One
+//! thread commits, one document per transaction, in the order documents
+//! became ready. A file that fails (unreadable, too large,
 //! corrupt, empty) is recorded with its reason and the batch goes on; only a
 //! failure of the store itself stops it.
 
@@ -60,6 +63,8 @@ pub struct Pipeline {
     max_file_bytes: u64,
     extensions: Vec<String>,
     workers: usize,
+    /// Server slots over all LLM endpoints (what sizes an enrichment group).
+    llm_slots: usize,
     fingerprint: String,
 }
 
@@ -122,6 +127,7 @@ impl Pipeline {
             max_file_bytes: config.ingest.max_file_bytes,
             extensions: config.ingest.extensions.iter().map(|e| e.to_ascii_lowercase()).collect(),
             workers,
+            llm_slots: config.enrichment.endpoints.iter().map(|e| e.slots).sum(),
             fingerprint,
         }
     }
@@ -387,6 +393,20 @@ pub struct AnalysisSummary {
 }
 
 impl AnalysisSummary {
+    fn merge(&mut self, other: AnalysisSummary) {
+        self.documents += other.documents;
+        for (mine, theirs) in [
+            (&mut self.types, other.types),
+            (&mut self.languages, other.languages),
+            (&mut self.routes, other.routes),
+        ] {
+            for (k, v) in theirs {
+                *mine.entry(k).or_default() += v;
+            }
+        }
+        self.fallbacks.extend(other.fallbacks);
+    }
+
     fn add(&mut self, source: &str, a: &Analysis) {
         self.documents += 1;
         *self.types.entry(a.doc_type.as_str().to_string()).or_default() += 1;
@@ -414,6 +434,20 @@ pub struct DocumentCounts {
 impl IngestSummary {
     pub fn has_failures(&self) -> bool {
         !self.failed.is_empty()
+    }
+
+    /// Adds what a stage of the pipeline counted on its own.
+    fn absorb(&mut self, part: IngestSummary) {
+        self.documents.unchanged += part.documents.unchanged;
+        self.failed.extend(part.failed);
+        self.skipped.extend(part.skipped);
+        self.warnings.extend(part.warnings);
+        self.analysis.merge(part.analysis);
+        if !part.enrichment.mode.is_empty() {
+            self.enrichment.merge(part.enrichment);
+        }
+        self.embedding.chunks += part.embedding.chunks;
+        self.embedding.seconds += part.embedding.seconds;
     }
 }
 
@@ -521,6 +555,8 @@ fn run(
     let next = AtomicUsize::new(0);
     let workers = pipeline.workers.clamp(1, inputs.len().max(1));
     std::thread::scope(|scope| -> Result<(), IngestError> {
+        // workers ─► enrichment stage ─► embedding stage ─► committer (this
+        // thread), each queue bounded, documents in the order they became ready.
         let (tx, rx) = mpsc::sync_channel::<FileResult>(workers * 4);
         for _ in 0..workers {
             let tx = tx.clone();
@@ -535,135 +571,293 @@ fn run(
                 let result = prepare_file(store, pipeline, request, input, observer);
                 observer.phase_progress(Phase::Chunking, 1, started.elapsed().as_secs_f64());
                 if tx.send(result).is_err() {
-                    break; // the committer stopped
+                    break; // the later stages stopped
                 }
             });
         }
         drop(tx);
-        let mut committer = Committer {
-            store,
-            pipeline,
-            observer,
-            summary,
-            pending: Vec::new(),
-            pending_chunks: 0,
-            last_flush: Instant::now(),
-            since_flush: 0,
-        };
+        let (enriched_tx, enriched_rx) = mpsc::sync_channel::<Pending>(STAGE_QUEUE);
+        let (embedded_tx, embedded_rx) = mpsc::sync_channel::<Embedded>(STAGE_QUEUE);
+        let enriching = std::thread::Builder::new()
+            .name("ingest-enrich".into())
+            .spawn_scoped(scope, move || enrich_stage(store, pipeline, observer, rx, enriched_tx))
+            .expect("spawning the enrichment stage");
+        let embedding = std::thread::Builder::new()
+            .name("ingest-embed".into())
+            .spawn_scoped(scope, move || embed_stage(pipeline, observer, enriched_rx, embedded_tx))
+            .expect("spawning the embedding stage");
+        let mut committer =
+            Committer { store, observer, summary, last_flush: Instant::now(), since_flush: 0 };
         let outcome = (|| -> Result<(), IngestError> {
-            // Take what is ready, embed it as one group, commit; repeat.
-            while let Ok(first) = rx.recv() {
-                committer.accept(first);
-                while committer.pending_chunks < committer.group_size() {
-                    match rx.try_recv() {
-                        Ok(next) => committer.accept(next),
-                        Err(_) => break,
-                    }
-                }
-                committer.process()?;
+            for item in &embedded_rx {
+                committer.commit_item(item)?;
             }
-            committer.process()
+            Ok(())
         })();
-        // Stop the workers early if committing failed.
+        // Stop the workers and stages early if committing failed: their
+        // next send fails once the queue after them is gone.
         next.store(inputs.len(), Ordering::Relaxed);
-        drop(rx);
+        drop(embedded_rx);
+        let enriched = enriching.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let embedded = embedding.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        summary.absorb(enriched);
+        summary.absorb(embedded);
         outcome?;
         store.checkpoint()?;
         Ok(())
     })
 }
 
-/// Prepared documents waiting to be embedded and committed, and what the
-/// observer is to hear when they are.
+/// Documents a queue between two stages holds at most.
+const STAGE_QUEUE: usize = 64;
+
+/// Chunks gathered for one embedding call (the model batches by length
+/// inside it).
+const EMBED_BATCH_CHUNKS: usize = 256;
+
+/// Prepared documents on their way to the committer, and what the observer
+/// is to hear when they are committed.
 struct Pending {
     prepared: Option<Prepared>,
     /// Set on the last item of a file: (source, whether something failed).
     file_done: Option<(String, bool)>,
 }
 
-/// The committing side of an ingest: groups chunks of several documents into
-/// one embedding call, then commits each document on its own.
+/// A pending item with its chunks' embeddings (None without an embedder), or
+/// why they could not be made.
+struct Embedded {
+    pending: Pending,
+    embeddings: Result<Option<Vec<Embedding>>, String>,
+}
+
+/// Chunks the enrichment stage gathers for one enrichment call with an LLM:
+/// enough to keep every server slot busy, few enough that embedding of a
+/// group overlaps the enrichment of the next.
+fn enrich_group_chunks(pipeline: &Pipeline) -> usize {
+    if pipeline.enricher.uses_llm() {
+        (pipeline.llm_slots * 8).clamp(32, 256)
+    } else {
+        1
+    }
+}
+
+/// The enrichment stage: takes what the workers made ready, gives its chunks
+/// their contexts (LLM answers are kept in the store as they arrive), and
+/// passes each document on. Returns its part of the summary.
+fn enrich_stage(
+    store: &Store,
+    pipeline: &Pipeline,
+    observer: &dyn IngestObserver,
+    rx: mpsc::Receiver<FileResult>,
+    tx: mpsc::SyncSender<Pending>,
+) -> IngestSummary {
+    let mut part = IngestSummary::default();
+    let group = enrich_group_chunks(pipeline);
+    let mut pending: Vec<Pending> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut chunks = accept(&mut part, observer, &mut pending, first);
+        while chunks < group {
+            match rx.try_recv() {
+                Ok(next) => chunks += accept(&mut part, observer, &mut pending, next),
+                Err(_) => break,
+            }
+        }
+        enrich(store, pipeline, observer, &mut part, &mut pending);
+        for item in pending.drain(..) {
+            if tx.send(item).is_err() {
+                return part; // the committer stopped
+            }
+        }
+    }
+    part
+}
+
+/// Takes a worker's result into `pending`; returns the chunks it added.
+fn accept(
+    part: &mut IngestSummary,
+    observer: &dyn IngestObserver,
+    pending: &mut Vec<Pending>,
+    result: FileResult,
+) -> usize {
+    match result {
+        FileResult::Documents { source, prepared, unchanged, failures, warnings } => {
+            part.documents.unchanged += unchanged;
+            let failed = !failures.is_empty();
+            part.failed.extend(failures);
+            part.warnings.extend(warnings);
+            let n = prepared.len();
+            let mut chunks = 0;
+            for (i, p) in prepared.into_iter().enumerate() {
+                part.analysis.add(&p.key.source, &p.analysis);
+                chunks += p.chunks.len();
+                pending.push(Pending {
+                    prepared: Some(p),
+                    file_done: (i + 1 == n).then(|| (source.clone(), failed)),
+                });
+            }
+            if n == 0 {
+                pending.push(Pending { prepared: None, file_done: Some((source, failed)) });
+            }
+            chunks
+        }
+        FileResult::Skipped(note) => {
+            observer.file_done(&note.source, false);
+            part.skipped.push(note);
+            0
+        }
+        FileResult::Failed(failure) => {
+            observer.file_done(&failure.source, true);
+            tracing::warn!("{}: {}", failure.source, failure.error);
+            part.failed.push(failure);
+            0
+        }
+    }
+}
+
+/// Gives every pending chunk its context (LLM answers are kept in the
+/// store as they arrive). A document where the LLM could not answer for
+/// some chunk is committed with heuristic contexts there and a
+/// fingerprint that makes the next ingest try again.
+fn enrich(
+    store: &Store,
+    pipeline: &Pipeline,
+    observer: &dyn IngestObserver,
+    part: &mut IngestSummary,
+    pending: &mut [Pending],
+) {
+    let enricher = &pipeline.enricher;
+    if !enricher.enabled() {
+        return;
+    }
+    let prepared: Vec<&mut Prepared> = pending.iter_mut().filter_map(|p| p.prepared.as_mut()).collect();
+    if prepared.iter().all(|p| p.chunks.is_empty()) {
+        return;
+    }
+    let inputs: Vec<DocumentInput<'_>> = prepared
+        .iter()
+        .map(|p| DocumentInput { source: &p.key.source, document: &p.document, chunks: &p.chunks })
+        .collect();
+    let progress = |n: usize, seconds: f64| observer.phase_progress(Phase::Enrichment, n, seconds);
+    let (contexts, summary) = enricher.enrich(&inputs, &StoreCache(store), &progress);
+    drop(inputs);
+    for (p, c) in prepared.into_iter().zip(contexts) {
+        if !c.complete {
+            p.key.pipeline.push_str(";enrichment-incomplete");
+        }
+        for (chunk, context) in p.chunks.iter_mut().zip(c.contexts) {
+            chunk.context = Some(context);
+        }
+    }
+    part.enrichment.merge(summary);
+}
+
+/// The embedding stage: gathers enriched documents up to a batch of chunks
+/// (what is ready, across documents), embeds them in one call, and passes
+/// each document on with its vectors. Returns its part of the summary.
+fn embed_stage(
+    pipeline: &Pipeline,
+    observer: &dyn IngestObserver,
+    rx: mpsc::Receiver<Pending>,
+    tx: mpsc::SyncSender<Embedded>,
+) -> IngestSummary {
+    let mut part = IngestSummary::default();
+    let batch = if pipeline.embedder.is_some() { EMBED_BATCH_CHUNKS } else { 1 };
+    let chunks_of = |p: &Pending| p.prepared.as_ref().map_or(0, |p| p.chunks.len());
+    while let Ok(first) = rx.recv() {
+        let mut chunks = chunks_of(&first);
+        let mut pending = vec![first];
+        while chunks < batch {
+            match rx.try_recv() {
+                Ok(next) => {
+                    chunks += chunks_of(&next);
+                    pending.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let embeddings = embed(pipeline, observer, &mut part, &pending);
+        for (i, item) in pending.into_iter().enumerate() {
+            let embeddings = match &embeddings {
+                Err(e) => Err(e.clone()),
+                Ok(all) => Ok(all[i].clone()),
+            };
+            if tx.send(Embedded { pending: item, embeddings }).is_err() {
+                return part; // the committer stopped
+            }
+        }
+    }
+    part
+}
+
+/// One embedding call for all pending chunks; per pending item, its
+/// chunks' embeddings (None without an embedder).
+fn embed(
+    pipeline: &Pipeline,
+    observer: &dyn IngestObserver,
+    part: &mut IngestSummary,
+    pending: &[Pending],
+) -> Result<Vec<Option<Vec<Embedding>>>, String> {
+    let Some(embedder) = &pipeline.embedder else {
+        return Ok(pending.iter().map(|_| None).collect());
+    };
+    let mut texts = Vec::new();
+    for p in pending.iter().filter_map(|p| p.prepared.as_ref()) {
+        for c in &p.chunks {
+            texts.push(pipeline.embedding_text(&p.document.title, c));
+        }
+    }
+    if texts.is_empty() {
+        return Ok(pending.iter().map(|p| p.prepared.as_ref().map(|_| Vec::new())).collect());
+    }
+    let started = Instant::now();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let mut vectors = embedder.embed(&refs, InputKind::Passage).map_err(|e| e.to_string())?.into_iter();
+    let seconds = started.elapsed().as_secs_f64();
+    part.embedding.chunks += texts.len();
+    part.embedding.seconds += seconds;
+    observer.phase_progress(Phase::Embedding, texts.len(), seconds);
+    Ok(pending
+        .iter()
+        .map(|p| p.prepared.as_ref().map(|p| vectors.by_ref().take(p.chunks.len()).collect()))
+        .collect())
+}
+
+/// The committing side of an ingest: one SQLite transaction per document,
+/// in the order documents arrive; the word index committed in batches.
 struct Committer<'a> {
     store: &'a Store,
-    pipeline: &'a Pipeline,
     observer: &'a dyn IngestObserver,
     summary: &'a mut IngestSummary,
-    pending: Vec<Pending>,
-    pending_chunks: usize,
     last_flush: Instant,
     since_flush: usize,
 }
 
 impl Committer<'_> {
-    /// Chunks gathered before an embedding call.
-    fn group_size(&self) -> usize {
-        if self.pipeline.embedder.is_some() || self.pipeline.enricher.uses_llm() {
-            256
-        } else {
-            1
-        }
-    }
-
-    fn accept(&mut self, result: FileResult) {
-        match result {
-            FileResult::Documents { source, prepared, unchanged, failures, warnings } => {
-                self.summary.documents.unchanged += unchanged;
-                let failed = !failures.is_empty();
-                self.summary.failed.extend(failures);
-                self.summary.warnings.extend(warnings);
-                let n = prepared.len();
-                for (i, p) in prepared.into_iter().enumerate() {
-                    self.summary.analysis.add(&p.key.source, &p.analysis);
-                    self.pending_chunks += p.chunks.len();
-                    self.pending.push(Pending {
-                        prepared: Some(p),
-                        file_done: (i + 1 == n).then(|| (source.clone(), failed)),
+    fn commit_item(&mut self, item: Embedded) -> Result<(), IngestError> {
+        let Embedded { pending, embeddings } = item;
+        let mut failed = false;
+        if let Some(p) = pending.prepared {
+            match embeddings {
+                Err(e) => {
+                    failed = true;
+                    self.summary.failed.push(Failure {
+                        source: p.key.source.clone(),
+                        location: None,
+                        error: e,
                     });
                 }
-                if n == 0 {
-                    self.pending.push(Pending { prepared: None, file_done: Some((source, failed)) });
-                }
-            }
-            FileResult::Skipped(note) => {
-                self.observer.file_done(&note.source, false);
-                self.summary.skipped.push(note);
-            }
-            FileResult::Failed(failure) => {
-                self.observer.file_done(&failure.source, true);
-                tracing::warn!("{}: {}", failure.source, failure.error);
-                self.summary.failed.push(failure);
+                Ok(vectors) => self.commit(&p, vectors.as_deref())?,
             }
         }
+        if let Some((source, file_failed)) = pending.file_done {
+            self.observer.file_done(&source, file_failed || failed);
+        }
+        self.flush()
     }
 
-    /// Embeds and commits everything pending.
-    fn process(&mut self) -> Result<(), IngestError> {
-        let mut pending = std::mem::take(&mut self.pending);
-        self.pending_chunks = 0;
-        self.enrich(&mut pending);
-        let embeddings = self.embed(&pending);
-        for (i, item) in pending.into_iter().enumerate() {
-            let mut failed = false;
-            if let Some(p) = item.prepared {
-                match &embeddings {
-                    Err(e) => {
-                        failed = true;
-                        self.summary.failed.push(Failure {
-                            source: p.key.source.clone(),
-                            location: None,
-                            error: e.clone(),
-                        });
-                    }
-                    Ok(all) => {
-                        let vectors = all.get(i).and_then(|v| v.as_deref());
-                        self.commit(&p, vectors)?;
-                    }
-                }
-            }
-            if let Some((source, file_failed)) = item.file_done {
-                self.observer.file_done(&source, file_failed || failed);
-            }
-        }
+    /// Commits the word index when enough was written or enough time went
+    /// by (the end of the ingest commits the rest: `Store::checkpoint`).
+    fn flush(&mut self) -> Result<(), IngestError> {
         if self.since_flush > 0
             && (self.since_flush >= FLUSH_EVERY_DOCUMENTS || self.last_flush.elapsed() >= FLUSH_EVERY)
         {
@@ -672,66 +866,6 @@ impl Committer<'_> {
             self.since_flush = 0;
         }
         Ok(())
-    }
-
-    /// Gives every pending chunk its context (LLM answers are kept in the
-    /// store as they arrive). A document where the LLM could not answer for
-    /// some chunk is committed with heuristic contexts there and a
-    /// fingerprint that makes the next ingest try again.
-    fn enrich(&mut self, pending: &mut [Pending]) {
-        let enricher = &self.pipeline.enricher;
-        if !enricher.enabled() {
-            return;
-        }
-        let prepared: Vec<&mut Prepared> = pending.iter_mut().filter_map(|p| p.prepared.as_mut()).collect();
-        if prepared.iter().all(|p| p.chunks.is_empty()) {
-            return;
-        }
-        let inputs: Vec<DocumentInput<'_>> = prepared
-            .iter()
-            .map(|p| DocumentInput { source: &p.key.source, document: &p.document, chunks: &p.chunks })
-            .collect();
-        let observer = self.observer;
-        let progress = |n: usize, seconds: f64| observer.phase_progress(Phase::Enrichment, n, seconds);
-        let (contexts, summary) = enricher.enrich(&inputs, &StoreCache(self.store), &progress);
-        drop(inputs);
-        for (p, c) in prepared.into_iter().zip(contexts) {
-            if !c.complete {
-                p.key.pipeline.push_str(";enrichment-incomplete");
-            }
-            for (chunk, context) in p.chunks.iter_mut().zip(c.contexts) {
-                chunk.context = Some(context);
-            }
-        }
-        self.summary.enrichment.merge(summary);
-    }
-
-    /// One embedding call for all pending chunks; per pending item, its
-    /// chunks' embeddings (None without an embedder).
-    fn embed(&mut self, pending: &[Pending]) -> Result<Vec<Option<Vec<Embedding>>>, String> {
-        let Some(embedder) = &self.pipeline.embedder else {
-            return Ok(pending.iter().map(|_| None).collect());
-        };
-        let mut texts = Vec::new();
-        for p in pending.iter().filter_map(|p| p.prepared.as_ref()) {
-            for c in &p.chunks {
-                texts.push(self.pipeline.embedding_text(&p.document.title, c));
-            }
-        }
-        if texts.is_empty() {
-            return Ok(pending.iter().map(|p| p.prepared.as_ref().map(|_| Vec::new())).collect());
-        }
-        let started = Instant::now();
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let mut vectors = embedder.embed(&refs, InputKind::Passage).map_err(|e| e.to_string())?.into_iter();
-        let seconds = started.elapsed().as_secs_f64();
-        self.summary.embedding.chunks += texts.len();
-        self.summary.embedding.seconds += seconds;
-        self.observer.phase_progress(Phase::Embedding, texts.len(), seconds);
-        Ok(pending
-            .iter()
-            .map(|p| p.prepared.as_ref().map(|p| vectors.by_ref().take(p.chunks.len()).collect()))
-            .collect())
     }
 
     fn commit(&mut self, p: &Prepared, embeddings: Option<&[Embedding]>) -> Result<(), IngestError> {
