@@ -122,7 +122,7 @@ fn embedding_overlaps_enrichment_and_every_vector_reads_its_final_context() {
     let mut cfg = base_config(&data);
     cfg.enrichment.endpoints = vec![openai_endpoint(&server.url, 2, 16384)];
     cfg.enrichment.max_answer_tokens = 16;
-    let embedder = SlowEmbedder::new(Duration::from_millis(400));
+    let embedder = SlowEmbedder::new(Duration::from_millis(1000));
     let pipeline = Pipeline::with_embedder(&cfg, Some(embedder.clone() as Arc<dyn Embedder>));
     let store = Store::open(&data).unwrap();
     let request = IngestRequest { paths: vec![docs], collection: "default".into(), ..Default::default() };
