@@ -53,7 +53,10 @@ PEER_CORPUS="$WORK/corpus.jsonl" python3 -m uvicorn --app-dir bench peer_search_
     --host 127.0.0.1 --port $PEER_PORT --workers 2 --no-access-log --log-level info 2>"$WORK/peer.log" &
 PEER=$!
 # Each worker builds its own index before it accepts: wait for both.
-until [ "$(grep -c 'Application startup complete' "$WORK/peer.log")" -ge 2 ]; do sleep 0.2; done
+until [ "$(grep -c 'Application startup complete' "$WORK/peer.log")" -ge 2 ]; do
+  kill -0 $PEER 2>/dev/null || { cat "$WORK/peer.log"; echo "the peer did not start (pip install ... above?)"; exit 1; }
+  sleep 0.2
+done
 
 cat > "$WORK/search.lua" <<'LUA'
 local n = 0
