@@ -183,6 +183,13 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`datafactory
+    // stats | head -2`) panics; like other command-line tools, end quietly.
+    #[cfg(unix)]
+    // Safety: setting a signal's action to the default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose);
     match run(cli) {

@@ -337,3 +337,22 @@ fn human_output_is_readable() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("consistent  yes"));
     let _: Value = Value::Null;
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // `datafactory stats | head -1`: the reader is gone before we write.
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = good_fixtures(tmp.path());
+    let data = tmp.path().join("data");
+    run(datafactory(&data).arg("ingest").arg(&corpus));
+    let mut child = datafactory(&data)
+        .args(["search", "marzipan"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
+}
