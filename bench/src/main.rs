@@ -19,9 +19,11 @@ fn main() -> Result<()> {
         Some("vectors") => vectors(&args[1..]),
         Some("embed") => embed(&args[1..]),
         Some("rerank") => rerank(&args[1..]),
+        Some("search-during-ingest") => search_during_ingest(&args[1..]),
         _ => bail!(
             "usage: datafactory-bench vectors DIR QUANTIZATION EF[,EF...] \
-             | embed MODEL_DIR TEXTS.json BATCH [DTYPE] [DEVICE] | rerank MODEL_DIR PAIRS.json BATCH [DTYPE] [DEVICE]"
+             | embed MODEL_DIR TEXTS.json BATCH [DTYPE] [DEVICE] | rerank MODEL_DIR PAIRS.json BATCH [DTYPE] [DEVICE] \
+             | search-during-ingest CHUNKS [DIM]"
         ),
     }
 }
@@ -221,6 +223,215 @@ fn rerank(args: &[String]) -> Result<()> {
             "padded_tokens": stats.padded_tokens,
             "gpu_fallbacks": stats.gpu_fallbacks,
             "load_seconds": load,
+        })
+    );
+    Ok(())
+}
+
+/// A document of `chunks` chunks (of about 40 words each) with an embedding
+/// per chunk of `dim` values; the word `needle` in none of them.
+fn big_document(
+    name: &str,
+    chunks: usize,
+    dim: usize,
+) -> (
+    datafactory_store::DocumentKey,
+    datafactory_core::Document,
+    Vec<datafactory_core::Chunk>,
+    Vec<datafactory_core::Embedding>,
+) {
+    use datafactory_core::{Chunk, Document, Embedding, Format};
+    let mut text = String::new();
+    let mut parts = Vec::with_capacity(chunks);
+    for i in 0..chunks {
+        let start = text.chars().count();
+        let body = format!(
+            "Paragraph {i} of the big manual explains the installation, configuration and operation of \
+             component {} with its options, defaults, limits, failure modes and recovery steps for operators. ",
+            i % 977
+        );
+        text.push_str(&body);
+        parts.push(Chunk {
+            ordinal: i as u32,
+            heading_path: vec!["Manual".into(), format!("Part {}", i / 100)],
+            text: body.clone(),
+            start,
+            end: start + body.chars().count(),
+            page: None,
+            token_count: 40,
+            context: None,
+        });
+    }
+    let embeddings =
+        (0..chunks).map(|i| Embedding { dense: unit(dim, i as u64 + 1_000_000), sparse: vec![] }).collect();
+    let key = datafactory_store::DocumentKey {
+        id: datafactory_core::document_id("bench", name),
+        collection: "bench".into(),
+        source: name.into(),
+        content_hash: datafactory_core::content_hash(text.as_bytes()),
+        pipeline: "bench".into(),
+        byte_size: text.len() as u64,
+    };
+    let doc = Document {
+        title: name.into(),
+        format: Format::Text,
+        text,
+        sections: vec![],
+        metadata: Default::default(),
+        external_id: None,
+    };
+    (key, doc, parts, embeddings)
+}
+
+/// Searches: when each fell due, and its latency in milliseconds.
+type Samples = Vec<(Instant, f64)>;
+
+/// A pseudo-random unit vector (xorshift from `seed`).
+fn unit(dim: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let v: Vec<f32> = (0..dim)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect();
+    let n = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+    v.into_iter().map(|a| a / n).collect()
+}
+
+/// `search-during-ingest CHUNKS [DIM]`: a store holding 200 small documents;
+/// one thread commits a document of CHUNKS chunks (one SQLite transaction)
+/// while another issues a hybrid search (words + dense; words alone when DIM
+/// is 0: no embeddings) every 10 ms on a fixed schedule. A search's latency
+/// counts from when it was due, so a search held up by the commit counts for
+/// every slot it blocked. A probe connection sees when the commit's SQLite
+/// transaction is open (`BEGIN IMMEDIATE` fails at once). Prints the
+/// latencies before the commit (idle), while its transaction was open, and
+/// after it while the commit updated the derived indexes.
+fn search_during_ingest(args: &[String]) -> Result<()> {
+    use datafactory_store::{SearchMode, SearchRequest, Store};
+    let chunks: usize = args.first().context("search-during-ingest CHUNKS [DIM]")?.parse()?;
+    let dim: usize = args.get(1).map(|d| d.parse()).transpose()?.unwrap_or(384);
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(dir.path())?;
+    let vectors = dim > 0;
+    if vectors {
+        store.enable_vectors(&VectorOptions {
+            model: "bench".into(),
+            dimensions: dim,
+            quantization: "f16".into(),
+            connectivity: 16,
+            expansion_add: 64,
+            expansion_search: 64,
+            exact_below: 1000,
+        })?;
+    }
+    fn embedded(vectors: bool, e: &[datafactory_core::Embedding]) -> Option<&[datafactory_core::Embedding]> {
+        vectors.then_some(e)
+    }
+    for d in 0..200 {
+        let (key, doc, parts, embeddings) = big_document(&format!("small-{d}.txt"), 5, dim);
+        store.commit_document(&key, &doc, &parts, embedded(vectors, &embeddings))?;
+    }
+    store.checkpoint()?;
+    let (key, doc, parts, embeddings) = big_document("big.txt", chunks, dim);
+    let query = datafactory_core::Embedding { dense: unit(dim, 7), sparse: vec![] };
+    let request = SearchRequest {
+        text: "installation operators",
+        embedding: vectors.then_some(&query),
+        mode: if vectors { SearchMode::Hybrid } else { SearchMode::Lexical },
+        collection: None,
+        top_k: 10,
+        candidates: 50,
+        rrf_k: 60.0,
+        weight_words: 1.0,
+        weight_dense: 1.0,
+        weight_sparse: 0.0,
+        title_boost: 0.5,
+        heading_boost: 0.8,
+        filter: None,
+    };
+    let period = std::time::Duration::from_millis(10);
+    // Open loop: latency from the due time, not from when the search could start.
+    let run = |until: &dyn Fn() -> bool| -> Result<Samples> {
+        let mut latencies = Vec::new();
+        let mut due = Instant::now();
+        while !until() {
+            let now = Instant::now();
+            if now < due {
+                std::thread::sleep(due - now);
+            }
+            let hits = store.search(&request)?.hits;
+            anyhow::ensure!(!hits.is_empty(), "no hits");
+            let done = Instant::now();
+            // Every slot that fell due while this search ran waited for it.
+            while due <= done {
+                latencies.push((due, (done - due).as_secs_f64() * 1000.0));
+                due += period;
+            }
+        }
+        Ok(latencies)
+    };
+    let idle_until = Instant::now() + std::time::Duration::from_secs(3);
+    let idle = run(&|| Instant::now() >= idle_until)?;
+    let finished = std::sync::atomic::AtomicBool::new(false);
+    let probe = rusqlite::Connection::open(dir.path().join("datafactory.sqlite3"))?;
+    probe.busy_timeout(std::time::Duration::ZERO)?;
+    let write_locked = move || -> Result<bool> {
+        match probe.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => {
+                probe.execute_batch("ROLLBACK")?;
+                Ok(false)
+            }
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy => {
+                Ok(true)
+            }
+            Err(e) => Err(e.into()),
+        }
+    };
+    let (during, commit_s, tx) = std::thread::scope(|s| -> Result<(Samples, f64, (Instant, Instant))> {
+        let committer = s.spawn(|| -> Result<f64> {
+            let started = Instant::now();
+            let r = store.commit_document(&key, &doc, &parts, embedded(vectors, &embeddings));
+            finished.store(true, std::sync::atomic::Ordering::SeqCst);
+            r?;
+            Ok(started.elapsed().as_secs_f64())
+        });
+        let watcher = s.spawn(move || -> Result<(Instant, Instant)> {
+            while !write_locked()? {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let opened = Instant::now();
+            while write_locked()? {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Ok((opened, Instant::now()))
+        });
+        let during = run(&|| finished.load(std::sync::atomic::Ordering::SeqCst))?;
+        Ok((during, committer.join().expect("committer")?, watcher.join().expect("watcher")?))
+    })?;
+    let stats = |v: &[(Instant, f64)], keep: &dyn Fn(Instant) -> bool| {
+        let mut v: Vec<f64> = v.iter().filter(|(due, _)| keep(*due)).map(|x| x.1).collect();
+        if v.is_empty() {
+            return serde_json::json!({"searches": 0});
+        }
+        v.sort_by(f64::total_cmp);
+        let q = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+        serde_json::json!({"searches": v.len(), "p50_ms": q(0.5), "p99_ms": q(0.99), "max_ms": q(1.0)})
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "search-during-ingest",
+            "chunks": chunks,
+            "dim": dim,
+            "commit_s": commit_s,
+            "transaction_s": (tx.1 - tx.0).as_secs_f64(),
+            "idle": stats(&idle, &|_| true),
+            "during_transaction": stats(&during, &|due| due < tx.1),
+            "after_transaction": stats(&during, &|due| due >= tx.1),
         })
     );
     Ok(())

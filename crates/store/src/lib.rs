@@ -13,6 +13,13 @@
 //! Only the process holding the word index's writer (tantivy's lock file)
 //! writes documents; it takes the writer lazily, on its first write. Readers
 //! need no lock.
+//!
+//! Connections: one writer connection (`db`) for every write and for the
+//! writer's own catch-up reads; reads (searches, listings, stats, jobs,
+//! fingerprints, cached LLM answers) take a query-only connection from a
+//! small pool (`readers`). In WAL mode a reader sees the last committed state
+//! while the writer's transaction runs, so the commit of a big document does
+//! not hold up searches.
 
 mod records;
 mod schema;
@@ -28,6 +35,7 @@ use datafactory_core::{chunk_id, Chunk, Document, Embedding, Format, Section};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sparse::SparseIndex;
 use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
@@ -79,11 +87,78 @@ struct WriterState {
     vectors_saved_at: Instant,
 }
 
+/// Idle read connections kept for reuse; more are opened when several reads
+/// run at once, and closed when they end.
+const IDLE_READERS: usize = 4;
+
+/// A pool of query-only connections to the database.
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// A read connection, back to its pool when dropped.
+struct Reader<'a> {
+    pool: &'a Readers,
+    conn: Option<Connection>,
+}
+
+impl Readers {
+    fn get(&self) -> Result<Reader<'_>> {
+        let idle = lock(&self.idle).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => {
+                let c = Connection::open(&self.path)?;
+                // The writer set WAL mode (it is kept in the file); this
+                // connection never writes.
+                c.pragma_update(None, "query_only", "ON")?;
+                c.busy_timeout(Duration::from_secs(10))?;
+                c
+            }
+        };
+        Ok(Reader { pool: self, conn: Some(conn) })
+    }
+}
+
+impl Deref for Reader<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("held until drop")
+    }
+}
+
+impl DerefMut for Reader<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.conn.as_mut().expect("held until drop")
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            // A read that failed midway may leave a transaction open.
+            if c.is_autocommit() {
+                let mut idle = lock(&self.pool.idle);
+                if idle.len() < IDLE_READERS {
+                    idle.push(c);
+                }
+            }
+        }
+    }
+}
+
 pub struct Store {
     dir: PathBuf,
+    /// Query-only connections for reads, which see the last committed state
+    /// without waiting for a write transaction. Declared before `db`, so they
+    /// close first and the writer, closing last, checkpoints the WAL.
+    readers: Readers,
+    /// The writer connection: every write goes through it.
     db: Mutex<Connection>,
     words: WordIndex,
-    // Lock order: `writer`, then `vectors`/`sparse`/`key_collections`, then `db`.
+    // Lock order: `writer`, then `vectors`/`sparse`/`key_collections`, then
+    // `db` or a reader (a reader never waits for `db`).
     writer: Mutex<Option<WriterState>>,
     vectors: RwLock<Option<Arc<VectorIndex>>>,
     /// Built on the first sparse search, then kept current by this process.
@@ -177,6 +252,7 @@ impl Store {
         let store = Store {
             dir: dir.to_path_buf(),
             db: Mutex::new(db),
+            readers: Readers { path: db_path, idle: Mutex::new(Vec::new()) },
             words,
             writer: Mutex::new(None),
             vectors: RwLock::new(vectors),
@@ -199,6 +275,12 @@ impl Store {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// A query-only connection: sees the last committed state, even while
+    /// the writer connection is inside a transaction.
+    fn reader(&self) -> Result<Reader<'_>> {
+        self.readers.get()
     }
 
     /// Takes the writer if this process does not hold it yet. Taking it means
@@ -233,7 +315,7 @@ impl Store {
 
     /// The last change committed to SQLite (0: none ever).
     pub fn latest_change(&self) -> Result<i64> {
-        let db = lock(&self.db);
+        let db = self.reader()?;
         Ok(db
             .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'changes'", [], |r| r.get(0))
             .optional()?
@@ -421,7 +503,7 @@ impl Store {
     /// The stored content hash and pipeline fingerprint of a document, if any:
     /// lets a caller skip parsing input that has not changed.
     pub fn document_fingerprint(&self, id: &str) -> Result<Option<(String, String)>> {
-        let db = lock(&self.db);
+        let db = self.reader()?;
         Ok(db
             .query_row("SELECT content_hash, pipeline FROM documents WHERE id = ?1", [id], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -725,7 +807,7 @@ impl Store {
     }
 
     pub fn list_documents(&self, collection: Option<&str>) -> Result<Vec<DocumentSummary>> {
-        let db = lock(&self.db);
+        let db = self.reader()?;
         let mut q = db.prepare(&format!(
             "{SUMMARY_SELECT} WHERE (?1 IS NULL OR d.collection = ?1) ORDER BY d.collection, d.source"
         ))?;
@@ -735,7 +817,9 @@ impl Store {
 
     /// A document by id, or by the external id its input gave it.
     pub fn get_document(&self, id: &str) -> Result<Option<DocumentDetail>> {
-        let db = lock(&self.db);
+        let mut reader = self.reader()?;
+        // One snapshot: the summary, text and chunks of the same version.
+        let db = reader.transaction()?;
         let summary = db
             .query_row(
                 &format!(
@@ -790,7 +874,7 @@ impl Store {
         model: &str,
         template: &str,
     ) -> Result<Option<String>> {
-        let db = lock(&self.db);
+        let db = self.reader()?;
         let mut q = db.prepare_cached(
             "SELECT context FROM llm_contexts
              WHERE document_hash = ?1 AND chunk_hash = ?2 AND model = ?3 AND template = ?4",
@@ -832,7 +916,7 @@ impl Store {
 
     /// How many LLM answers the store keeps.
     pub fn llm_context_count(&self) -> Result<u64> {
-        let db = lock(&self.db);
+        let db = self.reader()?;
         Ok(db.query_row("SELECT COUNT(*) FROM llm_contexts", [], |r| r.get::<_, i64>(0))? as u64)
     }
 
@@ -842,7 +926,9 @@ impl Store {
         let latest = self.latest_change()?;
         let applied = self.words.applied_change()?;
         let indexed = self.words.num_docs();
-        let db = lock(&self.db);
+        let mut reader = self.reader()?;
+        // One snapshot for all the counts.
+        let db = reader.transaction()?;
         let documents: i64 = db.query_row("SELECT COUNT(*) FROM documents", [], |r| r.get(0))?;
         let chunks: i64 = db.query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get(0))?;
         let mut q = db.prepare(
@@ -944,7 +1030,7 @@ impl Store {
     }
 
     pub fn get_job(&self, id: &str) -> Result<Option<JobRecord>> {
-        let db = lock(&self.db);
+        let db = self.reader()?;
         Ok(db
             .query_row(
                 "SELECT id, kind, state, collection, summary, created_at, updated_at, finished_at FROM jobs WHERE id = ?1",

@@ -5,8 +5,8 @@
 use crate::sparse::SparseIndex;
 use crate::vectors::decode_sparse;
 use crate::{
-    lock, parse_json_list, Result, SearchFilter, SearchHit, SearchMode, SearchRequest, SearchResults,
-    StageScores, Store,
+    parse_json_list, Result, SearchFilter, SearchHit, SearchMode, SearchRequest, SearchResults, StageScores,
+    Store,
 };
 use rusqlite::OptionalExtension;
 use std::collections::{HashMap, HashSet};
@@ -183,7 +183,7 @@ impl Store {
     /// Reads every candidate document's metadata: fine for the document
     /// counts one node holds; an index on metadata is a later step.
     fn filtered_documents(&self, filter: &SearchFilter, collection: Option<&str>) -> Result<HashSet<String>> {
-        let db = lock(&self.db);
+        let db = self.reader()?;
         let mut q = db.prepare_cached(
             "SELECT id, external_id, metadata FROM documents WHERE ?1 IS NULL OR collection = ?1",
         )?;
@@ -211,7 +211,7 @@ impl Store {
 
     /// The vector keys of these documents' chunks.
     fn keys_of(&self, documents: &HashSet<String>) -> Result<HashSet<u64>> {
-        let db = lock(&self.db);
+        let db = self.reader()?;
         let mut q = db.prepare_cached(
             "SELECT e.key FROM embeddings e JOIN chunks c ON c.id = e.chunk_id WHERE c.document_id = ?1",
         )?;
@@ -226,7 +226,7 @@ impl Store {
 
     /// Vector keys → chunk ids, keeping rank order and scores.
     fn chunk_ids_of(&self, hits: Vec<(u64, f32)>) -> Result<Vec<(String, f32)>> {
-        let db = lock(&self.db);
+        let db = self.reader()?;
         let mut q = db.prepare_cached("SELECT chunk_id FROM embeddings WHERE key = ?1")?;
         let mut out = Vec::with_capacity(hits.len());
         for (key, score) in hits {
@@ -243,7 +243,9 @@ impl Store {
         ranked: Vec<(String, StageScores)>,
         primary: impl Fn(&StageScores) -> f32,
     ) -> Result<Vec<SearchHit>> {
-        let db = lock(&self.db);
+        let mut reader = self.reader()?;
+        // One snapshot: every hit from the same committed state.
+        let db = reader.transaction()?;
         let mut q = db.prepare_cached(
             "SELECT c.document_id, c.ordinal, c.heading_path, c.text, c.char_start, c.char_end, c.page,
                     d.title, d.source, d.collection, c.context
@@ -286,7 +288,13 @@ impl Store {
                 return Ok(f(map));
             }
         }
-        let db = lock(&self.db);
+        // Built under the write lock: a commit that lands after the read
+        // snapshot below waits here, then adds its keys to the map.
+        let mut guard = self.key_collections.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(map) = guard.as_ref() {
+            return Ok(f(map));
+        }
+        let db = self.reader()?;
         let mut q = db.prepare(
             "SELECT e.key, d.collection FROM embeddings e
              JOIN chunks c ON c.id = e.chunk_id JOIN documents d ON d.id = c.document_id",
@@ -302,9 +310,7 @@ impl Store {
         drop(rows);
         drop(q);
         drop(db);
-        let result = f(&map);
-        *self.key_collections.write().unwrap_or_else(|p| p.into_inner()) = Some(map);
-        Ok(result)
+        Ok(f(guard.insert(map)))
     }
 
     /// Builds the sparse index from SQLite if this process has not yet.
@@ -312,20 +318,20 @@ impl Store {
         if self.sparse.read().unwrap_or_else(|p| p.into_inner()).is_some() {
             return Ok(());
         }
+        // Built under the write lock: a commit that lands after the read
+        // snapshot below waits here, then adds its keys to the index.
+        let mut guard = self.sparse.write().unwrap_or_else(|p| p.into_inner());
+        if guard.is_some() {
+            return Ok(());
+        }
         let mut index = SparseIndex::default();
-        let db = lock(&self.db);
+        let db = self.reader()?;
         let mut q = db.prepare("SELECT key, sparse FROM embeddings WHERE sparse IS NOT NULL")?;
         let mut rows = q.query([])?;
         while let Some(r) = rows.next()? {
             index.add(r.get::<_, i64>(0)? as u64, &decode_sparse(&r.get::<_, Vec<u8>>(1)?));
         }
-        drop(rows);
-        drop(q);
-        drop(db);
-        let mut guard = self.sparse.write().unwrap_or_else(|p| p.into_inner());
-        if guard.is_none() {
-            *guard = Some(index);
-        }
+        *guard = Some(index);
         Ok(())
     }
 }

@@ -469,3 +469,117 @@ fn a_version_2_store_migrates_to_version_3() {
     assert_eq!(v, crate::schema::SCHEMA_VERSION);
     assert_eq!(v, 3);
 }
+
+/// Whether a write transaction is open on the database (seen from another
+/// connection: `BEGIN IMMEDIATE` fails at once while one is).
+fn write_locked(probe: &rusqlite::Connection) -> bool {
+    match probe.execute_batch("BEGIN IMMEDIATE") {
+        Ok(()) => {
+            probe.execute_batch("ROLLBACK").unwrap();
+            false
+        }
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy => true,
+        Err(e) => panic!("probe: {e}"),
+    }
+}
+
+#[test]
+fn reads_do_not_wait_for_the_commit_of_a_big_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.enable_vectors(&vector_options("m")).unwrap();
+    put_vec(&store, "c", "needle.txt", "The needle is here.", 0);
+    store.flush().unwrap();
+
+    // A real big document: 60,000 chunks with embeddings, one transaction.
+    const N: usize = 60_000;
+    let mut text = String::new();
+    let mut chunks = Vec::with_capacity(N);
+    for i in 0..N {
+        let body =
+            format!("Paragraph {i} of the manual: the needle of component {} and its options. ", i % 97);
+        let start = text.chars().count();
+        text.push_str(&body);
+        chunks.push(Chunk {
+            ordinal: i as u32,
+            heading_path: vec!["Manual".into()],
+            start,
+            end: start + body.chars().count(),
+            text: body,
+            page: None,
+            token_count: 16,
+            context: None,
+        });
+    }
+    let embeddings: Vec<Embedding> =
+        (0..N).map(|i| Embedding { dense: axis(i % DIM), sparse: vec![(100, 0.5)] }).collect();
+    let doc = document("big.txt", &text);
+    let key = DocumentKey {
+        id: document_id("c", "big.txt"),
+        collection: "c".into(),
+        source: "big.txt".into(),
+        content_hash: datafactory_core::content_hash(text.as_bytes()),
+        pipeline: "p".into(),
+        byte_size: text.len() as u64,
+    };
+
+    let probe = rusqlite::Connection::open(dir.path().join("datafactory.sqlite3")).unwrap();
+    probe.busy_timeout(Duration::ZERO).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let q = Embedding { dense: axis(0), sparse: vec![(100, 1.0)] };
+    std::thread::scope(|s| {
+        let committer = s.spawn(|| {
+            let outcome = store.commit_document(&key, &doc, &chunks, Some(&embeddings)).unwrap();
+            let finished = Instant::now();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            (outcome, finished)
+        });
+        // Wait until the commit's transaction is open.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !write_locked(&probe) {
+            assert!(!done.load(std::sync::atomic::Ordering::SeqCst), "the commit ended before it was seen");
+            assert!(Instant::now() < deadline, "the commit's transaction never began");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let started = Instant::now();
+        let mut hybrid = request("needle", &q, SearchMode::Hybrid, None);
+        hybrid.weight_sparse = 0.5;
+        let found = store.search(&hybrid).unwrap();
+        let words = search(&store, "needle", Some("c"));
+        let listed = store.list_documents(None).unwrap();
+        let shown = store.get_document(&document_id("c", "needle.txt")).unwrap().unwrap();
+        let big = store.get_document(&key.id).unwrap();
+        let stats = store.stats().unwrap();
+        let fingerprint = store.document_fingerprint(&key.id).unwrap();
+        let ended = Instant::now();
+        let still_writing = write_locked(&probe);
+        let (outcome, commit_finished) = committer.join().unwrap();
+        eprintln!(
+            "reads took {:?}; the commit went on {:?} after them",
+            ended - started,
+            commit_finished - ended
+        );
+        assert!(still_writing, "the commit's transaction ended before the reads did");
+        assert!(ended < commit_finished);
+        assert_eq!(outcome, CommitOutcome::Added);
+        // The reads saw the state committed before the big document.
+        assert_eq!(found.retrievers, ["words", "dense", "sparse"]);
+        assert_eq!(sources(&found), ["needle.txt"]);
+        assert_eq!(words.len(), 1);
+        assert_eq!(listed.len(), 1);
+        assert_eq!(shown.chunks.len(), 1);
+        assert!(big.is_none());
+        assert!(fingerprint.is_none());
+        assert_eq!((stats.documents, stats.chunks, stats.embedded_chunks), (1, 1, 1));
+    });
+
+    // Afterwards every read sees the big document, and the indexes agree.
+    store.flush().unwrap();
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.documents, stats.chunks), (2, N as u64 + 1));
+    assert!(stats.consistent, "{:?}", stats.problems);
+    let mut hybrid = request("needle", &q, SearchMode::Hybrid, None);
+    hybrid.weight_sparse = 0.5;
+    assert!(sources(&store.search(&hybrid).unwrap()).contains(&"big.txt"));
+    assert_eq!(store.get_document(&key.id).unwrap().unwrap().chunks.len(), N);
+}
