@@ -126,7 +126,7 @@ pub struct CandleEmbedder {
     counter: Arc<ModelTokenCounter>,
     model: LoadedModel,
     /// A CPU copy of the model, made on the first GPU out-of-memory error.
-    cpu_fallback: Mutex<Option<Arc<LoadedModel>>>,
+    cpu_fallback: CpuFallback<LoadedModel>,
     pooling: Pooling,
     special_ids: HashSet<u32>,
     max_length: usize,
@@ -241,7 +241,7 @@ impl CandleEmbedder {
             tokenizer,
             counter,
             model,
-            cpu_fallback: Mutex::new(None),
+            cpu_fallback: CpuFallback::new(),
             pooling,
             special_ids,
             max_length,
@@ -284,44 +284,19 @@ impl CandleEmbedder {
     /// Runs one batch, redoing it on a CPU copy of the model when the GPU
     /// runs out of memory.
     fn run_batch(&self, ids: &[&[u32]]) -> Result<Vec<Embedding>, EmbedError> {
-        match self.forward(&self.model, ids) {
-            Ok(out) => Ok(out),
-            // Untested here (no GPU in CI): a CUDA out-of-memory error on a
-            // large batch falls back to the CPU instead of failing the ingest.
-            Err(e) if self.device.is_cuda() && is_out_of_memory(&e) => {
-                self.counters.gpu_fallback();
-                tracing::warn!(
-                    texts = ids.len(),
-                    longest = ids.iter().map(|s| s.len()).max().unwrap_or(0),
-                    error = %e,
-                    "GPU out of memory; embedding this batch on the CPU"
-                );
-                let cpu = self.cpu_model()?;
-                self.forward(&cpu, ids).map_err(|e| EmbedError::Runtime(e.to_string()))
-            }
-            Err(e) => Err(EmbedError::Runtime(e.to_string())),
-        }
-    }
-
-    fn cpu_model(&self) -> Result<Arc<LoadedModel>, EmbedError> {
-        let mut slot = self
-            .cpu_fallback
-            .lock()
-            .map_err(|_| EmbedError::Runtime("CPU fallback lock poisoned".to_string()))?;
-        if let Some(model) = slot.as_ref() {
-            return Ok(model.clone());
-        }
-        let sparse = self.model.sparse.is_some();
-        let model = Arc::new(LoadedModel::load(
-            &self.files,
-            &self.encoder_config,
-            sparse,
-            &Device::Cpu,
-            DType::F32,
-            false,
-        )?);
-        *slot = Some(model.clone());
-        Ok(model)
+        self.cpu_fallback.run(
+            &self.device,
+            &self.counters,
+            "embedding",
+            (ids.len(), ids.iter().map(|s| s.len()).max().unwrap_or(0)),
+            &self.model,
+            |model| self.forward(model, ids),
+            || {
+                let sparse = self.model.sparse.is_some();
+                LoadedModel::load(&self.files, &self.encoder_config, sparse, &Device::Cpu, DType::F32, false)
+            },
+            EmbedError::Runtime,
+        )
     }
 
     fn forward(&self, model: &LoadedModel, ids: &[&[u32]]) -> candle_core::Result<Vec<Embedding>> {
@@ -508,6 +483,52 @@ pub(crate) fn select_dtype(name: &str, device: &Device, section: &str) -> Result
 pub(crate) fn is_out_of_memory(e: &candle_core::Error) -> bool {
     let text = e.to_string().to_ascii_lowercase();
     text.contains("out of memory") || text.contains("out_of_memory")
+}
+
+/// The CPU copy of a model that runs on the GPU, loaded (f32) the first time
+/// a batch runs the GPU out of memory; the embedder and the reranker share it.
+pub(crate) struct CpuFallback<M>(Mutex<Option<Arc<M>>>);
+
+impl<M> CpuFallback<M> {
+    pub(crate) fn new() -> CpuFallback<M> {
+        CpuFallback(Mutex::new(None))
+    }
+
+    /// `forward` on `model` (on `device`); when that runs the GPU out of
+    /// memory, the batch (`size` inputs, the longest `longest` tokens) is
+    /// counted, logged and redone on the CPU copy, made by `load_cpu` once.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run<T, E>(
+        &self,
+        device: &Device,
+        counters: &Counters,
+        task: &str,
+        (size, longest): (usize, usize),
+        model: &M,
+        forward: impl Fn(&M) -> candle_core::Result<T>,
+        load_cpu: impl FnOnce() -> Result<M, E>,
+        runtime: impl Fn(String) -> E,
+    ) -> Result<T, E> {
+        match forward(model) {
+            Ok(out) => Ok(out),
+            // A CUDA out-of-memory error on a large batch falls back to the
+            // CPU instead of failing the job (crates/models/tests/gpu.rs).
+            Err(e) if device.is_cuda() && is_out_of_memory(&e) => {
+                counters.gpu_fallback();
+                tracing::warn!(size, longest, error = %e, "GPU out of memory; {task} this batch on the CPU");
+                let cpu = {
+                    let mut slot =
+                        self.0.lock().map_err(|_| runtime("CPU fallback lock poisoned".to_string()))?;
+                    match slot.as_ref() {
+                        Some(cpu) => cpu.clone(),
+                        None => slot.insert(Arc::new(load_cpu()?)).clone(),
+                    }
+                };
+                forward(&cpu).map_err(|e| runtime(e.to_string()))
+            }
+            Err(e) => Err(runtime(e.to_string())),
+        }
+    }
 }
 
 #[cfg(test)]

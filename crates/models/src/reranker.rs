@@ -20,14 +20,14 @@
 //! tokenizer's own template and only the passage is cut so that the pair,
 //! special tokens included, fits `max_length` (default 512).
 
-use crate::embedder::{is_out_of_memory, open_weights, plan_batches, select_device, select_dtype, Counters};
+use crate::embedder::{open_weights, plan_batches, select_device, select_dtype, Counters, CpuFallback};
 use crate::encoder::{Architecture, Encoder, EncoderConfig};
 use crate::resolve::{resolve_request, HubEnvironment, ModelFiles, ModelRequest};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use datafactory_core::config::RerankConfig;
 use datafactory_core::{RerankError, RerankStats, Reranker};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokenizers::{Encoding, PostProcessor, Tokenizer, TruncationDirection};
 
 /// The classification head on the first token: `out(tanh(dense(h[0])))`.
@@ -125,7 +125,7 @@ pub struct CandleReranker {
     tokenizer: Tokenizer,
     model: LoadedModel,
     /// A CPU copy of the model, made on the first GPU out-of-memory error.
-    cpu_fallback: Mutex<Option<Arc<LoadedModel>>>,
+    cpu_fallback: CpuFallback<LoadedModel>,
     /// Tokens of a pair at most, special tokens included.
     max_length: usize,
     /// Tokens of the query at most, special tokens excluded.
@@ -223,7 +223,7 @@ impl CandleReranker {
             model_id,
             tokenizer,
             model,
-            cpu_fallback: Mutex::new(None),
+            cpu_fallback: CpuFallback::new(),
             max_length,
             query_max_length,
             pair_specials,
@@ -302,36 +302,16 @@ impl CandleReranker {
     /// Runs one batch, redoing it on a CPU copy of the model when the GPU
     /// runs out of memory.
     fn run_batch(&self, pairs: &[&Encoding]) -> Result<Vec<f32>, RerankError> {
-        match self.forward(&self.model, pairs) {
-            Ok(out) => Ok(out),
-            // Untested here (no GPU in CI), as for the embedder.
-            Err(e) if self.device.is_cuda() && is_out_of_memory(&e) => {
-                self.counters.gpu_fallback();
-                tracing::warn!(
-                    pairs = pairs.len(),
-                    longest = pairs.iter().map(|p| p.len()).max().unwrap_or(0),
-                    error = %e,
-                    "GPU out of memory; reranking this batch on the CPU"
-                );
-                let cpu = self.cpu_model()?;
-                self.forward(&cpu, pairs).map_err(|e| RerankError::Runtime(e.to_string()))
-            }
-            Err(e) => Err(RerankError::Runtime(e.to_string())),
-        }
-    }
-
-    fn cpu_model(&self) -> Result<Arc<LoadedModel>, RerankError> {
-        let mut slot = self
-            .cpu_fallback
-            .lock()
-            .map_err(|_| RerankError::Runtime("CPU fallback lock poisoned".to_string()))?;
-        if let Some(model) = slot.as_ref() {
-            return Ok(model.clone());
-        }
-        let model =
-            Arc::new(LoadedModel::load(&self.files, &self.encoder_config, &Device::Cpu, DType::F32, false)?);
-        *slot = Some(model.clone());
-        Ok(model)
+        self.cpu_fallback.run(
+            &self.device,
+            &self.counters,
+            "reranking",
+            (pairs.len(), pairs.iter().map(|p| p.len()).max().unwrap_or(0)),
+            &self.model,
+            |model| self.forward(model, pairs),
+            || LoadedModel::load(&self.files, &self.encoder_config, &Device::Cpu, DType::F32, false),
+            RerankError::Runtime,
+        )
     }
 
     fn forward(&self, model: &LoadedModel, pairs: &[&Encoding]) -> candle_core::Result<Vec<f32>> {
