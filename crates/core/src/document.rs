@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The formats DataFactory reads. Detected from content first, extension second.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Text,
@@ -51,7 +51,7 @@ impl fmt::Display for Format {
 }
 
 /// A contiguous part of a document under one heading path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Section {
     /// Headings from the outermost to the innermost, e.g. `["Guide", "Install"]`.
     pub heading_path: Vec<String>,
@@ -115,7 +115,7 @@ pub struct Chunk {
 }
 
 /// A short text that situates a chunk within its document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChunkContext {
     pub text: String,
     pub kind: ContextKind,
@@ -130,7 +130,7 @@ pub struct ChunkContext {
     pub windowed: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ContextKind {
     /// Written by an LLM.

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// How the chunker splits a section into pieces before packing them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ChunkStrategy {
     /// Paragraphs, then sentences, then lines, then words: for prose.
@@ -63,7 +63,7 @@ impl ChunkPlan {
 
 /// Changes to a plan asked for by a request (ingest field or CLI flag); what
 /// is absent keeps the analyzer's choice.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanOverride {
     #[serde(default, skip_serializing_if = "Option::is_none")]

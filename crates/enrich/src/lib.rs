@@ -184,7 +184,7 @@ impl EnrichmentSummary {
 
 /// One LLM endpoint of the pool: what the pool knows of it, and what a
 /// health probe found (`Enricher::endpoint_states`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EndpointState {
     pub url: String,
     /// `ollama` or `openai`.

@@ -298,7 +298,7 @@ pub struct IngestRequest {
 
 /// The phases an ingest runs through, in order. Enrichment is reported as
 /// not run until its stage exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     Analysis,
@@ -327,7 +327,7 @@ pub trait IngestObserver: Sync {
 pub struct Quiet;
 impl IngestObserver for Quiet {}
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Failure {
     pub source: String,
     /// Where in the file, for multi-record inputs (`"line 12"`).
@@ -336,14 +336,14 @@ pub struct Failure {
     pub error: String,
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Note {
     pub source: String,
     pub message: String,
 }
 
 /// The result of one ingest; its JSON shape is the CLI's `ingest --json`.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct IngestSummary {
     pub job_id: String,
     pub collection: String,
@@ -360,13 +360,14 @@ pub struct IngestSummary {
     pub analysis: AnalysisSummary,
     /// Contexts per chunk: how many of which kind, timings, tokens per endpoint.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub enrichment: EnrichmentSummary,
     pub elapsed_seconds: f64,
     pub documents_per_second: f64,
     pub chunks_per_second: f64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingSummary {
     /// The model's id; null when chunks were not embedded.
     pub model: Option<String>,
@@ -379,7 +380,7 @@ pub struct EmbeddingSummary {
 
 /// What phase 1 found, over the documents analysed (each document's own
 /// analysis is stored with it, in `metadata.analysis`).
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct AnalysisSummary {
     pub documents: usize,
     /// Documents per type (`manual`, `prose`, …).
@@ -423,7 +424,7 @@ impl AnalysisSummary {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct DocumentCounts {
     pub added: usize,
     pub replaced: usize,

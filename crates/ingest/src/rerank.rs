@@ -15,7 +15,7 @@ use serde::Serialize;
 use std::time::Instant;
 
 /// What reranking did to one search (part of the search response).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct RerankReport {
     /// The reranker's model id.
     pub model: String,

@@ -34,7 +34,7 @@ pub struct JobProgress {
     pub enriches: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct PhaseView {
     pub phase: Phase,
     /// `pending`, `running`, `done`, or `not_run` (the stage does not exist
@@ -44,7 +44,7 @@ pub struct PhaseView {
     pub seconds: f64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct JobView {
     pub id: String,
     pub collection: String,
@@ -58,7 +58,7 @@ pub struct JobView {
     pub error: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct FileCounts {
     pub total: usize,
     pub done: usize,

@@ -1,109 +1,121 @@
-//! `GET /openapi.json`: the service's OpenAPI 3.1 description, built here in
-//! code beside the routes. A test requests every operation it lists against
-//! the real router, so an operation described but not served fails the build.
+//! `GET /openapi.json`: the service's OpenAPI 3.1 description, generated
+//! from the code. Each handler in `routes.rs` carries its operation
+//! (`#[utoipa::path]`: parameters, request body, responses), each request
+//! and response type its schema (`#[derive(ToSchema)]`, down to the store's
+//! records), and the router registers handler and operation together
+//! (`utoipa_axum::routes!`), so a route cannot be served undescribed or
+//! described unserved. This module adds what is common to every operation:
+//! the bearer key and the answers of the shared guard (401, 408, 413, 429).
 
-use serde_json::{json, Value};
+use serde_json::Value;
+use std::sync::OnceLock;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ComponentsBuilder, InfoBuilder, OpenApi, OpenApiBuilder, Ref, RefOr, ResponseBuilder};
 
-fn op(summary: &str, params: Value, body: Option<Value>, response: Value) -> Value {
-    let mut o = json!({
-        "summary": summary,
-        "parameters": params,
-        "responses": {
-            "200": {"description": "OK", "content": {"application/json": {"schema": response}}},
-            "400": {"$ref": "#/components/responses/Error"},
-            "401": {"$ref": "#/components/responses/Error"},
-            "429": {"$ref": "#/components/responses/Error"},
-        },
-    });
-    if let Some(b) = body {
-        o["requestBody"] = json!({"required": true, "content": b});
+/// The document's frame: info, the bearer scheme, the shared error answer.
+pub(crate) fn base() -> OpenApi {
+    let error = ResponseBuilder::new()
+        .description("An error: `{\"error\": \"...\"}`")
+        .content(
+            "application/json",
+            utoipa::openapi::ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+        )
+        .build();
+    OpenApiBuilder::new()
+        .info(
+            InfoBuilder::new()
+                .title("DataFactory")
+                .version(env!("CARGO_PKG_VERSION"))
+                .description(Some(
+                    "Document ingestion and retrieval for RAG: ingest jobs, search, documents, \
+                     OpenAI- and TEI-compatible embeddings.",
+                ))
+                .build(),
+        )
+        .components(Some(
+            ComponentsBuilder::new()
+                .security_scheme(
+                    "bearer",
+                    SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+                )
+                .response("Error", error)
+                .build(),
+        ))
+        .security(Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]))
+        .build()
+}
+
+/// The answers the guard (`limits.rs`) can give on every route, besides the
+/// handler's own: a missing or wrong key (where keys are set), a request
+/// past its time, a body too large, too many requests at once.
+fn add_guard_answers(api: &mut OpenApi) {
+    for item in api.paths.paths.values_mut() {
+        for op in [&mut item.get, &mut item.post, &mut item.delete].into_iter().flatten() {
+            let public = op.security.as_ref().is_some_and(|s| s.iter().all(|r| r == &Default::default()));
+            let mut codes = vec!["408", "413", "429"];
+            if !public {
+                codes.push("401");
+            }
+            for code in codes {
+                op.responses
+                    .responses
+                    .entry(code.to_string())
+                    .or_insert_with(|| RefOr::Ref(Ref::from_response_name("Error")));
+            }
+        }
     }
-    o
 }
 
-fn path_id(name: &str) -> Value {
-    json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}})
-}
-
-fn query(name: &str, ty: &str, description: &str) -> Value {
-    json!({"name": name, "in": "query", "required": false, "schema": {"type": ty}, "description": description})
-}
-
-/// The description of every operation the router serves.
+/// The description of every operation the router serves, as JSON.
 pub fn document() -> Value {
-    let object = json!({"type": "object"});
-    let search_params = json!([
-        {"name": "q", "in": "query", "required": true, "schema": {"type": "string"}},
-        query("top_k", "integer", "results (default search.top_k)"),
-        query("collection", "string", "only this collection"),
-        query("mode", "string", "hybrid, lexical, dense or sparse"),
-        query("document_ids", "string", "comma-separated document ids"),
-        query("rerank", "boolean", "rerank the results (default: rerank.mode is not off)"),
-    ]);
-    let search_body = json!({"application/json": {"schema": {"type": "object", "required": ["query"], "properties": {
-        "query": {"type": "string"}, "top_k": {"type": "integer"}, "collection": {"type": "string"},
-        "mode": {"type": "string", "enum": ["hybrid", "lexical", "dense", "sparse"]},
-        "rerank": {"type": "boolean"},
-        "filter": {"type": "object", "properties": {
-            "document_ids": {"type": "array", "items": {"type": "string"}},
-            "metadata": {"type": "object"}}}}}}});
-    // Changes to every document's chunking plan (the analyzer chooses one per document).
-    let plan_override = json!({"type": "object", "additionalProperties": false, "properties": {
-        "strategy": {"type": "string", "enum": ["sections", "lines"]},
-        "max_tokens": {"type": "integer", "minimum": 16}, "overlap_tokens": {"type": "integer", "minimum": 0},
-        "keep_tables_whole": {"type": "boolean"}, "keep_code_whole": {"type": "boolean"}}});
-    let ingest_body = json!({
-        "application/json": {"schema": {"type": "object", "properties": {
-            "text": {"type": "string"}, "title": {"type": "string"}, "id": {"type": "string"},
-            "metadata": {"type": "object"}, "collection": {"type": "string"},
-            "documents": {"type": "array", "items": {"type": "object"}},
-            "plan": plan_override.clone()}}},
-        "multipart/form-data": {"schema": {"type": "object", "properties": {
-            "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
-            "collection": {"type": "string"},
-            "plan": {"type": "string", "description": "the `plan` object as JSON"}}}},
-    });
-    let texts = json!({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]});
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "DataFactory", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Document ingestion and retrieval for RAG. Shapes as in README.md (JSON output)."},
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "responses": {"Error": {"description": "An error", "content": {"application/json": {"schema":
-                {"type": "object", "properties": {"error": {"type": "string"}}}}}}},
-        },
-        "security": [{"bearer": []}],
-        "paths": {
-            "/health": {"get": op("Alive", json!([]), None, object.clone())},
-            "/ready": {"get": op("Store, model, reranker and LLM endpoint state", json!([]), None, object.clone())},
-            "/metrics": {"get": op("Prometheus metrics (text): requests, ingest, LLM tokens per endpoint, phases, embedder", json!([]), None, json!({"type": "string"}))},
-            "/openapi.json": {"get": op("This document", json!([]), None, object.clone())},
-            "/ingest": {"post": op(
-                "Ingest uploaded files or JSON documents as a job (202, or 200 with wait=true)",
-                json!([query("wait", "boolean", "answer when the job ends"), query("collection", "string", "collection")]),
-                Some(ingest_body), object.clone())},
-            "/jobs/{id}": {"get": op("A job: state, files, phases, summary", json!([path_id("id")]), None, object.clone())},
-            "/jobs/{id}/events": {"get": op("The job as Server-Sent Events (progress, then done)",
-                json!([path_id("id")]), None, json!({"type": "string"}))},
-            "/search": {
-                "get": op("Search", search_params, None, object.clone()),
-                "post": op("Search, with filters", json!([]), Some(search_body), object.clone()),
-            },
-            "/documents": {"get": op("Documents", json!([query("collection", "string", "only this collection")]), None,
-                json!({"type": "array", "items": {"type": "object"}}))},
-            "/documents/{id}": {
-                "get": op("A document with its chunks", json!([path_id("id")]), None, object.clone()),
-                "delete": op("Remove a document everywhere", json!([path_id("id")]), None, object.clone()),
-            },
-            "/v1/embeddings": {"post": op("OpenAI-compatible embeddings", json!([]),
-                Some(json!({"application/json": {"schema": {"type": "object", "required": ["input"], "properties": {
-                    "input": texts, "model": {"type": "string"},
-                    "encoding_format": {"type": "string", "enum": ["float", "base64"]}}}}})), object.clone())},
-            "/embed": {"post": op("text-embeddings-inference-compatible embeddings", json!([]),
-                Some(json!({"application/json": {"schema": {"type": "object", "required": ["inputs"],
-                    "properties": {"inputs": texts}}}})),
-                json!({"type": "array", "items": {"type": "array", "items": {"type": "number"}}}))},
-        },
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut api = crate::routes::api_routes().into_openapi();
+        add_guard_answers(&mut api);
+        serde_json::to_value(&api).expect("the OpenAPI document serialises")
     })
+    .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r);
+                }
+                m.values().for_each(|x| refs(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+
+    /// Every `$ref` points at a component the document has; every operation
+    /// but `/health` needs the key and can answer 401.
+    #[test]
+    fn references_resolve_and_keys_are_described() {
+        let doc = super::document();
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(found.len() > 30);
+        for r in found {
+            let pointer = r.strip_prefix('#').expect("local reference");
+            assert!(doc.pointer(pointer).is_some(), "{r} does not resolve");
+        }
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let public = op["security"] == serde_json::json!([{}]);
+                assert_eq!(public, path == "/health", "{method} {path}");
+                assert_eq!(op["responses"]["401"].is_object(), !public, "{method} {path}");
+                assert!(op["responses"]["429"].is_object(), "{method} {path}");
+            }
+        }
+    }
 }

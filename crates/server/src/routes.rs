@@ -1,30 +1,40 @@
 //! The DataFactory service's routes and handlers (keys, limits, timeouts and
 //! metrics around them: `limits.rs`).
 
+use crate::jobs::JobView;
 use crate::AppState;
 use axum::extract::{Multipart, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use datafactory_core::{Embedding, InputKind, PlanOverride};
 use datafactory_ingest::IngestRequest;
 use datafactory_store::{SearchFilter, SearchMode, SearchRequest};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 type Shared = Arc<AppState>;
 
 /// An error answered as `{"error": "..."}` with its status.
 pub struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
+/// The body of every error answer.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    /// What went wrong, naming the field or value at fault.
+    error: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
     }
 }
 
@@ -36,31 +46,100 @@ pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
+/// Every route of the service, each registered together with its OpenAPI
+/// operation (the `#[utoipa::path]` on its handler): what is served and what
+/// `/openapi.json` describes are one list.
+pub(crate) fn api_routes() -> OpenApiRouter<Shared> {
+    OpenApiRouter::with_openapi(crate::openapi::base())
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+        .routes(routes!(ingest))
+        .routes(routes!(job))
+        .routes(routes!(job_events))
+        .routes(routes!(openai_embeddings))
+        .routes(routes!(tei_embed))
+        .routes(routes!(search_get, search_post))
+        .routes(routes!(documents))
+        .routes(routes!(document, delete_document))
+}
+
 pub fn router(state: Shared) -> Router {
-    let routes = Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(|| async { Json(crate::openapi::document()) }))
-        .route("/ingest", post(ingest))
-        .route("/jobs/{id}", get(job))
-        .route("/jobs/{id}/events", get(job_events))
-        .route("/v1/embeddings", post(openai_embeddings))
-        .route("/embed", post(tei_embed))
-        .route("/search", get(search_get).post(search_post))
-        .route("/documents", get(documents))
-        .route("/documents/{id}", get(document).delete(delete_document));
+    let (routes, _) = api_routes().split_for_parts();
     state.guard.clone().apply(routes, &state.config.server).with_state(state)
 }
 
-pub(crate) async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// `{"status": "ok"}`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Health {
+    status: &'static str,
+}
+
+/// Alive (no key needed).
+#[utoipa::path(get, path = "/health", tag = "operations", security(()),
+    responses((status = 200, description = "The process answers", body = Health)))]
+pub(crate) async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// This document: the service's OpenAPI 3.1 description.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
+async fn openapi_json() -> Json<Value> {
+    Json(crate::openapi::document())
 }
 
 /// How long `/ready` waits for each LLM endpoint's health probe.
 const LLM_PROBE: Duration = Duration::from_secs(2);
 
-async fn ready(State(state): State<Shared>) -> Json<Value> {
+/// `GET /ready`: what the service can do now.
+#[derive(Serialize, ToSchema)]
+struct Ready {
+    /// The store answers.
+    ready: bool,
+    store: ReadyStore,
+    embedding: ReadyEmbedding,
+    rerank: ReadyRerank,
+    enrichment: ReadyEnrichment,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ReadyStore {
+    open: bool,
+    /// The word and vector indexes include every committed change.
+    consistent: Option<bool>,
+    documents: Option<u64>,
+    chunks: Option<u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ReadyEmbedding {
+    loaded: bool,
+    model: Option<String>,
+    /// Why no model is loaded (searches then use words only).
+    note: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ReadyRerank {
+    /// `off`, `remote` or `local`.
+    mode: String,
+    model: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ReadyEnrichment {
+    /// `off`, `heuristic` or `llm`.
+    mode: &'static str,
+    /// Each configured LLM endpoint: its address, model, health and counters.
+    endpoints: Vec<datafactory_enrich::EndpointState>,
+}
+
+/// Store, model, reranker and LLM endpoint state.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses((status = 200, description = "State of each part", body = Ready)))]
+async fn ready(State(state): State<Shared>) -> Json<Ready> {
     let embedder = state.pipeline.embedder();
     let store = state.store.clone();
     let stats = tokio::task::spawn_blocking(move || store.stats()).await.ok().and_then(|r| r.ok());
@@ -68,30 +147,31 @@ async fn ready(State(state): State<Shared>) -> Json<Value> {
     let llm_endpoints = tokio::task::spawn_blocking(move || enricher.endpoint_states(Some(LLM_PROBE)))
         .await
         .unwrap_or_default();
-    Json(json!({
-        "ready": stats.is_some(),
-        "store": {
-            "open": stats.is_some(),
-            "consistent": stats.as_ref().map(|s| s.consistent),
-            "documents": stats.as_ref().map(|s| s.documents),
-            "chunks": stats.as_ref().map(|s| s.chunks),
+    Json(Ready {
+        ready: stats.is_some(),
+        store: ReadyStore {
+            open: stats.is_some(),
+            consistent: stats.as_ref().map(|s| s.consistent),
+            documents: stats.as_ref().map(|s| s.documents),
+            chunks: stats.as_ref().map(|s| s.chunks),
         },
-        "embedding": {
-            "loaded": embedder.is_some(),
-            "model": embedder.map(|e| e.model_id().to_string()),
-            "note": state.embedding_note,
+        embedding: ReadyEmbedding {
+            loaded: embedder.is_some(),
+            model: embedder.map(|e| e.model_id().to_string()),
+            note: state.embedding_note.clone(),
         },
-        "rerank": {
-            "mode": state.config.rerank.mode,
-            "model": state.reranker.as_ref().map(|r| r.model_id().to_string()),
+        rerank: ReadyRerank {
+            mode: state.config.rerank.mode.clone(),
+            model: state.reranker.as_ref().map(|r| r.model_id().to_string()),
         },
-        "enrichment": {
-            "mode": state.pipeline.enricher().mode(),
-            "endpoints": llm_endpoints,
-        },
-    }))
+        enrichment: ReadyEnrichment { mode: state.pipeline.enricher().mode(), endpoints: llm_endpoints },
+    })
 }
 
+/// Prometheus metrics (text format 0.0.4): requests, ingest, phases, LLM
+/// tokens per endpoint, embedder batches and GPU fallbacks.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text", body = String, content_type = "text/plain")))]
 async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
     let mut out = state.metrics.render();
     let embedder = state.pipeline.embedder().map(|e| e.stats()).unwrap_or_default();
@@ -99,15 +179,18 @@ async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct IngestParams {
+    /// Answer when the job has ended (200 with the job) instead of at once (202).
     #[serde(default)]
     wait: bool,
+    /// The collection (default: `ingest.default_collection`).
     collection: Option<String>,
 }
 
 /// One document given as JSON.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct JsonDocument {
     text: String,
     title: Option<String>,
@@ -116,7 +199,8 @@ struct JsonDocument {
     metadata: serde_json::Map<String, Value>,
 }
 
-#[derive(Deserialize)]
+/// A JSON ingest: one document, or several under `documents`.
+#[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
 enum JsonIngest {
     Many {
@@ -132,9 +216,39 @@ enum JsonIngest {
     },
 }
 
-/// `POST /ingest`: multipart files, or JSON (`text`, `title`, `metadata`,
-/// `id`, `collection`, or `documents: [...]`). 202 with a job id, or the
-/// finished job with `?wait=true`.
+/// A multipart ingest: files (any number of parts), and optional
+/// `collection` and `plan` parts.
+#[derive(ToSchema)]
+#[allow(dead_code)] // describes the multipart body; the handler reads the parts
+struct IngestUpload {
+    #[schema(value_type = Vec<String>, format = Binary)]
+    file: Vec<Vec<u8>>,
+    collection: Option<String>,
+    /// The `plan` object as JSON text.
+    plan: Option<String>,
+}
+
+/// A job was created and queued.
+#[derive(Serialize, ToSchema)]
+struct JobAccepted {
+    job_id: String,
+    /// `queued`.
+    state: &'static str,
+}
+
+/// Ingest uploaded files or JSON documents as a job. Multipart files, or
+/// JSON (`text`, `title`, `metadata`, `id`, `collection`, or
+/// `documents: [...]`). 202 with a job id, or the finished job with
+/// `?wait=true`.
+#[utoipa::path(post, path = "/ingest", tag = "ingest", params(IngestParams),
+    request_body(content(
+        (JsonIngest = "application/json"),
+        (IngestUpload = "multipart/form-data"))),
+    responses(
+        (status = 202, description = "Queued", body = JobAccepted),
+        (status = 200, description = "Ended (`wait=true`)", body = JobView),
+        (status = 400, description = "Bad request", body = ErrorBody),
+        (status = 503, description = "The store cannot take the job", body = ErrorBody)))]
 async fn ingest(
     State(state): State<Shared>,
     Query(params): Query<IngestParams>,
@@ -245,7 +359,7 @@ async fn ingest(
         let progress = task.await.map_err(internal)?;
         return Ok((StatusCode::OK, Json(progress.view())).into_response());
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({"job_id": job_id, "state": "queued"}))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(JobAccepted { job_id, state: "queued" })).into_response())
 }
 
 /// What a job ingests, saved beside its uploads so that a job cut short (the
@@ -384,7 +498,21 @@ fn rand_id() -> u64 {
     u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]))
 }
 
+/// A job: live progress while it runs in this process, else its stored
+/// record.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code, clippy::large_enum_variant)] // describes the two answers `job` gives; never built
+#[serde(untagged)]
+enum JobAnswer {
+    Live(JobView),
+    Stored(datafactory_store::JobRecord),
+}
+
 /// `GET /jobs/{id}`: live progress, or the stored record of a finished job.
+#[utoipa::path(get, path = "/jobs/{id}", tag = "ingest", params(("id" = String, Path, description = "job id")),
+    responses(
+        (status = 200, description = "The job", body = JobAnswer),
+        (status = 404, description = "No such job", body = ErrorBody)))]
 async fn job(State(state): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
     if let Some(p) = state.jobs.get(&id) {
         return Ok(Json(p.view()).into_response());
@@ -400,7 +528,13 @@ async fn job(State(state): State<Shared>, Path(id): Path<String>) -> Result<Resp
 
 /// `GET /jobs/{id}/events`: the job's state as Server-Sent Events, one
 /// `progress` event whenever it changes (polled every 200 ms), and a last
-/// `done` event when it ends.
+/// `done` event when it ends; each event's data is the job as JSON.
+#[utoipa::path(get, path = "/jobs/{id}/events", tag = "ingest",
+    params(("id" = String, Path, description = "job id")),
+    responses(
+        (status = 200, description = "`progress` events, then `done`", content_type = "text/event-stream",
+         body = String),
+        (status = 404, description = "No running job with that id", body = ErrorBody)))]
 async fn job_events(State(state): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
     use axum::response::sse::{Event, KeepAlive, Sse};
     let Some(progress) = state.jobs.get(&id) else {
@@ -442,7 +576,8 @@ fn embedder(state: &AppState) -> Result<Arc<dyn datafactory_core::Embedder>, Api
     })
 }
 
-#[derive(Deserialize)]
+/// One text or a list of texts.
+#[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
 enum OneOrMany {
     One(String),
@@ -458,7 +593,7 @@ impl OneOrMany {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct OpenAiRequest {
     input: OneOrMany,
     model: Option<String>,
@@ -466,11 +601,47 @@ struct OpenAiRequest {
     encoding_format: Option<String>,
 }
 
+#[derive(Serialize, ToSchema)]
+struct OpenAiResponse {
+    /// `list`.
+    object: &'static str,
+    data: Vec<OpenAiEmbedding>,
+    model: String,
+    usage: OpenAiUsage,
+}
+
+#[derive(Serialize, ToSchema)]
+struct OpenAiEmbedding {
+    /// `embedding`.
+    object: &'static str,
+    index: usize,
+    embedding: EmbeddingData,
+}
+
+/// Floats, or with `encoding_format: base64` a base64 string of little-endian f32s.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+enum EmbeddingData {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Serialize, ToSchema)]
+struct OpenAiUsage {
+    prompt_tokens: usize,
+    total_tokens: usize,
+}
+
 /// `POST /v1/embeddings`, the OpenAI shape, over the in-process model.
+#[utoipa::path(post, path = "/v1/embeddings", tag = "embeddings", request_body = OpenAiRequest,
+    responses(
+        (status = 200, description = "One embedding per input", body = OpenAiResponse),
+        (status = 400, description = "Bad request", body = ErrorBody),
+        (status = 503, description = "No embedding model loaded", body = ErrorBody)))]
 async fn openai_embeddings(
     State(state): State<Shared>,
     Json(r): Json<OpenAiRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OpenAiResponse>, ApiError> {
     let e = embedder(&state)?;
     let texts = r.input.into_vec();
     if texts.is_empty() {
@@ -491,35 +662,42 @@ async fn openai_embeddings(
         Some("base64") => true,
         Some(other) => return Err(bad_request(format!("encoding_format {other:?}: use float or base64"))),
     };
-    let data: Vec<Value> = vectors
+    let data = vectors
         .into_iter()
         .enumerate()
-        .map(|(i, v)| {
+        .map(|(index, v)| {
             let embedding = if base64 {
                 use base64::Engine as _;
                 let bytes: Vec<u8> = v.dense.iter().flat_map(|x| x.to_le_bytes()).collect();
-                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+                EmbeddingData::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
             } else {
-                json!(v.dense)
+                EmbeddingData::Float(v.dense)
             };
-            json!({"object": "embedding", "index": i, "embedding": embedding})
+            OpenAiEmbedding { object: "embedding", index, embedding }
         })
         .collect();
-    Ok(Json(json!({
-        "object": "list",
-        "data": data,
-        "model": model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    })))
+    Ok(Json(OpenAiResponse {
+        object: "list",
+        data,
+        model,
+        usage: OpenAiUsage { prompt_tokens: tokens, total_tokens: tokens },
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct TeiRequest {
     inputs: OneOrMany,
 }
 
 /// `POST /embed`, the text-embeddings-inference shape: a list of vectors.
-async fn tei_embed(State(state): State<Shared>, Json(r): Json<TeiRequest>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(post, path = "/embed", tag = "embeddings", request_body = TeiRequest,
+    responses(
+        (status = 200, description = "One vector per input", body = Vec<Vec<f32>>),
+        (status = 503, description = "No embedding model loaded", body = ErrorBody)))]
+async fn tei_embed(
+    State(state): State<Shared>,
+    Json(r): Json<TeiRequest>,
+) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
     let e = embedder(&state)?;
     let texts = r.inputs.into_vec();
     let vectors = tokio::task::spawn_blocking(move || {
@@ -529,41 +707,111 @@ async fn tei_embed(State(state): State<Shared>, Json(r): Json<TeiRequest>) -> Re
     .await
     .map_err(internal)?
     .map_err(internal)?;
-    Ok(Json(json!(vectors.into_iter().map(|v| v.dense).collect::<Vec<_>>())))
+    Ok(Json(vectors.into_iter().map(|v| v.dense).collect()))
 }
 
-#[derive(Deserialize)]
+/// A search (`POST /search`).
+#[derive(Deserialize, ToSchema)]
 struct SearchBody {
     #[serde(alias = "q")]
     query: String,
+    /// Results (default `search.top_k`; 1 to 1000).
     top_k: Option<usize>,
+    /// Only this collection.
     collection: Option<String>,
+    /// `hybrid`, `lexical`, `dense` or `sparse` (default `search.mode`).
+    #[schema(value_type = Option<SearchModeName>)]
     mode: Option<String>,
-    /// POST: `{"document_ids": [...], "metadata": {"key": value}}`.
+    /// Only these documents, only documents with this metadata.
     #[serde(default)]
     filter: Option<SearchFilter>,
-    /// GET: comma-separated document ids.
+    /// Rerank this search (default: whether `rerank.mode` is not `off`).
+    rerank: Option<bool>,
+}
+
+/// A search (`GET /search?q=`).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct SearchQuery {
+    /// The query.
+    q: String,
+    /// Results (default `search.top_k`; 1 to 1000).
+    top_k: Option<usize>,
+    /// Only this collection.
+    collection: Option<String>,
+    /// `hybrid`, `lexical`, `dense` or `sparse` (default `search.mode`).
+    #[param(value_type = Option<SearchModeName>)]
+    mode: Option<String>,
+    /// Comma-separated document ids: only these documents.
     document_ids: Option<String>,
     /// Rerank this search (default: whether `rerank.mode` is not `off`).
     rerank: Option<bool>,
 }
 
-async fn search_get(
-    State(state): State<Shared>,
-    Query(q): Query<SearchBody>,
-) -> Result<Json<Value>, ApiError> {
-    search(state, q).await
+/// The search modes, by name.
+#[derive(ToSchema)]
+#[allow(dead_code)] // names the strings `mode` accepts
+#[schema(rename_all = "lowercase")]
+enum SearchModeName {
+    Hybrid,
+    Lexical,
+    Dense,
+    Sparse,
 }
 
+/// Search results: the same shape as `datafactory search --json`.
+#[derive(Serialize, ToSchema)]
+struct SearchResponse {
+    query: String,
+    mode: String,
+    /// The retrievers that ran, e.g. `["words", "dense"]`.
+    retrievers: Vec<&'static str>,
+    /// What reranking did, when this search was reranked.
+    rerank: Option<datafactory_ingest::RerankReport>,
+    /// Why a requested stage did not run, if one did not.
+    notes: Vec<String>,
+    took_ms: f64,
+    results: Vec<datafactory_store::SearchHit>,
+}
+
+/// Search by words, meaning or both, fused, optionally reranked.
+#[utoipa::path(get, path = "/search", tag = "search", params(SearchQuery),
+    responses(
+        (status = 200, description = "Results, best first", body = SearchResponse),
+        (status = 400, description = "Bad request", body = ErrorBody)))]
+async fn search_get(
+    State(state): State<Shared>,
+    Query(q): Query<SearchQuery>,
+) -> Result<Json<SearchResponse>, ApiError> {
+    let mut filter = SearchFilter::default();
+    if let Some(ids) = &q.document_ids {
+        filter.document_ids.extend(ids.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from));
+    }
+    let body = SearchBody {
+        query: q.q,
+        top_k: q.top_k,
+        collection: q.collection,
+        mode: q.mode,
+        filter: Some(filter),
+        rerank: q.rerank,
+    };
+    search(state, body).await
+}
+
+/// Search, with filters on document ids and metadata.
+#[utoipa::path(post, path = "/search", tag = "search", request_body = SearchBody,
+    responses(
+        (status = 200, description = "Results, best first", body = SearchResponse),
+        (status = 400, description = "Bad request", body = ErrorBody)))]
 async fn search_post(
     State(state): State<Shared>,
     Json(q): Json<SearchBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SearchResponse>, ApiError> {
     search(state, q).await
 }
 
 /// `GET|POST /search`: the same result shape as `datafactory search --json`.
-async fn search(state: Shared, q: SearchBody) -> Result<Json<Value>, ApiError> {
+async fn search(state: Shared, q: SearchBody) -> Result<Json<SearchResponse>, ApiError> {
     if q.query.trim().is_empty() {
         return Err(bad_request("`query` is empty"));
     }
@@ -572,12 +820,9 @@ async fn search(state: Shared, q: SearchBody) -> Result<Json<Value>, ApiError> {
         bad_request(format!("unknown mode {mode_name:?}: use hybrid, lexical, dense or sparse"))
     })?;
     let top_k = q.top_k.unwrap_or(state.config.search.top_k).clamp(1, 1000);
-    let mut filter = q.filter.clone().unwrap_or_default();
-    if let Some(ids) = &q.document_ids {
-        filter.document_ids.extend(ids.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from));
-    }
+    let filter = q.filter.clone().unwrap_or_default();
     let s = state.clone();
-    let result = tokio::task::spawn_blocking(move || -> Result<Value, String> {
+    let result = tokio::task::spawn_blocking(move || -> Result<SearchResponse, String> {
         let started = Instant::now();
         let mut notes = Vec::new();
         let embedding: Option<Embedding> = match (mode, s.pipeline.embedder()) {
@@ -637,15 +882,15 @@ async fn search(state: Shared, q: SearchBody) -> Result<Json<Value>, ApiError> {
             }
             report
         });
-        Ok(json!({
-            "query": q.query,
-            "mode": mode_name,
-            "retrievers": results.retrievers,
-            "rerank": rerank,
-            "notes": notes,
-            "took_ms": started.elapsed().as_secs_f64() * 1000.0,
-            "results": results.hits,
-        }))
+        Ok(SearchResponse {
+            query: q.query,
+            mode: mode_name,
+            retrievers: results.retrievers,
+            rerank,
+            notes,
+            took_ms: started.elapsed().as_secs_f64() * 1000.0,
+            results: results.hits,
+        })
     })
     .await
     .map_err(internal)?
@@ -653,39 +898,66 @@ async fn search(state: Shared, q: SearchBody) -> Result<Json<Value>, ApiError> {
     Ok(Json(result))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// Only this collection.
     collection: Option<String>,
 }
 
+/// The stored documents.
+#[utoipa::path(get, path = "/documents", tag = "documents", params(ListParams),
+    responses((status = 200, description = "Documents", body = Vec<datafactory_store::DocumentSummary>)))]
 async fn documents(
     State(state): State<Shared>,
     Query(p): Query<ListParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<datafactory_store::DocumentSummary>>, ApiError> {
     let store = state.store.clone();
     let docs = tokio::task::spawn_blocking(move || store.list_documents(p.collection.as_deref()))
         .await
         .map_err(internal)?
         .map_err(internal)?;
-    Ok(Json(json!(docs)))
+    Ok(Json(docs))
 }
 
-async fn document(State(state): State<Shared>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+/// A document with its text, sections and chunks (by id, or the id its input gave it).
+#[utoipa::path(get, path = "/documents/{id}", tag = "documents",
+    params(("id" = String, Path, description = "document id")),
+    responses(
+        (status = 200, description = "The document", body = datafactory_store::DocumentDetail),
+        (status = 404, description = "No such document", body = ErrorBody)))]
+async fn document(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<datafactory_store::DocumentDetail>, ApiError> {
     let store = state.store.clone();
     match tokio::task::spawn_blocking(move || store.get_document(&id))
         .await
         .map_err(internal)?
         .map_err(internal)?
     {
-        Some(d) => Ok(Json(json!(d))),
+        Some(d) => Ok(Json(d)),
         None => Err(ApiError(StatusCode::NOT_FOUND, "no such document".into())),
     }
 }
 
+/// A document was removed.
+#[derive(Serialize, ToSchema)]
+struct Deleted {
+    id: String,
+    deleted: bool,
+}
+
+/// Remove a document everywhere (text, chunks, word and vector indexes).
+#[utoipa::path(delete, path = "/documents/{id}", tag = "documents",
+    params(("id" = String, Path, description = "document id")),
+    responses(
+        (status = 200, description = "Removed", body = Deleted),
+        (status = 404, description = "No such document", body = ErrorBody)))]
 async fn delete_document(
     State(state): State<Shared>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deleted>, ApiError> {
     let store = state.store.clone();
     let deleted = tokio::task::spawn_blocking(move || -> Result<Option<String>, String> {
         let Some(d) = store.get_document(&id).map_err(|e| e.to_string())? else { return Ok(None) };
@@ -696,7 +968,7 @@ async fn delete_document(
     .map_err(internal)?
     .map_err(internal)?;
     match deleted {
-        Some(id) => Ok(Json(json!({"id": id, "deleted": true}))),
+        Some(id) => Ok(Json(Deleted { id, deleted: true })),
         None => Err(ApiError(StatusCode::NOT_FOUND, "no such document".into())),
     }
 }

@@ -530,6 +530,125 @@ async fn every_described_operation_is_served() {
     s.stop().await;
 }
 
+/// Checks a live answer against the schema `/openapi.json` gives for it
+/// (status `code`, JSON body), with the document's components in reach of
+/// its `$ref`s.
+fn check_answer(spec: &Value, path: &str, method: &str, code: u16, body: &Value) {
+    let op = &spec["paths"][path][method];
+    let response = &op["responses"][code.to_string()];
+    assert!(response.is_object(), "{method} {path}: answer {code} not described");
+    let response = match response["$ref"].as_str() {
+        Some(r) => &spec["components"]["responses"][r.rsplit('/').next().unwrap()],
+        None => response,
+    };
+    let mut schema = response["content"]["application/json"]["schema"].clone();
+    assert!(schema.is_object(), "{method} {path} {code}: no JSON schema");
+    schema["components"] = spec["components"].clone();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let problems: Vec<String> = validator
+        .iter_errors(body)
+        .map(|e| format!("{} at {}", e.to_string().chars().take(300).collect::<String>(), e.instance_path()))
+        .collect();
+    let shown: String = body.to_string().chars().take(2000).collect();
+    assert!(problems.is_empty(), "{method} {path} {code}: {problems:#?}\n{shown}");
+}
+
+/// What the service answers is what /openapi.json says it answers: each
+/// route's live body checked against its generated schema (ingest, job,
+/// search GET and POST, documents, document, delete, both embedding routes,
+/// ready, health, and error bodies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_match_the_generated_schemas() {
+    let s = Server::start(|c| c.embedding.model = minilm().to_string_lossy().into_owned()).await;
+    let c = client();
+    let spec: Value = c.get(s.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    // Every schema the operations refer to is in the components.
+    let text = spec.to_string();
+    for name in ["SearchHit", "StageScores", "DocumentDetail", "JobView", "RerankReport", "ErrorBody"] {
+        assert!(spec["components"]["schemas"][name].is_object(), "schema {name} missing");
+        assert!(text.contains(&format!("#/components/schemas/{name}")), "{name} never referred to");
+    }
+
+    let r = c
+        .post(s.url("/ingest?wait=true"))
+        .json(&json!({"text": "# Lemurs\n\nLemurs live on Madagascar and eat fruit.", "title": "Lemurs",
+                      "metadata": {"topic": "animals"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let job: Value = r.json().await.unwrap();
+    check_answer(&spec, "/ingest", "post", 200, &job);
+    let job_id = job["id"].as_str().unwrap().to_string();
+    let r = c.post(s.url("/ingest")).json(&json!({"text": "Aye-ayes are lemurs too."})).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    check_answer(&spec, "/ingest", "post", 202, &r.json().await.unwrap());
+    let r = c.post(s.url("/ingest")).json(&json!({"text": ""})).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    check_answer(&spec, "/ingest", "post", 400, &r.json().await.unwrap());
+    let finished: Value =
+        c.get(s.url(&format!("/jobs/{job_id}"))).send().await.unwrap().json().await.unwrap();
+    check_answer(&spec, "/jobs/{id}", "get", 200, &finished);
+
+    let get: Value = c.get(s.url("/search?q=lemurs&mode=hybrid")).send().await.unwrap().json().await.unwrap();
+    assert!(!get["results"].as_array().unwrap().is_empty(), "{get:#}");
+    check_answer(&spec, "/search", "get", 200, &get);
+    let post: Value = c
+        .post(s.url("/search"))
+        .json(&json!({"query": "what do lemurs eat", "filter": {"metadata": {"topic": "animals"}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    check_answer(&spec, "/search", "post", 200, &post);
+    let r = c.get(s.url("/search?q=x&mode=psychic")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    check_answer(&spec, "/search", "get", 400, &r.json().await.unwrap());
+
+    let docs: Value = c.get(s.url("/documents")).send().await.unwrap().json().await.unwrap();
+    check_answer(&spec, "/documents", "get", 200, &docs);
+    let id = docs[0]["id"].as_str().unwrap().to_string();
+    let doc: Value = c.get(s.url(&format!("/documents/{id}"))).send().await.unwrap().json().await.unwrap();
+    check_answer(&spec, "/documents/{id}", "get", 200, &doc);
+    let r = c.get(s.url("/documents/nope")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    check_answer(&spec, "/documents/{id}", "get", 404, &r.json().await.unwrap());
+
+    for format in ["float", "base64"] {
+        let r: Value = c
+            .post(s.url("/v1/embeddings"))
+            .json(&json!({"input": ["lemurs", "fruit"], "encoding_format": format}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        check_answer(&spec, "/v1/embeddings", "post", 200, &r);
+    }
+    let tei: Value = c
+        .post(s.url("/embed"))
+        .json(&json!({"inputs": "lemurs"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    check_answer(&spec, "/embed", "post", 200, &tei);
+    let ready: Value = c.get(s.url("/ready")).send().await.unwrap().json().await.unwrap();
+    check_answer(&spec, "/ready", "get", 200, &ready);
+    let health: Value = c.get(s.url("/health")).send().await.unwrap().json().await.unwrap();
+    check_answer(&spec, "/health", "get", 200, &health);
+
+    let deleted: Value =
+        c.delete(s.url(&format!("/documents/{id}"))).send().await.unwrap().json().await.unwrap();
+    check_answer(&spec, "/documents/{id}", "delete", 200, &deleted);
+    s.stop().await;
+}
+
 /// Every stored document carries its analysis; a request's `plan` overrides
 /// the plan for its documents.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

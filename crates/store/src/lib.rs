@@ -857,7 +857,7 @@ impl Store {
             })?
             .collect::<Result<_, _>>()?;
         Ok(Some(DocumentDetail {
-            summary,
+            summary: summary.info,
             metadata: serde_json::from_str(&metadata)?,
             sections: serde_json::from_str::<Vec<Section>>(&sections)?,
             text,
@@ -1083,7 +1083,7 @@ const SUMMARY_SELECT: &str = "SELECT d.id, d.collection, d.source, d.external_id
 
 fn summary_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DocumentSummary> {
     let format: String = r.get(5)?;
-    Ok(DocumentSummary {
+    let info = DocumentInfo {
         id: r.get(0)?,
         collection: r.get(1)?,
         source: r.get(2)?,
@@ -1095,8 +1095,8 @@ fn summary_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DocumentSummary> 
         version: r.get(8)?,
         created_at: r.get(9)?,
         updated_at: r.get(10)?,
-        chunks: r.get::<_, i64>(11)? as u64,
-    })
+    };
+    Ok(DocumentSummary { info, chunks: r.get::<_, i64>(11)? as u64 })
 }
 
 fn parse_json_list(s: &str) -> Vec<String> {

@@ -79,7 +79,7 @@ impl<'a> SearchRequest<'a> {
 }
 
 /// Restricts a search to some documents.
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, utoipa::ToSchema)]
 pub struct SearchFilter {
     /// Only these documents (ids, or the ids their input gave them); empty: any.
     #[serde(default)]
@@ -96,7 +96,7 @@ impl SearchFilter {
 }
 
 /// The score each stage gave a result (absent: the stage did not find it or did not run).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct StageScores {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub words: Option<f32>,
@@ -131,7 +131,7 @@ pub struct WordQuery<'a> {
     pub heading_boost: f32,
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct SearchHit {
     pub chunk_id: String,
     /// The ranking score: the reranker's relevance when the result was
@@ -158,8 +158,9 @@ pub struct SearchHit {
     pub context_kind: Option<datafactory_core::ContextKind>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct DocumentSummary {
+/// What is known of a stored document besides its content.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DocumentInfo {
     pub id: String,
     pub collection: String,
     pub source: String,
@@ -174,10 +175,26 @@ pub struct DocumentSummary {
     /// Unix time in milliseconds.
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+/// A document in a listing: its info and how many chunks it has. Derefs to
+/// the info (`summary.id`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DocumentSummary {
+    #[serde(flatten)]
+    pub info: DocumentInfo,
+    /// How many chunks it has.
     pub chunks: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+impl std::ops::Deref for DocumentSummary {
+    type Target = DocumentInfo;
+    fn deref(&self) -> &DocumentInfo {
+        &self.info
+    }
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StoredChunk {
     pub id: String,
     pub ordinal: u32,
@@ -192,10 +209,11 @@ pub struct StoredChunk {
     pub context: Option<datafactory_core::ChunkContext>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DocumentDetail {
+    /// (Its chunk count is `chunks.len()`: `chunks` here is the list.)
     #[serde(flatten)]
-    pub summary: DocumentSummary,
+    pub summary: DocumentInfo,
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub sections: Vec<Section>,
     pub text: String,
@@ -243,7 +261,7 @@ pub struct Stats {
     pub problems: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobRecord {
     pub id: String,
     pub kind: String,
