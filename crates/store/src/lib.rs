@@ -637,6 +637,7 @@ impl Store {
                 for k in &removed_keys {
                     v.remove(*k)?;
                 }
+                v.reserve_for(vector_keys.len())?;
                 for (k, e) in vector_keys.iter().zip(e) {
                     v.add(*k, &e.dense)?;
                 }

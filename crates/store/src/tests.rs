@@ -583,3 +583,53 @@ fn reads_do_not_wait_for_the_commit_of_a_big_document() {
     assert!(sources(&store.search(&hybrid).unwrap()).contains(&"big.txt"));
     assert_eq!(store.get_document(&key.id).unwrap().unwrap().chunks.len(), N);
 }
+
+/// Adding many vectors (a big document's) does not shut searches out: each
+/// search waits for about the addition in progress, not for a run of them.
+/// (With a plain lock the adding thread took it back right after each
+/// addition, and a search could wait for thousands.)
+#[test]
+fn searches_interleave_with_a_long_run_of_vector_additions() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const N: usize = 30_000;
+    let dir = tempfile::tempdir().unwrap();
+    let options = VectorOptions { dimensions: 384, exact_below: 0, ..vector_options("m") };
+    let index = Arc::new(vectors::VectorIndex::open(dir.path(), &options).unwrap());
+    let vector =
+        |i: usize| -> Vec<f32> { (0..384).map(|d| ((i * 31 + d * 17) % 97) as f32 - 48.0).collect() };
+    for i in 0..1000 {
+        index.add(i as u64, &vector(i)).unwrap();
+    }
+    index.reserve_for(N).unwrap();
+    let added = Arc::new(AtomicUsize::new(0));
+    let adder = {
+        let (index, added) = (index.clone(), added.clone());
+        std::thread::spawn(move || {
+            for i in 1000..1000 + N {
+                index.add(i as u64, &vector(i)).unwrap();
+                added.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    while added.load(Ordering::Relaxed) < 100 {
+        std::thread::yield_now();
+    }
+    // Additions made while each search waited and ran (the searcher rests
+    // between searches, as a service's searches arrive now and then).
+    let mut during = Vec::new();
+    for q in 0..40 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let before = added.load(Ordering::Relaxed);
+        let hits = index.search(&vector(q * 7), 5, None).unwrap();
+        assert_eq!(hits.len(), 5);
+        during.push(added.load(Ordering::Relaxed) - before);
+    }
+    let unfinished = added.load(Ordering::Relaxed) < N;
+    adder.join().unwrap();
+    assert!(unfinished, "the additions ended before the searches: make N larger");
+    assert_eq!(index.len(), 1000 + N);
+    let mut gaps = during;
+    gaps.sort_unstable();
+    eprintln!("additions during each search: {gaps:?}");
+    assert!(gaps[gaps.len() / 2] <= 20, "additions during each search: {gaps:?}");
+}

@@ -11,7 +11,9 @@
 use crate::StoreError;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 use usearch::ffi::{IndexOptions, MetricKind, ScalarKind};
 
 /// How the store's vector index is built; recorded in its state file.
@@ -38,11 +40,17 @@ struct State {
 pub struct VectorIndex {
     dir: PathBuf,
     options: VectorOptions,
+    /// Searches share it; each addition or removal takes it alone, briefly,
+    /// and lets searches that wait for it go first (`write_after_searches`),
+    /// so adding a big document's vectors holds a search up by about one
+    /// addition, not the whole run.
     index: RwLock<usearch::Index>,
+    /// Searches waiting for the read lock.
+    waiting_searches: AtomicUsize,
     /// Last change included in the saved files.
-    saved_change: RwLock<i64>,
+    saved_change: std::sync::RwLock<i64>,
     /// Last change included in memory (≥ saved).
-    applied_change: RwLock<i64>,
+    applied_change: std::sync::RwLock<i64>,
 }
 
 fn usearch_options(o: &VectorOptions) -> IndexOptions {
@@ -115,14 +123,36 @@ impl VectorIndex {
             dir: dir.to_path_buf(),
             options: options.clone(),
             index: RwLock::new(index),
-            saved_change: RwLock::new(applied),
-            applied_change: RwLock::new(applied),
+            waiting_searches: AtomicUsize::new(0),
+            saved_change: std::sync::RwLock::new(applied),
+            applied_change: std::sync::RwLock::new(applied),
         })
+    }
+
+    /// The index for a search.
+    fn read(&self) -> RwLockReadGuard<'_, usearch::Index> {
+        self.waiting_searches.fetch_add(1, Ordering::AcqRel);
+        let guard = self.index.read().unwrap_or_else(|p| p.into_inner());
+        self.waiting_searches.fetch_sub(1, Ordering::AcqRel);
+        guard
+    }
+
+    /// The index for a change, once the searches waiting for it have it
+    /// (a lock's writer that takes it back right after letting it go would
+    /// keep searches out for a whole run of additions); up to
+    /// `SEARCHES_FIRST`, so a stream of searches cannot stop additions.
+    fn write_after_searches(&self) -> RwLockWriteGuard<'_, usearch::Index> {
+        const SEARCHES_FIRST: Duration = Duration::from_millis(20);
+        let started = Instant::now();
+        while self.waiting_searches.load(Ordering::Acquire) > 0 && started.elapsed() < SEARCHES_FIRST {
+            std::thread::yield_now();
+        }
+        self.index.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Changes HNSW's efSearch (search effort) for later searches.
     pub fn set_expansion_search(&self, ef: usize) {
-        self.index.read().unwrap_or_else(|p| p.into_inner()).change_expansion_search(ef);
+        self.read().change_expansion_search(ef);
     }
 
     pub fn options(&self) -> &VectorOptions {
@@ -149,7 +179,7 @@ impl VectorIndex {
     }
 
     pub fn len(&self) -> usize {
-        self.index.read().unwrap_or_else(|p| p.into_inner()).size()
+        self.read().size()
     }
 
     /// Adds (or replaces) the vector of `key`.
@@ -161,27 +191,45 @@ impl VectorIndex {
                 self.options.dimensions
             )));
         }
-        let index = self.index.write().unwrap_or_else(|p| p.into_inner());
-        if index.contains(key) {
-            index.remove(key).map_err(index_error)?;
-        }
-        if index.size() + 1 > index.capacity() {
-            let capacity = (index.capacity() * 2).max(1024);
-            index.reserve(capacity).map_err(index_error)?;
-        }
-        index.add(key, vector).map_err(index_error)
+        let index = self.write_after_searches();
+        let result = (|| {
+            if index.contains(key) {
+                index.remove(key).map_err(index_error)?;
+            }
+            if index.size() + 1 > index.capacity() {
+                let capacity = (index.capacity() * 2).max(1024);
+                index.reserve(capacity).map_err(index_error)?;
+            }
+            index.add(key, vector).map_err(index_error)
+        })();
+        drop(index);
+        result
+    }
+
+    /// Makes room for `additional` more vectors at once (one growth instead
+    /// of doubling along the way), before a document's vectors are added.
+    pub fn reserve_for(&self, additional: usize) -> Result<(), StoreError> {
+        let index = self.write_after_searches();
+        let needed = index.size() + additional;
+        let result = if needed > index.capacity() {
+            index.reserve(needed.max(index.capacity() * 2).max(1024)).map_err(index_error)
+        } else {
+            Ok(())
+        };
+        drop(index);
+        result
     }
 
     pub fn remove(&self, key: u64) -> Result<(), StoreError> {
-        let index = self.index.write().unwrap_or_else(|p| p.into_inner());
-        if index.contains(key) {
-            index.remove(key).map_err(index_error)?;
-        }
-        Ok(())
+        let index = self.write_after_searches();
+        let result =
+            if index.contains(key) { index.remove(key).map(drop).map_err(index_error) } else { Ok(()) };
+        drop(index);
+        result
     }
 
     pub fn clear(&self) -> Result<(), StoreError> {
-        self.index.write().unwrap_or_else(|p| p.into_inner()).reset().map_err(index_error)
+        self.write_after_searches().reset().map_err(index_error)
     }
 
     /// The nearest keys with their cosine similarity, best first. `keep`
@@ -199,7 +247,7 @@ impl VectorIndex {
                 self.options.dimensions
             )));
         }
-        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let index = self.read();
         let size = index.size();
         if size == 0 || count == 0 {
             return Ok(Vec::new());
@@ -226,7 +274,7 @@ impl VectorIndex {
 
     /// Writes the index and its state (including `applied_change`) durably.
     pub fn save(&self, applied_change: i64) -> Result<(), StoreError> {
-        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let index = self.read();
         let tmp_index = self.dir.join("index.usearch.tmp");
         index.save(&tmp_index.to_string_lossy()).map_err(index_error)?;
         drop(index);
