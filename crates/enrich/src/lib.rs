@@ -182,6 +182,18 @@ impl EnrichmentSummary {
     }
 }
 
+/// The context an LLM's answer gives a chunk (the same whether it is
+/// announced on arrival or put in the result).
+fn llm_context(c: &Completion, model: &str, template: &str, windowed: bool) -> ChunkContext {
+    ChunkContext {
+        text: c.text.trim().to_string(),
+        kind: ContextKind::Llm,
+        model: Some(model.to_string()),
+        template: template.to_string(),
+        windowed,
+    }
+}
+
 /// One LLM endpoint of the pool: what the pool knows of it, and what a
 /// health probe found (`Enricher::endpoint_states`).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -403,6 +415,22 @@ impl Enricher {
         cache: &dyn ContextCache,
         progress: &(dyn Fn(usize, f64) + Sync),
     ) -> (Vec<DocumentContexts>, EnrichmentSummary) {
+        self.enrich_streaming(documents, cache, progress, &|_, _, _| {})
+    }
+
+    /// [`Enricher::enrich`], and `arrived(document, chunk, context)` hears of
+    /// each LLM context as soon as it is known (a cached one at the start, a
+    /// fresh answer when it comes; from several threads): the context the
+    /// chunk will have in the result, so work on it (embedding) can start
+    /// before the rest of its document is enriched. Heuristic contexts,
+    /// given where the LLM could not answer, are known only in the result.
+    pub fn enrich_streaming(
+        &self,
+        documents: &[DocumentInput<'_>],
+        cache: &dyn ContextCache,
+        progress: &(dyn Fn(usize, f64) + Sync),
+        arrived: &(dyn Fn(usize, usize, &ChunkContext) + Sync),
+    ) -> (Vec<DocumentContexts>, EnrichmentSummary) {
         let started = Instant::now();
         let mut summary = EnrichmentSummary {
             mode: match self.mode {
@@ -473,6 +501,11 @@ impl Enricher {
             let hits = row.iter().filter(|c| c.is_some()).count();
             if hits > 0 {
                 progress(hits, 0.0);
+                for (chunk, c) in row.iter().enumerate() {
+                    if let Some(c) = c {
+                        arrived(found.len(), chunk, c);
+                    }
+                }
             }
             found.push(row);
             keys.push(key_row);
@@ -510,6 +543,11 @@ impl Enricher {
             };
             cache.put(&key, c.text.trim(), &record);
             progress(1, c.seconds);
+            arrived(
+                doc,
+                chunk,
+                &llm_context(c, &self.endpoints[endpoint].client.model, &template, plan.windowed[job]),
+            );
         };
         let results = if plan.jobs.is_empty() {
             Vec::new()
@@ -534,13 +572,12 @@ impl Enricher {
                 if plan.windowed[job] {
                     summary.chunks.windowed += 1;
                 }
-                found[doc][chunk] = Some(ChunkContext {
-                    text: c.text.trim().to_string(),
-                    kind: ContextKind::Llm,
-                    model: Some(self.endpoints[endpoint].client.model.clone()),
-                    template: template.clone(),
-                    windowed: plan.windowed[job],
-                });
+                found[doc][chunk] = Some(llm_context(
+                    &c,
+                    &self.endpoints[endpoint].client.model,
+                    &template,
+                    plan.windowed[job],
+                ));
             }
         }
         let mut out = Vec::with_capacity(documents.len());

@@ -165,6 +165,51 @@ fn embedding_overlaps_enrichment_and_every_vector_reads_its_final_context() {
     drop(server);
 }
 
+/// One big document: its chunks are embedded as their LLM contexts come,
+/// while the rest of the document is still being enriched, and each chunk is
+/// embedded once, from its final context.
+#[test]
+fn one_document_is_embedded_while_it_is_enriched() {
+    let _turn = common::serial();
+    let Some(t) = tools() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let docs = dir.path().join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(docs.join("big.md"), common::document_text(300, 3, 500)).unwrap();
+    let data = dir.path().join("data");
+    let server = llama_server(&t, 2, 16384);
+    let mut cfg = base_config(&data);
+    cfg.enrichment.endpoints = vec![openai_endpoint(&server.url, 2, 16384)];
+    cfg.enrichment.max_answer_tokens = 16;
+    let embedder = SlowEmbedder::new(Duration::from_millis(20));
+    let pipeline = Pipeline::with_embedder(&cfg, Some(embedder.clone() as Arc<dyn Embedder>));
+    let store = Store::open(&data).unwrap();
+    let request = IngestRequest { paths: vec![docs], collection: "default".into(), ..Default::default() };
+    let timeline = Timeline::default();
+    let summary = ingest(&store, &pipeline, &request, &timeline).unwrap();
+    assert_eq!(summary.documents.added, 1, "{summary:#?}");
+    assert!(summary.chunks >= 16, "a big document: {} chunks", summary.chunks);
+    assert_eq!(summary.enrichment.chunks.llm, summary.chunks, "{:#?}", summary.enrichment);
+    assert_eq!(summary.embedding.chunks, summary.chunks);
+
+    // Chunks of the document were embedded before its last LLM answer came.
+    let events = timeline.0.lock().unwrap().clone();
+    let last_answer = events.iter().filter(|e| e.0 == Phase::Enrichment).map(|e| e.1).max().unwrap();
+    let early: usize =
+        events.iter().filter(|e| e.0 == Phase::Embedding && e.1 < last_answer).map(|_| 1).sum();
+    assert!(early > 0, "no embedding call ended before the document's last LLM answer");
+
+    // Each chunk was embedded once, from the text with its final context.
+    let (stored, mut contextual) = stored(&store, &pipeline);
+    assert!(stored.values().flatten().all(|c| matches!(&c.1, Some((_, ContextKind::Llm)))));
+    let mut embedded = embedder.texts.lock().unwrap().clone();
+    embedded.sort();
+    contextual.sort();
+    assert_eq!(embedded, contextual);
+    assert_eq!(store.stats().unwrap().embedded_chunks as usize, summary.chunks);
+    drop(server);
+}
+
 #[test]
 fn the_pipelined_ingest_stores_what_one_document_at_a_time_stores() {
     let dir = tempfile::tempdir().unwrap();
