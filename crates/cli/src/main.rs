@@ -601,6 +601,18 @@ impl datafactory_eval::EvalObserver for EvalProgress {
 
 /// The configured embedding model, or None (words only) with the reason.
 fn load_embedder(config: &Config) -> (Option<Arc<dyn Embedder>>, Option<String>) {
+    let e = &config.embedding;
+    if !e.remote_urls.is_empty() {
+        return match datafactory_remote::RemoteEmbedder::connect(
+            &e.remote_urls,
+            &e.remote_api_key,
+            &e.remote_query_prompt,
+            &config.remote,
+        ) {
+            Ok(r) => (Some(Arc::new(r)), None),
+            Err(err) => (None, Some(format!("no embedding workers, so words only: {err}"))),
+        };
+    }
     if config.embedding.model.trim().is_empty() {
         return (None, Some("embedding.model is empty: words only".to_string()));
     }
@@ -614,7 +626,7 @@ fn load_embedder(config: &Config) -> (Option<Arc<dyn Embedder>>, Option<String>)
 /// client, or the model loaded here (an error when it cannot be loaded).
 fn search_reranker(config: &Config) -> Result<Option<Arc<dyn datafactory_core::Reranker>>> {
     Ok(match config.rerank.mode.as_str() {
-        "remote" => Some(Arc::new(datafactory_server::RemoteReranker::from_config(&config.rerank))),
+        "remote" => Some(Arc::new(datafactory_server::RemoteReranker::from_config(config))),
         "local" => Some(
             datafactory_models::load_reranker(&config.rerank)
                 .context("rerank.mode is \"local\" but the reranker model cannot be loaded")?,

@@ -28,6 +28,43 @@ pub struct Config {
     pub server: ServerConfig,
     pub analysis: AnalysisConfig,
     pub enrichment: EnrichmentConfig,
+    pub remote: RemoteConfig,
+}
+
+/// How the clients of remote model workers (embedding: `embedding.remote_urls`;
+/// reranking: `rerank.url` and `rerank.urls`) batch, retry and fail over.
+/// (A reranking request's time limit is `rerank.timeout_seconds`.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteConfig {
+    /// Time limit of one embedding request, seconds.
+    pub timeout_seconds: u64,
+    /// Texts (or query-passage pairs) per request at most.
+    pub batch: usize,
+    /// Requests in flight per endpoint at most.
+    pub parallel: usize,
+    /// Tries of one request, on different endpoints where there are several.
+    pub attempts: u32,
+    /// Wait before a retry (doubled at each further try), milliseconds.
+    pub backoff_ms: u64,
+    /// Failed requests in a row that take an endpoint out of the pool.
+    pub failures_before_down: u32,
+    /// How long an endpoint stays out before it is tried again, seconds.
+    pub down_seconds: u64,
+}
+
+impl Default for RemoteConfig {
+    fn default() -> Self {
+        RemoteConfig {
+            timeout_seconds: 60,
+            batch: 32,
+            parallel: 2,
+            attempts: 4,
+            backoff_ms: 200,
+            failures_before_down: 2,
+            down_seconds: 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,6 +121,18 @@ pub struct EmbeddingConfig {
     pub passage_prefix: String,
     /// Embed the document title and heading path with the chunk ("contextual chunk header").
     pub include_headings: bool,
+    /// Embedding workers: text-embeddings-inference-compatible endpoints
+    /// (`POST /embed`, `GET /info`), such as other `datafactory serve` nodes
+    /// or TEI. When set, no model is loaded here: `model` and the settings
+    /// above are the workers' business. Batching, retries and failover:
+    /// `[remote]`.
+    pub remote_urls: Vec<String>,
+    /// Bearer key sent to the embedding workers.
+    pub remote_api_key: String,
+    /// TEI's `prompt_name` sent with queries to the workers (e.g. `query`
+    /// for a model with a query instruction); empty: queries are embedded
+    /// as passages are (right for bge-m3, which has no instruction).
+    pub remote_query_prompt: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,6 +168,9 @@ pub struct RerankConfig {
     pub mode: String,
     /// The reranker service, for `mode = "remote"`.
     pub url: String,
+    /// More reranker services (TEI-compatible `POST /rerank`), pooled with
+    /// `url`: batches spread over them, failover as `[remote]` says.
+    pub urls: Vec<String>,
     /// Bearer key sent to the reranker service (one of its `server.api_keys`).
     pub api_key: String,
     /// Time limit of one call to the reranker service, seconds.
@@ -222,6 +274,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             analysis: AnalysisConfig::default(),
             enrichment: EnrichmentConfig::default(),
+            remote: RemoteConfig::default(),
         }
     }
 }
@@ -373,6 +426,9 @@ impl Default for EmbeddingConfig {
             query_prefix: String::new(),
             passage_prefix: String::new(),
             include_headings: true,
+            remote_urls: Vec::new(),
+            remote_api_key: String::new(),
+            remote_query_prompt: String::new(),
         }
     }
 }
@@ -398,6 +454,7 @@ impl Default for RerankConfig {
         RerankConfig {
             mode: "off".to_string(),
             url: "http://127.0.0.1:9200".to_string(),
+            urls: Vec::new(),
             api_key: String::new(),
             timeout_seconds: 30,
             candidates: 50,
@@ -631,6 +688,26 @@ impl Config {
         }
         if r.timeout_seconds == 0 {
             return invalid("rerank.timeout_seconds", "must be at least 1");
+        }
+        let is_url = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        if let Some(u) = r.urls.iter().find(|u| !is_url(u)) {
+            return invalid("rerank.urls", format!("must be http:// or https:// URLs, has {u:?}"));
+        }
+        if let Some(u) = self.embedding.remote_urls.iter().find(|u| !is_url(u)) {
+            return invalid("embedding.remote_urls", format!("must be http:// or https:// URLs, has {u:?}"));
+        }
+        let p = &self.remote;
+        if p.timeout_seconds == 0 {
+            return invalid("remote.timeout_seconds", "must be at least 1");
+        }
+        if p.batch == 0 {
+            return invalid("remote.batch", "must be at least 1");
+        }
+        if p.parallel == 0 {
+            return invalid("remote.parallel", "must be at least 1");
+        }
+        if p.attempts == 0 {
+            return invalid("remote.attempts", "must be at least 1");
         }
         if r.candidates == 0 || r.candidates > 1_000 {
             return invalid("rerank.candidates", format!("must be between 1 and 1000, is {}", r.candidates));

@@ -23,7 +23,8 @@ use datafactory_store::Store;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use rerank::{rerank_router, serve_rerank, serve_rerank_on, RemoteReranker, RerankState};
+pub use datafactory_remote::RemoteReranker;
+pub use rerank::{rerank_router, serve_rerank, serve_rerank_on, RerankState};
 pub use routes::router;
 
 /// Everything a request handler needs.

@@ -10,8 +10,8 @@
 //! Pairs are always truncated as the model's reference implementation does
 //! (query capped, passage cut first), whatever `truncate` says.
 //!
-//! [`RemoteReranker`] is the [`Reranker`] that search uses when
-//! `rerank.mode = "remote"`: one blocking HTTP call per search.
+//! Its client, the `Reranker` that search uses when `rerank.mode = "remote"`,
+//! is `datafactory_remote::RemoteReranker` (a pool of such services).
 
 use crate::limits::Guard;
 use crate::metrics::{counter, Metrics};
@@ -26,7 +26,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Everything a request to the reranker service needs.
 pub struct RerankState {
@@ -174,82 +173,4 @@ async fn rerank(
     ranks.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.index.cmp(&b.index)));
     ranks.truncate(top_k.unwrap_or(usize::MAX));
     Ok(Json(ranks))
-}
-
-/// The reranker service as a [`Reranker`]: `POST {url}/rerank` with raw
-/// scores, blocking, with the configured key and time limit.
-pub struct RemoteReranker {
-    url: String,
-    api_key: Option<String>,
-    agent: ureq::Agent,
-    model_id: String,
-}
-
-impl RemoteReranker {
-    pub fn new(url: &str, api_key: Option<&str>, timeout: Duration) -> RemoteReranker {
-        let url = url.trim_end_matches('/').to_string();
-        RemoteReranker {
-            model_id: format!("remote:{url}"),
-            api_key: api_key.filter(|k| !k.is_empty()).map(String::from),
-            agent: ureq::AgentBuilder::new().timeout(timeout).build(),
-            url,
-        }
-    }
-
-    /// From `rerank.url`, `rerank.api_key` and `rerank.timeout_seconds`.
-    pub fn from_config(config: &datafactory_core::config::RerankConfig) -> RemoteReranker {
-        RemoteReranker::new(&config.url, Some(&config.api_key), Duration::from_secs(config.timeout_seconds))
-    }
-}
-
-impl Reranker for RemoteReranker {
-    fn model_id(&self) -> &str {
-        &self.model_id
-    }
-
-    fn score(&self, query: &str, passages: &[&str]) -> Result<Vec<f32>, RerankError> {
-        if passages.is_empty() {
-            return Ok(Vec::new());
-        }
-        let body = json!({"query": query, "texts": passages, "raw_scores": true, "truncate": true});
-        let mut request = self.agent.post(&format!("{}/rerank", self.url));
-        if let Some(key) = &self.api_key {
-            request = request.set("Authorization", &format!("Bearer {key}"));
-        }
-        let ranks: Vec<Rank> = match request.send_json(body) {
-            Ok(response) => response.into_json().map_err(|e| {
-                RerankError::Runtime(format!("reranker service at {}: bad answer: {e}", self.url))
-            })?,
-            Err(ureq::Error::Status(code, response)) => {
-                let message = response
-                    .into_json::<Value>()
-                    .ok()
-                    .and_then(|v| v["error"].as_str().map(String::from))
-                    .unwrap_or_default();
-                return Err(RerankError::Runtime(format!(
-                    "reranker service at {} answered {code}: {message}",
-                    self.url
-                )));
-            }
-            Err(e) => {
-                return Err(RerankError::Unavailable(format!(
-                    "reranker service at {} unreachable: {e}",
-                    self.url
-                )))
-            }
-        };
-        let mut scores = vec![f32::NAN; passages.len()];
-        for r in ranks {
-            if let Some(s) = scores.get_mut(r.index) {
-                *s = r.score;
-            }
-        }
-        if scores.iter().any(|s| s.is_nan()) {
-            return Err(RerankError::Runtime(format!(
-                "reranker service at {} did not score every passage",
-                self.url
-            )));
-        }
-        Ok(scores)
-    }
 }

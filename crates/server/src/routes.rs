@@ -60,6 +60,7 @@ pub(crate) fn api_routes() -> OpenApiRouter<Shared> {
         .routes(routes!(job_events))
         .routes(routes!(openai_embeddings))
         .routes(routes!(tei_embed))
+        .routes(routes!(tei_info))
         .routes(routes!(search_get, search_post))
         .routes(routes!(documents))
         .routes(routes!(document, delete_document))
@@ -687,22 +688,78 @@ async fn openai_embeddings(
 #[derive(Deserialize, ToSchema)]
 struct TeiRequest {
     inputs: OneOrMany,
+    /// `query`: embed the inputs as search queries (the model's query
+    /// instruction, if it has one); absent: as passages.
+    prompt_name: Option<String>,
+    /// Accepted for compatibility: vectors are always normalised.
+    #[allow(dead_code)]
+    normalize: Option<bool>,
+    /// Accepted for compatibility: inputs are always truncated to the model's length.
+    #[allow(dead_code)]
+    truncate: Option<bool>,
+}
+
+/// `GET /info`, text-embeddings-inference's shape (what embedding clients
+/// such as other DataFactory nodes ask first).
+#[derive(Serialize, ToSchema)]
+struct TeiInfo {
+    /// The model and its settings, as stored with the vectors it makes.
+    model_id: String,
+    /// Tokens of one input the model reads.
+    max_input_length: usize,
+    /// Inputs per request at most (the service's body limit is the real one).
+    max_client_batch_size: usize,
+    /// Vector size (not in TEI's answer; clients may use it).
+    dimensions: usize,
+    /// This service's version.
+    version: &'static str,
+}
+
+/// The embedding model this service serves.
+#[utoipa::path(get, path = "/info", tag = "embeddings",
+    responses(
+        (status = 200, description = "The model", body = TeiInfo),
+        (status = 503, description = "No embedding model loaded", body = ErrorBody)))]
+async fn tei_info(State(state): State<Shared>) -> Result<Json<TeiInfo>, ApiError> {
+    let e = embedder(&state)?;
+    Ok(Json(TeiInfo {
+        model_id: e.model_id().to_string(),
+        max_input_length: e.max_input_tokens(),
+        max_client_batch_size: 512,
+        dimensions: e.dimension(),
+        version: env!("CARGO_PKG_VERSION"),
+    }))
 }
 
 /// `POST /embed`, the text-embeddings-inference shape: a list of vectors.
 #[utoipa::path(post, path = "/embed", tag = "embeddings", request_body = TeiRequest,
     responses(
         (status = 200, description = "One vector per input", body = Vec<Vec<f32>>),
+        (status = 400, description = "Too many inputs", body = ErrorBody),
+        (status = 422, description = "Unknown prompt_name", body = ErrorBody),
         (status = 503, description = "No embedding model loaded", body = ErrorBody)))]
 async fn tei_embed(
     State(state): State<Shared>,
     Json(r): Json<TeiRequest>,
 ) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
     let e = embedder(&state)?;
+    let kind = match r.prompt_name.as_deref() {
+        None | Some("passage" | "document") => InputKind::Passage,
+        Some("query") => InputKind::Query,
+        Some(other) => {
+            return Err(ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("prompt_name {other:?}: use query, passage or document"),
+            ))
+        }
+    };
     let texts = r.inputs.into_vec();
+    if texts.len() > 512 {
+        return Err(bad_request(format!("{} inputs: at most 512 per request", texts.len())));
+    }
     let vectors = tokio::task::spawn_blocking(move || {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        e.embed(&refs, InputKind::Passage)
+        e.embed(&refs, kind)
     })
     .await
     .map_err(internal)?

@@ -62,6 +62,10 @@ async fn start_reranker(configure: impl FnOnce(&mut Config)) -> Running {
     Running { base, stop: Some(tx), task }
 }
 
+fn settings() -> datafactory_remote::PoolSettings {
+    datafactory_remote::PoolSettings::from_config(&Default::default())
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
 }
@@ -173,10 +177,12 @@ async fn the_client_scores_in_the_callers_order() {
     let texts: Vec<String> = golden.iter().map(|p| p.passage.clone()).collect();
     let url = s.base.clone();
     let scores = tokio::task::spawn_blocking(move || {
-        let remote = RemoteReranker::new(&url, Some(KEY), Duration::from_secs(10));
+        let remote =
+            RemoteReranker::new(std::slice::from_ref(&url), Some(KEY), Duration::from_secs(10), settings());
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let good = remote.score("what is a cat", &refs).unwrap();
-        let keyless = RemoteReranker::new(&url, None, Duration::from_secs(10));
+        let keyless =
+            RemoteReranker::new(std::slice::from_ref(&url), None, Duration::from_secs(10), settings());
         let refused = keyless.score("what is a cat", &refs).unwrap_err().to_string();
         (good, refused)
     })
@@ -199,7 +205,7 @@ async fn search_reranks_through_the_service_and_answers_without_it() {
     config.rerank.url = reranker.base.clone();
     config.rerank.api_key = KEY.into();
     config.rerank.candidates = 4;
-    let remote: Arc<dyn Reranker> = Arc::new(RemoteReranker::from_config(&config.rerank));
+    let remote: Arc<dyn Reranker> = Arc::new(RemoteReranker::from_config(&config));
     let store = Arc::new(Store::open(&config.data_dir).unwrap());
     let state = Arc::new(
         AppState::new(config, store, None, Some("words only (test)".into())).with_reranker(Some(remote)),
@@ -318,4 +324,43 @@ async fn search_reranks_through_the_service_and_answers_without_it() {
     assert!(metrics.contains("datafactory_searches_reranked_total 1"), "{metrics}");
     assert!(metrics.contains("datafactory_rerank_failures_total 1"), "{metrics}");
     service.stop().await;
+}
+
+/// Several reranker services are one pool: a search's passages are spread
+/// over them in batches, and when one stops the other scores everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_spreads_batches_and_fails_over_between_services() {
+    let a = start_reranker(|c| c.server.api_keys = vec![KEY.to_string()]).await;
+    let b = start_reranker(|c| c.server.api_keys = vec![KEY.to_string()]).await;
+    let golden = golden_for("what is a cat");
+    let texts: Vec<String> = golden.iter().map(|p| p.passage.clone()).collect();
+    assert!(texts.len() >= 3);
+    let mut config = Config::default();
+    config.rerank.url = a.base.clone();
+    config.rerank.urls = vec![b.base.clone()];
+    config.rerank.api_key = KEY.into();
+    config.remote.batch = 1;
+    config.remote.backoff_ms = 10;
+    let remote = Arc::new(RemoteReranker::from_config(&config));
+    let score = |remote: Arc<RemoteReranker>, texts: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let scores = remote.score("what is a cat", &refs).unwrap();
+            (scores, remote.endpoints())
+        })
+        .await
+        .unwrap()
+    };
+    let (scores, states) = score(remote.clone(), texts.clone()).await;
+    for (got, want) in scores.iter().zip(&golden) {
+        assert!((got - want.logit).abs() < 1e-4, "{got} vs {}", want.logit);
+    }
+    assert!(states.iter().all(|s| s.requests >= 1), "both services had a share: {states:?}");
+    a.stop().await;
+    let (scores, states) = score(remote, texts).await;
+    for (got, want) in scores.iter().zip(&golden) {
+        assert!((got - want.logit).abs() < 1e-4, "after the stop: {got} vs {}", want.logit);
+    }
+    assert!(states[0].failures >= 1, "{states:?}");
+    b.stop().await;
 }

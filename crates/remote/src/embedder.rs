@@ -1,0 +1,174 @@
+//! [`RemoteEmbedder`]: embedding on workers that serve TEI's `POST /embed`.
+
+use crate::pool::{call_error, CallError, Pool, PoolSettings};
+use datafactory_core::{
+    EmbedError, Embedder, EmbedderStats, Embedding, HeuristicTokenCounter, InputKind, TokenCounter,
+};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An [`Embedder`] whose model runs on other machines: each call's texts are
+/// cut into batches sent at once over the workers (dense vectors only).
+pub struct RemoteEmbedder {
+    pool: Pool,
+    agent: ureq::Agent,
+    api_key: Option<String>,
+    /// The workers' model id (`/info`), so vectors made here and on a node
+    /// with the model in-process are known to be the same model's.
+    model_id: String,
+    dimension: usize,
+    max_input_tokens: usize,
+    /// TEI's `prompt_name` sent with queries (empty: none).
+    query_prompt: String,
+    requests: AtomicU64,
+    texts: AtomicU64,
+}
+
+impl RemoteEmbedder {
+    /// Asks every worker for its model (`GET /info`) and the vector size (a
+    /// probe text). Workers that do not answer are left to the pool's
+    /// failover; those that answer must serve the same model.
+    pub fn connect(
+        urls: &[String],
+        api_key: &str,
+        query_prompt: &str,
+        remote: &datafactory_core::config::RemoteConfig,
+    ) -> Result<RemoteEmbedder, EmbedError> {
+        if urls.is_empty() {
+            return Err(EmbedError::Unavailable("no embedding workers configured".into()));
+        }
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(remote.timeout_seconds)).build();
+        let api_key = Some(api_key.to_string()).filter(|k| !k.is_empty());
+        let pool = Pool::new(urls, PoolSettings::from_config(remote));
+        let mut infos: Vec<(String, Value)> = Vec::new();
+        let mut unreachable = Vec::new();
+        for url in pool.urls() {
+            let mut r = agent.get(&format!("{url}/info"));
+            if let Some(k) = &api_key {
+                r = r.set("Authorization", &format!("Bearer {k}"));
+            }
+            match r.call().map_err(|e| call_error(url, "embedding worker", e)) {
+                Ok(answer) => match answer.into_json::<Value>() {
+                    Ok(v) => infos.push((url.clone(), v)),
+                    Err(e) => unreachable.push(format!("{url}/info: bad answer: {e}")),
+                },
+                Err(CallError::Retry(e) | CallError::Fatal(e)) => unreachable.push(e),
+            }
+        }
+        let Some((first_url, first)) = infos.first() else {
+            return Err(EmbedError::Unavailable(format!(
+                "no embedding worker answered: {}",
+                unreachable.join("; ")
+            )));
+        };
+        let model_id = first["model_id"].as_str().unwrap_or_default().to_string();
+        if model_id.is_empty() {
+            return Err(EmbedError::Unavailable(format!("{first_url}/info names no model_id")));
+        }
+        if let Some((url, other)) = infos.iter().find(|(_, v)| v["model_id"].as_str() != Some(&model_id)) {
+            return Err(EmbedError::Unavailable(format!(
+                "embedding workers serve different models: {first_url} {model_id:?}, {url} {:?}",
+                other["model_id"].as_str().unwrap_or("")
+            )));
+        }
+        let max_input_tokens = first["max_input_length"].as_u64().unwrap_or(512) as usize;
+        let mut embedder = RemoteEmbedder {
+            pool,
+            agent,
+            api_key,
+            model_id,
+            dimension: 0,
+            max_input_tokens,
+            query_prompt: query_prompt.to_string(),
+            requests: AtomicU64::new(0),
+            texts: AtomicU64::new(0),
+        };
+        let probe =
+            embedder.request(&["dimension probe"], InputKind::Passage).map_err(EmbedError::Unavailable)?;
+        embedder.dimension = probe[0].dense.len();
+        if embedder.dimension == 0 {
+            return Err(EmbedError::Unavailable("the embedding workers answered empty vectors".into()));
+        }
+        tracing::info!(
+            "embedding on {} worker(s) ({}): {} dimensions",
+            embedder.pool.urls().len(),
+            embedder.model_id,
+            embedder.dimension
+        );
+        Ok(embedder)
+    }
+
+    /// The workers as the pool knows them.
+    pub fn endpoints(&self) -> Vec<crate::EndpointState> {
+        self.pool.states()
+    }
+
+    fn request(&self, texts: &[&str], kind: InputKind) -> Result<Vec<Embedding>, String> {
+        let dimension = self.dimension;
+        self.pool.map_batches(texts, |url, batch| {
+            let mut body = json!({"inputs": batch, "truncate": true, "normalize": true});
+            if kind == InputKind::Query && !self.query_prompt.is_empty() {
+                body["prompt_name"] = json!(self.query_prompt);
+            }
+            let mut r = self.agent.post(&format!("{url}/embed"));
+            if let Some(k) = &self.api_key {
+                r = r.set("Authorization", &format!("Bearer {k}"));
+            }
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let answer = r.send_json(body).map_err(|e| call_error(url, "embedding worker", e))?;
+            let vectors: Vec<Vec<f32>> = answer
+                .into_json()
+                .map_err(|e| CallError::Retry(format!("embedding worker at {url}: bad answer: {e}")))?;
+            if let Some(v) = vectors.iter().find(|v| dimension > 0 && v.len() != dimension) {
+                return Err(CallError::Retry(format!(
+                    "embedding worker at {url} answered {} dimensions, not {dimension}",
+                    v.len()
+                )));
+            }
+            self.texts.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            Ok(vectors.into_iter().map(|dense| Embedding { dense, sparse: Vec::new() }).collect())
+        })
+    }
+}
+
+impl Embedder for RemoteEmbedder {
+    fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    fn max_input_tokens(&self) -> usize {
+        self.max_input_tokens
+    }
+
+    fn produces_sparse(&self) -> bool {
+        false
+    }
+
+    fn embed(&self, texts: &[&str], kind: InputKind) -> Result<Vec<Embedding>, EmbedError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.request(texts, kind).map_err(EmbedError::Runtime)
+    }
+
+    /// The workers' tokenizer is not here: chunks are budgeted by the
+    /// heuristic count (about four characters a token), and the workers
+    /// truncate what is longer than their model reads.
+    fn token_counter(&self) -> Arc<dyn TokenCounter> {
+        Arc::new(HeuristicTokenCounter)
+    }
+
+    fn stats(&self) -> EmbedderStats {
+        EmbedderStats {
+            batches: self.requests.load(Ordering::Relaxed),
+            texts: self.texts.load(Ordering::Relaxed),
+            ..Default::default()
+        }
+    }
+}

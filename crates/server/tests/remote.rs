@@ -1,0 +1,224 @@
+//! Remote model workers: `datafactory serve` nodes with the model serve
+//! `/embed` and `/info`; a node without it embeds through them
+//! (`datafactory_remote::RemoteEmbedder`), spreading batches over them and
+//! failing over when one stops. All on loopback, with the real
+//! all-MiniLM-L6-v2.
+
+use datafactory_core::config::RemoteConfig;
+use datafactory_core::{Config, Embedder, InputKind};
+use datafactory_remote::RemoteEmbedder;
+use datafactory_server::{serve_on, AppState};
+use datafactory_store::Store;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+const KEY: &str = "worker-key-0123456789abcdef";
+
+fn minilm() -> PathBuf {
+    let dir = std::env::var_os("DATAFACTORY_TEST_MINILM").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/datafactory-test-models/all-MiniLM-L6-v2")
+    });
+    assert!(dir.join("config.json").is_file(), "all-MiniLM-L6-v2 missing at {} (run .ci/run)", dir.display());
+    dir
+}
+
+struct Node {
+    base: String,
+    _tmp: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Node {
+    /// A service on a loopback port, with `embedder` (or none) and the key.
+    async fn start(embedder: Option<Arc<dyn Embedder>>, configure: impl FnOnce(&mut Config)) -> Node {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = Config { data_dir: tmp.path().join("data"), ..Default::default() };
+        config.server.api_keys = vec![KEY.to_string()];
+        configure(&mut config);
+        let store = Arc::new(Store::open(&config.data_dir).unwrap());
+        let state = Arc::new(AppState::new(config, store, embedder, Some("no model (test)".into())));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve_on(state, listener, async {
+            let _ = rx.await;
+        }));
+        Node { base, _tmp: tmp, stop: Some(tx), task }
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn local_model(dir: &std::path::Path) -> Arc<dyn Embedder> {
+    let mut c = Config::default().embedding;
+    c.model = dir.to_string_lossy().into_owned();
+    c.allow_download = false;
+    c.device = "cpu".into();
+    datafactory_models::load_embedder(&c).unwrap()
+}
+
+fn settings() -> RemoteConfig {
+    RemoteConfig {
+        batch: 4,
+        parallel: 2,
+        attempts: 4,
+        backoff_ms: 10,
+        down_seconds: 60,
+        ..Default::default()
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (n(a) * n(b))
+}
+
+fn texts(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("passage {i} about lemurs, rivers and the weather on Madagascar")).collect()
+}
+
+/// The client spreads a call's batches over both workers, answers what the
+/// model in-process answers, and carries on when a worker stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedding_spreads_over_workers_and_fails_over() {
+    let model = local_model(&minilm());
+    let w1 = Node::start(Some(model.clone()), |_| {}).await;
+    let w2 = Node::start(Some(model.clone()), |_| {}).await;
+    let urls = vec![w1.base.clone(), w2.base.clone()];
+    let (remote, first) = tokio::task::spawn_blocking({
+        let (urls, model) = (urls.clone(), model.clone());
+        move || {
+            let remote = RemoteEmbedder::connect(&urls, KEY, "", &settings()).unwrap();
+            assert_eq!(remote.model_id(), model.model_id());
+            assert_eq!(remote.dimension(), model.dimension());
+            let t = texts(20);
+            let refs: Vec<&str> = t.iter().map(String::as_str).collect();
+            let got = remote.embed(&refs, InputKind::Passage).unwrap();
+            let want = model.embed(&refs, InputKind::Passage).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                assert!(cosine(&g.dense, &w.dense) > 0.99999, "{}", cosine(&g.dense, &w.dense));
+            }
+            let states = remote.endpoints();
+            (remote, states)
+        }
+    })
+    .await
+    .unwrap();
+    // 20 texts in batches of 4 (and the probe): both workers had a share.
+    assert!(first.iter().all(|s| s.requests >= 1 && s.failures == 0), "{first:?}");
+    assert_eq!(first.iter().map(|s| s.requests).sum::<u64>(), 6, "{first:?}");
+
+    // A wrong key is refused at once, naming the worker and the status.
+    let refused = tokio::task::spawn_blocking({
+        let urls = urls.clone();
+        move || RemoteEmbedder::connect(&urls, "wrong", "", &settings()).err().unwrap().to_string()
+    })
+    .await
+    .unwrap();
+    assert!(refused.contains("401"), "{refused}");
+
+    // One worker stops: the next calls go to the other.
+    w1.stop().await;
+    let (remote, after) = tokio::task::spawn_blocking(move || {
+        let t = texts(12);
+        let refs: Vec<&str> = t.iter().map(String::as_str).collect();
+        let got = remote.embed(&refs, InputKind::Query).unwrap();
+        assert_eq!(got.len(), 12);
+        let states = remote.endpoints();
+        (remote, states)
+    })
+    .await
+    .unwrap();
+    assert!(after[0].failures >= 1 && !after[0].in_pool, "{after:?}");
+    assert!(after[1].requests > first[1].requests, "{after:?}");
+
+    // No worker left: a clear error.
+    w2.stop().await;
+    let error = tokio::task::spawn_blocking(move || remote.embed(&["x"], InputKind::Passage).unwrap_err())
+        .await
+        .unwrap()
+        .to_string();
+    assert!(error.contains("no worker answered") && error.contains("unreachable"), "{error}");
+}
+
+/// A node with no model ingests and searches by meaning through a worker;
+/// its vectors are stored as the worker's model's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_model_ingests_and_searches_through_a_worker() {
+    let model = local_model(&minilm());
+    let worker = Node::start(Some(model.clone()), |_| {}).await;
+    let url = worker.base.clone();
+    let remote: Arc<dyn Embedder> = tokio::task::spawn_blocking(move || {
+        Arc::new(RemoteEmbedder::connect(&[url], KEY, "", &settings()).unwrap()) as Arc<dyn Embedder>
+    })
+    .await
+    .unwrap();
+    let node = Node::start(Some(remote), |c| c.embedding.model = String::new()).await;
+    let c = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+    let documents = json!({"documents": [
+        {"id": "cats", "text": "Cats are small felines that purr and chase mice."},
+        {"id": "rain", "text": "Precipitation forms when water vapour condenses in clouds."},
+        {"id": "cars", "text": "An internal combustion engine burns fuel to move a vehicle."},
+    ]});
+    let r = c
+        .post(format!("{}/ingest?wait=true", node.base))
+        .bearer_auth(KEY)
+        .json(&documents)
+        .send()
+        .await
+        .unwrap();
+    let job: Value = r.json().await.unwrap();
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    assert_eq!(job["summary"]["embedding"]["model"], model.model_id(), "{job:#}");
+    let v: Value = c
+        .get(format!("{}/search", node.base))
+        .bearer_auth(KEY)
+        .query(&[("q", "why does it rain"), ("mode", "dense"), ("top_k", "1")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["results"][0]["document_id"].as_str().map(|s| s.len()), Some(32), "{v:#}");
+    assert!(v["results"][0]["text"].as_str().unwrap().contains("Precipitation"), "{v:#}");
+    node.stop().await;
+    worker.stop().await;
+}
+
+/// Workers must serve one model; an unknown prompt is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_of_different_models_are_refused() {
+    let other =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/tiny-xlmr-sparse");
+    let w1 = Node::start(Some(local_model(&minilm())), |_| {}).await;
+    let w2 = Node::start(Some(local_model(&other)), |_| {}).await;
+    let urls = vec![w1.base.clone(), w2.base.clone()];
+    let error = tokio::task::spawn_blocking(move || {
+        RemoteEmbedder::connect(&urls, KEY, "", &settings()).err().unwrap().to_string()
+    })
+    .await
+    .unwrap();
+    assert!(error.contains("serve different models"), "{error}");
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!("{}/embed", w1.base))
+        .bearer_auth(KEY)
+        .json(&json!({"inputs": ["x"], "prompt_name": "summary"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    w1.stop().await;
+    w2.stop().await;
+}
