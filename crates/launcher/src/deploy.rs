@@ -57,6 +57,9 @@ pub struct LauncherSettings {
     pub grace_s: u64,
     /// The longest wait before restarting a crashed service (the backoff doubles from 1 s).
     pub max_backoff_s: u64,
+    /// Lets several services name the same GPU (a one-GPU test machine);
+    /// by default each GPU belongs to one service.
+    pub share_gpus: bool,
 }
 
 impl Default for LauncherSettings {
@@ -69,6 +72,7 @@ impl Default for LauncherSettings {
             health_timeout_s: 180,
             grace_s: 10,
             max_backoff_s: 60,
+            share_gpus: false,
         }
     }
 }
@@ -254,11 +258,14 @@ impl Deployment {
             if let Some(other) = ports.insert(port, i) {
                 return Err(self.invalid(key("port"), format!("{port} is also the port of service[{other}]")));
             }
-            if let Some(gpu) = s.gpu {
+            if let Some(gpu) = s.gpu.filter(|_| !self.launcher.share_gpus) {
                 if let Some(other) = gpus.insert(gpu, i) {
                     return Err(self.invalid(
                         key("gpu"),
-                        format!("GPU {gpu} is also given to service[{other}] (one GPU per service)"),
+                        format!(
+                            "GPU {gpu} is also given to service[{other}] (one GPU per service; \
+                             launcher.share_gpus = true allows it)"
+                        ),
                     ));
                 }
             }
@@ -493,6 +500,15 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_shows_the_seed_layout() {
+        let readme = include_str!("../../../README.md");
+        assert!(
+            readme.contains(SEED_LAYOUT),
+            "README.md's Launcher section must show deploy/seed.toml as it is"
+        );
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = parse("[[service]]\nname = \"a\"\nkind = \"serve\"\nport = 9000\ngpus = 1\n").unwrap_err();
         assert!(e.to_string().contains("gpus"), "{e}");
@@ -509,6 +525,7 @@ mod tests {
                     [[service]]\nname = \"b\"\nkind = \"rerank\"\nport = 9001\ngpu = 0\n";
         let e = parse(gpus).unwrap_err();
         assert!(e.to_string().contains("service[1] (\"b\").gpu: GPU 0 is also given"), "{e}");
+        parse(&format!("[launcher]\nshare_gpus = true\n{gpus}")).unwrap();
         let e = parse("[[service]]\nname = \"a\"\nkind = \"ollama\"\n").unwrap_err();
         assert!(e.to_string().contains("service[0] (\"a\").port: is required"), "{e}");
         let e = parse("[[service]]\nname = \"a/b\"\nkind = \"ollama\"\nport = 1\n").unwrap_err();
