@@ -82,6 +82,8 @@ pub struct Launcher {
     state: State,
     /// Warm-ups that failed, for the report.
     pub notes: Vec<String>,
+    /// Held while this launcher runs: one `up` per deployment at a time.
+    _lock: std::fs::File,
 }
 
 impl Launcher {
@@ -93,13 +95,14 @@ impl Launcher {
         stop: &AtomicBool,
         progress: &dyn Fn(&str),
     ) -> Result<Launcher, LaunchError> {
-        let planned = preflight(&deployment, datafactory)?;
         let state_path = deployment.state_path();
-        let logs = deployment.logs_dir();
-        std::fs::create_dir_all(&logs).map_err(io(format!("cannot create {}", logs.display())))?;
         if let Some(dir) = state_path.parent() {
             std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
         }
+        let lock = lock(&state_path)?;
+        let planned = preflight(&deployment, datafactory)?;
+        let logs = deployment.logs_dir();
+        std::fs::create_dir_all(&logs).map_err(io(format!("cannot create {}", logs.display())))?;
         let state = State {
             deployment: deployment.source.clone(),
             supervisor: Identity::of(std::process::id()),
@@ -132,7 +135,7 @@ impl Launcher {
                 restart_at: None,
             })
             .collect();
-        let mut launcher = Launcher { deployment, slots, state_path, state, notes: Vec::new() };
+        let mut launcher = Launcher { deployment, slots, state_path, state, notes: Vec::new(), _lock: lock };
         launcher.save();
         match launcher.bring_up(stop, progress) {
             Ok(()) => {
@@ -395,6 +398,28 @@ impl Launcher {
     }
 }
 
+/// Takes `<state>.lock` (flock, released by the OS when the launcher ends):
+/// two `up`s of one deployment started at once cannot both pass the checks
+/// and overwrite each other's state file.
+fn lock(state_path: &Path) -> Result<std::fs::File, LaunchError> {
+    use std::os::fd::AsRawFd;
+    let path = state_path.with_extension("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(format!("cannot open {}", path.display())))?;
+    // Safety: flock(2) on a descriptor this function owns; no memory is touched.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(LaunchError::AlreadyUp {
+            state: state_path.to_path_buf(),
+            what: format!("another `datafactory up` holds {}", path.display()),
+        });
+    }
+    Ok(file)
+}
+
 /// What must hold before anything starts: a valid plan, no earlier `up` of
 /// this deployment still running, every port free (a taken one is reported
 /// with its holder, never fought over).
@@ -486,4 +511,27 @@ pub(crate) fn utc_now() -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_launcher_per_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.json");
+        let held = lock(&state).unwrap();
+        let e = lock(&state).unwrap_err().to_string();
+        assert!(e.contains("another `datafactory up` holds") && e.contains("state.lock"), "{e}");
+        drop(held);
+        lock(&state).unwrap();
+    }
+
+    #[test]
+    fn utc_time_is_a_civil_date() {
+        let now = utc_now();
+        assert_eq!(now.len(), "2026-11-27 13:31:28 UTC".len(), "{now}");
+        assert!(now.starts_with("20") && now.ends_with(" UTC"), "{now}");
+    }
 }
