@@ -161,6 +161,7 @@ host = "127.0.0.1"
 port = {p0}
 gpu = 0
 settings = {{ "data_dir" = "data", "embedding.model" = "" }}
+enrichment_model = "tiny:latest"
 
 [[service]]
 name = "reranker"
@@ -234,6 +235,17 @@ env = {{ FAKE_OLLAMA_RECORD = "records" }}
         d.path().join("data").is_dir(),
         "the DataFactory runs in the deployment's folder with its settings"
     );
+    // It enriches with the file's Ollama instances.
+    let ready: Value =
+        ureq::get(&format!("http://127.0.0.1:{}/ready", ports[0])).call().unwrap().into_json().unwrap();
+    let endpoints = ready["enrichment"]["endpoints"].as_array().unwrap();
+    let urls: Vec<&str> = endpoints.iter().map(|e| e["url"].as_str().unwrap()).collect();
+    assert_eq!(
+        urls,
+        [format!("http://127.0.0.1:{}", ports[3]), format!("http://127.0.0.1:{}", ports[4])],
+        "{ready:#}"
+    );
+    assert!(endpoints.iter().all(|e| e["model"] == "tiny:latest" && e["up"] == true), "{ready:#}");
 
     // The warm-up loaded the model on its instance only; unload empties it.
     let status = d.status();

@@ -140,6 +140,10 @@ pub struct Service {
     pub keep_alive: Option<String>,
     /// ollama: a model to load once the server is up (a warm-up request).
     pub warm: Option<String>,
+    /// serve: enrich with this model on every Ollama service of the file
+    /// (`enrichment.endpoints`, one per instance), as the seed's DataFactory
+    /// used its six instances.
+    pub enrichment_model: Option<String>,
 }
 
 impl Service {
@@ -223,6 +227,25 @@ impl Deployment {
             }
             if s.kind != Kind::Ollama && (s.keep_alive.is_some() || s.warm.is_some()) {
                 return Err(self.invalid(key("keep_alive"), "keep_alive and warm are for ollama services"));
+            }
+            if let Some(model) = &s.enrichment_model {
+                if s.kind != Kind::Serve {
+                    return Err(self.invalid(key("enrichment_model"), "is for serve services"));
+                }
+                if model.trim().is_empty() || model.contains(['"', '\\']) {
+                    return Err(
+                        self.invalid(key("enrichment_model"), format!("is not a model name: {model:?}"))
+                    );
+                }
+                if !self.services.iter().any(|o| o.kind == Kind::Ollama) {
+                    return Err(self.invalid(key("enrichment_model"), "the file has no ollama service"));
+                }
+                if s.settings.keys().any(|k| k.starts_with("enrichment.endpoints")) {
+                    return Err(self.invalid(
+                        key("enrichment_model"),
+                        "sets enrichment.endpoints; do not set them in settings too",
+                    ));
+                }
             }
             if s.kind == Kind::Ollama && (!s.settings.is_empty() || s.config.is_some()) {
                 return Err(self.invalid(
@@ -367,6 +390,18 @@ impl Deployment {
                         let var = format!("DATAFACTORY_{}", k.to_uppercase().replace('.', "__"));
                         env.push((var, setting_value(v).unwrap_or_default()));
                     }
+                    if let Some(model) = &s.enrichment_model {
+                        // figment reads an array of tables from one variable.
+                        let endpoints: Vec<String> = self
+                            .ollama_urls()
+                            .iter()
+                            .map(|url| format!("{{kind=\"ollama\",url=\"{url}\",model=\"{model}\"}}"))
+                            .collect();
+                        env.push((
+                            "DATAFACTORY_ENRICHMENT__ENDPOINTS".into(),
+                            format!("[{}]", endpoints.join(",")),
+                        ));
+                    }
                     self.check_config(i, s, config.as_deref())?;
                     (datafactory.to_path_buf(), args)
                 }
@@ -388,6 +423,11 @@ impl Deployment {
         Ok(out)
     }
 
+    /// The base URLs of the file's Ollama services, in file order.
+    fn ollama_urls(&self) -> Vec<String> {
+        self.services.iter().filter(|o| o.kind == Kind::Ollama).map(Service::base_url).collect()
+    }
+
     /// Loads the configuration a DataFactory service would read, with its settings.
     fn check_config(&self, i: usize, s: &Service, config: Option<&Path>) -> Result<(), DeployError> {
         let mut overrides = serde_json::Map::new();
@@ -404,14 +444,41 @@ impl Deployment {
             }
             map.insert(last.to_string(), toml_to_json(v));
         }
+        if let Some(model) = &s.enrichment_model {
+            let endpoints: Vec<_> = self
+                .ollama_urls()
+                .into_iter()
+                .map(|url| serde_json::json!({"kind": "ollama", "url": url, "model": model}))
+                .collect();
+            let enrichment = overrides.entry("enrichment").or_insert_with(|| serde_json::json!({}));
+            if let Some(e) = enrichment.as_object_mut() {
+                e.insert("endpoints".into(), endpoints.into());
+            }
+        }
         let default_file = self.base_dir.join(datafactory_core::config::DEFAULT_CONFIG_FILE);
         let file = config.map(Path::to_path_buf).or_else(|| default_file.is_file().then_some(default_file));
-        datafactory_core::Config::load(file.as_deref(), &overrides).map(|_| ()).map_err(|e| {
+        let invalid = |message: String| {
             self.invalid(
                 format!("service[{i}] ({:?}).settings", s.name),
-                format!("the configuration it would run with is not valid: {e}"),
+                format!("the configuration it would run with is not valid: {message}"),
             )
-        })
+        };
+        // What the service reads: defaults, its file, its settings (it gets no
+        // other DATAFACTORY_* variable: see `supervisor::spawn`). As
+        // `Config::load` does, without this process's environment.
+        use figment::providers::{Format, Serialized, Toml};
+        let mut figment = figment::Figment::from(Serialized::defaults(datafactory_core::Config::default()));
+        if let Some(f) = &file {
+            if !f.is_file() {
+                return Err(invalid(format!("the configuration file {} does not exist", f.display())));
+            }
+            figment = figment.merge(Toml::file_exact(f));
+        }
+        let config: datafactory_core::Config = figment
+            .merge(Serialized::defaults(&overrides))
+            .extract()
+            .map_err(|e| invalid(format!("configuration: {e}")))?;
+        config.validate().map_err(|e| invalid(e.to_string()))
     }
 }
 
@@ -486,6 +553,10 @@ mod tests {
         };
         assert_eq!(env(by_name("datafactory"), "CUDA_VISIBLE_DEVICES"), "0");
         assert_eq!(env(by_name("datafactory"), "DATAFACTORY_EMBEDDING__DEVICE"), "cuda");
+        let endpoints = env(by_name("datafactory"), "DATAFACTORY_ENRICHMENT__ENDPOINTS");
+        assert_eq!(endpoints.matches("model=\"llama3.1:8b\"").count(), 6, "{endpoints}");
+        assert!(endpoints.starts_with("[{kind=\"ollama\",url=\"http://127.0.0.1:11434\""), "{endpoints}");
+        assert!(endpoints.contains("url=\"http://127.0.0.1:11439\""), "{endpoints}");
         assert_eq!(env(by_name("reranker"), "CUDA_VISIBLE_DEVICES"), "1");
         assert_eq!(env(by_name("analyzer"), "CUDA_VISIBLE_DEVICES"), "");
         for g in 2..8u32 {

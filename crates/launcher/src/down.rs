@@ -46,6 +46,12 @@ pub fn down(state_path: &Path, grace: Duration) -> std::io::Result<DownReport> {
         supervisor_stopped = matches!(outcome.word, "stopped" | "killed");
         processes.push(entry("launcher", sup, outcome));
     }
+    // A supervisor that had to be killed may have restarted a service since
+    // the file was first read: its last word counts.
+    let state = match State::read(state_path) {
+        Ok(Some(newer)) => newer,
+        _ => state,
+    };
     let mut pending = Vec::new();
     for s in &state.services {
         let Some(p) = &s.process else { continue };

@@ -242,6 +242,14 @@ impl Launcher {
             ),
         );
         let mut cmd = Command::new(&launch.program);
+        // A service's configuration is its file, its settings and its env,
+        // not whatever DATAFACTORY_* variables the launcher's shell holds
+        // (the log filter excepted).
+        for (k, _) in std::env::vars_os() {
+            if k.to_str().is_some_and(|k| k.starts_with("DATAFACTORY_") && k != "DATAFACTORY_LOG") {
+                cmd.env_remove(k);
+            }
+        }
         cmd.args(&launch.args)
             .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&launch.cwd)
