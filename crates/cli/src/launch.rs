@@ -103,7 +103,16 @@ fn up_detached(file: Option<&Path>, d: &Deployment, exe: &Path, json: bool) -> R
     let state_path = d.state_path();
     let deadline = Instant::now() + Duration::from_secs(d.launcher.health_timeout_s + 60);
     loop {
-        if let Some(status) = child.try_wait()? {
+        let exited = child.try_wait()?;
+        if let Some(status) = exited {
+            // Its own account of the failure, where it wrote one.
+            let state = datafactory_launcher::state::State::read(&state_path).ok().flatten();
+            if let Some(e) = state
+                .filter(|s| s.supervisor.as_ref().is_some_and(|p| p.pid == child.id()))
+                .and_then(|s| s.error)
+            {
+                anyhow::bail!("{e}");
+            }
             anyhow::bail!(
                 "the launcher stopped ({status}); from {}:\n{}",
                 log_path.display(),

@@ -385,6 +385,36 @@ fn down_stops_the_services_of_a_launcher_that_was_killed() {
 }
 
 #[test]
+fn a_service_that_cannot_start_fails_up_and_what_was_started_is_stopped() {
+    let (analyzer_port, reranker_port) = (free_port(), free_port());
+    let missing = "/nonexistent/reranker-model";
+    let d = Deployment::new(&format!(
+        "[[service]]\nname = \"analyzer\"\nkind = \"analyze\"\nhost = \"127.0.0.1\"\nport = {analyzer_port}\n\n\
+         [[service]]\nname = \"reranker\"\nkind = \"rerank\"\nhost = \"127.0.0.1\"\nport = {reranker_port}\n\
+         settings = {{ \"rerank.model\" = \"{missing}\", \"rerank.device\" = \"cpu\", \"rerank.allow_download\" = false }}\n"
+    ));
+    let out = run(&mut d.cmd(&["up", "--detach"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("service \"reranker\" exited"), "{stderr}");
+    assert!(stderr.contains("reranker.log"), "{stderr}");
+    let log = std::fs::read_to_string(d.path().join("logs/analyzer.log")).unwrap();
+    let pid: u64 = log
+        .lines()
+        .find_map(|l| l.split("started PID ").nth(1))
+        .expect("the analyzer was started")
+        .trim()
+        .parse()
+        .unwrap();
+    wait_until("the analyzer's end", || !alive(pid));
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["phase"], "failed", "{state:#}");
+    assert!(state["error"].as_str().unwrap().contains("reranker"), "{state:#}");
+    assert!(state["services"].as_array().unwrap().iter().all(|s| s["process"].is_null()), "{state:#}");
+}
+
+#[test]
 fn gpu_without_a_driver_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let nowhere = dir.path().join("libnvidia-ml.so.1");
