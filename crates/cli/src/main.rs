@@ -3,6 +3,7 @@
 //! people (tables, a progress bar) or for programs (`--json`).
 
 mod client;
+mod launch;
 mod output;
 
 use anyhow::{Context, Result};
@@ -21,7 +22,7 @@ use std::sync::Arc;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Exit code when an ingest finished but some inputs failed.
-const EXIT_SOME_FAILED: u8 = 3;
+pub(crate) const EXIT_SOME_FAILED: u8 = 3;
 
 #[derive(Parser)]
 #[command(name = "datafactory", version, about = "Document ingestion and retrieval for RAG")]
@@ -147,6 +148,53 @@ enum Command {
         #[arg(long)]
         address: Option<String>,
     },
+    /// Start every service of a deployment file (default: ./datafactory-deploy.toml,
+    /// else the seed's layout), each pinned to its GPU; wait for their health
+    /// checks, print a table, then supervise (restart crashed services) until
+    /// Ctrl-C or `datafactory down`.
+    Up {
+        /// The deployment file.
+        #[arg(long, short, env = "DATAFACTORY_DEPLOY")]
+        file: Option<PathBuf>,
+        /// Print what would be started (programs, environment, logs) and start nothing.
+        #[arg(long)]
+        plan: bool,
+        /// Supervise in the background (output in logs/launcher.log) and return once up.
+        #[arg(long)]
+        detach: bool,
+        #[arg(long)]
+        json: bool,
+        /// The background launcher itself (started by --detach).
+        #[arg(long, hide = true)]
+        supervise: bool,
+    },
+    /// Stop exactly what `up` started (PIDs checked against their recorded
+    /// start time and command line): SIGTERM, then SIGKILL after the grace period.
+    Down {
+        #[arg(long, short, env = "DATAFACTORY_DEPLOY")]
+        file: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Each service's health, PID and restarts, each GPU's state, each Ollama
+    /// instance's loaded models.
+    Status {
+        #[arg(long, short, env = "DATAFACTORY_DEPLOY")]
+        file: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// GPU name, memory, utilisation, temperature and processes (NVML); exit
+    /// code 4 where there is no NVIDIA driver.
+    Gpu {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The deployment's Ollama instances.
+    Ollama {
+        #[command(subcommand)]
+        action: OllamaCommand,
+    },
     /// Show the effective configuration.
     Config {
         #[command(subcommand)]
@@ -171,6 +219,17 @@ enum DocumentsCommand {
     /// Remove a document from the store and every index.
     Delete {
         id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum OllamaCommand {
+    /// Unload the models of every Ollama instance of the deployment (`keep_alive: 0`).
+    Unload {
+        #[arg(long, short, env = "DATAFACTORY_DEPLOY")]
+        file: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -226,6 +285,19 @@ fn open_store(config: &Config) -> Result<Store> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    // The launcher's commands read a deployment file, not the configuration.
+    match &cli.command {
+        Command::Up { file, plan, detach, json, supervise } => {
+            return launch::up(file.as_deref(), *plan, *detach, *json, *supervise)
+        }
+        Command::Down { file, json } => return launch::down(file.as_deref(), *json),
+        Command::Status { file, json } => return launch::status(file.as_deref(), *json),
+        Command::Gpu { json } => return launch::gpu(*json),
+        Command::Ollama { action: OllamaCommand::Unload { file, json } } => {
+            return launch::ollama_unload(file.as_deref(), *json)
+        }
+        _ => {}
+    }
     let config = load_config(&cli)?;
     let data_dir_flag = cli.data_dir.clone();
     match cli.command {
@@ -496,6 +568,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Eval { modes, k, json, limit_queries, chunker, dataset } => {
             run_eval(&config, data_dir_flag.as_deref(), modes, k, json, limit_queries, chunker, &dataset)?;
         }
+        Command::Up { .. }
+        | Command::Down { .. }
+        | Command::Status { .. }
+        | Command::Gpu { .. }
+        | Command::Ollama { .. } => unreachable!("handled before the configuration is read"),
         Command::Stats { json } => {
             let store = open_store(&config)?;
             let stats = store.stats()?;
