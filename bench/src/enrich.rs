@@ -58,12 +58,35 @@ const CHARS_PER_TOKEN: f64 = 4.0;
 struct SimSlot {
     busy: bool,
     cached: Vec<char>,
+    /// When it last took a request (Ollama's eviction picks the oldest).
+    last_used: Option<Instant>,
 }
 
+/// How a simulated server's slots cache prompts.
+#[derive(Clone, Copy, PartialEq)]
+enum CacheKind {
+    /// A prefix cache per slot (llama.cpp's llama-server, Ollama's default):
+    /// a request goes to the idle slot with the longest common prefix.
+    PerSlot,
+    /// One prefix cache shared by all slots (vLLM's automatic prefix caching).
+    Shared,
+    /// Ollama with `OLLAMA_MULTIUSER_CACHE=1` (its runner's
+    /// `findBestCacheSlot`): an idle slot holding exactly a prefix of the
+    /// prompt is reused; otherwise the least recently used idle slot gets
+    /// the longest common prefix found in any slot, busy or not, copied into
+    /// it on the GPU (`KvCacheSeqCp`: a device copy, `KV_COPY_TPS`), and
+    /// evaluates only the rest.
+    Forking,
+}
+
+/// Tokens of KV cache copied per second on the GPU when Ollama forks a slot:
+/// llama3.1:8b keeps 128 KiB of f16 keys and values per token (32 layers x
+/// 8 KV heads x 128 x 2 x 2 bytes); an H100's ~3 TB/s copies (reads and
+/// writes) about 10 million tokens a second; we take 2 million.
+const KV_COPY_TPS: f64 = 2_000_000.0;
+
 struct SimServer {
-    /// One prefix cache shared by all slots (vLLM's automatic prefix
-    /// caching), instead of one per slot (llama.cpp, Ollama).
-    shared: bool,
+    cache: CacheKind,
     slots: Mutex<Vec<SimSlot>>,
     slot_free: Condvar,
     gpu: Mutex<()>,
@@ -85,9 +108,30 @@ impl SimServer {
         let pinned = body["id_slot"].as_u64().map(|s| s as usize);
         let arrived = Instant::now();
         // Take a slot: the pinned one, else the idle one sharing the longest prefix.
-        let (slot, common) = {
+        let (slot, common, copied) = {
             let mut slots = self.slots.lock().unwrap();
             loop {
+                if self.cache == CacheKind::Forking {
+                    let longest = (0..slots.len())
+                        .max_by_key(|&s| (common_prefix(&slots[s].cached, &prompt), std::cmp::Reverse(s)));
+                    let Some(l) = longest else { break (0, 0, 0) };
+                    let common = common_prefix(&slots[l].cached, &prompt);
+                    if !slots[l].busy && common == slots[l].cached.len() && common > 0 {
+                        slots[l].busy = true;
+                        slots[l].last_used = Some(Instant::now());
+                        break (l, common, 0);
+                    }
+                    let oldest =
+                        (0..slots.len()).filter(|&s| !slots[s].busy).min_by_key(|&s| slots[s].last_used);
+                    if let Some(o) = oldest {
+                        slots[o].busy = true;
+                        slots[o].last_used = Some(Instant::now());
+                        let copied = if o == l { 0 } else { common };
+                        break (o, common, copied);
+                    }
+                    slots = self.slot_free.wait(slots).unwrap();
+                    continue;
+                }
                 let pick = match pinned {
                     Some(s) if s < slots.len() => (!slots[s].busy).then_some(s),
                     _ => (0..slots.len())
@@ -96,12 +140,12 @@ impl SimServer {
                 };
                 if let Some(s) = pick {
                     slots[s].busy = true;
-                    let common = if self.shared {
+                    let common = if self.cache == CacheKind::Shared {
                         slots.iter().map(|x| common_prefix(&x.cached, &prompt)).max().unwrap_or(0)
                     } else {
                         common_prefix(&slots[s].cached, &prompt)
                     };
-                    break (s, common);
+                    break (s, common, 0);
                 }
                 slots = self.slot_free.wait(slots).unwrap();
             }
@@ -111,9 +155,15 @@ impl SimServer {
         let cached = tokens(common).min(total.saturating_sub(1));
         let evaluated = total - cached;
         let prefill_s = evaluated as f64 / m.prefill_tps;
+        let copy_s = tokens(copied) as f64 / KV_COPY_TPS;
         {
             let _gpu = self.gpu.lock().unwrap();
-            sleep_model(m.overhead_s + prefill_s);
+            sleep_model(m.overhead_s + copy_s + prefill_s);
+        }
+        if self.cache == CacheKind::Forking {
+            // The prompt's keys and values are in the slot once evaluated:
+            // a request arriving now can fork them.
+            self.slots.lock().unwrap()[slot].cached = prompt.clone();
         }
         let decode_s = max_tokens as f64 / m.decode_tps;
         sleep_model(decode_s);
@@ -149,12 +199,14 @@ fn common_prefix(a: &[char], b: &[char]) -> usize {
 }
 
 /// Serves the simulated server on a loopback port; returns its URL.
-fn start_sim(slots: usize, model: GpuModel, shared: bool) -> String {
+fn start_sim(slots: usize, model: GpuModel, cache: CacheKind) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let server = Arc::new(SimServer {
-        shared,
-        slots: Mutex::new((0..slots).map(|_| SimSlot { busy: false, cached: Vec::new() }).collect()),
+        cache,
+        slots: Mutex::new(
+            (0..slots).map(|_| SimSlot { busy: false, cached: Vec::new(), last_used: None }).collect(),
+        ),
         slot_free: Condvar::new(),
         gpu: Mutex::new(()),
         model,
@@ -324,23 +376,25 @@ fn report(case: &str, affine: &Outcome, rr: &Outcome, time_unit: f64) {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("sim") => sim(false),
-        Some("sim-shared") => sim(true),
+        Some("sim") => sim(CacheKind::PerSlot),
+        Some("sim-shared") => sim(CacheKind::Shared),
+        Some("sim-ollama-multiuser") => sim(CacheKind::Forking),
         Some("real") => {
             let server = args.get(1).context("real LLAMA_SERVER MODEL.gguf [CHUNKS]")?;
             let model = args.get(2).context("real LLAMA_SERVER MODEL.gguf [CHUNKS]")?;
             let chunks = args.get(3).map_or(Ok(60), |c| c.parse())?;
             real(server, model, chunks)
         }
-        _ => bail!("usage: enrich-bench sim | real LLAMA_SERVER MODEL.gguf [CHUNKS]"),
+        _ => bail!("usage: enrich-bench sim | sim-shared | sim-ollama-multiuser | real LLAMA_SERVER MODEL.gguf [CHUNKS]"),
     }
 }
 
 const SERVERS: usize = 6;
 
-fn sim(shared: bool) -> Result<()> {
+fn sim(cache: CacheKind) -> Result<()> {
     // Ollama's seed layout: 6 servers, OLLAMA_NUM_PARALLEL=4 slots each; a
     // vLLM-like server runs more sequences at once (16 here).
+    let shared = cache == CacheKind::Shared;
     let slots = if shared { 16 } else { 4 };
     // Chunks of ~1,200 characters (~300 tokens): a 150-chunk document is
     // ~45,000 tokens, inside llama3.1's 128k context.
@@ -353,10 +407,11 @@ fn sim(shared: bool) -> Result<()> {
         H100_LLAMA31_8B.prefill_tps,
         H100_LLAMA31_8B.decode_tps,
         H100_LLAMA31_8B.overhead_s,
-        if shared {
-            "one prefix cache shared by a server's slots (vLLM-like)"
-        } else {
-            "a prefix cache per slot (llama.cpp/Ollama)"
+        match cache {
+            CacheKind::Shared => "one prefix cache shared by a server's slots (vLLM-like)",
+            CacheKind::PerSlot => "a prefix cache per slot (llama.cpp/Ollama)",
+            CacheKind::Forking =>
+                "a prefix cache per slot, forked between slots (Ollama, OLLAMA_MULTIUSER_CACHE=1)",
         },
         chunk_chars / 4
     );
@@ -370,12 +425,14 @@ fn sim(shared: bool) -> Result<()> {
             let endpoints = (0..SERVERS)
                 .map(|_| EndpointConfig {
                     kind: "openai".into(),
-                    url: start_sim(slots, H100_LLAMA31_8B, shared),
+                    url: start_sim(slots, H100_LLAMA31_8B, cache),
                     model: "llama3.1:8b".into(),
                     slots,
                     context_tokens: 131072,
-                    pin_slots: !shared,
-                    shared_prefix_cache: shared,
+                    // llama-server can pin a slot; Ollama and vLLM cannot.
+                    pin_slots: cache == CacheKind::PerSlot,
+                    // A warmed document reaches the other slots at no prefill cost.
+                    shared_prefix_cache: cache != CacheKind::PerSlot,
                     chars_per_token: CHARS_PER_TOKEN,
                     ..Default::default()
                 })

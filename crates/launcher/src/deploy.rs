@@ -138,6 +138,14 @@ pub struct Service {
     pub env: BTreeMap<String, String>,
     /// ollama: `OLLAMA_KEEP_ALIVE` (default 30m).
     pub keep_alive: Option<String>,
+    /// ollama: requests served at once, `OLLAMA_NUM_PARALLEL` (default 4);
+    /// the enrichment endpoint's `slots`.
+    pub parallel: Option<usize>,
+    /// ollama: `OLLAMA_MULTIUSER_CACHE=1` (default true): a request on a free
+    /// slot copies the longest cached prefix from another slot instead of
+    /// evaluating it again, so the enrichment endpoint is given
+    /// `shared_prefix_cache = true` (warm a document once, then fan out).
+    pub multiuser_cache: Option<bool>,
     /// ollama: a model to load once the server is up (a warm-up request).
     pub warm: Option<String>,
     /// serve: enrich with this model on every Ollama service of the file
@@ -147,6 +155,14 @@ pub struct Service {
 }
 
 impl Service {
+    fn ollama_parallel(&self) -> usize {
+        self.parallel.unwrap_or(4)
+    }
+
+    fn ollama_multiuser_cache(&self) -> bool {
+        self.multiuser_cache.unwrap_or(true)
+    }
+
     /// `http://host:port`: its `url`, or loopback for a service listening on every address.
     pub fn base_url(&self) -> String {
         match (&self.url, self.port) {
@@ -225,8 +241,19 @@ impl Deployment {
             if let Some(other) = names.insert(s.name.as_str(), i) {
                 return Err(self.invalid(key("name"), format!("is also the name of service[{other}]")));
             }
-            if s.kind != Kind::Ollama && (s.keep_alive.is_some() || s.warm.is_some()) {
-                return Err(self.invalid(key("keep_alive"), "keep_alive and warm are for ollama services"));
+            if s.kind != Kind::Ollama
+                && (s.keep_alive.is_some()
+                    || s.warm.is_some()
+                    || s.parallel.is_some()
+                    || s.multiuser_cache.is_some())
+            {
+                return Err(self.invalid(
+                    key("keep_alive"),
+                    "keep_alive, warm, parallel and multiuser_cache are for ollama services",
+                ));
+            }
+            if s.parallel == Some(0) {
+                return Err(self.invalid(key("parallel"), "must be at least 1"));
             }
             if let Some(model) = &s.enrichment_model {
                 if s.kind != Kind::Serve {
@@ -371,6 +398,10 @@ impl Deployment {
                         "OLLAMA_KEEP_ALIVE".into(),
                         s.keep_alive.clone().unwrap_or_else(|| "30m".into()),
                     ));
+                    env.push(("OLLAMA_NUM_PARALLEL".into(), s.ollama_parallel().to_string()));
+                    if s.ollama_multiuser_cache() {
+                        env.push(("OLLAMA_MULTIUSER_CACHE".into(), "1".into()));
+                    }
                     (PathBuf::from(&self.launcher.ollama), vec!["serve".to_string()])
                 }
                 kind => {
@@ -393,9 +424,14 @@ impl Deployment {
                     if let Some(model) = &s.enrichment_model {
                         // figment reads an array of tables from one variable.
                         let endpoints: Vec<String> = self
-                            .ollama_urls()
+                            .ollama_endpoints()
                             .iter()
-                            .map(|url| format!("{{kind=\"ollama\",url=\"{url}\",model=\"{model}\"}}"))
+                            .map(|(url, slots, shared)| {
+                                format!(
+                                    "{{kind=\"ollama\",url=\"{url}\",model=\"{model}\",slots={slots},\
+                                     shared_prefix_cache={shared}}}"
+                                )
+                            })
                             .collect();
                         env.push((
                             "DATAFACTORY_ENRICHMENT__ENDPOINTS".into(),
@@ -423,9 +459,14 @@ impl Deployment {
         Ok(out)
     }
 
-    /// The base URLs of the file's Ollama services, in file order.
-    fn ollama_urls(&self) -> Vec<String> {
-        self.services.iter().filter(|o| o.kind == Kind::Ollama).map(Service::base_url).collect()
+    /// The file's Ollama services as enrichment endpoints, in file order:
+    /// base URL, slots, whether they share prefixes across slots.
+    fn ollama_endpoints(&self) -> Vec<(String, usize, bool)> {
+        self.services
+            .iter()
+            .filter(|o| o.kind == Kind::Ollama)
+            .map(|o| (o.base_url(), o.ollama_parallel(), o.ollama_multiuser_cache()))
+            .collect()
     }
 
     /// Loads the configuration a DataFactory service would read, with its settings.
@@ -446,9 +487,12 @@ impl Deployment {
         }
         if let Some(model) = &s.enrichment_model {
             let endpoints: Vec<_> = self
-                .ollama_urls()
+                .ollama_endpoints()
                 .into_iter()
-                .map(|url| serde_json::json!({"kind": "ollama", "url": url, "model": model}))
+                .map(|(url, slots, shared)| {
+                    serde_json::json!({"kind": "ollama", "url": url, "model": model, "slots": slots,
+                                       "shared_prefix_cache": shared})
+                })
                 .collect();
             let enrichment = overrides.entry("enrichment").or_insert_with(|| serde_json::json!({}));
             if let Some(e) = enrichment.as_object_mut() {
@@ -555,6 +599,7 @@ mod tests {
         assert_eq!(env(by_name("datafactory"), "DATAFACTORY_EMBEDDING__DEVICE"), "cuda");
         let endpoints = env(by_name("datafactory"), "DATAFACTORY_ENRICHMENT__ENDPOINTS");
         assert_eq!(endpoints.matches("model=\"llama3.1:8b\"").count(), 6, "{endpoints}");
+        assert_eq!(endpoints.matches("slots=4,shared_prefix_cache=true").count(), 6, "{endpoints}");
         assert!(endpoints.starts_with("[{kind=\"ollama\",url=\"http://127.0.0.1:11434\""), "{endpoints}");
         assert!(endpoints.contains("url=\"http://127.0.0.1:11439\""), "{endpoints}");
         assert_eq!(env(by_name("reranker"), "CUDA_VISIBLE_DEVICES"), "1");
@@ -564,6 +609,8 @@ mod tests {
             assert_eq!(env(p, "CUDA_VISIBLE_DEVICES"), g.to_string());
             assert_eq!(env(p, "OLLAMA_HOST"), format!("0.0.0.0:{}", 11434 + g - 2));
             assert_eq!(env(p, "OLLAMA_KEEP_ALIVE"), "30m");
+            assert_eq!(env(p, "OLLAMA_NUM_PARALLEL"), "4");
+            assert_eq!(env(p, "OLLAMA_MULTIUSER_CACHE"), "1");
             assert_eq!(p.health_url, format!("http://127.0.0.1:{}/api/tags", 11434 + g - 2));
         }
         assert_eq!(by_name("datafactory").health_url, "http://127.0.0.1:9000/health");
