@@ -221,8 +221,10 @@ fn load_config(cli: &Cli) -> Result<Config> {
 }
 
 fn open_store(config: &Config) -> Result<Store> {
-    Store::open(&config.data_dir)
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))
+    Store::open_config(config).with_context(|| match config.store.backend.as_str() {
+        "postgres" => format!("cannot open the PostgreSQL store (schema {})", config.store.schema),
+        _ => format!("cannot open the store in {}", config.data_dir.display()),
+    })
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
