@@ -250,6 +250,9 @@ pub struct StoreConfig {
     pub connect_timeout_seconds: u64,
     /// The longest any one statement may run (0: no limit).
     pub statement_timeout_seconds: u64,
+    /// A fleet node's lease on an ingest job: renewed every third of it; a
+    /// node silent for this long loses the job to another node.
+    pub lease_seconds: u64,
 }
 
 impl Default for StoreConfig {
@@ -262,6 +265,7 @@ impl Default for StoreConfig {
             pool_size: 8,
             connect_timeout_seconds: 10,
             statement_timeout_seconds: 300,
+            lease_seconds: 30,
         }
     }
 }
@@ -756,6 +760,9 @@ impl Config {
                 }
                 if self.store.connect_timeout_seconds == 0 {
                     return invalid("store.connect_timeout_seconds", "must be at least 1");
+                }
+                if self.store.lease_seconds < 2 {
+                    return invalid("store.lease_seconds", "must be at least 2");
                 }
             }
             other => {

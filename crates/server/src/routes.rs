@@ -89,6 +89,7 @@ async fn ready(State(state): State<Shared>) -> Json<Value> {
             "mode": state.pipeline.enricher().mode(),
             "endpoints": llm_endpoints,
         },
+        "fleet": crate::fleet::view(&state).await,
     }))
 }
 
@@ -229,6 +230,12 @@ async fn ingest(
 
     let collection = job_collection(&collection);
     datafactory_core::config::validate_collection(&collection).map_err(bad_request)?;
+    if crate::fleet::enabled(&state) {
+        if let Some(Err(e)) = plan_override.as_ref().map(check_plan) {
+            return Err(bad_request(e));
+        }
+        return crate::fleet::ingest(&state, collection, named, plan_override, folder, params.wait).await;
+    }
     let store = state.store.clone();
     let c = collection.clone();
     let job_id = tokio::task::spawn_blocking(move || store.create_job("ingest", Some(&c)))
@@ -252,12 +259,12 @@ async fn ingest(
 /// service stopped or died) is resumed when the service starts again.
 #[derive(serde::Serialize, Deserialize)]
 pub(crate) struct JobPlan {
-    job_id: String,
-    collection: String,
-    named: Vec<(PathBuf, String)>,
+    pub(crate) job_id: String,
+    pub(crate) collection: String,
+    pub(crate) named: Vec<(PathBuf, String)>,
     /// Changes to the chunking plan of every document (`plan` in the request).
     #[serde(default)]
-    plan: Option<PlanOverride>,
+    pub(crate) plan: Option<PlanOverride>,
 }
 
 /// What serde cannot check in a plan override.
@@ -273,7 +280,7 @@ const JOB_PLAN: &str = "job.json";
 /// Runs an ingest job on a blocking thread (at most `ingest_slots` at once).
 /// The upload folder is removed when the job has run to its end; a job that
 /// was cancelled keeps it, to be resumed.
-fn start_job(
+pub(crate) fn start_job(
     state: Shared,
     plan: JobPlan,
     folder: PathBuf,

@@ -5,12 +5,13 @@
 
 use crate::pg::PgStore;
 use crate::{
-    CommitOutcome, DocumentDetail, DocumentKey, DocumentSummary, EmbeddedStore, JobRecord, Result, SearchHit,
-    SearchMode, SearchRequest, SearchResults, Stats, VectorOptions, WordQuery,
+    ClaimedJob, CommitOutcome, DocumentDetail, DocumentKey, DocumentSummary, EmbeddedStore, Fleet, JobRecord,
+    Result, SearchHit, SearchMode, SearchRequest, SearchResults, Stats, StoreError, VectorOptions, WordQuery,
 };
 use datafactory_core::config::{Config, StoreConfig};
 use datafactory_core::{Chunk, Document, Embedding};
 use std::path::Path;
+use std::time::Duration;
 
 enum Backend {
     Embedded(Box<EmbeddedStore>),
@@ -203,5 +204,69 @@ impl Store {
 
     pub fn get_job(&self, id: &str) -> Result<Option<JobRecord>> {
         dispatch!(self, s => s.get_job(id))
+    }
+
+    /// The PostgreSQL store, for what only it does (the fleet's queue).
+    fn postgres(&self) -> Result<&PgStore> {
+        match &self.backend {
+            Backend::Postgres(s) => Ok(s),
+            Backend::Embedded(_) => Err(StoreError::Invalid(
+                "a fleet's work queue needs the PostgreSQL store ([store] backend = \"postgres\")".into(),
+            )),
+        }
+    }
+
+    /// Queues a job with its input files for any node of the fleet (PostgreSQL).
+    pub fn enqueue_job(
+        &self,
+        kind: &str,
+        collection: Option<&str>,
+        request: &serde_json::Value,
+        files: &[(String, Vec<u8>)],
+    ) -> Result<String> {
+        self.postgres()?.enqueue_job(kind, collection, request, files)
+    }
+
+    /// Claims the oldest queued job, or one whose node's lease ran out, with
+    /// `FOR UPDATE SKIP LOCKED`, for `node` until `lease` from now (PostgreSQL).
+    pub fn claim_job(&self, node: &str, lease: Duration) -> Result<Option<ClaimedJob>> {
+        self.postgres()?.claim_job(node, lease)
+    }
+
+    /// Extends `node`'s lease on a job; false when it lost the job.
+    pub fn renew_lease(&self, id: &str, node: &str, lease: Duration) -> Result<bool> {
+        self.postgres()?.renew_lease(id, node, lease)
+    }
+
+    /// Ends a claimed job if `node` still holds it; false otherwise.
+    pub fn finish_claimed_job(
+        &self,
+        id: &str,
+        node: &str,
+        state: &str,
+        summary: &serde_json::Value,
+    ) -> Result<bool> {
+        self.postgres()?.finish_claimed_job(id, node, state, summary)
+    }
+
+    /// Names this process in the fleet: it then ends only the jobs it holds.
+    pub fn set_node(&self, node: &str) -> Result<()> {
+        self.postgres()?.set_node(node);
+        Ok(())
+    }
+
+    /// Puts a job `node` holds back in the queue; false if it holds none such.
+    pub fn release_job(&self, id: &str, node: &str) -> Result<bool> {
+        self.postgres()?.release_job(id, node)
+    }
+
+    /// Records that `node` is alive (and what it runs).
+    pub fn node_heartbeat(&self, node: &str, address: &str, running_job: Option<&str>) -> Result<()> {
+        self.postgres()?.node_heartbeat(node, address, running_job)
+    }
+
+    /// The fleet's nodes (alive: seen within `alive`) and queue counts.
+    pub fn fleet(&self, alive: Duration) -> Result<Fleet> {
+        self.postgres()?.fleet(alive)
     }
 }

@@ -14,9 +14,9 @@
 
 use crate::search::{fuse, plan, primary, Plan, Ranked, Retriever};
 use crate::{
-    indexed_context, now_ms, words, CollectionStats, CommitOutcome, DocumentDetail, DocumentKey,
-    DocumentSummary, IndexStats, JobRecord, Result, SearchHit, SearchRequest, SearchResults, StageScores,
-    Stats, StoreError, StoredChunk, VectorOptions, VectorStats,
+    indexed_context, now_ms, words, ClaimedJob, CollectionStats, CommitOutcome, DocumentDetail, DocumentKey,
+    DocumentSummary, Fleet, FleetNode, IndexStats, JobRecord, Result, SearchHit, SearchRequest,
+    SearchResults, StageScores, Stats, StoreError, StoredChunk, VectorOptions, VectorStats,
 };
 use datafactory_core::config::StoreConfig;
 use datafactory_core::{chunk_id, Chunk, Document, Embedding, Format};
@@ -38,7 +38,8 @@ const MIGRATION_LOCK: i64 = 0x6461_7461_6661_6374; // "datafact"
 /// Each entry migrates from version `index` to `index + 1`, in one
 /// transaction. The embeddings table is made by `enable_vectors`, when the
 /// model's dimensions are known.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE collections (
     name        text PRIMARY KEY,
     created_at  bigint NOT NULL
@@ -113,7 +114,33 @@ CREATE TABLE llm_contexts (
     created_at     bigint NOT NULL,
     PRIMARY KEY (document_hash, chunk_hash, model, template)
 );
-"#];
+"#,
+    r#"
+-- The fleet's work queue: a queued job is claimed by one node at a time
+-- (FOR UPDATE SKIP LOCKED) under a lease the node renews; a job whose lease
+-- ran out (its node died) is claimed again by another node.
+ALTER TABLE jobs ADD COLUMN node text;
+ALTER TABLE jobs ADD COLUMN lease_until bigint;
+ALTER TABLE jobs ADD COLUMN attempts integer NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN request jsonb;
+CREATE INDEX jobs_open ON jobs (created_at) WHERE state IN ('queued', 'running');
+-- A queued job's input files, so that any node can run it.
+CREATE TABLE job_files (
+    job_id  text NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    name    text NOT NULL,
+    bytes   bytea NOT NULL,
+    PRIMARY KEY (job_id, name)
+);
+-- The nodes of the fleet, each seen at its last heartbeat.
+CREATE TABLE nodes (
+    id           text PRIMARY KEY,
+    address      text NOT NULL,
+    started_at   bigint NOT NULL,
+    seen_at      bigint NOT NULL,
+    running_job  text
+);
+"#,
+];
 
 pub const PG_SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -273,6 +300,9 @@ pub struct PgStore {
     /// pgvector 0.8 or later: filtered HNSW scans continue until they have
     /// enough rows (`hnsw.iterative_scan`).
     iterative_scan: bool,
+    /// This process's id in the fleet, once it runs queued jobs: it then
+    /// ends only jobs it holds.
+    node: RwLock<Option<String>>,
 }
 
 impl PgStore {
@@ -296,6 +326,7 @@ impl PgStore {
             },
             vectors: RwLock::new(None),
             iterative_scan: false,
+            node: RwLock::new(None),
         };
         let mut store = store;
         store.migrate()?;
@@ -305,9 +336,10 @@ impl PgStore {
             .get(0);
         let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
         let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        if (major, minor) < (0, 5) {
+        if (major, minor) < (0, 7) {
             return Err(StoreError::Invalid(format!(
-                "pgvector {version} is too old: DataFactory needs 0.5 or later (HNSW)"
+                "pgvector {version} is too old: DataFactory needs 0.7 or later (halfvec, sparsevec, HNSW); \
+                 ALTER EXTENSION vector UPDATE"
             )));
         }
         store.iterative_scan = (major, minor) >= (0, 8);
@@ -810,13 +842,7 @@ impl PgStore {
 
     pub fn create_job(&self, kind: &str, collection: Option<&str>) -> Result<String> {
         let now = now_ms();
-        let id = format!(
-            "job-{}",
-            &blake3::hash(
-                format!("{kind}{now}{}{:?}", std::process::id(), std::time::Instant::now()).as_bytes()
-            )
-            .to_hex()[..16]
-        );
+        let id = new_job_id(kind, now);
         let mut conn = self.conn()?;
         conn.execute(
             "INSERT INTO jobs (id, kind, state, collection, summary, created_at, updated_at)
@@ -826,13 +852,40 @@ impl PgStore {
         Ok(id)
     }
 
+    /// Ends a job. In a fleet node, only a job this node holds (or one no
+    /// node holds): a node that lost its lease leaves the job to the node
+    /// that took it over.
     pub fn finish_job(&self, id: &str, state: &str, summary: &serde_json::Value) -> Result<()> {
+        let node = self.node.read().unwrap_or_else(|p| p.into_inner()).clone();
         let mut conn = self.conn()?;
         conn.execute(
-            "UPDATE jobs SET state = $2, summary = $3, updated_at = $4, finished_at = $4 WHERE id = $1",
-            &[&id, &state, summary, &now_ms()],
+            // A fleet job interrupted (its node stopping) goes back to the queue.
+            "UPDATE jobs SET summary = $3, updated_at = $4::bigint, lease_until = NULL,
+                 state = CASE WHEN $2::text = 'interrupted' AND node IS NOT NULL THEN 'queued' ELSE $2::text END,
+                 finished_at = CASE WHEN $2::text = 'interrupted' AND node IS NOT NULL THEN NULL ELSE $4::bigint END,
+                 node = CASE WHEN $2::text = 'interrupted' AND node IS NOT NULL THEN NULL ELSE node END
+             WHERE id = $1 AND (node IS NULL OR $5::text IS NULL OR node = $5)",
+            &[&id, &state, summary, &now_ms(), &node],
         )?;
         Ok(())
+    }
+
+    /// Names this process in the fleet (see `finish_job`).
+    pub fn set_node(&self, node: &str) {
+        *self.node.write().unwrap_or_else(|p| p.into_inner()) = Some(node.to_string());
+    }
+
+    /// Puts a job `node` holds back in the queue (the node stops: another
+    /// node, or this one later, runs it again).
+    pub fn release_job(&self, id: &str, node: &str) -> Result<bool> {
+        let mut conn = self.conn()?;
+        let n = conn.execute(
+            "UPDATE jobs SET state = 'queued', node = NULL, lease_until = NULL, finished_at = NULL,
+                 updated_at = $3
+             WHERE id = $1 AND node = $2",
+            &[&id, &node, &now_ms()],
+        )?;
+        Ok(n == 1)
     }
 
     pub fn get_job(&self, id: &str) -> Result<Option<JobRecord>> {
@@ -854,6 +907,169 @@ impl PgStore {
                 finished_at: r.get(7),
             }))
     }
+
+    // ---- the fleet's work queue ----
+
+    /// Queues a job with its input files; any node may claim it.
+    pub fn enqueue_job(
+        &self,
+        kind: &str,
+        collection: Option<&str>,
+        request: &serde_json::Value,
+        files: &[(String, Vec<u8>)],
+    ) -> Result<String> {
+        let now = now_ms();
+        let id = new_job_id(kind, now);
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO jobs (id, kind, state, collection, summary, request, created_at, updated_at)
+             VALUES ($1, $2, 'queued', $3, '{}', $4, $5, $5)",
+            &[&id, &kind, &collection, request, &now],
+        )?;
+        let insert = tx.prepare("INSERT INTO job_files (job_id, name, bytes) VALUES ($1, $2, $3)")?;
+        for (name, bytes) in files {
+            tx.execute(&insert, &[&id, name, bytes])?;
+        }
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Claims the oldest job that is queued, or running under a lease that
+    /// ran out (its node died), for `node` until `lease` from now. Nodes
+    /// claiming at once skip each other's rows: each gets another job.
+    pub fn claim_job(&self, node: &str, lease: Duration) -> Result<Option<ClaimedJob>> {
+        let now = now_ms();
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        let Some(r) = tx.query_opt(
+            "UPDATE jobs SET state = 'running', node = $1, lease_until = $3, attempts = attempts + 1,
+                 updated_at = $2
+             WHERE id = (SELECT id FROM jobs
+                         WHERE state = 'queued' OR (state = 'running' AND lease_until < $2)
+                         ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+             RETURNING id, kind, collection, request, attempts",
+            &[&node, &now, &(now + lease.as_millis() as i64)],
+        )?
+        else {
+            return Ok(None);
+        };
+        let id: String = r.get(0);
+        let files = tx
+            .query("SELECT name, bytes FROM job_files WHERE job_id = $1 ORDER BY name", &[&id])?
+            .iter()
+            .map(|f| (f.get(0), f.get(1)))
+            .collect();
+        tx.commit()?;
+        Ok(Some(ClaimedJob {
+            id,
+            kind: r.get(1),
+            collection: r.get(2),
+            request: r.get::<_, Option<serde_json::Value>>(3).unwrap_or_default(),
+            attempt: r.get::<_, i32>(4) as u32,
+            files,
+        }))
+    }
+
+    /// Extends `node`'s lease on a job. False: the node lost it (the lease
+    /// ran out and another node claimed the job, or the job ended).
+    pub fn renew_lease(&self, id: &str, node: &str, lease: Duration) -> Result<bool> {
+        let now = now_ms();
+        let mut conn = self.conn()?;
+        let n = conn.execute(
+            "UPDATE jobs SET lease_until = $4, updated_at = $3
+             WHERE id = $1 AND node = $2 AND state = 'running'",
+            &[&id, &node, &now, &(now + lease.as_millis() as i64)],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Ends a claimed job if `node` still holds it; its input files go.
+    /// False: another node holds it now (its result is the one kept).
+    pub fn finish_claimed_job(
+        &self,
+        id: &str,
+        node: &str,
+        state: &str,
+        summary: &serde_json::Value,
+    ) -> Result<bool> {
+        let now = now_ms();
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE jobs SET state = $3, summary = $4, updated_at = $5, finished_at = $5, lease_until = NULL
+             WHERE id = $1 AND node = $2 AND state = 'running'",
+            &[&id, &node, &state, summary, &now],
+        )?;
+        if n == 1 {
+            tx.execute("DELETE FROM job_files WHERE job_id = $1", &[&id])?;
+        }
+        tx.commit()?;
+        Ok(n == 1)
+    }
+
+    /// Records that `node` (reachable at `address`) is alive, and which job it runs.
+    pub fn node_heartbeat(&self, node: &str, address: &str, running_job: Option<&str>) -> Result<()> {
+        let now = now_ms();
+        let mut conn = self.conn()?;
+        conn.execute(
+            "INSERT INTO nodes (id, address, started_at, seen_at, running_job) VALUES ($1, $2, $3, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET address = excluded.address, seen_at = excluded.seen_at,
+                 running_job = excluded.running_job",
+            &[&node, &address, &now, &running_job],
+        )?;
+        Ok(())
+    }
+
+    /// The nodes seen within `alive` (the others are listed as not alive),
+    /// and the queue's counts.
+    pub fn fleet(&self, alive: Duration) -> Result<Fleet> {
+        let now = now_ms();
+        let mut conn = self.conn()?;
+        let mut tx = read_snapshot(&mut conn)?;
+        let nodes = tx
+            .query("SELECT id, address, started_at, seen_at, running_job FROM nodes ORDER BY id", &[])?
+            .iter()
+            .map(|r| {
+                let seen_at: i64 = r.get(3);
+                FleetNode {
+                    id: r.get(0),
+                    address: r.get(1),
+                    started_at: r.get(2),
+                    seen_at,
+                    running_job: r.get(4),
+                    alive: now - seen_at <= alive.as_millis() as i64,
+                }
+            })
+            .collect();
+        let r = tx.query_one(
+            "SELECT COUNT(*) FILTER (WHERE state = 'queued'),
+                    COUNT(*) FILTER (WHERE state = 'running' AND lease_until >= $1),
+                    COUNT(*) FILTER (WHERE state = 'running' AND lease_until < $1)
+             FROM jobs WHERE state IN ('queued', 'running')",
+            &[&now],
+        )?;
+        tx.commit()?;
+        Ok(Fleet {
+            nodes,
+            queued: r.get::<_, i64>(0) as u64,
+            running: r.get::<_, i64>(1) as u64,
+            lease_expired: r.get::<_, i64>(2) as u64,
+        })
+    }
+}
+
+/// A fresh job id (unique across processes and nodes).
+fn new_job_id(kind: &str, now: i64) -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seed = format!(
+        "{kind}{now}{}{n}{:?}{:?}",
+        std::process::id(),
+        std::time::Instant::now(),
+        std::thread::current().id()
+    );
+    format!("job-{}", &blake3::hash(seed.as_bytes()).to_hex()[..16])
 }
 
 /// Serialises writers of one document (across nodes) until the transaction ends.

@@ -484,13 +484,25 @@ fn killed_writer_child() {
     }
 }
 
+/// A child process, killed when dropped (also when the test fails).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn consistent_after_a_killed_writer(place: &Place) {
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "killed_writer_child", "--nocapture", "--test-threads=1"])
-        .envs(place.to_env())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "killed_writer_child", "--nocapture", "--test-threads=1"])
+            .envs(place.to_env())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // Kill it (SIGKILL) once a few documents are stored.
     let reader = {
         let start = Instant::now();
@@ -507,12 +519,12 @@ fn consistent_after_a_killed_writer(place: &Place) {
                 }
             }
             assert!(start.elapsed() < Duration::from_secs(120), "the child stored too little");
-            assert!(child.try_wait().unwrap().is_none(), "the child ended early");
+            assert!(child.0.try_wait().unwrap().is_none(), "the child ended early");
         }
     };
     drop(reader);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.0.kill().unwrap(); // SIGKILL
+    child.0.wait().unwrap();
 
     let store = place.open();
     let docs = store.list_documents(None).unwrap();
