@@ -530,51 +530,77 @@ impl PgStore {
                 &now,
             ],
         )?;
-        let insert = tx.prepare(
-            "INSERT INTO chunks (id, document_id, ordinal, heading_path, text, char_start, char_end, page,
-                 token_count, context, text_search, words)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
-                 setweight(to_tsvector($11::text::regconfig, $12), 'A')
-                 || setweight(to_tsvector($11::text::regconfig, $13), 'B')
-                 || setweight(to_tsvector($11::text::regconfig, $14), 'D'))",
-        )?;
-        let insert_embedding = match embeddings {
-            Some(_) => {
-                Some(tx.prepare("INSERT INTO embeddings (chunk_id, dense, sparse) VALUES ($1, $2, $3)")?)
-            }
-            None => None,
-        };
-        let title_words = word_text(&doc.title);
-        for (i, c) in chunks.iter().enumerate() {
-            let id = chunk_id(&key.id, c.ordinal, &c.text);
+        // All chunks in one statement (and all vectors in another): arrays
+        // unnested server-side, not a round trip per chunk.
+        let n = chunks.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut ordinals = Vec::with_capacity(n);
+        let mut headings = Vec::with_capacity(n);
+        let mut texts = Vec::with_capacity(n);
+        let mut starts = Vec::with_capacity(n);
+        let mut ends = Vec::with_capacity(n);
+        let mut pages = Vec::with_capacity(n);
+        let mut tokens = Vec::with_capacity(n);
+        let mut contexts = Vec::with_capacity(n);
+        let mut heading_words = Vec::with_capacity(n);
+        let mut body_words = Vec::with_capacity(n);
+        for c in chunks {
+            ids.push(chunk_id(&key.id, c.ordinal, &c.text));
+            ordinals.push(c.ordinal as i32);
+            headings.push(serde_json::to_value(&c.heading_path)?);
+            texts.push(c.text.as_str());
+            starts.push(c.start as i64);
+            ends.push(c.end as i64);
+            pages.push(c.page.map(|p| p as i32));
+            tokens.push(c.token_count as i32);
+            contexts.push(c.context.as_ref().map(serde_json::to_value).transpose()?);
+            heading_words.push(word_text(&c.heading_path.join(" / ")));
             let mut body = word_text(&c.text);
             if let Some(context) = indexed_context(c.context.as_ref()) {
                 body.push(' ');
                 body.push_str(&word_text(context));
             }
+            body_words.push(body);
+        }
+        tx.execute(
+            "INSERT INTO chunks (id, document_id, ordinal, heading_path, text, char_start, char_end, page,
+                 token_count, context, text_search, words)
+             SELECT t.id, $2, t.ordinal, t.heading, t.text, t.char_start, t.char_end, t.page, t.tokens,
+                 t.context, $3::text,
+                 setweight(to_tsvector($3::text::regconfig, $4), 'A')
+                 || setweight(to_tsvector($3::text::regconfig, t.heading_words), 'B')
+                 || setweight(to_tsvector($3::text::regconfig, t.body_words), 'D')
+             FROM unnest($1::text[], $5::int4[], $6::jsonb[], $7::text[], $8::int8[], $9::int8[], $10::int4[],
+                         $11::int4[], $12::jsonb[], $13::text[], $14::text[])
+                  AS t(id, ordinal, heading, text, char_start, char_end, page, tokens, context, heading_words,
+                       body_words)",
+            &[
+                &ids,
+                &key.id,
+                &text_search,
+                &word_text(&doc.title),
+                &ordinals,
+                &headings,
+                &texts,
+                &starts,
+                &ends,
+                &pages,
+                &tokens,
+                &contexts,
+                &heading_words,
+                &body_words,
+            ],
+        )?;
+        if let Some(embeddings) = embeddings {
+            let dense: Vec<HalfVector> =
+                embeddings.iter().map(|e| HalfVector::from_f32_slice(&e.dense)).collect();
+            let sparse: Vec<Option<SparseVector>> =
+                embeddings.iter().map(|e| (!e.sparse.is_empty()).then(|| sparse_vector(&e.sparse))).collect();
             tx.execute(
-                &insert,
-                &[
-                    &id,
-                    &key.id,
-                    &(c.ordinal as i32),
-                    &serde_json::to_value(&c.heading_path)?,
-                    &c.text,
-                    &(c.start as i64),
-                    &(c.end as i64),
-                    &c.page.map(|p| p as i32),
-                    &(c.token_count as i32),
-                    &c.context.as_ref().map(serde_json::to_value).transpose()?,
-                    &text_search,
-                    &title_words,
-                    &word_text(&c.heading_path.join(" / ")),
-                    &body,
-                ],
+                "INSERT INTO embeddings (chunk_id, dense, sparse)
+                 SELECT * FROM unnest($1::text[], $2::halfvec[], $3::sparsevec[])",
+                &[&ids, &dense, &sparse],
             )?;
-            if let (Some(stmt), Some(e)) = (&insert_embedding, embeddings.map(|e| &e[i])) {
-                let sparse = (!e.sparse.is_empty()).then(|| sparse_vector(&e.sparse));
-                tx.execute(stmt, &[&id, &HalfVector::from_f32_slice(&e.dense), &sparse])?;
-            }
         }
         tx.execute("SELECT nextval('changes')", &[])?;
         tx.commit()?;
@@ -678,16 +704,27 @@ impl PgStore {
         let top = 1f32.max(req.title_boost).max(req.heading_boost);
         let weights: Vec<f32> =
             vec![1.0 / top, 1.0 / top, req.heading_boost.max(0.0) / top, req.title_boost.max(0.0) / top];
-        let rows = tx.query(
-            "WITH q AS (SELECT name, to_tsquery(name::regconfig, $1) AS tsq FROM text_searches)
-             SELECT c.id, ts_rank_cd($2::float4[], c.words, q.tsq) AS score
-             FROM q JOIN chunks c ON c.text_search = q.name AND c.words @@ q.tsq
-             JOIN documents d ON d.id = c.document_id
-             WHERE ($3::text IS NULL OR d.collection = $3) AND ($4::text[] IS NULL OR c.document_id = ANY($4))
-             ORDER BY score DESC, c.id LIMIT $5",
-            &[&query, &weights, &req.collection, &allowed, &(depth as i64)],
-        )?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        // One query per configuration in use (a handful): with the tsquery a
+        // constant, the planner can use the GIN index.
+        let configs: Vec<String> =
+            tx.query("SELECT name FROM text_searches ORDER BY name", &[])?.iter().map(|r| r.get(0)).collect();
+        let mut out: Ranked = Vec::new();
+        for config in &configs {
+            let rows = tx.query(
+                "SELECT c.id, ts_rank_cd($2::float4[], c.words, to_tsquery($6::text::regconfig, $1)) AS score
+                 FROM chunks c
+                 WHERE c.text_search = $6::text AND c.words @@ to_tsquery($6::text::regconfig, $1)
+                   AND ($3::text IS NULL
+                        OR EXISTS (SELECT 1 FROM documents d WHERE d.id = c.document_id AND d.collection = $3))
+                   AND ($4::text[] IS NULL OR c.document_id = ANY($4))
+                 ORDER BY score DESC, c.id LIMIT $5",
+                &[&query, &weights, &req.collection, &allowed, &(depth as i64), config],
+            )?;
+            out.extend(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, f32>(1))));
+        }
+        out.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        out.truncate(depth);
+        Ok(out)
     }
 
     pub fn list_documents(&self, collection: Option<&str>) -> Result<Vec<DocumentSummary>> {
