@@ -160,6 +160,17 @@ fn two_nodes_share_the_jobs_and_one_finishes_what_a_killed_one_began() {
     let a_view = nodes.iter().find(|n| n["id"] == node_a.as_str()).unwrap();
     assert_eq!(a_view["alive"], false, "{fleet:#}");
     assert_eq!(fleet["queued"], 0);
+    // So does `datafactory stats`.
+    let stats = run_json(
+        datafactory(&tmp.path().join("c"))
+            .env("DATAFACTORY_STORE__BACKEND", "postgres")
+            .env("DATAFACTORY_STORE__URL", &url)
+            .env("DATAFACTORY_STORE__SCHEMA", SCHEMA)
+            .args(["stats", "--json"]),
+        0,
+    );
+    assert_eq!(stats["fleet"]["nodes"].as_array().unwrap().len(), 2, "{stats:#}");
+    assert_eq!(stats["documents"], (JOBS * DOCS_PER_JOB) as u64);
 
     drop(b);
 }

@@ -577,3 +577,31 @@ fn both_backends_fuse_the_same_candidates() {
         assert_eq!(set(&a), set(&b), "{text}");
     }
 }
+
+/// `sslmode=require` against a server without TLS: no connection (never a
+/// silent fall back to plain text); `prefer` (the default) connects.
+#[test]
+fn postgres_tls_is_required_when_asked() {
+    let Some((Place::Postgres { url, schema }, _)) = fresh("postgres", "tls") else { return };
+    let settings = |url: String| StoreConfig {
+        backend: "postgres".into(),
+        url,
+        schema: schema.clone(),
+        ..StoreConfig::default()
+    };
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let err = Store::open_postgres(&settings(format!("{url}{sep}sslmode=require"))).err().expect("refused");
+    assert!(err.to_string().contains("TLS"), "{err}");
+    Store::open_postgres(&settings(format!("{url}{sep}sslmode=prefer"))).unwrap();
+    // A CA file that is not a certificate is refused by name.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "not a certificate").unwrap();
+    let err = Store::open_postgres(&StoreConfig {
+        ca_file: ca.display().to_string(),
+        ..settings(format!("{url}{sep}sslmode=require"))
+    })
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("ca_file") || err.to_string().contains("TLS"), "{err}");
+}
