@@ -3,6 +3,8 @@
 //! that calls it runs the peer on the same data in the same run and prints
 //! the ratios. See docs/BENCHMARKS.md.
 
+mod backends;
+
 use anyhow::{bail, Context, Result};
 use datafactory_models::Embedder;
 use datafactory_store::vectors::{VectorIndex, VectorOptions};
@@ -20,10 +22,11 @@ fn main() -> Result<()> {
         Some("embed") => embed(&args[1..]),
         Some("rerank") => rerank(&args[1..]),
         Some("search-during-ingest") => search_during_ingest(&args[1..]),
+        Some("backends") => backends::backends(&args[1..]),
         _ => bail!(
             "usage: datafactory-bench vectors DIR QUANTIZATION EF[,EF...] \
              | embed MODEL_DIR TEXTS.json BATCH [DTYPE] [DEVICE] | rerank MODEL_DIR PAIRS.json BATCH [DTYPE] [DEVICE] \
-             | search-during-ingest CHUNKS [DIM]"
+             | search-during-ingest CHUNKS [DIM] | backends DOCS CHUNKS DIM QUERIES POSTGRES_URL"
         ),
     }
 }

@@ -280,8 +280,10 @@ fn load_config(cli: &Cli) -> Result<Config> {
 }
 
 fn open_store(config: &Config) -> Result<Store> {
-    Store::open(&config.data_dir)
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))
+    Store::open_config(config).with_context(|| match config.store.backend.as_str() {
+        "postgres" => format!("cannot open the PostgreSQL store (schema {})", config.store.schema),
+        _ => format!("cannot open the store in {}", config.data_dir.display()),
+    })
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -576,10 +578,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Stats { json } => {
             let store = open_store(&config)?;
             let stats = store.stats()?;
+            // On PostgreSQL, the fleet sharing the store: its nodes and queue.
+            let fleet = match store.backend() {
+                "postgres" => Some(store.fleet(std::time::Duration::from_secs(config.store.lease_seconds))?),
+                _ => None,
+            };
             if json {
-                output::print_json(&stats)?;
+                let mut v = serde_json::to_value(&stats)?;
+                if let Some(f) = &fleet {
+                    v["fleet"] = serde_json::to_value(f)?;
+                }
+                output::print_json(&v)?;
             } else {
                 output::print_stats(&stats);
+                if let Some(f) = &fleet {
+                    output::print_fleet(f);
+                }
             }
             if !stats.consistent {
                 return Ok(ExitCode::from(EXIT_SOME_FAILED));

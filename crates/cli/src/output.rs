@@ -178,6 +178,26 @@ pub fn print_stats(s: &Stats) {
     }
 }
 
+/// The nodes sharing a PostgreSQL store and its job queue.
+pub fn print_fleet(f: &datafactory_store::Fleet) {
+    println!(
+        "fleet       {} node(s), {} alive; jobs: {} queued, {} running, {} with an expired lease",
+        f.nodes.len(),
+        f.nodes.iter().filter(|n| n.alive).count(),
+        f.queued,
+        f.running,
+        f.lease_expired
+    );
+    for n in &f.nodes {
+        println!(
+            "  {:<30} {}{}",
+            n.id,
+            if n.alive { "alive" } else { "not seen lately" },
+            n.running_job.as_deref().map(|j| format!(", running {j}")).unwrap_or_default()
+        );
+    }
+}
+
 /// The evaluation report as a table: Pass@k (and, for sets judged by chunk,
 /// Recall@k of their documents) in percent, MRR@10 and nDCG@10, latency.
 pub fn print_eval(r: &EvalReport) {

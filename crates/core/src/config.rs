@@ -29,6 +29,7 @@ pub struct Config {
     pub analysis: AnalysisConfig,
     pub enrichment: EnrichmentConfig,
     pub remote: RemoteConfig,
+    pub store: StoreConfig,
 }
 
 /// How the clients of remote model workers (embedding: `embedding.remote_urls`;
@@ -275,6 +276,49 @@ impl Default for Config {
             analysis: AnalysisConfig::default(),
             enrichment: EnrichmentConfig::default(),
             remote: RemoteConfig::default(),
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+/// Where documents, chunks, vectors and jobs live: the embedded store in
+/// `data_dir` (SQLite, tantivy, usearch), or a PostgreSQL database with
+/// pgvector shared by several nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `embedded` (default) or `postgres`.
+    pub backend: String,
+    /// The PostgreSQL connection URL (`postgres://user:password@host:port/database`);
+    /// The URL's `sslmode` (`disable`, `prefer`, the default, or `require`) chooses TLS.
+    pub url: String,
+    /// PEM file of the certificate authority that signed the server's
+    /// certificate (managed offerings publish theirs); empty: the Mozilla roots.
+    pub ca_file: String,
+    /// The schema DataFactory's tables live in (created if missing).
+    pub schema: String,
+    /// Connections kept open to PostgreSQL.
+    pub pool_size: usize,
+    /// How long opening a connection may take.
+    pub connect_timeout_seconds: u64,
+    /// The longest any one statement may run (0: no limit).
+    pub statement_timeout_seconds: u64,
+    /// A fleet node's lease on an ingest job: renewed every third of it; a
+    /// node silent for this long loses the job to another node.
+    pub lease_seconds: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: "embedded".to_string(),
+            url: String::new(),
+            ca_file: String::new(),
+            schema: "datafactory".to_string(),
+            pool_size: 8,
+            connect_timeout_seconds: 10,
+            statement_timeout_seconds: 300,
+            lease_seconds: 30,
         }
     }
 }
@@ -773,6 +817,35 @@ impl Config {
         if self.vectors.expansion_add == 0 || self.vectors.expansion_search == 0 {
             return invalid("vectors.expansion_search", "expansions must be at least 1");
         }
+        match self.store.backend.as_str() {
+            "embedded" => {}
+            "postgres" => {
+                if !(self.store.url.starts_with("postgres://") || self.store.url.starts_with("postgresql://"))
+                {
+                    return invalid("store.url", "must be a postgres:// URL when store.backend is postgres");
+                }
+                let s = &self.store.schema;
+                if s.is_empty()
+                    || s.len() > 63
+                    || !s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                    || !s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                {
+                    return invalid("store.schema", "must be a lower-case SQL identifier (a-z, 0-9, _)");
+                }
+                if self.store.pool_size == 0 {
+                    return invalid("store.pool_size", "must be at least 1");
+                }
+                if self.store.connect_timeout_seconds == 0 {
+                    return invalid("store.connect_timeout_seconds", "must be at least 1");
+                }
+                if self.store.lease_seconds < 2 {
+                    return invalid("store.lease_seconds", "must be at least 2");
+                }
+            }
+            other => {
+                return invalid("store.backend", format!("must be embedded or postgres, is {other:?}"));
+            }
+        }
         if self.server.address.parse::<std::net::SocketAddr>().is_err() {
             return invalid(
                 "server.address",
@@ -926,6 +999,33 @@ mod tests {
             ("mdoel = \"x\"", "mdoel"),
         ] {
             std::fs::write(&path, format!("[rerank]\n{toml}\n")).unwrap();
+            let e = Config::load_with_env(Some(&path), &no_overrides(), env()).unwrap_err().to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+    }
+
+    #[test]
+    fn store_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("df.toml");
+        let c = Config::load_with_env(None, &no_overrides(), env()).unwrap();
+        assert_eq!(c.store.backend, "embedded");
+        std::fs::write(
+            &path,
+            "[store]\nbackend = \"postgres\"\nurl = \"postgres://df@db:5432/df?sslmode=require\"\npool_size = 16\n",
+        )
+        .unwrap();
+        let c = Config::load_with_env(Some(&path), &no_overrides(), env()).unwrap();
+        assert_eq!((c.store.backend.as_str(), c.store.pool_size), ("postgres", 16));
+        assert_eq!(c.store.schema, "datafactory");
+        for (toml, key) in [
+            ("backend = \"mysql\"", "store.backend"),
+            ("backend = \"postgres\"", "store.url"),
+            ("backend = \"postgres\"\nurl = \"postgres://x/y\"\nschema = \"Bad-Name\"", "store.schema"),
+            ("backend = \"postgres\"\nurl = \"postgres://x/y\"\npool_size = 0", "store.pool_size"),
+            ("urll = \"x\"", "urll"),
+        ] {
+            std::fs::write(&path, format!("[store]\n{toml}\n")).unwrap();
             let e = Config::load_with_env(Some(&path), &no_overrides(), env()).unwrap_err().to_string();
             assert!(e.contains(key), "{toml}: {e}");
         }

@@ -10,6 +10,7 @@
 //! name is kept only as the document's source name, never as a path).
 
 pub mod analyzer;
+mod fleet;
 mod jobs;
 mod limits;
 mod metrics;
@@ -96,13 +97,22 @@ pub async fn serve_on(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    tracing::info!("listening on {}", listener.local_addr()?);
+    let address = listener.local_addr()?;
+    tracing::info!("listening on {address}");
     let resumed = routes::resume_jobs(&state);
     if resumed > 0 {
         tracing::warn!("resumed {resumed} unfinished ingest job(s)");
     }
+    // On PostgreSQL, a node of a fleet: it runs queued jobs, whichever node took them in.
+    let stop_fleet = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if fleet::enabled(&state) {
+        let node = fleet::node_id(&address.to_string());
+        tracing::info!("fleet node {node}");
+        fleet::spawn_worker(state.clone(), node, address.to_string(), stop_fleet.clone());
+    }
     let app = router(state.clone());
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    stop_fleet.store(true, std::sync::atomic::Ordering::Relaxed);
     state.cancel_jobs();
     state.jobs.wait_idle().await;
     let store = state.store.clone();

@@ -103,6 +103,9 @@ struct Ready {
     embedding: ReadyEmbedding,
     rerank: ReadyRerank,
     enrichment: ReadyEnrichment,
+    /// The nodes sharing a PostgreSQL store and its job queue (null on the
+    /// embedded store).
+    fleet: Option<datafactory_store::Fleet>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -166,6 +169,7 @@ async fn ready(State(state): State<Shared>) -> Json<Ready> {
             model: state.reranker.as_ref().map(|r| r.model_id().to_string()),
         },
         enrichment: ReadyEnrichment { mode: state.pipeline.enricher().mode(), endpoints: llm_endpoints },
+        fleet: crate::fleet::view(&state).await,
     })
 }
 
@@ -247,7 +251,7 @@ struct JobAccepted {
         (IngestUpload = "multipart/form-data"))),
     responses(
         (status = 202, description = "Queued", body = JobAccepted),
-        (status = 200, description = "Ended (`wait=true`)", body = JobView),
+        (status = 200, description = "Ended (`wait=true`): the job (its stored record when a fleet on PostgreSQL ran it)", body = JobAnswer),
         (status = 400, description = "Bad request", body = ErrorBody),
         (status = 503, description = "The store cannot take the job", body = ErrorBody)))]
 async fn ingest(
@@ -344,6 +348,12 @@ async fn ingest(
 
     let collection = job_collection(&collection);
     datafactory_core::config::validate_collection(&collection).map_err(bad_request)?;
+    if crate::fleet::enabled(&state) {
+        if let Some(Err(e)) = plan_override.as_ref().map(check_plan) {
+            return Err(bad_request(e));
+        }
+        return crate::fleet::ingest(&state, collection, named, plan_override, folder, params.wait).await;
+    }
     let store = state.store.clone();
     let c = collection.clone();
     let job_id = tokio::task::spawn_blocking(move || store.create_job("ingest", Some(&c)))
@@ -367,12 +377,12 @@ async fn ingest(
 /// service stopped or died) is resumed when the service starts again.
 #[derive(serde::Serialize, Deserialize)]
 pub(crate) struct JobPlan {
-    job_id: String,
-    collection: String,
-    named: Vec<(PathBuf, String)>,
+    pub(crate) job_id: String,
+    pub(crate) collection: String,
+    pub(crate) named: Vec<(PathBuf, String)>,
     /// Changes to the chunking plan of every document (`plan` in the request).
     #[serde(default)]
-    plan: Option<PlanOverride>,
+    pub(crate) plan: Option<PlanOverride>,
 }
 
 /// What serde cannot check in a plan override.
@@ -388,7 +398,7 @@ const JOB_PLAN: &str = "job.json";
 /// Runs an ingest job on a blocking thread (at most `ingest_slots` at once).
 /// The upload folder is removed when the job has run to its end; a job that
 /// was cancelled keeps it, to be resumed.
-fn start_job(
+pub(crate) fn start_job(
     state: Shared,
     plan: JobPlan,
     folder: PathBuf,

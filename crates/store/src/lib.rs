@@ -21,6 +21,9 @@
 //! while the writer's transaction runs, so the commit of a big document does
 //! not hold up searches.
 
+mod backend;
+mod pg;
+mod pg_tls;
 mod records;
 mod schema;
 mod search;
@@ -28,6 +31,8 @@ mod sparse;
 pub mod vectors;
 pub mod words;
 
+pub use backend::Store;
+pub use pg::{text_search_config, PG_SCHEMA_VERSION};
 pub use records::*;
 pub use vectors::VectorOptions;
 
@@ -51,6 +56,8 @@ const VECTOR_SAVE_INTERVAL: Duration = Duration::from_secs(60);
 pub enum StoreError {
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
     #[error("word index: {0}")]
     Index(String),
     #[error(
@@ -148,7 +155,7 @@ impl Drop for Reader<'_> {
     }
 }
 
-pub struct Store {
+pub struct EmbeddedStore {
     dir: PathBuf,
     /// Query-only connections for reads, which see the last committed state
     /// without waiting for a write transaction. Declared before `db`, so they
@@ -227,10 +234,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Store {
+impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`. If the word index is behind
     /// SQLite and no other process is writing, it is repaired now.
-    pub fn open(dir: &Path) -> Result<Store> {
+    pub fn open(dir: &Path) -> Result<EmbeddedStore> {
         std::fs::create_dir_all(dir)?;
         let db_path = dir.join("datafactory.sqlite3");
         let mut db = Connection::open(&db_path)?;
@@ -249,7 +256,7 @@ impl Store {
             Some(options) => Some(Arc::new(VectorIndex::open(&vectors_dir, &options)?)),
             None => None,
         };
-        let store = Store {
+        let store = EmbeddedStore {
             dir: dir.to_path_buf(),
             db: Mutex::new(db),
             readers: Readers { path: db_path, idle: Mutex::new(Vec::new()) },
@@ -1053,7 +1060,7 @@ impl Store {
     }
 }
 
-impl Drop for Store {
+impl Drop for EmbeddedStore {
     fn drop(&mut self) {
         if let Err(e) = self.checkpoint() {
             tracing::warn!("could not commit the word index on close: {e}; the next start repairs it");
@@ -1108,7 +1115,7 @@ fn parse_json_list(s: &str) -> Vec<String> {
 mod tests;
 
 #[cfg(test)]
-impl Store {
+impl EmbeddedStore {
     /// Closes like a process that dies: word-index work not yet committed is lost.
     fn crash(self) {
         if let Some(mut state) = lock(&self.writer).take() {

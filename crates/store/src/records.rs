@@ -273,3 +273,41 @@ pub struct JobRecord {
     pub updated_at: i64,
     pub finished_at: Option<i64>,
 }
+
+/// A job a node claimed from the fleet's queue (PostgreSQL store).
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub id: String,
+    pub kind: String,
+    pub collection: Option<String>,
+    /// What the job asks for, as given when it was queued.
+    pub request: serde_json::Value,
+    /// 1 on the first claim; more when nodes died running it.
+    pub attempt: u32,
+    /// Its input files: (name, bytes).
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+/// A node of the fleet, as its last heartbeat left it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FleetNode {
+    pub id: String,
+    pub address: String,
+    pub started_at: i64,
+    pub seen_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running_job: Option<String>,
+    /// Seen recently enough to count as running.
+    pub alive: bool,
+}
+
+/// The fleet sharing a PostgreSQL store: its nodes and its queue.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Fleet {
+    pub nodes: Vec<FleetNode>,
+    pub queued: u64,
+    /// Running under a current lease.
+    pub running: u64,
+    /// Running under a lease that ran out: their node died; the next claim takes them.
+    pub lease_expired: u64,
+}

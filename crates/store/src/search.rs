@@ -5,26 +5,26 @@
 use crate::sparse::SparseIndex;
 use crate::vectors::decode_sparse;
 use crate::{
-    parse_json_list, Result, SearchFilter, SearchHit, SearchMode, SearchRequest, SearchResults, StageScores,
-    Store,
+    parse_json_list, EmbeddedStore, Result, SearchFilter, SearchHit, SearchMode, SearchRequest,
+    SearchResults, StageScores,
 };
 use rusqlite::OptionalExtension;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Chunk ids with a retriever's scores, best first.
-type Ranked = Vec<(String, f32)>;
+pub(crate) type Ranked = Vec<(String, f32)>;
 
 /// Which retriever a candidate list came from.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Retriever {
+pub(crate) enum Retriever {
     Words,
     Dense,
     Sparse,
 }
 
 impl Retriever {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Retriever::Words => "words",
             Retriever::Dense => "dense",
@@ -33,62 +33,120 @@ impl Retriever {
     }
 }
 
-impl Store {
+/// The retrievers a search runs, with their weights, and how deep each goes.
+/// Shared by both backends, so that on the same data they ask the same
+/// retrievers for the same number of candidates.
+pub(crate) struct Plan {
+    pub wanted: Vec<(Retriever, f32)>,
+    pub notes: Vec<String>,
+    /// Several retrievers: their lists are fused.
+    pub fuse: bool,
+    /// Candidates taken from each retriever.
+    pub depth: usize,
+}
+
+/// Decides which retrievers run for `req` on a store that has (or has not)
+/// vectors. `None`: nothing can run; the notes say why.
+pub(crate) fn plan(req: &SearchRequest<'_>, has_vectors: bool) -> std::result::Result<Plan, Vec<String>> {
+    let mut notes = Vec::new();
+    // Only a mode that asks for dense retrieval explains its absence.
+    let wants_dense = matches!(req.mode, SearchMode::Dense)
+        || (matches!(req.mode, SearchMode::Hybrid) && req.weight_dense > 0.0);
+    let dense_possible = match (has_vectors, req.embedding.is_some_and(|e| !e.dense.is_empty())) {
+        (true, true) => true,
+        _ if !wants_dense => false,
+        (false, _) => {
+            notes.push(
+                "dense retrieval unavailable: the store has no vectors (no embedding model was used at ingest)"
+                    .to_string(),
+            );
+            false
+        }
+        (true, false) => {
+            notes.push(
+                "dense retrieval unavailable: no query embedding (no embedding model loaded)".to_string(),
+            );
+            false
+        }
+    };
+    let sparse_possible = req.embedding.is_some_and(|e| !e.sparse.is_empty());
+    let mut wanted: Vec<(Retriever, f32)> = match req.mode {
+        SearchMode::Lexical => vec![(Retriever::Words, 1.0)],
+        SearchMode::Dense => vec![(Retriever::Dense, 1.0)],
+        SearchMode::Sparse => vec![(Retriever::Sparse, 1.0)],
+        SearchMode::Hybrid => vec![
+            (Retriever::Words, req.weight_words),
+            (Retriever::Dense, req.weight_dense),
+            (Retriever::Sparse, req.weight_sparse),
+        ],
+    };
+    wanted.retain(|(r, w)| {
+        *w > 0.0
+            && match r {
+                Retriever::Words => true,
+                Retriever::Dense => dense_possible,
+                Retriever::Sparse => {
+                    if !sparse_possible {
+                        notes.push(
+                            "sparse retrieval unavailable: the model gives no sparse weights".to_string(),
+                        );
+                    }
+                    sparse_possible
+                }
+            }
+    });
+    if wanted.is_empty() && req.mode != SearchMode::Hybrid {
+        return Err(notes);
+    }
+    if wanted.is_empty() {
+        wanted.push((Retriever::Words, 1.0));
+    }
+    let fuse = wanted.len() > 1;
+    let depth = if fuse { req.candidates.max(req.top_k) } else { req.top_k };
+    Ok(Plan { wanted, notes, fuse, depth })
+}
+
+/// Weighted reciprocal-rank fusion of the retrievers' lists (each best
+/// first): every chunk's stage scores and, when fusing, Σ weight / (rrf_k +
+/// rank); the best `top_k` by the primary score, ties by chunk id.
+pub(crate) fn fuse(
+    req: &SearchRequest<'_>,
+    lists: &[(Retriever, f32, Ranked)],
+    fuse: bool,
+) -> Vec<(String, StageScores)> {
+    let mut scored: HashMap<String, StageScores> = HashMap::new();
+    for (r, w, list) in lists {
+        for (rank, (chunk, score)) in list.iter().enumerate() {
+            let s = scored.entry(chunk.clone()).or_default();
+            match r {
+                Retriever::Words => s.words = Some(*score),
+                Retriever::Dense => s.dense = Some(*score),
+                Retriever::Sparse => s.sparse = Some(*score),
+            }
+            if fuse {
+                *s.fused.get_or_insert(0.0) += w / (req.rrf_k + rank as f32 + 1.0);
+            }
+        }
+    }
+    let mut ranked: Vec<(String, StageScores)> = scored.into_iter().collect();
+    ranked.sort_by(|a, b| primary(&b.1).total_cmp(&primary(&a.1)).then_with(|| a.0.cmp(&b.0)));
+    ranked.truncate(req.top_k);
+    ranked
+}
+
+/// The score a hit is ranked by: fused, else the one retriever's.
+pub(crate) fn primary(s: &StageScores) -> f32 {
+    s.fused.or(s.words).or(s.dense).or(s.sparse).unwrap_or(0.0)
+}
+
+impl EmbeddedStore {
     /// Searches with the retrievers the mode asks for and the store can run.
     pub fn search(&self, req: &SearchRequest<'_>) -> Result<SearchResults> {
-        let mut notes = Vec::new();
         let vectors = self.vector_index();
-        // Only a mode that asks for dense retrieval explains its absence.
-        let wants_dense = matches!(req.mode, SearchMode::Dense)
-            || (matches!(req.mode, SearchMode::Hybrid) && req.weight_dense > 0.0);
-        let dense_possible = match (vectors.is_some(), req.embedding.is_some_and(|e| !e.dense.is_empty())) {
-            (true, true) => true,
-            _ if !wants_dense => false,
-            (false, _) => {
-                notes.push("dense retrieval unavailable: the store has no vectors (no embedding model was used at ingest)".to_string());
-                false
-            }
-            (true, false) => {
-                notes.push(
-                    "dense retrieval unavailable: no query embedding (no embedding model loaded)".to_string(),
-                );
-                false
-            }
+        let Plan { wanted, notes, fuse: fusing, depth } = match plan(req, vectors.is_some()) {
+            Ok(p) => p,
+            Err(notes) => return Ok(SearchResults { retrievers: Vec::new(), hits: Vec::new(), notes }),
         };
-        let sparse_possible = req.embedding.is_some_and(|e| !e.sparse.is_empty());
-        let mut wanted: Vec<(Retriever, f32)> = match req.mode {
-            SearchMode::Lexical => vec![(Retriever::Words, 1.0)],
-            SearchMode::Dense => vec![(Retriever::Dense, 1.0)],
-            SearchMode::Sparse => vec![(Retriever::Sparse, 1.0)],
-            SearchMode::Hybrid => vec![
-                (Retriever::Words, req.weight_words),
-                (Retriever::Dense, req.weight_dense),
-                (Retriever::Sparse, req.weight_sparse),
-            ],
-        };
-        wanted.retain(|(r, w)| {
-            *w > 0.0
-                && match r {
-                    Retriever::Words => true,
-                    Retriever::Dense => dense_possible,
-                    Retriever::Sparse => {
-                        if !sparse_possible {
-                            notes.push(
-                                "sparse retrieval unavailable: the model gives no sparse weights".to_string(),
-                            );
-                        }
-                        sparse_possible
-                    }
-                }
-        });
-        if wanted.is_empty() && req.mode != SearchMode::Hybrid {
-            return Ok(SearchResults { retrievers: Vec::new(), hits: Vec::new(), notes });
-        }
-        if wanted.is_empty() {
-            wanted.push((Retriever::Words, 1.0));
-        }
-        let fuse = wanted.len() > 1;
-        let depth = if fuse { req.candidates.max(req.top_k) } else { req.top_k };
 
         // A filter becomes the set of documents (and vector keys) allowed.
         let allowed = match req.filter.filter(|f| !f.is_empty()) {
@@ -155,26 +213,7 @@ impl Store {
             lists.push((r, w, list));
         }
 
-        // Per-chunk stage scores and fused score.
-        let mut scored: HashMap<String, StageScores> = HashMap::new();
-        for (r, w, list) in &lists {
-            for (rank, (chunk, score)) in list.iter().enumerate() {
-                let s = scored.entry(chunk.clone()).or_default();
-                match r {
-                    Retriever::Words => s.words = Some(*score),
-                    Retriever::Dense => s.dense = Some(*score),
-                    Retriever::Sparse => s.sparse = Some(*score),
-                }
-                if fuse {
-                    *s.fused.get_or_insert(0.0) += w / (req.rrf_k + rank as f32 + 1.0);
-                }
-            }
-        }
-        let primary =
-            |s: &StageScores| -> f32 { s.fused.or(s.words).or(s.dense).or(s.sparse).unwrap_or(0.0) };
-        let mut ranked: Vec<(String, StageScores)> = scored.into_iter().collect();
-        ranked.sort_by(|a, b| primary(&b.1).total_cmp(&primary(&a.1)).then_with(|| a.0.cmp(&b.0)));
-        ranked.truncate(req.top_k);
+        let ranked = fuse(req, &lists, fusing);
         let hits = self.hydrate(ranked, primary)?;
         Ok(SearchResults { retrievers: lists.iter().map(|l| l.0.name()).collect(), hits, notes })
     }

@@ -1,3 +1,4 @@
+use super::EmbeddedStore as Store;
 use super::*;
 use datafactory_chunk::Chunker;
 use datafactory_core::config::ChunkingConfig;

@@ -1,0 +1,607 @@
+//! One contract for both `Store` backends: every test here runs against the
+//! embedded store (a fresh data directory) and against PostgreSQL (a fresh
+//! schema in the database `DATAFACTORY_TEST_POSTGRES` names; see
+//! scripts/start-test-postgres.sh). Without that variable the PostgreSQL
+//! runs fail under `CI=true` and are reported as not run otherwise.
+
+use datafactory_chunk::Chunker;
+use datafactory_core::config::{ChunkingConfig, StoreConfig};
+use datafactory_core::{
+    chunk_id, document_id, Chunk, Document, Embedding, Format, HeuristicTokenCounter, Section,
+};
+use datafactory_store::{
+    CommitOutcome, DocumentKey, SearchFilter, SearchMode, SearchRequest, Store, StoreError, VectorOptions,
+    WordQuery,
+};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Where a test's store lives; opening it again gives the same store.
+#[derive(Clone)]
+enum Place {
+    Embedded(PathBuf),
+    Postgres { url: String, schema: String },
+}
+
+impl Place {
+    fn open(&self) -> Store {
+        match self {
+            Place::Embedded(dir) => Store::open(dir).unwrap(),
+            Place::Postgres { url, schema } => Store::open_postgres(&StoreConfig {
+                backend: "postgres".into(),
+                url: url.clone(),
+                schema: schema.clone(),
+                pool_size: 4,
+                ..StoreConfig::default()
+            })
+            .unwrap(),
+        }
+    }
+
+    /// As environment variables, for a child process.
+    fn to_env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Place::Embedded(dir) => vec![("CONTRACT_CHILD_DIR", dir.display().to_string())],
+            Place::Postgres { url, schema } => {
+                vec![("CONTRACT_CHILD_URL", url.clone()), ("CONTRACT_CHILD_SCHEMA", schema.clone())]
+            }
+        }
+    }
+
+    fn from_env() -> Option<Place> {
+        if let Ok(dir) = std::env::var("CONTRACT_CHILD_DIR") {
+            return Some(Place::Embedded(dir.into()));
+        }
+        Some(Place::Postgres {
+            url: std::env::var("CONTRACT_CHILD_URL").ok()?,
+            schema: std::env::var("CONTRACT_CHILD_SCHEMA").ok()?,
+        })
+    }
+}
+
+/// A fresh place for test `name`: a temporary directory (kept alive by the
+/// returned guard), or a new PostgreSQL schema. `None`: PostgreSQL is not
+/// configured and this is not CI.
+fn fresh(backend: &str, name: &str) -> Option<(Place, Option<tempfile::TempDir>)> {
+    match backend {
+        "embedded" => {
+            let dir = tempfile::tempdir().unwrap();
+            Some((Place::Embedded(dir.path().join("data")), Some(dir)))
+        }
+        _ => {
+            let url = match std::env::var("DATAFACTORY_TEST_POSTGRES") {
+                Ok(u) if !u.is_empty() => u,
+                _ => {
+                    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                        panic!(
+                            "DATAFACTORY_TEST_POSTGRES is not set: under CI the PostgreSQL contract tests must run \
+                             (eval \"$(scripts/start-test-postgres.sh)\")"
+                        );
+                    }
+                    eprintln!("{name}: not run on PostgreSQL (set DATAFACTORY_TEST_POSTGRES; see scripts/start-test-postgres.sh)");
+                    return None;
+                }
+            };
+            let schema = format!("contract_{name}");
+            let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+            client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
+            Some((Place::Postgres { url, schema }, None))
+        }
+    }
+}
+
+/// Declares one test per backend for each contract function.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[test] fn $name() { if let Some((place, _guard)) = super::fresh("embedded", stringify!($name)) { super::$name(&place) } })*
+        }
+        mod postgres {
+            $(#[test] fn $name() { if let Some((place, _guard)) = super::fresh("postgres", stringify!($name)) { super::$name(&place) } })*
+        }
+    };
+}
+
+contract!(
+    commit_search_replace_delete,
+    a_failed_commit_leaves_the_earlier_version,
+    reingest_is_unchanged_or_replaced,
+    search_modes_and_filters,
+    vectors_never_mix_models,
+    jobs_and_llm_answers,
+    consistent_after_a_killed_writer,
+);
+
+// ---- fixtures ----
+
+fn document(title: &str, body: &str) -> Document {
+    Document {
+        title: title.to_string(),
+        format: Format::Text,
+        text: body.to_string(),
+        sections: vec![Section {
+            heading_path: vec!["Intro".into()],
+            start: 0,
+            end: body.chars().count(),
+            page: None,
+        }],
+        metadata: Default::default(),
+        external_id: None,
+    }
+}
+
+fn chunker() -> Chunker {
+    Chunker::new(&ChunkingConfig { max_tokens: 32, overlap_tokens: 0 }, Arc::new(HeuristicTokenCounter))
+}
+
+fn key(collection: &str, source: &str, body: &str, pipeline: &str) -> DocumentKey {
+    DocumentKey {
+        id: document_id(collection, source),
+        collection: collection.into(),
+        source: source.into(),
+        content_hash: datafactory_core::content_hash(body.as_bytes()),
+        pipeline: pipeline.into(),
+        byte_size: body.len() as u64,
+    }
+}
+
+fn put(store: &Store, collection: &str, source: &str, body: &str) -> CommitOutcome {
+    let doc = document(source, body);
+    let c = chunker();
+    let chunks = c.chunk(&doc);
+    store.commit_document(&key(collection, source, body, &c.fingerprint()), &doc, &chunks, None).unwrap()
+}
+
+fn words(store: &Store, q: &str, collection: Option<&str>) -> Vec<String> {
+    store
+        .search_words(&WordQuery { text: q, collection, top_k: 10, title_boost: 0.5, heading_boost: 0.8 })
+        .unwrap()
+        .into_iter()
+        .map(|h| h.source)
+        .collect()
+}
+
+const DIM: usize = 8;
+
+fn vector_options(model: &str) -> VectorOptions {
+    VectorOptions {
+        model: model.into(),
+        dimensions: DIM,
+        quantization: "f16".into(),
+        connectivity: 16,
+        expansion_add: 64,
+        expansion_search: 32,
+        exact_below: 1000,
+    }
+}
+
+/// A unit vector mostly along `axis`, tilted by `tilt` towards the next axis
+/// (so that no two fixtures tie).
+fn vector(axis: usize, tilt: f32) -> Vec<f32> {
+    let mut v = [0.01f32; DIM];
+    v[axis % DIM] = 1.0;
+    v[(axis + 1) % DIM] += tilt;
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter().map(|x| x / n).collect()
+}
+
+/// A one-chunk document with a dense vector along `axis` and sparse weights
+/// on tokens `axis + 100` (and `200 + i` to rank them).
+fn put_vec(store: &Store, collection: &str, source: &str, body: &str, axis: usize, i: usize) {
+    let mut doc = document(source, body);
+    doc.metadata.insert("axis".into(), serde_json::json!(axis));
+    let chunks = vec![Chunk {
+        ordinal: 0,
+        heading_path: vec!["Intro".into()],
+        text: body.to_string(),
+        start: 0,
+        end: body.chars().count(),
+        page: None,
+        token_count: 4,
+        context: None,
+    }];
+    let e = Embedding {
+        dense: vector(axis, i as f32 * 0.05),
+        sparse: vec![((axis + 100) as u32, 1.0 + i as f32 * 0.1), ((200 + i) as u32, 0.5)],
+    };
+    let outcome = store
+        .commit_document(&key(collection, source, body, "p"), &doc, &chunks, Some(std::slice::from_ref(&e)))
+        .unwrap();
+    assert_ne!(outcome, CommitOutcome::Unchanged);
+}
+
+fn request<'a>(text: &'a str, e: &'a Embedding, mode: SearchMode) -> SearchRequest<'a> {
+    SearchRequest {
+        text,
+        embedding: Some(e),
+        mode,
+        collection: None,
+        top_k: 5,
+        candidates: 50,
+        rrf_k: 60.0,
+        weight_words: 0.3,
+        weight_dense: 0.5,
+        weight_sparse: 0.2,
+        title_boost: 0.5,
+        heading_boost: 0.8,
+        filter: None,
+    }
+}
+
+// ---- the contract ----
+
+fn commit_search_replace_delete(place: &Place) {
+    let store = place.open();
+    assert_eq!(put(&store, "c", "a.txt", "The DiffExecutor runs diffs."), CommitOutcome::Added);
+    assert_eq!(put(&store, "c", "b.txt", "Apples and pears."), CommitOutcome::Added);
+    store.flush().unwrap();
+    // Code-aware words: identifier parts find the identifier.
+    assert_eq!(words(&store, "executor", None), ["a.txt"]);
+    assert_eq!(words(&store, "diff_executor", Some("c")), ["a.txt"]);
+    assert!(words(&store, "executor", Some("other")).is_empty());
+    let hit = &store
+        .search_words(&WordQuery {
+            text: "pears",
+            collection: None,
+            top_k: 10,
+            title_boost: 0.5,
+            heading_boost: 0.8,
+        })
+        .unwrap()[0];
+    assert_eq!((hit.heading_path.as_slice(), hit.title.as_str()), (&["Intro".to_string()][..], "b.txt"));
+
+    assert_eq!(put(&store, "c", "a.txt", "Now about bananas."), CommitOutcome::Replaced);
+    store.flush().unwrap();
+    assert!(words(&store, "executor", None).is_empty());
+    assert_eq!(words(&store, "bananas", None), ["a.txt"]);
+    let listed = store.list_documents(Some("c")).unwrap();
+    assert_eq!(
+        listed.iter().map(|d| (d.source.as_str(), d.version)).collect::<Vec<_>>(),
+        [("a.txt", 2), ("b.txt", 1)]
+    );
+
+    let id = document_id("c", "a.txt");
+    let detail = store.get_document(&id).unwrap().unwrap();
+    assert_eq!(detail.text, "Now about bananas.");
+    assert_eq!(detail.chunks.len(), 1);
+    assert_eq!(detail.chunks[0].text, "Now about bananas.");
+    assert!(store.delete_document(&id).unwrap());
+    assert!(!store.delete_document(&id).unwrap());
+    store.flush().unwrap();
+    assert!(words(&store, "bananas", None).is_empty());
+    assert!(store.get_document(&id).unwrap().is_none());
+    drop(store);
+
+    // Reopened: the same state.
+    let store = place.open();
+    let stats = store.stats().unwrap();
+    assert!(stats.consistent, "{stats:?}");
+    assert_eq!((stats.documents, stats.chunks), (1, 1));
+    assert_eq!(stats.collections[0].name, "c");
+    assert_eq!(words(&store, "pears", None), ["b.txt"]);
+    assert!(store.latest_change().unwrap() >= 4);
+}
+
+fn a_failed_commit_leaves_the_earlier_version(place: &Place) {
+    let store = place.open();
+    put(&store, "c", "a.txt", "The first version speaks of walruses.");
+    store.flush().unwrap();
+    let id = document_id("c", "a.txt");
+    // A second version whose chunks break a constraint midway (two chunks
+    // with one ordinal): the whole commit fails, nothing of it is stored.
+    let body = "The second version speaks of narwhals. And of belugas too.";
+    let doc = document("a.txt", body);
+    let mut chunks = chunker().chunk(&doc);
+    chunks.push(Chunk { text: "a duplicate ordinal about narwhals".into(), ..chunks[0].clone() });
+    let err = store.commit_document(&key("c", "a.txt", body, "p2"), &doc, &chunks, None);
+    assert!(err.is_err(), "{err:?}");
+    // Embeddings not matching the chunks are refused before any write.
+    let e = Embedding { dense: vec![0.0; DIM], sparse: vec![] };
+    let err =
+        store.commit_document(&key("c", "a.txt", body, "p3"), &doc, &chunks[..1], Some(&[e.clone(), e]));
+    assert!(matches!(err, Err(StoreError::Invalid(_))), "{err:?}");
+    store.flush().unwrap();
+    let detail = store.get_document(&id).unwrap().unwrap();
+    assert_eq!(detail.summary.version, 1);
+    assert_eq!(detail.text, "The first version speaks of walruses.");
+    assert_eq!(detail.chunks.len(), 1);
+    assert_eq!(words(&store, "walruses", None), ["a.txt"]);
+    assert!(words(&store, "narwhals", None).is_empty());
+    assert!(store.stats().unwrap().consistent);
+    // The store still takes writes.
+    assert_eq!(put(&store, "c", "b.txt", "After the failure: otters."), CommitOutcome::Added);
+}
+
+fn reingest_is_unchanged_or_replaced(place: &Place) {
+    let store = place.open();
+    let body = "Long text about hedgehogs. ".repeat(30);
+    let doc = document("h.txt", &body);
+    let c = chunker();
+    let chunks = c.chunk(&doc);
+    assert!(chunks.len() > 3);
+    let k = key("c", "h.txt", &body, &c.fingerprint());
+    assert_eq!(store.commit_document(&k, &doc, &chunks, None).unwrap(), CommitOutcome::Added);
+    assert_eq!(store.commit_document(&k, &doc, &chunks, None).unwrap(), CommitOutcome::Unchanged);
+    assert_eq!(
+        store.document_fingerprint(&k.id).unwrap(),
+        Some((k.content_hash.clone(), k.pipeline.clone()))
+    );
+    // Another pipeline: replaced, with fewer chunks; none of the old ones is left.
+    let k2 = DocumentKey { pipeline: "other".into(), ..k.clone() };
+    assert_eq!(store.commit_document(&k2, &doc, &chunks[..2], None).unwrap(), CommitOutcome::Replaced);
+    store.flush().unwrap();
+    let detail = store.get_document(&k.id).unwrap().unwrap();
+    assert_eq!(detail.chunks.len(), 2);
+    assert_eq!(detail.summary.version, 2);
+    assert_eq!(
+        detail.chunks.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+        chunks[..2].iter().map(|c| chunk_id(&k.id, c.ordinal, &c.text)).collect::<Vec<_>>()
+    );
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.chunks, 2);
+    assert_eq!(stats.word_index.chunks, 2);
+    assert!(stats.consistent, "{stats:?}");
+}
+
+/// Ten one-chunk documents in two collections, each with its own vector.
+fn vector_corpus(store: &Store) {
+    store.enable_vectors(&vector_options("model-a")).unwrap();
+    let topics = ["apples", "pears", "plums", "cherries", "grapes"];
+    for i in 0..10 {
+        let collection = if i % 2 == 0 { "even" } else { "odd" };
+        let body = format!("Notes on {} and orchard number {i}", topics[i % 5]);
+        put_vec(store, collection, &format!("{i}.txt"), &body, i % 4, i);
+    }
+    store.flush().unwrap();
+}
+
+fn sources(hits: &[datafactory_store::SearchHit]) -> Vec<String> {
+    hits.iter().map(|h| h.source.clone()).collect()
+}
+
+fn search_modes_and_filters(place: &Place) {
+    let store = place.open();
+    vector_corpus(&store);
+    let q = Embedding { dense: vector(1, 0.0), sparse: vec![(101, 1.0)] };
+
+    // Dense: the documents along axis 1 (1, 5, 9), nearest first.
+    let dense = store.search(&request("", &q, SearchMode::Dense)).unwrap();
+    assert_eq!(dense.retrievers, ["dense"]);
+    assert_eq!(sources(&dense.hits)[..3], ["1.txt", "5.txt", "9.txt"]);
+    assert!(dense.hits[0].scores.dense.unwrap() > 0.99);
+    // Sparse: only documents sharing token 101, the highest weight first.
+    let sparse = store.search(&request("", &q, SearchMode::Sparse)).unwrap();
+    assert_eq!(sources(&sparse.hits), ["9.txt", "5.txt", "1.txt"]);
+    assert!((sparse.hits[0].scores.sparse.unwrap() - 1.9).abs() < 1e-4);
+    // Words.
+    let lexical = store.search(&request("cherries", &q, SearchMode::Lexical)).unwrap();
+    let found: BTreeSet<String> = sources(&lexical.hits).into_iter().collect();
+    assert_eq!(found, ["3.txt", "8.txt"].map(String::from).into());
+    // Hybrid: all three, fused.
+    let hybrid = store.search(&request("cherries", &q, SearchMode::Hybrid)).unwrap();
+    assert_eq!(hybrid.retrievers, ["words", "dense", "sparse"]);
+    let top = &hybrid.hits[0];
+    assert!(top.scores.fused.is_some() && top.score == top.scores.fused.unwrap());
+    let mut fused: Vec<f32> = hybrid.hits.iter().map(|h| h.score).collect();
+    assert!(fused.windows(2).all(|w| w[0] >= w[1]), "{fused:?}");
+    fused.clear();
+
+    // A collection, a document filter, a metadata filter.
+    let in_odd = store
+        .search(&SearchRequest { collection: Some("odd"), ..request("", &q, SearchMode::Dense) })
+        .unwrap();
+    assert_eq!(sources(&in_odd.hits)[..3], ["1.txt", "5.txt", "9.txt"]);
+    assert!(in_odd.hits.iter().all(|h| h.collection == "odd"));
+    let filter = SearchFilter { document_ids: vec![document_id("odd", "5.txt")], ..Default::default() };
+    let only5 = store
+        .search(&SearchRequest { filter: Some(&filter), ..request("orchard", &q, SearchMode::Hybrid) })
+        .unwrap();
+    assert_eq!(sources(&only5.hits), ["5.txt"]);
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("axis".into(), serde_json::json!(3));
+    let filter = SearchFilter { metadata, ..Default::default() };
+    let axis3 = store
+        .search(&SearchRequest { filter: Some(&filter), ..request("orchard", &q, SearchMode::Hybrid) })
+        .unwrap();
+    assert_eq!(
+        sources(&axis3.hits).into_iter().collect::<BTreeSet<_>>(),
+        ["3.txt", "7.txt"].map(String::from).into()
+    );
+
+    // After a delete, no retriever finds the document.
+    assert!(store.delete_document(&document_id("odd", "1.txt")).unwrap());
+    store.flush().unwrap();
+    let hybrid = store.search(&request("orchard", &q, SearchMode::Hybrid)).unwrap();
+    assert!(!sources(&hybrid.hits).contains(&"1.txt".to_string()));
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.documents, stats.embedded_chunks), (9, 9));
+    assert!(stats.consistent, "{stats:?}");
+}
+
+fn vectors_never_mix_models(place: &Place) {
+    let store = place.open();
+    store.enable_vectors(&vector_options("model-a")).unwrap();
+    put_vec(&store, "c", "a.txt", "alpha", 0, 0);
+    drop(store);
+    let store = place.open();
+    assert_eq!(store.vector_options().map(|o| o.model), Some("model-a".into()));
+    let err = store.enable_vectors(&vector_options("model-b")).unwrap_err();
+    assert!(matches!(err, StoreError::ModelMismatch { .. }), "{err}");
+    store.enable_vectors(&vector_options("model-a")).unwrap();
+    assert_eq!(store.stats().unwrap().vector_index.unwrap().vectors, 1);
+}
+
+fn jobs_and_llm_answers(place: &Place) {
+    let store = place.open();
+    let id = store.create_job("ingest", Some("c")).unwrap();
+    let job = store.get_job(&id).unwrap().unwrap();
+    assert_eq!((job.state.as_str(), job.collection.as_deref()), ("running", Some("c")));
+    store.finish_job(&id, "succeeded", &serde_json::json!({"documents": 3})).unwrap();
+    let job = store.get_job(&id).unwrap().unwrap();
+    assert_eq!(job.state, "succeeded");
+    assert_eq!(job.summary["documents"], 3);
+    assert!(job.finished_at.is_some());
+    assert!(store.get_job("job-none").unwrap().is_none());
+
+    assert_eq!(store.llm_context("d", "c", "m", "t").unwrap(), None);
+    let call = serde_json::json!({"endpoint": "http://x"});
+    store.save_llm_context("d", "c", "m", "t", "first answer", &call).unwrap();
+    store.save_llm_context("d", "c", "m", "t", "second answer", &call).unwrap();
+    store.save_llm_context("d", "c", "m", "t2", "other template", &call).unwrap();
+    assert_eq!(store.llm_context("d", "c", "m", "t").unwrap().as_deref(), Some("first answer"));
+    assert_eq!(store.llm_context_count().unwrap(), 2);
+    drop(store);
+    assert_eq!(place.open().llm_context("d", "c", "m", "t2").unwrap().as_deref(), Some("other template"));
+}
+
+/// Chunks per document in the killed-writer test: big enough that the kill
+/// often lands inside a commit.
+const KILLED_CHUNKS: usize = 150;
+
+fn killed_body(i: usize) -> String {
+    (0..KILLED_CHUNKS)
+        .map(|k| format!("Paragraph {k} of report {i} mentions uniqmarker{i:04} and beavers.\n\n"))
+        .collect()
+}
+
+/// The child of `consistent_after_a_killed_writer`: commits documents until
+/// it is killed. Does nothing when run as an ordinary test.
+#[test]
+fn killed_writer_child() {
+    let Some(place) = Place::from_env() else { return };
+    let store = place.open();
+    for i in 0.. {
+        let body = killed_body(i);
+        let mut doc = document(&format!("r{i}.txt"), &body);
+        let chunks = chunker().chunk(&doc);
+        doc.metadata.insert("chunks".into(), serde_json::json!(chunks.len()));
+        store.commit_document(&key("c", &format!("r{i}.txt"), &body, "p"), &doc, &chunks, None).unwrap();
+        if i % 5 == 4 {
+            store.flush().unwrap();
+        }
+    }
+}
+
+/// A child process, killed when dropped (also when the test fails).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn consistent_after_a_killed_writer(place: &Place) {
+    let mut child = KillOnDrop(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "killed_writer_child", "--nocapture", "--test-threads=1"])
+            .envs(place.to_env())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Kill it (SIGKILL) once a few documents are stored.
+    let reader = {
+        let start = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(20));
+            // The child creates the store; open it once it exists.
+            let opened = match place {
+                Place::Embedded(dir) if !dir.join("datafactory.sqlite3").exists() => None,
+                _ => std::panic::catch_unwind(|| place.open()).ok(),
+            };
+            if let Some(s) = opened {
+                if s.list_documents(None).unwrap().len() >= 7 {
+                    break s;
+                }
+            }
+            assert!(start.elapsed() < Duration::from_secs(120), "the child stored too little");
+            assert!(child.0.try_wait().unwrap().is_none(), "the child ended early");
+        }
+    };
+    drop(reader);
+    child.0.kill().unwrap(); // SIGKILL
+    child.0.wait().unwrap();
+
+    let store = place.open();
+    let docs = store.list_documents(None).unwrap();
+    assert!(docs.len() >= 7);
+    for d in &docs {
+        let detail = store.get_document(&d.id).unwrap().unwrap();
+        let expected = detail.metadata["chunks"].as_u64().unwrap();
+        assert_eq!(detail.chunks.len() as u64, expected, "{} is not whole", d.source);
+        assert_eq!(d.chunks, expected);
+        assert_eq!(detail.text, killed_body(d.source[1..d.source.len() - 4].parse().unwrap()));
+    }
+    let stats = store.stats().unwrap();
+    assert!(stats.consistent, "{stats:?}");
+    assert_eq!(stats.documents as usize, docs.len());
+    assert_eq!(stats.chunks, docs.iter().map(|d| d.chunks).sum::<u64>());
+    // Every stored document is found by its own word, and only it.
+    for i in 0..docs.len() {
+        let found: BTreeSet<String> = words(&store, &format!("uniqmarker{i:04}"), None).into_iter().collect();
+        assert_eq!(found, [format!("r{i}.txt")].into(), "uniqmarker{i:04}");
+    }
+    // The store takes writes again.
+    assert_eq!(put(&store, "c", "after.txt", "written after the kill"), CommitOutcome::Added);
+}
+
+/// On the same data, the embedded store and PostgreSQL give the same
+/// candidates and, from the same ranks, the same fused scores. (Word scores
+/// differ: BM25 there, ts_rank_cd here; so words are compared as sets.)
+#[test]
+fn both_backends_fuse_the_same_candidates() {
+    let Some((pg, _)) = fresh("postgres", "same_candidates") else { return };
+    let (embedded, _guard) = fresh("embedded", "same_candidates").unwrap();
+    let (a, b) = (embedded.open(), pg.open());
+    vector_corpus(&a);
+    vector_corpus(&b);
+    for (text, axis) in [("orchard", 1), ("cherries plums", 2), ("apples", 3), ("grapes orchard 7", 0)] {
+        let q = Embedding { dense: vector(axis, 0.02), sparse: vec![((axis + 100) as u32, 1.0), (203, 0.5)] };
+        // Dense and sparse fused: the same hits, the same fused scores.
+        let req = SearchRequest { weight_words: 0.0, top_k: 10, ..request(text, &q, SearchMode::Hybrid) };
+        let (x, y) = (a.search(&req).unwrap(), b.search(&req).unwrap());
+        assert_eq!(x.retrievers, y.retrievers);
+        assert_eq!(sources(&x.hits), sources(&y.hits), "{text}");
+        for (h, k) in x.hits.iter().zip(&y.hits) {
+            assert_eq!(h.scores.fused, k.scores.fused, "{text}");
+            assert!((h.scores.dense.unwrap_or(0.0) - k.scores.dense.unwrap_or(0.0)).abs() < 2e-3);
+            assert!((h.scores.sparse.unwrap_or(0.0) - k.scores.sparse.unwrap_or(0.0)).abs() < 1e-4);
+        }
+        // Words: the same matches.
+        let req = SearchRequest { top_k: 20, ..request(text, &q, SearchMode::Lexical) };
+        let set = |s: &Store| sources(&s.search(&req).unwrap().hits).into_iter().collect::<BTreeSet<_>>();
+        assert_eq!(set(&a), set(&b), "{text}");
+    }
+}
+
+/// `sslmode=require` against a server without TLS: no connection (never a
+/// silent fall back to plain text); `prefer` (the default) connects.
+#[test]
+fn postgres_tls_is_required_when_asked() {
+    let Some((Place::Postgres { url, schema }, _)) = fresh("postgres", "tls") else { return };
+    let settings = |url: String| StoreConfig {
+        backend: "postgres".into(),
+        url,
+        schema: schema.clone(),
+        ..StoreConfig::default()
+    };
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let err = Store::open_postgres(&settings(format!("{url}{sep}sslmode=require"))).err().expect("refused");
+    assert!(err.to_string().contains("TLS"), "{err}");
+    Store::open_postgres(&settings(format!("{url}{sep}sslmode=prefer"))).unwrap();
+    // A CA file that is not a certificate is refused by name.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "not a certificate").unwrap();
+    let err = Store::open_postgres(&StoreConfig {
+        ca_file: ca.display().to_string(),
+        ..settings(format!("{url}{sep}sslmode=require"))
+    })
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("ca_file") || err.to_string().contains("TLS"), "{err}");
+}
