@@ -285,6 +285,30 @@ fn print_status(r: &StatusReport, full: bool) {
     for row in rows {
         line(row);
     }
+    for s in &r.services {
+        let Some(f) = &s.fleet else { continue };
+        let nodes = f["nodes"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let alive = nodes.iter().filter(|n| n["alive"] == true).count();
+        println!(
+            "fleet of {}: {} node(s), {alive} alive; jobs queued {}, running {}, lease expired {}",
+            s.name,
+            nodes.len(),
+            f["queued"],
+            f["running"],
+            f["lease_expired"]
+        );
+        if full {
+            for n in nodes {
+                let job = n["running_job"].as_str().map(|j| format!(", running job {j}")).unwrap_or_default();
+                let state = if n["alive"] == true { "alive" } else { "silent" };
+                println!(
+                    "  {} {} ({state}{job})",
+                    n["id"].as_str().unwrap_or(""),
+                    n["address"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
     match &r.gpu.error {
         Some(e) => println!("GPUs: {e}"),
         None if full => print_gpus(&r.gpu),

@@ -442,3 +442,47 @@ fn a_bad_deployment_file_names_the_key() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("gpus") && stderr.contains("deploy.toml"), "{stderr}");
 }
+
+/// Two DataFactory services of one deployment on one PostgreSQL: `status`
+/// shows their fleet (both nodes, the job queue) from `/ready`.
+#[test]
+fn status_shows_the_fleet_of_datafactory_nodes_on_postgres() {
+    let url = match std::env::var("DATAFACTORY_TEST_POSTGRES") {
+        Ok(u) if !u.is_empty() => u,
+        _ => {
+            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                panic!("DATAFACTORY_TEST_POSTGRES is not set: under CI the PostgreSQL tests must run");
+            }
+            eprintln!(
+                "launcher fleet: not run (set DATAFACTORY_TEST_POSTGRES; see scripts/start-test-postgres.sh)"
+            );
+            return;
+        }
+    };
+    let schema = "launcher_fleet";
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    db.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
+    let node = |name: &str, port: u16| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nkind = \"serve\"\nhost = \"127.0.0.1\"\nport = {port}\n\
+             settings = {{ \"embedding.model\" = \"\", \"store.backend\" = \"postgres\", \
+             \"store.url\" = {url:?}, \"store.schema\" = \"{schema}\", \"data_dir\" = \"data-{name}\" }}\n\n"
+        )
+    };
+    let d = Deployment::new(&(node("a", free_port()) + &node("b", free_port())));
+    json_of(&run(&mut d.cmd(&["up", "--detach", "--json"])), 0);
+    let mut status = Value::Null;
+    wait_until("both nodes in the fleet", || {
+        status = d.status();
+        service(&status, "a")["fleet"]["nodes"].as_array().is_some_and(|n| n.len() == 2)
+    });
+    let fleet = &service(&status, "b")["fleet"];
+    assert_eq!(fleet["nodes"].as_array().unwrap().len(), 2, "{status:#}");
+    assert!(fleet["nodes"].as_array().unwrap().iter().all(|n| n["alive"] == true), "{status:#}");
+    assert_eq!(fleet["queued"], 0, "{status:#}");
+    let text = run(&mut d.cmd(&["status"]));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("fleet of a: 2 node(s), 2 alive"), "{text}");
+    json_of(&run(&mut d.cmd(&["down", "--json"])), 0);
+    db.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
+}

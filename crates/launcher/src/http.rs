@@ -16,6 +16,15 @@ pub fn health(url: &str) -> Result<(), String> {
     }
 }
 
+/// A DataFactory service's fleet (`GET /ready`'s `fleet`: the nodes sharing
+/// its PostgreSQL store and the job queue); None on the embedded store, or
+/// when `/ready` does not answer (it needs the key where keys are set).
+pub fn datafactory_fleet(base: &str) -> Option<serde_json::Value> {
+    let v: serde_json::Value =
+        agent(Duration::from_secs(5)).get(&format!("{base}/ready")).call().ok()?.into_json().ok()?;
+    Some(v["fleet"].clone()).filter(|f| f.is_object())
+}
+
 /// Ollama: the models loaded now (`GET /api/ps`).
 pub fn ollama_loaded(base: &str) -> Result<Vec<String>, String> {
     let v: serde_json::Value = agent(Duration::from_secs(5))

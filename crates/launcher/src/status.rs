@@ -40,6 +40,10 @@ pub struct ServiceStatus {
     /// Ollama: the models loaded now (`/api/ps`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub models: Option<Vec<String>>,
+    /// A DataFactory on PostgreSQL: the fleet of nodes sharing its store
+    /// (`/ready`'s `fleet`: nodes, queued and running jobs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<serde_json::Value>,
 }
 
 impl ServiceStatus {
@@ -69,6 +73,9 @@ pub fn status(deployment: &Deployment) -> std::io::Result<StatusReport> {
         let models = (s.kind == Kind::Ollama && health == "ok")
             .then(|| crate::http::ollama_loaded(&base).ok())
             .flatten();
+        let fleet = (s.kind == Kind::Serve && health == "ok")
+            .then(|| crate::http::datafactory_fleet(&base))
+            .flatten();
         let card = s.gpu.and_then(|g| gpu.gpu(g));
         services.push(ServiceStatus {
             name: s.name.clone(),
@@ -84,6 +91,7 @@ pub fn status(deployment: &Deployment) -> std::io::Result<StatusReport> {
             gpu_memory_total_mib: card.map(|c| c.memory_total_mib),
             gpu_temperature_c: card.and_then(|c| c.temperature_c),
             models,
+            fleet,
         });
     }
     Ok(StatusReport {
