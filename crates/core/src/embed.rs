@@ -50,6 +50,18 @@ pub struct EmbedderStats {
     pub gpu_fallbacks: u64,
 }
 
+/// One remote worker (an HTTP endpoint an embedder or reranker sends its
+/// work to), as the client's pool knows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct WorkerState {
+    pub url: String,
+    /// Not left out after failures (or its time out is over).
+    pub in_pool: bool,
+    pub consecutive_failures: u32,
+    pub requests: u64,
+    pub failures: u64,
+}
+
 pub trait Embedder: Send + Sync {
     /// A stable name of the model and its settings (stored with the vectors).
     fn model_id(&self) -> &str;
@@ -71,5 +83,9 @@ pub trait Embedder: Send + Sync {
     /// Work done so far; zeros when the implementation does not count.
     fn stats(&self) -> EmbedderStats {
         EmbedderStats::default()
+    }
+    /// The remote workers it embeds on; empty for a model in this process.
+    fn workers(&self) -> Vec<WorkerState> {
+        Vec::new()
     }
 }

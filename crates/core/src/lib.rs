@@ -15,7 +15,7 @@ pub mod stage;
 
 pub use config::{Config, ConfigError};
 pub use document::{Chunk, ChunkContext, ContextKind, Document, Format, Section};
-pub use embed::{EmbedError, Embedder, EmbedderStats, Embedding, InputKind};
+pub use embed::{EmbedError, Embedder, EmbedderStats, Embedding, InputKind, WorkerState};
 pub use ids::{chunk_id, content_hash, document_id};
 pub use plan::{ChunkPlan, ChunkStrategy, PlanOverride};
 pub use rerank::{sigmoid, RerankError, RerankStats, Reranker};

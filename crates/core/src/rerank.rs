@@ -45,6 +45,10 @@ pub trait Reranker: Send + Sync {
     fn stats(&self) -> RerankStats {
         RerankStats::default()
     }
+    /// The remote workers it reranks on; empty for a model in this process.
+    fn workers(&self) -> Vec<crate::WorkerState> {
+        Vec::new()
+    }
 }
 
 /// The logistic function: a raw score as a 0-1 relevance.

@@ -164,6 +164,10 @@ impl Embedder for RemoteEmbedder {
         Arc::new(HeuristicTokenCounter)
     }
 
+    fn workers(&self) -> Vec<datafactory_core::WorkerState> {
+        self.pool.states()
+    }
+
     fn stats(&self) -> EmbedderStats {
         EmbedderStats {
             batches: self.requests.load(Ordering::Relaxed),

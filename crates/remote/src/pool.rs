@@ -1,6 +1,5 @@
 //! Endpoints of one kind of worker, their health, and the calls over them.
 
-use serde::Serialize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -55,15 +54,7 @@ struct Health {
 }
 
 /// One endpoint as the pool knows it (for `/ready` and tests).
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct EndpointState {
-    pub url: String,
-    /// Not left out after failures (or its time out is over).
-    pub in_pool: bool,
-    pub consecutive_failures: u32,
-    pub requests: u64,
-    pub failures: u64,
-}
+pub type EndpointState = datafactory_core::WorkerState;
 
 /// The endpoints of one kind of worker.
 pub struct Pool {

@@ -63,6 +63,10 @@ impl Reranker for RemoteReranker {
         &self.model_id
     }
 
+    fn workers(&self) -> Vec<datafactory_core::WorkerState> {
+        self.pool.states()
+    }
+
     fn score(&self, query: &str, passages: &[&str]) -> Result<Vec<f32>, RerankError> {
         if passages.is_empty() {
             return Ok(Vec::new());

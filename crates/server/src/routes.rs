@@ -123,6 +123,9 @@ struct ReadyEmbedding {
     model: Option<String>,
     /// Why no model is loaded (searches then use words only).
     note: Option<String>,
+    /// The embedding workers (`embedding.remote_urls`) as the pool knows
+    /// them; empty when the model runs in this process.
+    workers: Vec<datafactory_core::WorkerState>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -130,6 +133,8 @@ struct ReadyRerank {
     /// `off`, `remote` or `local`.
     mode: String,
     model: Option<String>,
+    /// The reranker services (`mode = "remote"`) as the pool knows them.
+    workers: Vec<datafactory_core::WorkerState>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -163,10 +168,12 @@ async fn ready(State(state): State<Shared>) -> Json<Ready> {
             loaded: embedder.is_some(),
             model: embedder.map(|e| e.model_id().to_string()),
             note: state.embedding_note.clone(),
+            workers: embedder.map(|e| e.workers()).unwrap_or_default(),
         },
         rerank: ReadyRerank {
             mode: state.config.rerank.mode.clone(),
             model: state.reranker.as_ref().map(|r| r.model_id().to_string()),
+            workers: state.reranker.as_ref().map(|r| r.workers()).unwrap_or_default(),
         },
         enrichment: ReadyEnrichment { mode: state.pipeline.enricher().mode(), endpoints: llm_endpoints },
         fleet: crate::fleet::view(&state).await,

@@ -192,6 +192,14 @@ async fn a_node_without_a_model_ingests_and_searches_through_a_worker() {
         .unwrap();
     assert_eq!(v["results"][0]["document_id"].as_str().map(|s| s.len()), Some(32), "{v:#}");
     assert!(v["results"][0]["text"].as_str().unwrap().contains("Precipitation"), "{v:#}");
+    // /ready shows the worker as the node's pool knows it.
+    let ready: Value =
+        c.get(format!("{}/ready", node.base)).bearer_auth(KEY).send().await.unwrap().json().await.unwrap();
+    let workers = ready["embedding"]["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 1, "{ready:#}");
+    assert_eq!(workers[0]["url"], worker.base, "{ready:#}");
+    assert_eq!(workers[0]["in_pool"], true, "{ready:#}");
+    assert!(workers[0]["requests"].as_u64().unwrap() >= 2, "{ready:#}");
     node.stop().await;
     worker.stop().await;
 }

@@ -238,6 +238,7 @@ async fn search_reranks_through_the_service_and_answers_without_it() {
     let ready: Value = c.get(service.url("/ready")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["rerank"]["mode"], "remote", "{ready:#}");
     assert_eq!(ready["rerank"]["model"], format!("remote:{}", reranker.base), "{ready:#}");
+    assert_eq!(ready["rerank"]["workers"][0]["url"], reranker.base, "{ready:#}");
 
     // Up: the best 4 fused candidates are reranked, 3 are returned.
     let v: Value = c
