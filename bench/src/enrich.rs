@@ -395,7 +395,12 @@ fn sim(cache: CacheKind) -> Result<()> {
     // Ollama's seed layout: 6 servers, OLLAMA_NUM_PARALLEL=4 slots each; a
     // vLLM-like server runs more sequences at once (16 here).
     let shared = cache == CacheKind::Shared;
-    let slots = if shared { 16 } else { 4 };
+    // ENRICH_BENCH_SLOTS: another OLLAMA_NUM_PARALLEL (slots per server).
+    let slots = match std::env::var("ENRICH_BENCH_SLOTS") {
+        Ok(n) => n.parse().context("ENRICH_BENCH_SLOTS")?,
+        Err(_) if shared => 16,
+        Err(_) => 4,
+    };
     // Chunks of ~1,200 characters (~300 tokens): a 150-chunk document is
     // ~45,000 tokens, inside llama3.1's 128k context.
     let chunk_chars = 1200;
