@@ -58,18 +58,8 @@ fn get(url: &str) -> Value {
 
 #[test]
 fn two_nodes_share_the_jobs_and_one_finishes_what_a_killed_one_began() {
-    let url = match std::env::var("DATAFACTORY_TEST_POSTGRES") {
-        Ok(u) if !u.is_empty() => u,
-        _ => {
-            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                panic!("DATAFACTORY_TEST_POSTGRES is not set: under CI the PostgreSQL tests must run");
-            }
-            eprintln!("fleet: not run (set DATAFACTORY_TEST_POSTGRES; see scripts/start-test-postgres.sh)");
-            return;
-        }
-    };
+    let Some(url) = test_postgres("fleet", SCHEMA) else { return };
     let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-    db.batch_execute(&format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")).unwrap();
 
     let tmp = tempfile::tempdir().unwrap();
     let (port_a, port_b) = (free_port(), free_port());

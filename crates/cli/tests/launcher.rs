@@ -447,21 +447,9 @@ fn a_bad_deployment_file_names_the_key() {
 /// shows their fleet (both nodes, the job queue) from `/ready`.
 #[test]
 fn status_shows_the_fleet_of_datafactory_nodes_on_postgres() {
-    let url = match std::env::var("DATAFACTORY_TEST_POSTGRES") {
-        Ok(u) if !u.is_empty() => u,
-        _ => {
-            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                panic!("DATAFACTORY_TEST_POSTGRES is not set: under CI the PostgreSQL tests must run");
-            }
-            eprintln!(
-                "launcher fleet: not run (set DATAFACTORY_TEST_POSTGRES; see scripts/start-test-postgres.sh)"
-            );
-            return;
-        }
-    };
     let schema = "launcher_fleet";
+    let Some(url) = common::test_postgres("launcher fleet", schema) else { return };
     let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-    db.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
     let node = |name: &str, port: u16| {
         format!(
             "[[service]]\nname = \"{name}\"\nkind = \"serve\"\nhost = \"127.0.0.1\"\nport = {port}\n\

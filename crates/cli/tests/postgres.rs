@@ -15,21 +15,7 @@ use std::time::Instant;
 
 /// The test database's URL and a fresh schema for this test.
 fn postgres(schema: &str) -> Option<(String, String)> {
-    let url = match std::env::var("DATAFACTORY_TEST_POSTGRES") {
-        Ok(u) if !u.is_empty() => u,
-        _ => {
-            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                panic!("DATAFACTORY_TEST_POSTGRES is not set: under CI the PostgreSQL tests must run");
-            }
-            eprintln!(
-                "{schema}: not run (set DATAFACTORY_TEST_POSTGRES; see scripts/start-test-postgres.sh)"
-            );
-            return None;
-        }
-    };
-    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
-    Some((url, schema.to_string()))
+    Some((test_postgres(schema, schema)?, schema.to_string()))
 }
 
 /// `datafactory` on the PostgreSQL store (its data directory holds only uploads).

@@ -4,13 +4,15 @@
 
 #[path = "../../enrich/tests/common/mod.rs"]
 mod common;
+#[path = "common/mod.rs"]
+mod service_common;
 
 use common::{free_port, llama_server, openai_endpoint, tools};
 use datafactory_core::Config;
 use datafactory_server::{serve_on, AppState};
 use datafactory_store::Store;
 use serde_json::Value;
-use std::path::PathBuf;
+use service_common::minilm;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,15 +56,6 @@ impl Service {
         }
         self.task.await.unwrap().unwrap();
     }
-}
-
-fn minilm() -> PathBuf {
-    let dir = std::env::var_os("DATAFACTORY_TEST_MINILM").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(".cache/datafactory-test-models/all-MiniLM-L6-v2")
-    });
-    assert!(dir.join("config.json").is_file(), "all-MiniLM-L6-v2 missing at {} (run .ci/run)", dir.display());
-    dir
 }
 
 /// The value of the metric line that starts with `series` (name and labels).

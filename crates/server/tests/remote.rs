@@ -4,26 +4,19 @@
 //! failing over when one stops. All on loopback, with the real
 //! all-MiniLM-L6-v2.
 
+mod common;
+
+use common::minilm;
 use datafactory_core::config::RemoteConfig;
 use datafactory_core::{Config, Embedder, InputKind};
 use datafactory_remote::RemoteEmbedder;
 use datafactory_server::{serve_on, AppState};
 use datafactory_store::Store;
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 const KEY: &str = "worker-key-0123456789abcdef";
-
-fn minilm() -> PathBuf {
-    let dir = std::env::var_os("DATAFACTORY_TEST_MINILM").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(".cache/datafactory-test-models/all-MiniLM-L6-v2")
-    });
-    assert!(dir.join("config.json").is_file(), "all-MiniLM-L6-v2 missing at {} (run .ci/run)", dir.display());
-    dir
-}
 
 struct Node {
     base: String,

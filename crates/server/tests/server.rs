@@ -1,6 +1,9 @@
 //! The real service on a loopback port: ingest (JSON and uploads), jobs,
 //! search, documents, keys, limits, metrics, concurrency.
 
+mod common;
+
+use common::minilm;
 use datafactory_core::Config;
 use datafactory_server::{serve_on, AppState};
 use datafactory_store::Store;
@@ -13,16 +16,6 @@ const KEY: &str = "test-key-0123456789abcdef";
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-/// The real all-MiniLM-L6-v2 (see `.ci/run`).
-fn minilm() -> PathBuf {
-    let dir = std::env::var_os("DATAFACTORY_TEST_MINILM").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(".cache/datafactory-test-models/all-MiniLM-L6-v2")
-    });
-    assert!(dir.join("config.json").is_file(), "all-MiniLM-L6-v2 missing at {} (run .ci/run)", dir.display());
-    dir
 }
 
 struct Server {

@@ -529,16 +529,7 @@ impl EmbeddedStore {
         chunks: &[Chunk],
         embeddings: Option<&[Embedding]>,
     ) -> Result<CommitOutcome> {
-        datafactory_core::config::validate_collection(&key.collection).map_err(StoreError::Invalid)?;
-        if let Some(e) = embeddings {
-            if e.len() != chunks.len() {
-                return Err(StoreError::Invalid(format!(
-                    "{} embeddings for {} chunks",
-                    e.len(),
-                    chunks.len()
-                )));
-            }
-        }
+        check_commit(key, chunks, embeddings)?;
         let mut guard = self.writer()?;
         let state = guard.as_mut().expect("writer taken above");
         let vectors = self.vector_index();
@@ -1105,6 +1096,22 @@ fn summary_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DocumentSummary> 
         updated_at: r.get(10)?,
     };
     Ok(DocumentSummary { info, chunks: r.get::<_, i64>(11)? as u64 })
+}
+
+/// What either backend refuses before it writes anything: a bad collection
+/// name, embeddings that do not match the chunks one for one.
+pub(crate) fn check_commit(
+    key: &DocumentKey,
+    chunks: &[Chunk],
+    embeddings: Option<&[Embedding]>,
+) -> Result<()> {
+    datafactory_core::config::validate_collection(&key.collection).map_err(StoreError::Invalid)?;
+    match embeddings {
+        Some(e) if e.len() != chunks.len() => {
+            Err(StoreError::Invalid(format!("{} embeddings for {} chunks", e.len(), chunks.len())))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn parse_json_list(s: &str) -> Vec<String> {

@@ -464,20 +464,11 @@ impl PgStore {
         chunks: &[Chunk],
         embeddings: Option<&[Embedding]>,
     ) -> Result<CommitOutcome> {
-        datafactory_core::config::validate_collection(&key.collection).map_err(StoreError::Invalid)?;
-        if let Some(e) = embeddings {
-            if e.len() != chunks.len() {
-                return Err(StoreError::Invalid(format!(
-                    "{} embeddings for {} chunks",
-                    e.len(),
-                    chunks.len()
-                )));
-            }
-            if self.vector_options().is_none() {
-                return Err(StoreError::Invalid(
-                    "embeddings given, but the store has no vector index (enable_vectors first)".into(),
-                ));
-            }
+        crate::check_commit(key, chunks, embeddings)?;
+        if embeddings.is_some() && self.vector_options().is_none() {
+            return Err(StoreError::Invalid(
+                "embeddings given, but the store has no vector index (enable_vectors first)".into(),
+            ));
         }
         let text_search = text_search_config(document_language(doc));
         let mut conn = self.conn()?;

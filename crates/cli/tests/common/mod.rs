@@ -73,3 +73,23 @@ pub fn search_sources(data_dir: &Path, query: &str) -> Vec<String> {
     let v = run_json(datafactory(data_dir).args(["search", "--json", "-k", "50", query]), 0);
     v["results"].as_array().unwrap().iter().map(|r| r["source"].as_str().unwrap().to_string()).collect()
 }
+
+/// The test PostgreSQL's URL (`DATAFACTORY_TEST_POSTGRES`, from
+/// scripts/start-test-postgres.sh) with `schema` dropped, so the test starts
+/// from nothing. Without it: a panic under `CI=true` (the PostgreSQL tests
+/// must run there), else None and a line saying `what` was not run.
+pub fn test_postgres(what: &str, schema: &str) -> Option<String> {
+    let url = match std::env::var("DATAFACTORY_TEST_POSTGRES") {
+        Ok(u) if !u.is_empty() => u,
+        _ => {
+            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                panic!("DATAFACTORY_TEST_POSTGRES is not set: under CI the PostgreSQL tests must run");
+            }
+            eprintln!("{what}: not run (set DATAFACTORY_TEST_POSTGRES; see scripts/start-test-postgres.sh)");
+            return None;
+        }
+    };
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
+    Some(url)
+}
