@@ -604,9 +604,16 @@ impl Config {
                 }
             }
         }
-        // `DATAFACTORY_CONFIG` and `DATAFACTORY_LOG` select the file and the
-        // log filter; they are not configuration keys.
-        let env = env.split("__").ignore(&["config", "log"]);
+        // Variables of the programs, not configuration keys: the file
+        // (`DATAFACTORY_CONFIG`), the log filter, the CLI client's service
+        // and key (`DATAFACTORY_SERVER`, `DATAFACTORY_API_KEY`; the
+        // `[server]` section's keys have a `SERVER__` prefix), the launcher's
+        // deployment file, stage profiling, and the test suite's
+        // `DATAFACTORY_TEST_*` paths.
+        let env = env
+            .split("__")
+            .ignore(&["config", "log", "server", "api_key", "deploy", "profile_stages"])
+            .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"));
         let config: Config = figment
             .merge(env)
             .merge(Serialized::defaults(overrides))
@@ -931,6 +938,34 @@ mod tests {
     fn env() -> Env {
         // A prefix no real environment has, so tests do not depend on the caller's.
         Env::prefixed("DATAFACTORY_TEST_UNUSED_")
+    }
+
+    /// The programs' own variables are not configuration keys; a section's
+    /// keys still are, and a misspelt one is still an error.
+    #[test]
+    fn program_variables_are_not_configuration() {
+        let vars = [
+            ("DATAFACTORY_PROGTEST_API_KEY", "k"),
+            ("DATAFACTORY_PROGTEST_SERVER", "http://127.0.0.1:9000"),
+            ("DATAFACTORY_PROGTEST_DEPLOY", "deploy.toml"),
+            ("DATAFACTORY_PROGTEST_PROFILE_STAGES", "1"),
+            ("DATAFACTORY_PROGTEST_TEST_MINILM", "/models/minilm"),
+            ("DATAFACTORY_PROGTEST_SERVER__MAX_BODY_BYTES", "12345"),
+        ];
+        for (k, v) in vars {
+            std::env::set_var(k, v);
+        }
+        let c = Config::load_with_env(None, &no_overrides(), Env::prefixed("DATAFACTORY_PROGTEST_")).unwrap();
+        assert_eq!(c.server.max_body_bytes, 12345);
+        std::env::set_var("DATAFACTORY_PROGTEST_EMBEDING__MODEL", "x");
+        let e = Config::load_with_env(None, &no_overrides(), Env::prefixed("DATAFACTORY_PROGTEST_"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("embeding"), "{e}");
+        for (k, _) in vars {
+            std::env::remove_var(k);
+        }
+        std::env::remove_var("DATAFACTORY_PROGTEST_EMBEDING__MODEL");
     }
 
     #[test]
