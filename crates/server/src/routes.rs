@@ -895,81 +895,99 @@ async fn search(state: Shared, q: SearchBody) -> Result<Json<SearchResponse>, Ap
     })?;
     let top_k = q.top_k.unwrap_or(state.config.search.top_k).clamp(1, 1000);
     let filter = q.filter.clone().unwrap_or_default();
-    let s = state.clone();
-    let result = tokio::task::spawn_blocking(move || -> Result<SearchResponse, String> {
-        let started = Instant::now();
-        let mut notes = Vec::new();
-        let embedding: Option<Embedding> = match (mode, s.pipeline.embedder()) {
-            (SearchMode::Lexical, _) => None,
-            (_, None) => {
-                if s.store.vector_options().is_some() {
-                    notes
-                        .push(s.embedding_note.clone().unwrap_or_else(|| "no embedding model loaded".into()));
-                }
-                None
-            }
-            (_, Some(e)) => {
-                datafactory_ingest::query_embedding(&s.store, Some(e.as_ref()), &q.query, &mut notes)
-                    .map_err(|e| e.to_string())?
-            }
-        };
-        let candidates = s.config.rerank.candidates;
-        let reranker = match q.rerank {
-            Some(false) => None,
-            Some(true) if s.reranker.is_none() => {
-                notes.push("reranking asked for, but rerank.mode is off: results in fused order".into());
-                None
-            }
-            _ => s.reranker.as_ref(),
-        };
-        let depth = datafactory_ingest::search_depth(top_k, reranker.is_some(), candidates);
-        let mut results = s
-            .store
-            .search(&SearchRequest {
-                embedding: embedding.as_ref(),
-                collection: q.collection.as_deref(),
-                filter: (!filter.is_empty()).then_some(&filter),
-                ..SearchRequest::new(&q.query, mode, depth, &s.config.search)
-            })
-            .map_err(|e| e.to_string())?;
-        notes.append(&mut results.notes);
-        if mode != SearchMode::Lexical && !results.retrievers.contains(&"dense") {
-            s.metrics.searches_words_only.fetch_add(1, Ordering::Relaxed);
-        }
-        let rerank = reranker.map(|r| {
-            let report = datafactory_ingest::rerank_hits(
-                r.as_ref(),
-                &s.pipeline,
-                &q.query,
-                &mut results.hits,
-                candidates,
-                top_k,
-            );
-            if report.reranked {
-                s.metrics.searches_reranked.fetch_add(1, Ordering::Relaxed);
-            } else {
-                s.metrics.rerank_failures.fetch_add(1, Ordering::Relaxed);
-                notes.push(format!(
-                    "reranking failed, results in fused order: {}",
-                    report.error.as_deref().unwrap_or("unknown error")
-                ));
-            }
-            report
-        });
-        Ok(SearchResponse {
-            query: q.query,
-            mode: mode_name,
-            retrievers: results.retrievers,
-            rerank,
-            notes,
-            took_ms: started.elapsed().as_secs_f64() * 1000.0,
-            results: results.hits,
-        })
-    })
-    .await
-    .map_err(internal)?
+    // A search by words alone on the embedded store takes a fraction of a
+    // millisecond: it runs on the request's own thread, without the hop to
+    // a blocking thread and back; anything that may take longer (a model,
+    // the reranker, PostgreSQL) runs on a blocking thread.
+    let inline = mode == SearchMode::Lexical
+        && (q.rerank == Some(false) || state.reranker.is_none())
+        && state.store.backend() == "embedded";
+    let result = if inline {
+        run_search(&state, q, mode, mode_name, top_k, filter)
+    } else {
+        let s = state.clone();
+        tokio::task::spawn_blocking(move || run_search(&s, q, mode, mode_name, top_k, filter))
+            .await
+            .map_err(internal)?
+    }
     .map_err(internal)?;
     Ok(Json(result))
+}
+
+/// One search through the store, the query embedding and the reranker.
+fn run_search(
+    s: &AppState,
+    q: SearchBody,
+    mode: SearchMode,
+    mode_name: String,
+    top_k: usize,
+    filter: SearchFilter,
+) -> Result<SearchResponse, String> {
+    let started = Instant::now();
+    let mut notes = Vec::new();
+    let embedding: Option<Embedding> = match (mode, s.pipeline.embedder()) {
+        (SearchMode::Lexical, _) => None,
+        (_, None) => {
+            if s.store.vector_options().is_some() {
+                notes.push(s.embedding_note.clone().unwrap_or_else(|| "no embedding model loaded".into()));
+            }
+            None
+        }
+        (_, Some(e)) => datafactory_ingest::query_embedding(&s.store, Some(e.as_ref()), &q.query, &mut notes)
+            .map_err(|e| e.to_string())?,
+    };
+    let candidates = s.config.rerank.candidates;
+    let reranker = match q.rerank {
+        Some(false) => None,
+        Some(true) if s.reranker.is_none() => {
+            notes.push("reranking asked for, but rerank.mode is off: results in fused order".into());
+            None
+        }
+        _ => s.reranker.as_ref(),
+    };
+    let depth = datafactory_ingest::search_depth(top_k, reranker.is_some(), candidates);
+    let mut results = s
+        .store
+        .search(&SearchRequest {
+            embedding: embedding.as_ref(),
+            collection: q.collection.as_deref(),
+            filter: (!filter.is_empty()).then_some(&filter),
+            ..SearchRequest::new(&q.query, mode, depth, &s.config.search)
+        })
+        .map_err(|e| e.to_string())?;
+    notes.append(&mut results.notes);
+    if mode != SearchMode::Lexical && !results.retrievers.contains(&"dense") {
+        s.metrics.searches_words_only.fetch_add(1, Ordering::Relaxed);
+    }
+    let rerank = reranker.map(|r| {
+        let report = datafactory_ingest::rerank_hits(
+            r.as_ref(),
+            &s.pipeline,
+            &q.query,
+            &mut results.hits,
+            candidates,
+            top_k,
+        );
+        if report.reranked {
+            s.metrics.searches_reranked.fetch_add(1, Ordering::Relaxed);
+        } else {
+            s.metrics.rerank_failures.fetch_add(1, Ordering::Relaxed);
+            notes.push(format!(
+                "reranking failed, results in fused order: {}",
+                report.error.as_deref().unwrap_or("unknown error")
+            ));
+        }
+        report
+    });
+    Ok(SearchResponse {
+        query: q.query,
+        mode: mode_name,
+        retrievers: results.retrievers,
+        rerank,
+        notes,
+        took_ms: started.elapsed().as_secs_f64() * 1000.0,
+        results: results.hits,
+    })
 }
 
 #[derive(Deserialize, IntoParams)]
