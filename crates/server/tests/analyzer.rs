@@ -2,6 +2,9 @@
 //! documents; keys and the body limit; and the ingest pipeline asking it
 //! (`analysis.url`), or falling back to its own heuristics when it is gone.
 
+mod common;
+
+use common::Running;
 use datafactory_core::Config;
 use datafactory_ingest::{IngestRequest, Pipeline, Quiet};
 use datafactory_server::analyzer::{serve_on, AnalyzerState};
@@ -17,18 +20,12 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
-/// Starts the service; returns its base URL and the sender that stops it.
-async fn start(configure: impl FnOnce(&mut Config)) -> (String, tokio::sync::oneshot::Sender<()>) {
+/// Starts the service on a loopback port.
+async fn start(configure: impl FnOnce(&mut Config)) -> Running {
     let mut config = Config::default();
     configure(&mut config);
     let state = Arc::new(AnalyzerState::new(&config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve_on(state, listener, async {
-        let _ = rx.await;
-    }));
-    (base, tx)
+    Running::start(|l, s| serve_on(state, l, s)).await
 }
 
 fn upload(name: &str) -> reqwest::multipart::Form {
@@ -39,11 +36,12 @@ fn upload(name: &str) -> reqwest::multipart::Form {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn analyze_over_http() {
-    let (base, stop) = start(|c| {
+    let service = start(|c| {
         c.server.api_keys = vec![KEY.into()];
         c.server.max_body_bytes = 64 * 1024;
     })
     .await;
+    let base = service.base.clone();
     let c = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
     let url = format!("{base}/analyze");
     assert_eq!(c.get(format!("{base}/health")).send().await.unwrap().status(), 200);
@@ -149,14 +147,15 @@ async fn analyze_over_http() {
     let metrics =
         c.get(format!("{base}/metrics")).bearer_auth(KEY).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("route=\"/analyze\",status=\"200\""), "{metrics}");
-    let _ = stop.send(());
+    service.stop().await;
 }
 
 /// Ingest with `analysis.url`: the service's analysis is stored; with the
 /// service gone, the pipeline's own heuristics answer and the analysis says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_asks_the_analyzer_service() {
-    let (base, stop) = start(|c| c.server.api_keys = vec![KEY.into()]).await;
+    let service = start(|c| c.server.api_keys = vec![KEY.into()]).await;
+    let base = service.base.clone();
     let tmp = tempfile::tempdir().unwrap();
     let mut config = Config { data_dir: tmp.path().join("data"), ..Default::default() };
     config.embedding.model = String::new();
@@ -184,7 +183,7 @@ async fn ingest_asks_the_analyzer_service() {
     assert_eq!(a["doc_type"], "manual", "{a:#}");
     assert!(a.get("fallback").is_none(), "{a:#}");
     assert_eq!(fallbacks, 0);
-    let _ = stop.send(());
+    service.stop().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // The service is gone: the heuristics in-process, with the reason.
@@ -235,7 +234,8 @@ async fn the_llm_route_behind_the_service() {
         }
     };
     // The LLM answers in time.
-    let (base, stop) = start(configure(llm.clone(), 10, 10)).await;
+    let service = start(configure(llm.clone(), 10, 10)).await;
+    let base = service.base.clone();
     let url = format!("{base}/analyze");
     let a: Value = c.post(&url).json(&text).send().await.unwrap().json().await.unwrap();
     assert_eq!((a["route"].as_str(), a["reason"].as_str()), (Some("llm"), Some("llm")), "{a:#}");
@@ -247,18 +247,20 @@ async fn the_llm_route_behind_the_service() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(c.post(&url).json(&text).send().await.unwrap().status(), 429);
     assert_eq!(first.await.unwrap(), 200);
-    let _ = stop.send(());
+    service.stop().await;
 
     // The LLM is slower than analysis.timeout_seconds: the heuristics answer.
-    let (base, stop) = start(configure(llm.clone(), 1, 10)).await;
+    let service = start(configure(llm.clone(), 1, 10)).await;
+    let base = service.base.clone();
     let a: Value = c.post(format!("{base}/analyze")).json(&text).send().await.unwrap().json().await.unwrap();
     assert_eq!(a["route"], "heuristic", "{a:#}");
     assert!(a["fallback"].as_str().unwrap().contains("LLM"), "{a:#}");
-    let _ = stop.send(());
+    service.stop().await;
 
     // The request is slower than server.request_timeout_seconds: 408.
-    let (base, stop) = start(configure(llm, 10, 1)).await;
+    let service = start(configure(llm, 10, 1)).await;
+    let base = service.base.clone();
     let r = c.post(format!("{base}/analyze")).json(&text).send().await.unwrap();
     assert_eq!(r.status(), 408);
-    let _ = stop.send(());
+    service.stop().await;
 }

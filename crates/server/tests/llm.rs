@@ -12,15 +12,13 @@ use datafactory_core::Config;
 use datafactory_server::{serve_on, AppState};
 use datafactory_store::Store;
 use serde_json::Value;
-use service_common::minilm;
+use service_common::{minilm, Running};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct Service {
-    base: String,
+    running: Running,
     _tmp: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Service {
@@ -37,24 +35,16 @@ impl Service {
         let store = Arc::new(Store::open(&config.data_dir).unwrap());
         let embedder = embed.then(|| datafactory_models::load_embedder(&config.embedding).unwrap());
         let state = Arc::new(AppState::new(config, store, embedder, Some("words only (test)".into())));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve_on(state, listener, async {
-            let _ = rx.await;
-        }));
-        Service { base, _tmp: tmp, stop: Some(tx), task }
+        let running = Running::start(|l, s| serve_on(state, l, s)).await;
+        Service { running, _tmp: tmp }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        self.running.url(path)
     }
 
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        self.task.await.unwrap().unwrap();
+    async fn stop(self) {
+        self.running.stop().await;
     }
 }
 

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::minilm;
+use common::{minilm, Running};
 use datafactory_core::config::RemoteConfig;
 use datafactory_core::{Config, Embedder, InputKind};
 use datafactory_remote::RemoteEmbedder;
@@ -18,11 +18,17 @@ use std::time::Duration;
 
 const KEY: &str = "worker-key-0123456789abcdef";
 
+/// A service and the folder its store lives in.
 struct Node {
-    base: String,
+    running: Running,
     _tmp: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl std::ops::Deref for Node {
+    type Target = Running;
+    fn deref(&self) -> &Running {
+        &self.running
+    }
 }
 
 impl Node {
@@ -34,20 +40,12 @@ impl Node {
         configure(&mut config);
         let store = Arc::new(Store::open(&config.data_dir).unwrap());
         let state = Arc::new(AppState::new(config, store, embedder, Some("no model (test)".into())));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve_on(state, listener, async {
-            let _ = rx.await;
-        }));
-        Node { base, _tmp: tmp, stop: Some(tx), task }
+        let running = Running::start(|l, s| serve_on(state, l, s)).await;
+        Node { running, _tmp: tmp }
     }
 
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        self.task.await.unwrap().unwrap();
+    async fn stop(self) {
+        self.running.stop().await;
     }
 }
 

@@ -3,6 +3,9 @@
 //! logits transformers computed), and the DataFactory service's search
 //! reranking through it, then answering without it when it is down.
 
+mod common;
+
+use common::Running;
 use datafactory_core::config::RerankConfig;
 use datafactory_core::{sigmoid, Config, Reranker};
 use datafactory_models::CandleReranker;
@@ -29,37 +32,11 @@ fn tiny_reranker() -> Arc<dyn Reranker> {
     Arc::new(CandleReranker::load(&config).unwrap())
 }
 
-/// A service on a loopback port, stopped by [`Running::stop`].
-struct Running {
-    base: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Running {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        self.task.await.unwrap().unwrap();
-    }
-}
-
 async fn start_reranker(configure: impl FnOnce(&mut Config)) -> Running {
     let mut config = Config::default();
     configure(&mut config);
     let state = Arc::new(RerankState::new(config, tiny_reranker()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve_rerank_on(state, listener, async {
-        let _ = rx.await;
-    }));
-    Running { base, stop: Some(tx), task }
+    Running::start(|l, s| serve_rerank_on(state, l, s)).await
 }
 
 fn settings() -> datafactory_remote::PoolSettings {
@@ -210,13 +187,7 @@ async fn search_reranks_through_the_service_and_answers_without_it() {
     let state = Arc::new(
         AppState::new(config, store, None, Some("words only (test)".into())).with_reranker(Some(remote)),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve_on(state, listener, async {
-        let _ = rx.await;
-    }));
-    let service = Running { base, stop: Some(tx), task };
+    let service = Running::start(|l, s| serve_on(state, l, s)).await;
     let c = client();
 
     let documents: Vec<Value> = [

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::minilm;
+use common::{minilm, Running};
 use datafactory_core::Config;
 use datafactory_server::{serve_on, AppState};
 use datafactory_store::Store;
@@ -19,11 +19,9 @@ fn fixtures() -> PathBuf {
 }
 
 struct Server {
-    base: String,
+    running: Running,
     _tmp: tempfile::TempDir,
     data: PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Server {
@@ -40,24 +38,16 @@ impl Server {
         };
         let store = Arc::new(Store::open(&data).unwrap());
         let state = Arc::new(AppState::new(config, store, embedder, Some("words only (test)".into())));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve_on(state, listener, async {
-            let _ = rx.await;
-        }));
-        Server { base, _tmp: tmp, data, stop: Some(tx), task }
+        let running = Running::start(|l, s| serve_on(state, l, s)).await;
+        Server { running, _tmp: tmp, data }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        self.running.url(path)
     }
 
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        self.task.await.unwrap().unwrap();
+    async fn stop(self) {
+        self.running.stop().await;
     }
 }
 
@@ -399,21 +389,13 @@ async fn openai_and_tei_embedding_routes() {
     s.stop().await;
 }
 
-/// Serves `data` until the returned sender fires.
-async fn serve_dir(
-    data: &Path,
-) -> (String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>) {
+/// Serves `data` (words only).
+async fn serve_dir(data: &Path) -> Running {
     let mut config = Config { data_dir: data.to_path_buf(), ..Default::default() };
     config.embedding.model = String::new();
     let store = Arc::new(Store::open(data).unwrap());
     let state = Arc::new(AppState::new(config, store, None, None));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve_on(state, listener, async {
-        let _ = rx.await;
-    }));
-    (base, tx, task)
+    Running::start(|l, s| serve_on(state, l, s)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,7 +403,8 @@ async fn a_job_cut_short_by_shutdown_resumes_on_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let c = client();
-    let (base, stop, task) = serve_dir(&data).await;
+    let service = serve_dir(&data).await;
+    let base = service.base.clone();
     let docs: Vec<Value> = (0..3000)
         .map(|j| json!({"id": format!("d{j}"), "text": format!("Document {j} about quokkas q{j}.")}))
         .collect();
@@ -437,14 +420,14 @@ async fn a_job_cut_short_by_shutdown_resumes_on_restart() {
     let id = accepted["job_id"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Graceful stop: the job stops at a file boundary and is checkpointed.
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    service.stop().await;
     let stored = Store::open(&data).unwrap();
     let job = stored.get_job(&id).unwrap().unwrap();
     assert_eq!(job.state, "interrupted", "{job:?}");
     drop(stored);
 
-    let (base, stop, task) = serve_dir(&data).await;
+    let service = serve_dir(&data).await;
+    let base = service.base.clone();
     let mut last = Value::Null;
     for _ in 0..600 {
         last = c.get(format!("{base}/jobs/{id}")).send().await.unwrap().json().await.unwrap();
@@ -458,8 +441,7 @@ async fn a_job_cut_short_by_shutdown_resumes_on_restart() {
     assert_eq!(docs.as_array().unwrap().len(), 3000);
     let v: Value = c.get(format!("{base}/search?q=q2999")).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["results"].as_array().unwrap().len(), 1);
-    stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    service.stop().await;
     assert_eq!(std::fs::read_dir(data.join("uploads")).unwrap().count(), 0);
 }
 

@@ -12,3 +12,45 @@ pub fn minilm() -> PathBuf {
     assert!(dir.join("config.json").is_file(), "all-MiniLM-L6-v2 missing at {} (run .ci/run)", dir.display());
     dir
 }
+
+/// How a test asks a running service to stop (its graceful-shutdown future).
+pub type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A service on a loopback port, stopped by [`Running::stop`].
+pub struct Running {
+    pub base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Binds a free loopback port and runs `serve(listener, shutdown)` on
+    /// it, e.g. `|l, s| serve_on(state, l, s)`.
+    pub async fn start<F>(serve: impl FnOnce(tokio::net::TcpListener, Shutdown) -> F) -> Running
+    where
+        F: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(
+            listener,
+            Box::pin(async {
+                let _ = rx.await;
+            }),
+        ));
+        Running { base, stop: Some(tx), task }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Asks the service to stop and waits until it has (graceful shutdown).
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.unwrap().unwrap();
+    }
+}
