@@ -110,38 +110,75 @@ fn stored(store: &Store, pipeline: &Pipeline) -> (Stored, Vec<String>) {
     (out, texts)
 }
 
-#[test]
-fn embedding_overlaps_enrichment_and_every_vector_reads_its_final_context() {
-    let _turn = common::serial();
-    let Some(t) = tools() else { return };
+/// An ingest of what `write` puts in a folder, enriched by a real
+/// llama-server (2 slots, answers of 16 tokens) and embedded by a
+/// [`SlowEmbedder`] taking `delay` per call.
+struct LlmIngest {
+    summary: datafactory_ingest::IngestSummary,
+    /// When each phase reported progress.
+    events: Vec<(Phase, Instant, f64)>,
+    store: Store,
+    pipeline: Pipeline,
+    embedder: Arc<SlowEmbedder>,
+    _server: common::Process,
+    _dir: tempfile::TempDir,
+}
+
+fn ingest_with_llm(t: &common::Tools, write: impl FnOnce(&std::path::Path), delay: Duration) -> LlmIngest {
     let dir = tempfile::tempdir().unwrap();
     let docs = dir.path().join("docs");
-    write_docs(&docs, 12);
+    std::fs::create_dir_all(&docs).unwrap();
+    write(&docs);
     let data = dir.path().join("data");
-    let server = llama_server(&t, 2, 16384);
+    let server = llama_server(t, 2, 16384);
     let mut cfg = base_config(&data);
     cfg.enrichment.endpoints = vec![openai_endpoint(&server.url, 2, 16384)];
     cfg.enrichment.max_answer_tokens = 16;
-    let embedder = SlowEmbedder::new(Duration::from_millis(1000));
+    let embedder = SlowEmbedder::new(delay);
     let pipeline = Pipeline::with_embedder(&cfg, Some(embedder.clone() as Arc<dyn Embedder>));
     let store = Store::open(&data).unwrap();
     let request = IngestRequest { paths: vec![docs], collection: "default".into(), ..Default::default() };
     let timeline = Timeline::default();
     let summary = ingest(&store, &pipeline, &request, &timeline).unwrap();
-    assert_eq!(summary.documents.added, 12, "{summary:#?}");
     assert!(summary.failed.is_empty(), "{summary:#?}");
     assert_eq!(summary.enrichment.chunks.llm, summary.chunks, "{:#?}", summary.enrichment);
     assert_eq!(summary.embedding.chunks, summary.chunks);
+    let events = timeline.0.lock().unwrap().clone();
+    LlmIngest { summary, events, store, pipeline, embedder, _server: server, _dir: dir }
+}
+
+impl LlmIngest {
+    /// Every chunk has its LLM context, and its vector was made from the
+    /// text with that very context, once (no chunk embedded before its
+    /// context was in). Returns what the store holds.
+    fn assert_each_chunk_embedded_once_from_its_context(&self) -> Stored {
+        let (stored, mut contextual) = stored(&self.store, &self.pipeline);
+        assert!(stored.values().flatten().all(|c| matches!(&c.1, Some((_, ContextKind::Llm)))));
+        let mut embedded = self.embedder.texts.lock().unwrap().clone();
+        embedded.sort();
+        contextual.sort();
+        assert_eq!(embedded, contextual);
+        assert_eq!(self.store.stats().unwrap().embedded_chunks as usize, self.summary.chunks);
+        stored
+    }
+}
+
+#[test]
+fn embedding_overlaps_enrichment_and_every_vector_reads_its_final_context() {
+    let _turn = common::serial();
+    let Some(t) = tools() else { return };
+    let run = ingest_with_llm(&t, |docs| write_docs(docs, 12), Duration::from_millis(1000));
+    assert_eq!(run.summary.documents.added, 12, "{:#?}", run.summary);
 
     // Some LLM answer arrived while an embedding call was running: the two
     // phases overlapped (one after the other, none could).
-    let events = timeline.0.lock().unwrap().clone();
-    let calls: Vec<(Instant, Instant)> = events
+    let calls: Vec<(Instant, Instant)> = run
+        .events
         .iter()
         .filter(|e| e.0 == Phase::Embedding)
         .map(|&(_, end, seconds)| (end - Duration::from_secs_f64(seconds), end))
         .collect();
-    let answers: Vec<Instant> = events.iter().filter(|e| e.0 == Phase::Enrichment).map(|e| e.1).collect();
+    let answers: Vec<Instant> = run.events.iter().filter(|e| e.0 == Phase::Enrichment).map(|e| e.1).collect();
     assert!(calls.len() >= 2, "several embedding calls: {}", calls.len());
     let during = answers.iter().filter(|&&a| calls.iter().any(|&(s, e)| s < a && a < e)).count();
     assert!(during > 0, "no LLM answer arrived during any of {} embedding calls", calls.len());
@@ -152,17 +189,8 @@ fn embedding_overlaps_enrichment_and_every_vector_reads_its_final_context() {
         "the first documents were embedded before the last were enriched"
     );
 
-    // Every chunk has its LLM context, and its vector was made from the text
-    // with that very context (no chunk embedded before its context was in).
-    let (stored, mut contextual) = stored(&store, &pipeline);
+    let stored = run.assert_each_chunk_embedded_once_from_its_context();
     assert_eq!(stored.len(), 12);
-    assert!(stored.values().flatten().all(|c| matches!(&c.1, Some((_, ContextKind::Llm)))));
-    let mut embedded = embedder.texts.lock().unwrap().clone();
-    embedded.sort();
-    contextual.sort();
-    assert_eq!(embedded, contextual);
-    assert_eq!(store.stats().unwrap().embedded_chunks as usize, summary.chunks);
-    drop(server);
 }
 
 /// One big document: its chunks are embedded as their LLM contexts come,
@@ -172,42 +200,19 @@ fn embedding_overlaps_enrichment_and_every_vector_reads_its_final_context() {
 fn one_document_is_embedded_while_it_is_enriched() {
     let _turn = common::serial();
     let Some(t) = tools() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let docs = dir.path().join("docs");
-    std::fs::create_dir_all(&docs).unwrap();
-    std::fs::write(docs.join("big.md"), common::document_text(300, 3, 500)).unwrap();
-    let data = dir.path().join("data");
-    let server = llama_server(&t, 2, 16384);
-    let mut cfg = base_config(&data);
-    cfg.enrichment.endpoints = vec![openai_endpoint(&server.url, 2, 16384)];
-    cfg.enrichment.max_answer_tokens = 16;
-    let embedder = SlowEmbedder::new(Duration::from_millis(20));
-    let pipeline = Pipeline::with_embedder(&cfg, Some(embedder.clone() as Arc<dyn Embedder>));
-    let store = Store::open(&data).unwrap();
-    let request = IngestRequest { paths: vec![docs], collection: "default".into(), ..Default::default() };
-    let timeline = Timeline::default();
-    let summary = ingest(&store, &pipeline, &request, &timeline).unwrap();
-    assert_eq!(summary.documents.added, 1, "{summary:#?}");
-    assert!(summary.chunks >= 16, "a big document: {} chunks", summary.chunks);
-    assert_eq!(summary.enrichment.chunks.llm, summary.chunks, "{:#?}", summary.enrichment);
-    assert_eq!(summary.embedding.chunks, summary.chunks);
+    let write = |docs: &std::path::Path| {
+        std::fs::write(docs.join("big.md"), common::document_text(300, 3, 500)).unwrap();
+    };
+    let run = ingest_with_llm(&t, write, Duration::from_millis(20));
+    assert_eq!(run.summary.documents.added, 1, "{:#?}", run.summary);
+    assert!(run.summary.chunks >= 16, "a big document: {} chunks", run.summary.chunks);
 
     // Chunks of the document were embedded before its last LLM answer came.
-    let events = timeline.0.lock().unwrap().clone();
-    let last_answer = events.iter().filter(|e| e.0 == Phase::Enrichment).map(|e| e.1).max().unwrap();
-    let early: usize =
-        events.iter().filter(|e| e.0 == Phase::Embedding && e.1 < last_answer).map(|_| 1).sum();
+    let last_answer = run.events.iter().filter(|e| e.0 == Phase::Enrichment).map(|e| e.1).max().unwrap();
+    let early = run.events.iter().filter(|e| e.0 == Phase::Embedding && e.1 < last_answer).count();
     assert!(early > 0, "no embedding call ended before the document's last LLM answer");
 
-    // Each chunk was embedded once, from the text with its final context.
-    let (stored, mut contextual) = stored(&store, &pipeline);
-    assert!(stored.values().flatten().all(|c| matches!(&c.1, Some((_, ContextKind::Llm)))));
-    let mut embedded = embedder.texts.lock().unwrap().clone();
-    embedded.sort();
-    contextual.sort();
-    assert_eq!(embedded, contextual);
-    assert_eq!(store.stats().unwrap().embedded_chunks as usize, summary.chunks);
-    drop(server);
+    run.assert_each_chunk_embedded_once_from_its_context();
 }
 
 #[test]
