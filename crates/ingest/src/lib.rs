@@ -828,10 +828,15 @@ impl EarlyVectors {
         }
     }
 
+    /// Forgets what still waits for these documents: they are embedded
+    /// whole now.
+    fn drop_waiting(&mut self, seqs: &[u64]) {
+        self.todo.retain(|t| !seqs.contains(&t.0));
+    }
+
     /// The early vector of a chunk if it was made from `text` (its final
     /// embedding text); forgets the chunk either way.
     fn take(&mut self, seq: u64, chunk: usize, text: &str) -> Option<Embedding> {
-        self.todo.retain(|t| !(t.0 == seq && t.1 == chunk));
         self.done.remove(&(seq, chunk)).filter(|(t, _)| t == text).map(|(_, v)| v)
     }
 }
@@ -914,6 +919,7 @@ fn embed(
     let Some(embedder) = &pipeline.embedder else {
         return Ok(pending.iter().map(|_| None).collect());
     };
+    early.drop_waiting(&pending.iter().map(|p| p.seq).collect::<Vec<_>>());
     // Per chunk, its early vector or its place among the texts to embed now.
     let mut slots: Vec<Result<Embedding, usize>> = Vec::new();
     let mut texts = Vec::new();
