@@ -791,8 +791,9 @@ fn enrich(
     part.enrichment.merge(summary);
 }
 
-/// How long the embedding stage waits for more early contexts before it
-/// embeds the ones it holds, and how many it embeds at once.
+/// How long an early context waits, at most, for others to be embedded
+/// with (from the first of them: a steady stream of answers does not put
+/// it off), and how many are embedded at once.
 const EARLY_WAIT: Duration = Duration::from_millis(100);
 const EARLY_BATCH_CHUNKS: usize = 32;
 
@@ -856,11 +857,14 @@ fn embed_stage(
     let batch = if pipeline.embedder.is_some() { EMBED_BATCH_CHUNKS } else { 1 };
     let chunks_of = |p: &Pending| p.prepared.as_ref().map_or(0, |p| p.chunks.len());
     let mut early = EarlyVectors::default();
+    let mut early_since: Option<Instant> = None;
     loop {
         let message = if early.todo.is_empty() {
+            early_since = None;
             rx.recv().ok()
         } else {
-            match rx.recv_timeout(EARLY_WAIT) {
+            let since = *early_since.get_or_insert_with(Instant::now);
+            match rx.recv_timeout(EARLY_WAIT.saturating_sub(since.elapsed())) {
                 Ok(m) => Some(m),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     early.embed(pipeline, observer, &mut part);
