@@ -91,11 +91,17 @@ impl Client {
 
     fn post(&self, path: &str, body: &Value) -> Result<Value, CallError> {
         let url = self.url(path);
-        let mut req = self.agent.post(&url);
+        let resp = self.send(&url, body)?;
+        resp.into_json::<Value>()
+            .map_err(|e| CallError::Transport { url, message: format!("reading the answer: {e}") })
+    }
+
+    fn send(&self, url: &str, body: &Value) -> Result<ureq::Response, CallError> {
+        let mut req = self.agent.post(url);
         if !self.api_key.is_empty() {
             req = req.set("Authorization", &format!("Bearer {}", self.api_key));
         }
-        read(&url, req.send_json(body))
+        status(url, req.send_json(body))
     }
 
     fn get(&self, path: &str) -> Result<Value, CallError> {
@@ -104,7 +110,9 @@ impl Client {
         if !self.api_key.is_empty() {
             req = req.set("Authorization", &format!("Bearer {}", self.api_key));
         }
-        read(&url, req.call())
+        let resp = status(&url, req.call())?;
+        resp.into_json::<Value>()
+            .map_err(|e| CallError::Transport { url, message: format!("reading the answer: {e}") })
     }
 
     /// Is the server up and does it serve the model? Ollama: `/api/tags`
@@ -156,16 +164,62 @@ impl Client {
     }
 
     pub fn complete(&self, r: &Request<'_>) -> Result<Completion, CallError> {
+        self.call(r, None)
+    }
+
+    /// Like `complete`, but the answer is streamed and `first_token` is
+    /// called when its first piece arrives: by then the server has evaluated
+    /// the whole prompt, so a server that shares its prefix cache across
+    /// sequences (vLLM, Ollama with `OLLAMA_MULTIUSER_CACHE`) can serve the
+    /// same prefix to other requests while this one is still decoding.
+    pub fn complete_streaming(
+        &self,
+        r: &Request<'_>,
+        first_token: &mut dyn FnMut(),
+    ) -> Result<Completion, CallError> {
+        self.call(r, Some(first_token))
+    }
+
+    fn call(&self, r: &Request<'_>, first_token: Option<&mut dyn FnMut()>) -> Result<Completion, CallError> {
         let started = Instant::now();
-        let mut c = match self.kind {
-            ApiKind::Ollama => self.complete_ollama(r)?,
-            ApiKind::OpenAi => self.complete_openai(r)?,
+        let stream = first_token.is_some();
+        let (path, body) = match self.kind {
+            ApiKind::Ollama => ("/api/chat", self.ollama_body(r, stream)),
+            ApiKind::OpenAi => ("/v1/chat/completions", self.openai_body(r, stream)),
+        };
+        let url = self.url(path);
+        let invalid = |message: String| CallError::Invalid { url: url.clone(), message };
+        let mut c = match first_token {
+            None => {
+                let v = self.post(path, &body)?;
+                let text = match self.kind {
+                    ApiKind::Ollama => v["message"]["content"].as_str(),
+                    ApiKind::OpenAi => v["choices"][0]["message"]["content"].as_str(),
+                };
+                let text = text.ok_or_else(|| {
+                    invalid(match self.kind {
+                        ApiKind::Ollama => "no message.content".into(),
+                        ApiKind::OpenAi => "no choices[0].message.content".into(),
+                    })
+                })?;
+                self.completion(text.to_string(), &v)
+            }
+            Some(first_token) => {
+                let resp = self.send(&url, &body)?;
+                let (text, last) = read_stream(self.kind, resp, first_token).map_err(|e| match e {
+                    StreamError::Io(e) => {
+                        CallError::Transport { url: url.clone(), message: format!("reading the answer: {e}") }
+                    }
+                    StreamError::Invalid(m) => invalid(m),
+                })?;
+                self.completion(text, &last)
+            }
         };
         c.seconds = started.elapsed().as_secs_f64();
         Ok(c)
     }
 
-    fn complete_ollama(&self, r: &Request<'_>) -> Result<Completion, CallError> {
+    fn ollama_body(&self, r: &Request<'_>, stream: bool) -> Value {
         let mut options = json!({"temperature": r.temperature, "num_predict": r.max_tokens});
         if let Some(n) = r.num_ctx {
             options["num_ctx"] = json!(n);
@@ -173,67 +227,153 @@ impl Client {
         let mut body = json!({
             "model": self.model,
             "messages": [{"role": "user", "content": r.prompt}],
-            "stream": false,
+            "stream": stream,
             "keep_alive": self.keep_alive,
             "options": options,
         });
         merge(&mut body, &self.extra);
-        let v = self.post("/api/chat", &body)?;
-        let text = v["message"]["content"].as_str().ok_or_else(|| CallError::Invalid {
-            url: self.url("/api/chat"),
-            message: "no message.content".into(),
-        })?;
-        let ns_to_ms = |k: &str| v[k].as_f64().map(|ns| ns / 1e6);
-        Ok(Completion {
-            text: text.to_string(),
-            prompt_tokens: None,
-            cached_tokens: None,
-            evaluated_tokens: v["prompt_eval_count"].as_u64(),
-            completion_tokens: v["eval_count"].as_u64(),
-            prompt_ms: ns_to_ms("prompt_eval_duration"),
-            decode_ms: ns_to_ms("eval_duration"),
-            seconds: 0.0,
-        })
+        body
     }
 
-    fn complete_openai(&self, r: &Request<'_>) -> Result<Completion, CallError> {
+    fn openai_body(&self, r: &Request<'_>, stream: bool) -> Value {
         let mut body = json!({
             "model": self.model,
             "messages": [{"role": "user", "content": r.prompt}],
-            "stream": false,
+            "stream": stream,
             "temperature": r.temperature,
             "max_tokens": r.max_tokens,
         });
+        if stream {
+            // The token counts come in a last chunk of their own.
+            body["stream_options"] = json!({"include_usage": true});
+        }
         if let Some(slot) = r.slot {
             // llama-server: run on this slot (its own prefix cache) and keep the prompt cached.
             body["id_slot"] = json!(slot);
             body["cache_prompt"] = json!(true);
         }
         merge(&mut body, &self.extra);
-        let v = self.post("/v1/chat/completions", &body)?;
-        let text = v["choices"][0]["message"]["content"].as_str().ok_or_else(|| CallError::Invalid {
-            url: self.url("/v1/chat/completions"),
-            message: "no choices[0].message.content".into(),
-        })?;
-        let usage = &v["usage"];
-        let timings = &v["timings"];
-        let cached = timings["cache_n"].as_u64().or(usage["prompt_tokens_details"]["cached_tokens"].as_u64());
-        let prompt_tokens = usage["prompt_tokens"].as_u64();
-        let evaluated = timings["prompt_n"].as_u64().or(match (prompt_tokens, cached) {
-            (Some(p), Some(c)) => Some(p.saturating_sub(c)),
-            _ => None,
-        });
-        Ok(Completion {
-            text: text.to_string(),
-            prompt_tokens,
-            cached_tokens: cached,
-            evaluated_tokens: evaluated,
-            completion_tokens: usage["completion_tokens"].as_u64(),
-            prompt_ms: timings["prompt_ms"].as_f64(),
-            decode_ms: timings["predicted_ms"].as_f64(),
-            seconds: 0.0,
-        })
+        body
     }
+
+    /// The counts of an answer: Ollama's final object, or an OpenAI answer
+    /// (or the chunk of a streamed one that carries `usage` and, from
+    /// llama-server, `timings`).
+    fn completion(&self, text: String, v: &Value) -> Completion {
+        match self.kind {
+            ApiKind::Ollama => {
+                let ns_to_ms = |k: &str| v[k].as_f64().map(|ns| ns / 1e6);
+                Completion {
+                    text,
+                    prompt_tokens: None,
+                    cached_tokens: None,
+                    evaluated_tokens: v["prompt_eval_count"].as_u64(),
+                    completion_tokens: v["eval_count"].as_u64(),
+                    prompt_ms: ns_to_ms("prompt_eval_duration"),
+                    decode_ms: ns_to_ms("eval_duration"),
+                    seconds: 0.0,
+                }
+            }
+            ApiKind::OpenAi => {
+                let usage = &v["usage"];
+                let timings = &v["timings"];
+                let cached =
+                    timings["cache_n"].as_u64().or(usage["prompt_tokens_details"]["cached_tokens"].as_u64());
+                let prompt_tokens = usage["prompt_tokens"].as_u64();
+                let evaluated = timings["prompt_n"].as_u64().or(match (prompt_tokens, cached) {
+                    (Some(p), Some(c)) => Some(p.saturating_sub(c)),
+                    _ => None,
+                });
+                Completion {
+                    text,
+                    prompt_tokens,
+                    cached_tokens: cached,
+                    evaluated_tokens: evaluated,
+                    completion_tokens: usage["completion_tokens"].as_u64(),
+                    prompt_ms: timings["prompt_ms"].as_f64(),
+                    decode_ms: timings["predicted_ms"].as_f64(),
+                    seconds: 0.0,
+                }
+            }
+        }
+    }
+}
+
+enum StreamError {
+    Io(std::io::Error),
+    Invalid(String),
+}
+
+/// Reads a streamed answer: Ollama's lines of JSON (the last has `done:
+/// true` and the counts), or OpenAI's server-sent events (`data: {...}`
+/// chunks with `choices[0].delta.content`, a chunk with `usage`, then
+/// `data: [DONE]`). Returns the text and the object holding the counts
+/// (OpenAI: the chunks' `usage` and `timings` merged).
+fn read_stream(
+    kind: ApiKind,
+    resp: ureq::Response,
+    first_token: &mut dyn FnMut(),
+) -> Result<(String, Value), StreamError> {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(resp.into_reader());
+    let mut text = String::new();
+    let mut counts = json!({});
+    let mut first = Some(first_token);
+    let mut finished = false;
+    for line in (&mut reader).lines() {
+        let line = line.map_err(StreamError::Io)?;
+        let data = match kind {
+            ApiKind::Ollama => line.trim(),
+            ApiKind::OpenAi => match line.trim().strip_prefix("data:") {
+                Some(d) => d.trim(),
+                None => continue,
+            },
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if data == "[DONE]" {
+            finished = true;
+            break;
+        }
+        let v: Value = serde_json::from_str(data)
+            .map_err(|e| StreamError::Invalid(format!("a streamed chunk is not JSON ({e}): {data:.200}")))?;
+        if let Some(e) = v.get("error") {
+            return Err(StreamError::Invalid(format!("the server stopped with an error: {e}")));
+        }
+        let piece = match kind {
+            ApiKind::Ollama => v["message"]["content"].as_str(),
+            ApiKind::OpenAi => v["choices"][0]["delta"]["content"].as_str(),
+        };
+        if let Some(piece) = piece.filter(|p| !p.is_empty()) {
+            text.push_str(piece);
+            if let Some(f) = first.take() {
+                f();
+            }
+        }
+        match kind {
+            ApiKind::Ollama => {
+                if v["done"].as_bool() == Some(true) {
+                    counts = v;
+                    finished = true;
+                    break;
+                }
+            }
+            ApiKind::OpenAi => {
+                for key in ["usage", "timings"] {
+                    if v[key].is_object() {
+                        counts[key] = v[key].clone();
+                    }
+                }
+            }
+        }
+    }
+    if !finished {
+        return Err(StreamError::Invalid("the streamed answer ended before it was done".into()));
+    }
+    // Read the body to its end, so the connection can serve the next request.
+    std::io::copy(&mut reader, &mut std::io::sink()).map_err(StreamError::Io)?;
+    Ok((text, counts))
 }
 
 fn merge(body: &mut Value, extra: &serde_json::Map<String, Value>) {
@@ -253,12 +393,9 @@ fn model_names(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn read(url: &str, result: Result<ureq::Response, ureq::Error>) -> Result<Value, CallError> {
+fn status(url: &str, result: Result<ureq::Response, ureq::Error>) -> Result<ureq::Response, CallError> {
     match result {
-        Ok(resp) => resp.into_json::<Value>().map_err(|e| CallError::Transport {
-            url: url.to_string(),
-            message: format!("reading the answer: {e}"),
-        }),
+        Ok(resp) => Ok(resp),
         Err(ureq::Error::Status(status, resp)) => {
             let mut body = resp.into_string().unwrap_or_default();
             body.truncate(500);

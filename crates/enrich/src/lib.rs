@@ -677,9 +677,7 @@ impl Enricher {
             let prefix = self.template.prefix(text);
             let prefix_tokens = self.count(&prefix);
             let ratio = prefix_tokens as f64 / prefix.chars().count().max(1) as f64;
-            let empty_prefix = self.template.prefix("");
-            let suffix_of =
-                |chunk: &Chunk| self.template.render("", &chunk.text)[empty_prefix.len()..].to_string();
+            let suffix_of = |chunk: &Chunk| self.template.suffix(&chunk.text);
             // The longest chunk's part of the prompt, counted; the others estimated from it.
             let longest = todo.iter().copied().max_by_key(|&i| d.chunks[i].text.len()).unwrap_or(0);
             let longest_suffix = suffix_of(&d.chunks[longest]);
@@ -705,7 +703,7 @@ impl Enricher {
                     let job = plan.jobs.len();
                     plan.jobs.push(Job {
                         group: g,
-                        prompt: self.template.render(text, &chunk.text),
+                        prompt: format!("{prefix}{}", suffix_of(chunk)),
                         suffix_tokens: suffix_tokens(chunk),
                     });
                     plan.origin.push((doc, i));

@@ -45,10 +45,16 @@ impl Template {
 
     /// The whole prompt.
     pub fn render(&self, document: &str, chunk: &str) -> String {
-        let (_, after) = self.split();
         let mut out = self.prefix(document);
-        out.push_str(&after.replace("{chunk}", &escape(chunk)).replace("{document}", ""));
+        out.push_str(&self.suffix(chunk));
         out
+    }
+
+    /// The text after the prefix: the chunk's part. `prefix(d) + suffix(c)`
+    /// is `render(d, c)`, so the document is escaped once for all its chunks.
+    pub fn suffix(&self, chunk: &str) -> String {
+        let (_, after) = self.split();
+        after.replace("{chunk}", &escape(chunk)).replace("{document}", "")
     }
 
     /// The template cut where the chunk's part begins: at `{chunk}` or, if the
@@ -109,6 +115,14 @@ mod tests {
         assert!(a.contains("<chunk>\nchunk one\n</chunk>"));
         assert!(a.contains("Answer only with the succinct context and nothing else."));
         assert!(!prefix.contains("chunk one"));
+    }
+
+    #[test]
+    fn prefix_and_suffix_make_the_prompt() {
+        for t in [Template::builtin(), Template::custom("{chunk} of {document}", "x")] {
+            let (d, c) = ("a <document> b", "the </chunk> c");
+            assert_eq!(format!("{}{}", t.prefix(d), t.suffix(c)), t.render(d, c));
+        }
     }
 
     #[test]

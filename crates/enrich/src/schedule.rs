@@ -134,7 +134,15 @@ struct State {
 }
 
 enum Pick {
-    Job { job: usize, endpoint: usize, slot: Option<usize> },
+    /// `warms`: the first request of a group on a server that shares its
+    /// prefix cache; its answer is streamed, and the group counts as warmed
+    /// there as soon as the first token arrives.
+    Job {
+        job: usize,
+        endpoint: usize,
+        slot: Option<usize>,
+        warms: bool,
+    },
     Probe(usize),
     Wait(Duration),
     Exit,
@@ -264,7 +272,7 @@ impl<'a> Dispatcher<'a> {
                     drop(state);
                     self.wake.notify_all();
                 }
-                Pick::Job { job, endpoint, slot } => {
+                Pick::Job { job, endpoint, slot, warms } => {
                     let started = Instant::now();
                     let s = self.settings;
                     let request = Request {
@@ -278,7 +286,23 @@ impl<'a> Dispatcher<'a> {
                             None
                         },
                     };
-                    let result = self.endpoints[endpoint].client.complete(&request).and_then(|c| {
+                    let client = &self.endpoints[endpoint].client;
+                    let result = if warms {
+                        let group = self.jobs[job].group;
+                        client.complete_streaming(&request, &mut || {
+                            // The prompt is evaluated: the other lanes of
+                            // this server may fork its prefix now.
+                            let mut st = lock(&self.state);
+                            st.groups[group].warmed[endpoint] = true;
+                            st.groups[group].warming[endpoint] = false;
+                            st.lanes[lane].cold = false;
+                            drop(st);
+                            self.wake.notify_all();
+                        })
+                    } else {
+                        client.complete(&request)
+                    };
+                    let result = result.and_then(|c| {
                         if c.text.trim().is_empty() {
                             Err(CallError::Invalid {
                                 url: self.endpoints[endpoint].client.base.clone(),
@@ -410,7 +434,7 @@ impl<'a> Dispatcher<'a> {
             return match self.pick_round_robin(st, lane, now, &up) {
                 Some((job, _)) => {
                     st.lanes[lane].busy = true;
-                    Pick::Job { job, endpoint: st.lanes[lane].endpoint, slot: None }
+                    Pick::Job { job, endpoint: st.lanes[lane].endpoint, slot: None, warms: false }
                 }
                 None => Pick::Wait(Duration::from_millis(20)),
             };
@@ -440,7 +464,8 @@ impl<'a> Dispatcher<'a> {
                 }
                 st.groups[group].started = true;
                 let slot = e.pin_slots.then_some(l.slot);
-                Pick::Job { job, endpoint, slot }
+                let warms = cold && e.shared_prefix_cache && !st.groups[group].warmed[endpoint];
+                Pick::Job { job, endpoint, slot, warms }
             }
             None => {
                 // Due retries later, or others still running: wait for news.
@@ -633,19 +658,21 @@ impl<'a> Dispatcher<'a> {
                 l != lane && !st.lanes[l].busy && st.lanes[l].run.is_none() && up(st.lanes[l].endpoint)
             })
             .collect();
-        // Order: spread over servers (by slot), or fill this server first.
-        idle.sort_by_key(|&l| {
-            let same = st.lanes[l].endpoint == endpoint;
-            if shared {
-                (!same as usize, st.lanes[l].slot, st.lanes[l].endpoint)
-            } else {
-                (st.lanes[l].slot + same as usize, st.lanes[l].endpoint, 0)
-            }
-        });
         let waiting = (0..self.groups.len())
             .filter(|&x| x != g && !st.groups[x].started && !st.groups[x].unassigned.is_empty())
             .count();
         let fair = (st.lanes.len() / (waiting + 1)).max(1);
+        if shared {
+            let chosen = Self::whole_servers(st, lane, idle, fair.min(n), |lanes| {
+                prefill + n as f64 / lanes.max(1) as f64 * t
+            });
+            return self.deal(st, g, a, b, &chosen);
+        }
+        // Spread over servers (by slot).
+        idle.sort_by_key(|&l| {
+            let same = st.lanes[l].endpoint == endpoint;
+            (st.lanes[l].slot + same as usize, st.lanes[l].endpoint)
+        });
         let mut per_server: std::collections::HashMap<usize, usize> = [(endpoint, 1)].into();
         let estimate = |k: usize, per_server: &std::collections::HashMap<usize, usize>| {
             let prefills = per_server
@@ -670,6 +697,13 @@ impl<'a> Dispatcher<'a> {
         }
         let chosen: Vec<usize> =
             std::iter::once(lane).chain(candidates.iter().copied().take(k - 1)).collect();
+        self.deal(st, g, a, b, &chosen)
+    }
+
+    /// Deals `a..b` to `chosen` (this lane first) in contiguous runs of
+    /// (nearly) equal length; returns the end of the first lane's run.
+    fn deal(&self, st: &mut State, g: usize, a: usize, b: usize, chosen: &[usize]) -> usize {
+        let (n, k) = (b - a, chosen.len());
         let bounds: Vec<usize> = (0..=k).map(|i| a + i * n / k).collect();
         for (i, &l) in chosen.iter().enumerate().skip(1) {
             st.lanes[l].run = Some(Run { group: g, next: bounds[i], end: bounds[i + 1] });
@@ -678,6 +712,45 @@ impl<'a> Dispatcher<'a> {
             self.wake.notify_all();
         }
         bounds[1]
+    }
+
+    /// `fan_out`'s lanes where the servers share one prefix cache across
+    /// their slots: every idle lane of a server that takes part costs nothing
+    /// more than the server's one prefill (all run at once on different
+    /// GPUs), so whole servers are added, this lane's first, then those with
+    /// the most idle lanes, while each saves a twentieth of the estimated
+    /// time, up to `most` lanes. Server by server, this lane first.
+    fn whole_servers(
+        st: &State,
+        lane: usize,
+        idle: Vec<usize>,
+        most: usize,
+        estimate: impl Fn(usize) -> f64,
+    ) -> Vec<usize> {
+        let mut servers: Vec<(usize, Vec<usize>)> = vec![(st.lanes[lane].endpoint, vec![lane])];
+        for l in idle {
+            let e = st.lanes[l].endpoint;
+            match servers.iter_mut().find(|(s, _)| *s == e) {
+                Some((_, lanes)) => lanes.push(l),
+                None => servers.push((e, vec![l])),
+            }
+        }
+        servers[1..].sort_by_key(|(e, lanes)| (std::cmp::Reverse(lanes.len()), *e));
+        let mut chosen: Vec<usize> = Vec::new();
+        let mut best = f64::INFINITY;
+        for (_, lanes) in &servers {
+            let room = most.max(1).saturating_sub(chosen.len());
+            if room == 0 {
+                break;
+            }
+            let take = &lanes[..lanes.len().min(room)];
+            let e = estimate(chosen.len() + take.len());
+            if chosen.is_empty() || e < best * 0.95 {
+                best = e;
+                chosen.extend_from_slice(take);
+            }
+        }
+        chosen
     }
 
     fn steal(&self, st: &mut State, lane: usize, health: &[Health]) -> Option<(usize, bool)> {
@@ -694,13 +767,29 @@ impl<'a> Dispatcher<'a> {
         let mut best: Option<(usize, usize, f64)> = None; // (victim lane, take, gain)
         for (v, l) in st.lanes.iter().enumerate() {
             let Some(run) = &l.run else { continue };
-            if v == lane || run.end <= run.next + 1 {
+            if v == lane || run.end <= run.next {
                 continue;
             }
             let g = run.group;
             let r = (run.end - run.next) as f64;
             let chunk_cost = self.job_cost(self.groups[g].jobs[run.next], h);
-            let prefix_cost = if e.shared_prefix_cache && st.groups[g].warmed[endpoint] {
+            let free = e.shared_prefix_cache && st.groups[g].warmed[endpoint];
+            if free && l.busy {
+                // This server holds the prefix already: the other lane's
+                // next chunks wait for its request in flight, this lane can
+                // start the last of them now, at no cost. Half of them, on
+                // the same terms.
+                let x = (r / 2.0).ceil();
+                let gain = x * chunk_cost;
+                if best.is_none_or(|b| gain > b.2) {
+                    best = Some((v, x as usize, gain));
+                }
+                continue;
+            }
+            if run.end <= run.next + 1 {
+                continue;
+            }
+            let prefix_cost = if free {
                 0.0
             } else if e.shared_prefix_cache && st.groups[g].warming[endpoint] {
                 // Its first request is warming this server's cache: wait for it.

@@ -13,7 +13,7 @@ use datafactory_enrich::{CacheKey, CallRecord, ContextCache, DocumentInput, Enri
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A document cut into chunks of about `chunk_words` words.
 fn document(seed: u64, sections: usize, words: usize, chunk_words: usize) -> (Document, Vec<Chunk>) {
@@ -119,6 +119,27 @@ fn openai_client_reports_the_prefix_cache_of_a_pinned_slot() {
     let cold = ask("three", 1);
     assert_eq!(cold.cached_tokens, Some(0), "{cold:?}");
     assert!(client.tokenize("the document").unwrap() > 0);
+
+    // Streamed (server-sent events): the same answer at temperature 0, the
+    // counts from the last chunk, and the first piece announced before the
+    // answer is complete.
+    let request = Request {
+        prompt: &format!("{prefix}\n<chunk>two</chunk>"),
+        max_tokens: 12,
+        temperature: 0.0,
+        slot: Some(0),
+        num_ctx: None,
+    };
+    let mut first_token = Vec::new();
+    let streamed = client.complete_streaming(&request, &mut || first_token.push(Instant::now())).unwrap();
+    let done = Instant::now();
+    assert_eq!(first_token.len(), 1);
+    assert!(first_token[0] < done);
+    assert_eq!(streamed.text, warm.text);
+    assert_eq!(streamed.completion_tokens, Some(12));
+    assert_eq!(streamed.prompt_tokens, warm.prompt_tokens);
+    assert!(streamed.cached_tokens.unwrap() > n - 40, "the slot still holds the prefix: {streamed:?}");
+    assert!(streamed.prompt_ms.is_some() && streamed.decode_ms.is_some(), "{streamed:?}");
 }
 
 /// Runs one enrichment of `docs` on fresh servers; returns (prompt tokens
@@ -344,6 +365,24 @@ fn ollama_api_through_a_compatible_front() {
     assert_eq!(c.completion_tokens, Some(8));
     assert!(c.evaluated_tokens.unwrap() > 0 && c.prompt_ms.is_some());
     assert_eq!(client.loaded().unwrap(), ["tiny-llama:latest"], "keep_alive keeps it loaded");
+    // Streamed: lines of JSON, the last with the counts.
+    let mut pieces = 0;
+    let streamed = client
+        .complete_streaming(
+            &Request {
+                prompt: "the document",
+                max_tokens: 8,
+                temperature: 0.0,
+                slot: None,
+                num_ctx: Some(2048),
+            },
+            &mut || pieces += 1,
+        )
+        .unwrap();
+    assert_eq!(pieces, 1, "the first piece is announced once");
+    assert_eq!(streamed.text, c.text, "temperature 0: the same answer");
+    assert_eq!(streamed.completion_tokens, Some(8));
+    assert!(streamed.evaluated_tokens.is_some() && streamed.prompt_ms.is_some(), "{streamed:?}");
     client.unload().unwrap();
     assert!(client.loaded().unwrap().is_empty(), "keep_alive 0 unloads it");
 
@@ -358,4 +397,56 @@ fn ollama_api_through_a_compatible_front() {
     assert!(out.iter().all(|o| o.complete), "{summary:#?}");
     assert_eq!(summary.chunks.llm, docs.iter().map(|d| d.1.len()).sum::<usize>());
     assert!(summary.endpoints.iter().all(|e| e.failures == 0 && e.evaluated_tokens > 0), "{summary:#?}");
+}
+
+/// On servers that share one prefix cache across their sequences (vLLM,
+/// Ollama with `OLLAMA_MULTIUSER_CACHE`), a document's first request on a
+/// server warms it: it is streamed, and the server's other slots start on the
+/// document as soon as its first token arrives (the prompt is evaluated by
+/// then), not when its whole answer is done. Each server evaluates the
+/// document once, and the chunks are spread evenly over the servers.
+#[test]
+fn the_warming_request_streams_and_the_other_slots_join_at_its_first_token() {
+    let prefill = Duration::from_millis(400);
+    let servers: Vec<_> =
+        (0..2).map(|_| common::SharedCacheServer::start(prefill, Duration::from_millis(1500))).collect();
+    let endpoints = servers
+        .iter()
+        .map(|s| EndpointConfig {
+            kind: "openai".into(),
+            url: s.url.clone(),
+            model: "tiny".into(),
+            slots: 4,
+            context_tokens: 32768,
+            shared_prefix_cache: true,
+            chars_per_token: 4.0,
+            ..Default::default()
+        })
+        .collect();
+    let enricher = Enricher::from_config(&config(endpoints, "affine"));
+    let (doc, chunks) = document(60, 4, 2400, 60);
+    assert!(chunks.len() >= 30, "{}", chunks.len());
+    let (out, summary) = enricher.enrich(
+        &[DocumentInput { source: "d", document: &doc, chunks: &chunks }],
+        &NoCache,
+        &|_, _| {},
+    );
+    assert!(out[0].complete, "{summary:#?}");
+    let mut total = 0;
+    for server in &servers {
+        let log = server.log();
+        total += log.len();
+        let warming: Vec<_> = log.iter().filter(|r| r.streamed).collect();
+        assert_eq!(warming.len(), 1, "one warming request per server: {log:#?}");
+        let w = warming[0];
+        let (first_token, finished) = (w.first_token.unwrap(), w.finished);
+        for r in log.iter().filter(|r| !r.streamed) {
+            assert!(r.arrived >= first_token, "a request came before the prefix was evaluated: {log:#?}");
+        }
+        let joined = log.iter().filter(|r| !r.streamed && r.arrived < finished).count();
+        assert!(joined >= 3, "the other slots joined while the warming answer was decoding: {log:#?}");
+    }
+    assert_eq!(total, chunks.len());
+    let per: Vec<usize> = servers.iter().map(|s| s.log().len()).collect();
+    assert!(per.iter().all(|&n| n.abs_diff(chunks.len() / 2) <= 2), "spread evenly: {per:?}");
 }

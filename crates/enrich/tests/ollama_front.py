@@ -5,11 +5,15 @@ Ollama client: no real Ollama can be installed on these machines.
 It serves the documented Ollama routes and fields the client uses:
   GET  /api/tags   {"models": [{"name", "model", "modified_at", "size", "digest", "details"}]}
   GET  /api/ps     {"models": [{"name", "model", "size", "digest", "expires_at", "size_vram"}]}
-  POST /api/chat   {"model", "messages", "stream": false, "keep_alive", "options": {"num_ctx",
+  POST /api/chat   {"model", "messages", "stream", "keep_alive", "options": {"num_ctx",
                     "temperature", "num_predict"}} -> {"model", "created_at", "message": {"role",
                     "content"}, "done", "done_reason", "total_duration", "load_duration",
                     "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration"}
                    (durations in nanoseconds); `messages: []` with `keep_alive: 0` unloads.
+                   With "stream": true (Ollama's default) the answer is newline-delimited JSON
+                   (application/x-ndjson, chunked): an object per piece, `"done": false`, with
+                   `message.content` the piece, then the last with `"done": true`, empty content
+                   and the counts above.
 Like Ollama, a prompt longer than `num_ctx` would be cut; this front refuses it
 with HTTP 400 instead, so a test sees any prompt the client failed to fit.
 The answer generation is the real llama-server's (`/v1/chat/completions`).
@@ -101,8 +105,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(200, {"model": ARGS.model, "created_at": iso(time.time()),
                                    "message": {"role": "assistant", "content": ""},
                                    "done_reason": "unload" if keep == 0 else "load", "done": True})
-        if req.get("stream", True):
-            return self.send(400, {"error": "this front answers only stream: false"})
+        stream = bool(req.get("stream", True))
         options = req.get("options") or {}
         num_ctx = int(options.get("num_ctx", 2048))
         num_predict = int(options.get("num_predict", 128))
@@ -116,24 +119,69 @@ class Handler(BaseHTTPRequestHandler):
         for k in ("logit_bias",):
             if k in req:
                 body[k] = req[k]
+        if stream:
+            return self.stream_chat(body, keep, started)
         out = post(ARGS.backend + "/v1/chat/completions", body)
-        t = out.get("timings", {})
         with STATE["lock"]:
             STATE["loaded_until"] = time.time() + keep if keep != 0 else None
         finish = out["choices"][0].get("finish_reason", "stop")
-        self.send(200, {
+        answer = self.final(out.get("timings", {}), out["usage"], finish, started)
+        answer["message"]["content"] = out["choices"][0]["message"]["content"]
+        self.send(200, answer)
+
+    def final(self, t, usage, finish, started):
+        return {
             "model": ARGS.model,
             "created_at": iso(time.time()),
-            "message": {"role": "assistant", "content": out["choices"][0]["message"]["content"]},
+            "message": {"role": "assistant", "content": ""},
             "done": True,
             "done_reason": "length" if finish == "length" else "stop",
             "total_duration": int((time.time() - started) * 1e9),
             "load_duration": 0,
-            "prompt_eval_count": int(t.get("prompt_n", out["usage"]["prompt_tokens"])),
+            "prompt_eval_count": int(t.get("prompt_n", usage.get("prompt_tokens", 0))),
             "prompt_eval_duration": int(t.get("prompt_ms", 0) * 1e6),
-            "eval_count": int(t.get("predicted_n", out["usage"]["completion_tokens"])),
+            "eval_count": int(t.get("predicted_n", usage.get("completion_tokens", 0))),
             "eval_duration": int(t.get("predicted_ms", 0) * 1e6),
-        })
+        }
+
+    def stream_chat(self, body, keep, started):
+        """Ollama's streamed answer, from llama-server's server-sent events."""
+        body = dict(body, stream=True, stream_options={"include_usage": True})
+        req = urllib.request.Request(ARGS.backend + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+        def line(obj):
+            data = (json.dumps(obj) + "\n").encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+        timings, usage, finish = {}, {}, "stop"
+        with urllib.request.urlopen(req, timeout=600) as r:
+            for raw in r:
+                raw = raw.strip()
+                if not raw.startswith(b"data:"):
+                    continue
+                data = raw[5:].strip()
+                if data == b"[DONE]":
+                    break
+                event = json.loads(data)
+                timings = event.get("timings", timings)
+                usage = event.get("usage", usage)
+                for choice in event.get("choices", []):
+                    finish = choice.get("finish_reason") or finish
+                    piece = (choice.get("delta") or {}).get("content")
+                    if piece:
+                        line({"model": ARGS.model, "created_at": iso(time.time()),
+                              "message": {"role": "assistant", "content": piece}, "done": False})
+        with STATE["lock"]:
+            STATE["loaded_until"] = time.time() + keep if keep != 0 else None
+        line(self.final(timings, usage, finish, started))
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
 
 
 if __name__ == "__main__":

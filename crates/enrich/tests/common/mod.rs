@@ -279,3 +279,130 @@ pub fn document_text(seed: u64, sections: usize, words: usize) -> String {
     }
     out
 }
+
+/// One request a `SharedCacheServer` served.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub streamed: bool,
+    pub arrived: Instant,
+    /// Just before a streamed answer's first piece was sent.
+    pub first_token: Option<Instant>,
+    pub finished: Instant,
+}
+
+/// A real HTTP server on a loopback port that speaks the OpenAI chat API and
+/// times answers like a server sharing one prefix cache across its
+/// sequences (vLLM): a prompt whose 200-character opening it has seen is
+/// answered after 20 ms; a new one takes `prefill`, then (streamed: after its
+/// first piece) `decode`. llama-server keeps a cache per slot, so this
+/// behaviour cannot be had from it. Records what it served.
+pub struct SharedCacheServer {
+    pub url: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<Served>>>,
+}
+
+impl SharedCacheServer {
+    pub fn start(prefill: Duration, decode: Duration) -> SharedCacheServer {
+        use std::io::{BufRead, BufReader};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let log: Arc<Mutex<Vec<Served>>> = Arc::default();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (log2, seen2) = (log.clone(), seen.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (log, seen) = (log2.clone(), seen2.clone());
+                std::thread::spawn(move || -> std::io::Result<()> {
+                    stream.set_nodelay(true)?;
+                    let mut reader = BufReader::new(stream.try_clone()?);
+                    let mut out = stream;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line)? == 0 {
+                            return Ok(());
+                        }
+                        let mut length = 0;
+                        loop {
+                            let mut h = String::new();
+                            reader.read_line(&mut h)?;
+                            if h.trim().is_empty() {
+                                break;
+                            }
+                            if let Some((k, v)) = h.split_once(':') {
+                                if k.eq_ignore_ascii_case("content-length") {
+                                    length = v.trim().parse().unwrap_or(0);
+                                }
+                            }
+                        }
+                        let mut body = vec![0u8; length];
+                        reader.read_exact(&mut body)?;
+                        if !line.starts_with("POST /v1/chat/completions") {
+                            let b = r#"{"object":"list","data":[{"id":"tiny","object":"model"}]}"#;
+                            out.write_all(
+                                format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len())
+                                    .as_bytes(),
+                            )?;
+                            continue;
+                        }
+                        let arrived = Instant::now();
+                        let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                        let prompt = request["messages"][0]["content"].as_str().unwrap_or("").to_string();
+                        let opening: String = prompt.chars().take(200).collect();
+                        let streamed = request["stream"].as_bool() == Some(true);
+                        let cached = {
+                            let mut seen = seen.lock().unwrap();
+                            let hit = seen.contains(&opening);
+                            seen.push(opening);
+                            hit
+                        };
+                        let usage = serde_json::json!({"prompt_tokens": prompt.len() / 4, "completion_tokens": 16,
+                            "prompt_tokens_details": {"cached_tokens": if cached { prompt.len() / 4 - 50 } else { 0 }}});
+                        std::thread::sleep(if cached { Duration::from_millis(20) } else { prefill });
+                        let mut first_token = None;
+                        if streamed {
+                            out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")?;
+                            let mut event = |data: String| {
+                                let data = format!("data: {data}\n\n");
+                                out.write_all(format!("{:x}\r\n{data}\r\n", data.len()).as_bytes())
+                            };
+                            first_token = Some(Instant::now());
+                            event(serde_json::json!({"choices": [{"index": 0, "delta": {"content": "A context"}}]}).to_string())?;
+                            std::thread::sleep(decode);
+                            event(serde_json::json!({"choices": [{"index": 0, "delta": {"content": " for the chunk."}, "finish_reason": "length"}]}).to_string())?;
+                            event(serde_json::json!({"choices": [], "usage": usage}).to_string())?;
+                            // Logged before the client can see the end.
+                            log.lock().unwrap().push(Served {
+                                streamed,
+                                arrived,
+                                first_token,
+                                finished: Instant::now(),
+                            });
+                            event("[DONE]".into())?;
+                            out.write_all(b"0\r\n\r\n")?;
+                        } else {
+                            let b = serde_json::json!({"choices": [{"index": 0, "finish_reason": "length",
+                                "message": {"role": "assistant", "content": "A context for the chunk."}}], "usage": usage})
+                            .to_string();
+                            log.lock().unwrap().push(Served {
+                                streamed,
+                                arrived,
+                                first_token,
+                                finished: Instant::now(),
+                            });
+                            out.write_all(
+                                format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len())
+                                    .as_bytes(),
+                            )?;
+                        }
+                    }
+                });
+            }
+        });
+        SharedCacheServer { url, log }
+    }
+
+    pub fn log(&self) -> Vec<Served> {
+        self.log.lock().unwrap().clone()
+    }
+}
