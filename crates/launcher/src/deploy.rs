@@ -146,6 +146,12 @@ pub struct Service {
     /// evaluating it again, so the enrichment endpoint is given
     /// `shared_prefix_cache = true` (warm a document once, then fan out).
     pub multiuser_cache: Option<bool>,
+    /// ollama: the keys' and values' type, `OLLAMA_KV_CACHE_TYPE` (`f16`,
+    /// `q8_0`, `q4_0`; Ollama's default f16). A quantised cache needs flash
+    /// attention, so `OLLAMA_FLASH_ATTENTION=1` comes with it. Ollama sizes
+    /// the cache as `num_ctx` x `parallel` tokens: `q8_0` halves it, which is
+    /// what lets a GPU run more slots (see docs/BENCHMARKS.md, enrichment).
+    pub kv_cache_type: Option<String>,
     /// ollama: a model to load once the server is up (a warm-up request).
     pub warm: Option<String>,
     /// serve: enrich with this model on every Ollama service of the file
@@ -245,12 +251,21 @@ impl Deployment {
                 && (s.keep_alive.is_some()
                     || s.warm.is_some()
                     || s.parallel.is_some()
-                    || s.multiuser_cache.is_some())
+                    || s.multiuser_cache.is_some()
+                    || s.kv_cache_type.is_some())
             {
                 return Err(self.invalid(
                     key("keep_alive"),
-                    "keep_alive, warm, parallel and multiuser_cache are for ollama services",
+                    "keep_alive, warm, parallel, multiuser_cache and kv_cache_type are for ollama services",
                 ));
+            }
+            if let Some(t) = &s.kv_cache_type {
+                if !["f16", "q8_0", "q4_0"].contains(&t.as_str()) {
+                    return Err(self.invalid(
+                        key("kv_cache_type"),
+                        format!("is {t:?}; Ollama takes \"f16\", \"q8_0\" or \"q4_0\""),
+                    ));
+                }
             }
             if s.parallel == Some(0) {
                 return Err(self.invalid(key("parallel"), "must be at least 1"));
@@ -401,6 +416,12 @@ impl Deployment {
                     env.push(("OLLAMA_NUM_PARALLEL".into(), s.ollama_parallel().to_string()));
                     if s.ollama_multiuser_cache() {
                         env.push(("OLLAMA_MULTIUSER_CACHE".into(), "1".into()));
+                    }
+                    if let Some(t) = &s.kv_cache_type {
+                        env.push(("OLLAMA_KV_CACHE_TYPE".into(), t.clone()));
+                        if t != "f16" {
+                            env.push(("OLLAMA_FLASH_ATTENTION".into(), "1".into()));
+                        }
                     }
                     (PathBuf::from(&self.launcher.ollama), vec!["serve".to_string()])
                 }
@@ -666,6 +687,26 @@ mod tests {
         .unwrap();
         let e = d.plan(Path::new("datafactory")).unwrap_err().to_string();
         assert!(e.contains("embedding.device"), "{e}");
+    }
+
+    #[test]
+    fn more_slots_with_a_quantised_cache() {
+        let ollama = "[[service]]\nname = \"o\"\nkind = \"ollama\"\nport = 11434\ngpu = 2\nparallel = 12\n";
+        let d = parse(&format!("{ollama}kv_cache_type = \"q8_0\"\n")).unwrap();
+        let plan = d.plan(Path::new("datafactory")).unwrap();
+        let env: HashMap<_, _> = plan[0].launch.as_ref().unwrap().env.iter().cloned().collect();
+        assert_eq!(env["OLLAMA_NUM_PARALLEL"], "12");
+        assert_eq!(env["OLLAMA_KV_CACHE_TYPE"], "q8_0");
+        assert_eq!(env["OLLAMA_FLASH_ATTENTION"], "1");
+        let plan = parse(ollama).unwrap().plan(Path::new("datafactory")).unwrap();
+        let env = &plan[0].launch.as_ref().unwrap().env;
+        assert!(env.iter().all(|(k, _)| k != "OLLAMA_KV_CACHE_TYPE" && k != "OLLAMA_FLASH_ATTENTION"));
+        let e = parse(&format!("{ollama}kv_cache_type = \"q5_1\"\n")).unwrap_err().to_string();
+        assert!(e.contains("kv_cache_type") && e.contains("q8_0"), "{e}");
+        let e = parse("[[service]]\nname = \"a\"\nkind = \"serve\"\nport = 9000\nkv_cache_type = \"q8_0\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("are for ollama services"), "{e}");
     }
 
     #[test]
