@@ -89,7 +89,10 @@ struct SimServer {
     cache: CacheKind,
     slots: Mutex<Vec<SimSlot>>,
     slot_free: Condvar,
-    gpu: Mutex<()>,
+    /// The GPU's prefill queue, first come first served (a ticket lock:
+    /// `std::sync::Mutex` would let a late request overtake).
+    gpu: Mutex<(u64, u64)>,
+    gpu_turn: Condvar,
     model: GpuModel,
 }
 
@@ -102,11 +105,14 @@ fn tokens(chars: usize) -> u64 {
 }
 
 impl SimServer {
-    fn complete(&self, body: &serde_json::Value) -> serde_json::Value {
+    /// Serves one chat request; `prefilled` is called once the prompt is
+    /// evaluated (where a streamed answer sends its first token).
+    fn complete(&self, body: &serde_json::Value, prefilled: &mut dyn FnMut()) -> serde_json::Value {
         let prompt: Vec<char> = body["messages"][0]["content"].as_str().unwrap_or("").chars().collect();
         let max_tokens = body["max_tokens"].as_u64().unwrap_or(100);
         let pinned = body["id_slot"].as_u64().map(|s| s as usize);
         let arrived = Instant::now();
+        TRACE_T0.get_or_init(|| arrived);
         // Take a slot: the pinned one, else the idle one sharing the longest prefix.
         let (slot, common, copied) = {
             let mut slots = self.slots.lock().unwrap();
@@ -157,14 +163,24 @@ impl SimServer {
         let prefill_s = evaluated as f64 / m.prefill_tps;
         let copy_s = tokens(copied) as f64 / KV_COPY_TPS;
         {
-            let _gpu = self.gpu.lock().unwrap();
+            let mut q = self.gpu.lock().unwrap();
+            let ticket = q.0;
+            q.0 += 1;
+            while q.1 != ticket {
+                q = self.gpu_turn.wait(q).unwrap();
+            }
+            drop(q);
             sleep_model(m.overhead_s + copy_s + prefill_s);
+            self.gpu.lock().unwrap().1 += 1;
+            self.gpu_turn.notify_all();
         }
-        if self.cache == CacheKind::Forking {
-            // The prompt's keys and values are in the slot once evaluated:
-            // a request arriving now can fork them.
+        if self.cache != CacheKind::PerSlot {
+            // The prompt's keys and values are in the cache once evaluated:
+            // a request arriving now can fork them (Ollama) or share their
+            // blocks (vLLM registers each block as it is computed).
             self.slots.lock().unwrap()[slot].cached = prompt.clone();
         }
+        prefilled();
         let decode_s = max_tokens as f64 / m.decode_tps;
         sleep_model(decode_s);
         {
@@ -174,9 +190,10 @@ impl SimServer {
         }
         self.slot_free.notify_all();
         if std::env::var_os("ENRICH_BENCH_TRACE").is_some() {
-            let t0 = *TRACE_T0.get_or_init(Instant::now);
+            let t0 = *TRACE_T0.get().unwrap_or(&arrived);
             eprintln!(
-                "trace slot {slot} arrived {:.1} done {:.1} evaluated {evaluated}",
+                "trace server {:p} slot {slot} arrived {:.1} done {:.1} evaluated {evaluated}",
+                self,
                 arrived.duration_since(t0).as_secs_f64() * SCALE,
                 t0.elapsed().as_secs_f64() * SCALE
             );
@@ -208,7 +225,8 @@ fn start_sim(slots: usize, model: GpuModel, cache: CacheKind) -> String {
             (0..slots).map(|_| SimSlot { busy: false, cached: Vec::new(), last_used: None }).collect(),
         ),
         slot_free: Condvar::new(),
-        gpu: Mutex::new(()),
+        gpu: Mutex::new((0, 0)),
+        gpu_turn: Condvar::new(),
         model,
     });
     std::thread::spawn(move || {
@@ -223,6 +241,7 @@ fn start_sim(slots: usize, model: GpuModel, cache: CacheKind) -> String {
 }
 
 fn serve(stream: TcpStream, server: &SimServer) -> Result<()> {
+    stream.set_nodelay(true)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut stream = stream;
     loop {
@@ -248,17 +267,53 @@ fn serve(stream: TcpStream, server: &SimServer) -> Result<()> {
         reader.read_exact(&mut body)?;
         let answer = if line.starts_with("POST /v1/chat/completions") {
             let request: serde_json::Value = serde_json::from_slice(&body)?;
-            server.complete(&request)
+            if request["stream"].as_bool() == Some(true) {
+                stream_answer(&mut stream, server, &request)?;
+                continue;
+            }
+            server.complete(&request, &mut || {})
         } else {
             serde_json::json!({"object": "list", "data": [{"id": "llama3.1:8b", "object": "model"}]})
         };
         let text = answer.to_string();
-        write!(
-            stream,
+        // One write: answers in pieces would wait on the client's delayed
+        // acknowledgement (40 ms of real time, 0.4 s of model time).
+        let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
             text.len()
-        )?;
+        );
+        stream.write_all(response.as_bytes())?;
     }
+}
+
+/// A streamed answer (OpenAI server-sent events, chunked): the first token
+/// once the prompt is evaluated, the rest when the answer is done, then the
+/// counts (`usage`, llama-server's `timings`) and `[DONE]`.
+fn stream_answer(stream: &mut TcpStream, server: &SimServer, request: &serde_json::Value) -> Result<()> {
+    fn chunk(stream: &mut TcpStream, event: &str) -> std::io::Result<()> {
+        let data = format!("data: {event}\n\n");
+        stream.write_all(format!("{:x}\r\n{data}\r\n", data.len()).as_bytes())
+    }
+    write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )?;
+    let mut sent: std::io::Result<()> = Ok(());
+    let answer = server.complete(request, &mut || {
+        let first = serde_json::json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": "context "}}]});
+        sent = chunk(stream, &first.to_string());
+    });
+    sent?;
+    let text = answer["choices"][0]["message"]["content"].as_str().unwrap_or("");
+    let rest = text.strip_prefix("context ").unwrap_or(text);
+    let delta =
+        serde_json::json!({"choices": [{"index": 0, "delta": {"content": rest}, "finish_reason": "length"}]});
+    chunk(stream, &delta.to_string())?;
+    let counts = serde_json::json!({"choices": [], "usage": answer["usage"], "timings": answer["timings"]});
+    chunk(stream, &counts.to_string())?;
+    chunk(stream, "[DONE]")?;
+    write!(stream, "0\r\n\r\n")?;
+    Ok(())
 }
 
 /// A document of `chunks` chunks of about `chunk_chars` characters, in
@@ -423,7 +478,12 @@ fn sim(cache: CacheKind) -> Result<()> {
     println!();
     println!("| case | schedule | requests | prompt tokens evaluated | prompt tokens from cache | wall s (model time) |");
     println!("|---|---|---|---|---|---|");
+    // ENRICH_BENCH_CASE: only `seed` or only `busy`.
+    let only = std::env::var("ENRICH_BENCH_CASE").ok();
     for (case, n_docs) in [("seed: 1 x 150 chunks", 1), ("busy: 6 x 150 chunks", 6)] {
+        if only.as_deref().is_some_and(|o| !case.starts_with(o)) {
+            continue;
+        }
         let docs: Vec<_> = (0..n_docs).map(|i| document(i, 150, chunk_chars)).collect();
         let mut outcomes = Vec::new();
         for schedule in ["affine", "round_robin"] {
