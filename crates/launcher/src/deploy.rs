@@ -152,6 +152,11 @@ pub struct Service {
     /// the cache as `num_ctx` x `parallel` tokens: `q8_0` halves it, which is
     /// what lets a GPU run more slots (see docs/BENCHMARKS.md, enrichment).
     pub kv_cache_type: Option<String>,
+    /// ollama: the enrichment endpoint's `context_tokens`, the largest
+    /// `num_ctx` the DataFactory asks of it (default: the configuration's,
+    /// 8,192; a longer document is windowed). Ollama holds `num_ctx` x
+    /// `parallel` tokens of keys and values.
+    pub context_tokens: Option<usize>,
     /// ollama: a model to load once the server is up (a warm-up request).
     pub warm: Option<String>,
     /// serve: enrich with this model on every Ollama service of the file
@@ -252,12 +257,17 @@ impl Deployment {
                     || s.warm.is_some()
                     || s.parallel.is_some()
                     || s.multiuser_cache.is_some()
-                    || s.kv_cache_type.is_some())
+                    || s.kv_cache_type.is_some()
+                    || s.context_tokens.is_some())
             {
                 return Err(self.invalid(
                     key("keep_alive"),
-                    "keep_alive, warm, parallel, multiuser_cache and kv_cache_type are for ollama services",
+                    "keep_alive, warm, parallel, multiuser_cache, kv_cache_type and context_tokens are for \
+                     ollama services",
                 ));
+            }
+            if s.context_tokens.is_some_and(|c| c < 256) {
+                return Err(self.invalid(key("context_tokens"), "must be at least 256"));
             }
             if let Some(t) = &s.kv_cache_type {
                 if !["f16", "q8_0", "q4_0"].contains(&t.as_str()) {
@@ -445,13 +455,12 @@ impl Deployment {
                     if let Some(model) = &s.enrichment_model {
                         // figment reads an array of tables from one variable.
                         let endpoints: Vec<String> = self
-                            .ollama_endpoints()
+                            .ollama_endpoints(model)
                             .iter()
-                            .map(|(url, slots, shared)| {
-                                format!(
-                                    "{{kind=\"ollama\",url=\"{url}\",model=\"{model}\",slots={slots},\
-                                     shared_prefix_cache={shared}}}"
-                                )
+                            .map(|e| {
+                                // A TOML inline table (JSON's strings, numbers and booleans are TOML's).
+                                let pairs: Vec<String> = e.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                                format!("{{{}}}", pairs.join(","))
                             })
                             .collect();
                         env.push((
@@ -480,13 +489,25 @@ impl Deployment {
         Ok(out)
     }
 
-    /// The file's Ollama services as enrichment endpoints, in file order:
-    /// base URL, slots, whether they share prefixes across slots.
-    fn ollama_endpoints(&self) -> Vec<(String, usize, bool)> {
+    /// The file's Ollama services as enrichment endpoints with this model,
+    /// in file order, as (key, value) pairs in the order written.
+    fn ollama_endpoints(&self, model: &str) -> Vec<Vec<(&'static str, serde_json::Value)>> {
         self.services
             .iter()
             .filter(|o| o.kind == Kind::Ollama)
-            .map(|o| (o.base_url(), o.ollama_parallel(), o.ollama_multiuser_cache()))
+            .map(|o| {
+                let mut e = vec![
+                    ("kind", "ollama".into()),
+                    ("url", o.base_url().into()),
+                    ("model", model.into()),
+                    ("slots", o.ollama_parallel().into()),
+                    ("shared_prefix_cache", o.ollama_multiuser_cache().into()),
+                ];
+                if let Some(c) = o.context_tokens {
+                    e.push(("context_tokens", c.into()));
+                }
+                e
+            })
             .collect()
     }
 
@@ -508,12 +529,9 @@ impl Deployment {
         }
         if let Some(model) = &s.enrichment_model {
             let endpoints: Vec<_> = self
-                .ollama_endpoints()
+                .ollama_endpoints(model)
                 .into_iter()
-                .map(|(url, slots, shared)| {
-                    serde_json::json!({"kind": "ollama", "url": url, "model": model, "slots": slots,
-                                       "shared_prefix_cache": shared})
-                })
+                .map(|e| serde_json::Value::Object(e.into_iter().map(|(k, v)| (k.to_string(), v)).collect()))
                 .collect();
             let enrichment = overrides.entry("enrichment").or_insert_with(|| serde_json::json!({}));
             if let Some(e) = enrichment.as_object_mut() {
@@ -620,7 +638,11 @@ mod tests {
         assert_eq!(env(by_name("datafactory"), "DATAFACTORY_EMBEDDING__DEVICE"), "cuda");
         let endpoints = env(by_name("datafactory"), "DATAFACTORY_ENRICHMENT__ENDPOINTS");
         assert_eq!(endpoints.matches("model=\"llama3.1:8b\"").count(), 6, "{endpoints}");
-        assert_eq!(endpoints.matches("slots=4,shared_prefix_cache=true").count(), 6, "{endpoints}");
+        assert_eq!(
+            endpoints.matches("slots=8,shared_prefix_cache=true,context_tokens=49152}").count(),
+            6,
+            "{endpoints}"
+        );
         assert!(endpoints.starts_with("[{kind=\"ollama\",url=\"http://127.0.0.1:11434\""), "{endpoints}");
         assert!(endpoints.contains("url=\"http://127.0.0.1:11439\""), "{endpoints}");
         assert_eq!(env(by_name("reranker"), "CUDA_VISIBLE_DEVICES"), "1");
@@ -630,8 +652,10 @@ mod tests {
             assert_eq!(env(p, "CUDA_VISIBLE_DEVICES"), g.to_string());
             assert_eq!(env(p, "OLLAMA_HOST"), format!("0.0.0.0:{}", 11434 + g - 2));
             assert_eq!(env(p, "OLLAMA_KEEP_ALIVE"), "30m");
-            assert_eq!(env(p, "OLLAMA_NUM_PARALLEL"), "4");
+            assert_eq!(env(p, "OLLAMA_NUM_PARALLEL"), "8");
             assert_eq!(env(p, "OLLAMA_MULTIUSER_CACHE"), "1");
+            assert_eq!(env(p, "OLLAMA_KV_CACHE_TYPE"), "q8_0");
+            assert_eq!(env(p, "OLLAMA_FLASH_ATTENTION"), "1");
             assert_eq!(p.health_url, format!("http://127.0.0.1:{}/api/tags", 11434 + g - 2));
         }
         assert_eq!(by_name("datafactory").health_url, "http://127.0.0.1:9000/health");
@@ -701,6 +725,8 @@ mod tests {
         let plan = parse(ollama).unwrap().plan(Path::new("datafactory")).unwrap();
         let env = &plan[0].launch.as_ref().unwrap().env;
         assert!(env.iter().all(|(k, _)| k != "OLLAMA_KV_CACHE_TYPE" && k != "OLLAMA_FLASH_ATTENTION"));
+        let e = parse(&format!("{ollama}context_tokens = 100\n")).unwrap_err().to_string();
+        assert!(e.contains("context_tokens: must be at least 256"), "{e}");
         let e = parse(&format!("{ollama}kv_cache_type = \"q5_1\"\n")).unwrap_err().to_string();
         assert!(e.contains("kv_cache_type") && e.contains("q8_0"), "{e}");
         let e = parse("[[service]]\nname = \"a\"\nkind = \"serve\"\nport = 9000\nkv_cache_type = \"q8_0\"\n")
