@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Enrichment scheduling: DataFactory's prefix-affine schedule vs the seed's
 # round robin, on latency-model servers (llama3.1:8b on one H100-class GPU
-# each; per-slot caches like llama.cpp/Ollama, and a shared cache like vLLM)
+# each; per-slot caches like llama.cpp/Ollama, a shared cache like vLLM, and
+# Ollama's multi-user cache with 4 and 8 slots)
 # and on real llama-servers over the tiny random-weight model.
 #
 #   bash bench/enrich.sh            # needs: cargo, python3 with gguf, a C++ compiler
@@ -16,6 +17,10 @@ MODEL="$HOME/.cache/datafactory-test-models/tiny-llama-$(sha256sum scripts/make_
 "$B" sim
 echo
 "$B" sim-shared
+echo
+"$B" sim-ollama-multiuser
+echo
+ENRICH_BENCH_SLOTS=8 "$B" sim-ollama-multiuser
 echo
 "$B" real "$SERVER" "$MODEL" "${CHUNKS:-30}"
 echo
