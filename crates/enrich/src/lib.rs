@@ -775,7 +775,8 @@ impl Enricher {
                 largest_need = largest_need.max(windows[w].3 + max_suffix);
             }
         }
-        // One num_ctx per run (a changed num_ctx makes Ollama reload the model).
+        // One num_ctx per run (a changed num_ctx makes Ollama reload the
+        // model); an endpoint is sent no less than it was before (`Health`).
         let need = largest_need + answer + CHAT_OVERHEAD_TOKENS;
         plan.num_ctx =
             Some(need.div_ceil(1024).saturating_mul(1024).clamp(2048, context.max(2048)).min(context));

@@ -58,6 +58,9 @@ pub(crate) struct Health {
     pub answer_tokens: f64,
     /// Answers the rates were learnt from (until one, they are guesses).
     pub samples: u32,
+    /// The largest `num_ctx` sent to it (Ollama): Ollama reloads the model
+    /// when `num_ctx` changes, so a later run asks no less.
+    pub num_ctx: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -280,10 +283,13 @@ impl<'a> Dispatcher<'a> {
                         max_tokens: s.max_tokens,
                         temperature: s.temperature,
                         slot,
-                        num_ctx: if self.endpoints[endpoint].client.kind == ApiKind::Ollama {
-                            s.num_ctx
-                        } else {
-                            None
+                        num_ctx: match s.num_ctx {
+                            Some(n) if self.endpoints[endpoint].client.kind == ApiKind::Ollama => {
+                                let mut h = lock(self.health);
+                                h[endpoint].num_ctx = h[endpoint].num_ctx.max(n);
+                                Some(h[endpoint].num_ctx)
+                            }
+                            _ => None,
                         },
                     };
                     let client = &self.endpoints[endpoint].client;

@@ -397,6 +397,34 @@ fn ollama_api_through_a_compatible_front() {
     assert!(out.iter().all(|o| o.complete), "{summary:#?}");
     assert_eq!(summary.chunks.llm, docs.iter().map(|d| d.1.len()).sum::<usize>());
     assert!(summary.endpoints.iter().all(|e| e.failures == 0 && e.evaluated_tokens > 0), "{summary:#?}");
+
+    // A changed num_ctx makes Ollama reload the model: a later run of a
+    // short document asks each server for the num_ctx it already has, where
+    // a fresh enricher would ask for less.
+    let num_ctx = |f: &common::Process| -> Vec<u64> {
+        ureq::get(&format!("{}/test/num_ctx", f.url)).call().unwrap().into_json().unwrap()
+    };
+    let seen = || -> Vec<Vec<u64>> { fronts.iter().map(num_ctx).collect() };
+    // Requests since `then`, of every front.
+    let since = |then: &[Vec<u64>], now: &[Vec<u64>]| -> Vec<u64> {
+        then.iter().zip(now).flat_map(|(t, n)| n[t.len()..].to_vec()).collect()
+    };
+    let before = seen();
+    // The stage's run (the two single calls above asked for 2,048).
+    let run: Vec<u64> = before[0][2..].iter().chain(&before[1]).copied().collect();
+    let long = run[0];
+    assert!(long > 2048 && run.iter().all(|&n| n == long), "one num_ctx per run: {run:?}");
+    let short = document(70, 1, 60, 30);
+    let input = [DocumentInput { source: "s", document: &short.0, chunks: &short.1 }];
+    let (out, _) = enricher.enrich(&input, &NoCache, &|_, _| {});
+    assert!(out[0].complete);
+    let middle = seen();
+    let again = since(&before, &middle);
+    assert!(!again.is_empty() && again.iter().all(|&n| n == long), "{again:?} after {long}");
+    let (out, _) = Enricher::from_config(&cfg).enrich(&input, &NoCache, &|_, _| {});
+    assert!(out[0].complete);
+    let fresh = since(&middle, &seen());
+    assert!(!fresh.is_empty() && fresh.iter().all(|&n| n < long), "a fresh enricher: {fresh:?}");
 }
 
 /// On servers that share one prefix cache across their sequences (vLLM,

@@ -25,7 +25,7 @@ import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-STATE = {"loaded_until": None, "lock": threading.Lock(), "requests": 0}
+STATE = {"loaded_until": None, "lock": threading.Lock(), "requests": 0, "num_ctx": []}
 
 
 def iso(t):
@@ -82,6 +82,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(200, {"models": [m]})
         if self.path == "/":
             return self.send(200, "Ollama is running")
+        if self.path == "/test/num_ctx":
+            # Not Ollama's: the num_ctx of every chat request so far, for tests.
+            with STATE["lock"]:
+                return self.send(200, list(STATE["num_ctx"]))
         self.send(404, {"error": "not found"})
 
     def do_POST(self):
@@ -108,6 +112,8 @@ class Handler(BaseHTTPRequestHandler):
         stream = bool(req.get("stream", True))
         options = req.get("options") or {}
         num_ctx = int(options.get("num_ctx", 2048))
+        with STATE["lock"]:
+            STATE["num_ctx"].append(num_ctx)
         num_predict = int(options.get("num_predict", 128))
         prompt_text = "".join(m.get("content", "") for m in messages)
         n_prompt = len(post(ARGS.backend + "/tokenize", {"content": prompt_text})["tokens"])
