@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::time::Duration;
 
+/// The answer's cap: a verdict is about a hundred tokens; a model that
+/// rambles is cut here and the heuristics decide.
+const VERDICT_MAX_TOKENS: u32 = 1024;
+
 /// Characters of the document shown to the LLM: the beginning is enough to
 /// tell the type, and the prompt stays small.
 const EXCERPT_CHARS: usize = 6_000;
@@ -133,6 +137,7 @@ impl LlmAnalyzer {
         let body = json!({
             "model": self.model,
             "temperature": 0,
+            "max_tokens": VERDICT_MAX_TOKENS,
             "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
             "response_format": {
                 "type": "json_schema",
@@ -153,6 +158,12 @@ impl LlmAnalyzer {
             other => other.to_string(),
         })?;
         let answer: Value = response.into_json().map_err(|e| format!("the answer is not JSON: {e}"))?;
+        if answer.pointer("/choices/0/finish_reason").and_then(Value::as_str) == Some("length") {
+            return Err(format!(
+                "the answer was cut short (finish_reason \"length\": at max_tokens {VERDICT_MAX_TOKENS} or at the \
+                 end of the model's context)"
+            ));
+        }
         let content = answer
             .pointer("/choices/0/message/content")
             .and_then(Value::as_str)

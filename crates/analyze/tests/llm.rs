@@ -17,6 +17,15 @@ use std::time::Duration;
 /// A chat-completions server answering `content` as the assistant's message
 /// after `delay`; it keeps the requests it got.
 fn llm_server(content: &'static str, delay: Duration, status: u16) -> (String, Arc<Mutex<Vec<Value>>>) {
+    llm_server_finishing(content, delay, status, "stop")
+}
+
+fn llm_server_finishing(
+    content: &'static str,
+    delay: Duration,
+    status: u16,
+    finish_reason: &'static str,
+) -> (String, Arc<Mutex<Vec<Value>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
     let app = Router::new().route(
@@ -28,7 +37,7 @@ fn llm_server(content: &'static str, delay: Duration, status: u16) -> (String, A
                 tokio::time::sleep(delay).await;
                 let answer = json!({
                     "id": "chatcmpl-test", "object": "chat.completion", "model": "test-model",
-                    "choices": [{"index": 0, "finish_reason": "stop",
+                    "choices": [{"index": 0, "finish_reason": finish_reason,
                                  "message": {"role": "assistant", "content": content}}]
                 });
                 (axum::http::StatusCode::from_u16(status).unwrap(), Json(answer))
@@ -88,6 +97,7 @@ fn a_valid_answer_is_taken() {
     let requests = seen.lock().unwrap();
     let r = &requests[0];
     assert_eq!(r["model"], "test-model");
+    assert_eq!(r["max_tokens"], 1024, "the answer is capped");
     assert_eq!(r["response_format"]["type"], "json_schema");
     let schema = &r["response_format"]["json_schema"]["schema"];
     assert_eq!(schema["properties"]["doc_type"]["enum"].as_array().unwrap().len(), DocType::ALL.len());
@@ -157,4 +167,14 @@ fn an_error_status_or_no_server_falls_back() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let a = analyzer(&format!("http://127.0.0.1:{port}/v1"), 10).analyze(&handbook());
     assert_fell_back(&a, &format!("127.0.0.1:{port}"));
+}
+
+#[test]
+fn an_answer_cut_at_max_tokens_falls_back() {
+    // Even a verdict that parses is not taken when the server says it was cut.
+    let (url, _) = llm_server_finishing(VALID, Duration::ZERO, 200, "length");
+    assert_fell_back(
+        &analyzer(&url, 10).analyze(&handbook()),
+        "the answer was cut short (finish_reason \"length\": at max_tokens 1024",
+    );
 }
