@@ -49,6 +49,12 @@ pub trait Reranker: Send + Sync {
     fn workers(&self) -> Vec<crate::WorkerState> {
         Vec::new()
     }
+    /// Where the reranker can tell (a model in this process): for each
+    /// passage, the tokens of its pair with `query` before any truncation,
+    /// or None when the pair fits as it is; and the model's limit.
+    fn overlong_pairs(&self, _query: &str, _passages: &[&str]) -> Option<(Vec<Option<usize>>, usize)> {
+        None
+    }
 }
 
 /// The logistic function: a raw score as a 0-1 relevance.

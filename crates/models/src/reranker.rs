@@ -345,4 +345,19 @@ impl Reranker for CandleReranker {
         let pairs: Vec<(&str, &str)> = passages.iter().map(|p| (query, *p)).collect();
         self.score_pairs(&pairs)
     }
+
+    fn overlong_pairs(&self, query: &str, passages: &[&str]) -> Option<(Vec<Option<usize>>, usize)> {
+        // A pair is cut when its query is over `query_max_length` or the
+        // whole pair over `max_length` (see `encode_pairs`).
+        let count = |text: &str| self.tokenizer.encode_fast(text, false).ok().map(|e| e.len());
+        let q = count(query)?;
+        let over = passages
+            .iter()
+            .map(|p| {
+                let total = q + count(p)? + self.pair_specials;
+                (q > self.query_max_length || total > self.max_length).then_some(total)
+            })
+            .collect();
+        Some((over, self.max_length))
+    }
 }

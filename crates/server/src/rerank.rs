@@ -7,8 +7,11 @@
 //! `raw_scores`, `return_text`, `truncate`; a list of `{index, score, text?}`
 //! best first), plus `top_k`; `GET /health`, `GET /info`, `GET /metrics`. It
 //! applies the same keys and limits as the DataFactory service ([`crate::limits`]).
-//! Pairs are always truncated as the model's reference implementation does
-//! (query capped, passage cut first), whatever `truncate` says.
+//! Pairs are truncated as the model's reference implementation does (query
+//! capped, passage cut first) unless the request says `truncate: false`:
+//! then a pair that would be cut is refused with HTTP 413, as
+//! text-embeddings-inference does (which also refuses when `truncate` is
+//! left out; here that truncates).
 //!
 //! Its client, the `Reranker` that search uses when `rerank.mode = "remote"`,
 //! is `datafactory_remote::RemoteReranker` (a pool of such services).
@@ -113,7 +116,9 @@ pub struct RerankRequest {
     /// Echo each text in its result.
     #[serde(default)]
     pub return_text: bool,
-    /// Accepted for compatibility: pairs are always truncated.
+    /// Left out or true: pairs are cut as the model's reference
+    /// implementation does. False: a pair that would be cut is refused (HTTP
+    /// 413), as text-embeddings-inference does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truncate: Option<bool>,
     /// Only `Right` (the passage's end is cut).
@@ -148,14 +153,28 @@ async fn rerank(
         return Err(bad_request("`top_k` must be at least 1"));
     }
     let reranker = state.reranker.clone();
-    let RerankRequest { query, texts, raw_scores, return_text, top_k, .. } = r;
+    let RerankRequest { query, texts, raw_scores, return_text, top_k, truncate, .. } = r;
     let (texts, scores) = tokio::task::spawn_blocking(move || {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        if truncate == Some(false) {
+            if let Some((over, limit)) = reranker.overlong_pairs(&query, &refs) {
+                if let Some((i, n)) = over.iter().enumerate().find_map(|(i, n)| n.map(|n| (i, n))) {
+                    return Err(ApiError(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "texts[{i}] with the query is {n} tokens, over the model's {limit} (or the query over \
+                             its share): with truncate false it is refused; send truncate true, or leave it out, \
+                             to have it cut"
+                        ),
+                    ));
+                }
+            }
+        }
         let scores = reranker.score(&query, &refs);
-        (texts, scores)
+        Ok((texts, scores))
     })
     .await
-    .map_err(crate::routes::internal)?;
+    .map_err(crate::routes::internal)??;
     let scores = scores.map_err(|e| match e {
         RerankError::Unavailable(m) => ApiError(StatusCode::SERVICE_UNAVAILABLE, m),
         e => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

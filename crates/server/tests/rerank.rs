@@ -147,6 +147,37 @@ async fn the_service_answers_in_text_embeddings_inference_shapes() {
     s.stop().await;
 }
 
+/// `truncate: false` refuses a pair the model would cut (HTTP 413 naming
+/// it), as text-embeddings-inference does; left out or true, it is cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_false_refuses_a_pair_that_would_be_cut() {
+    let s = start_reranker(|_| {}).await;
+    let c = client();
+    let long = "a cat sat on the mat ".repeat(12);
+    let rerank = |texts: Vec<&str>, truncate: Option<bool>| {
+        let mut body = json!({"query": "what is a cat", "texts": texts});
+        if let Some(t) = truncate {
+            body["truncate"] = json!(t);
+        }
+        c.post(s.url("/rerank")).json(&body).send()
+    };
+    let r = rerank(vec!["a cat", &long], Some(false)).await.unwrap();
+    assert_eq!(r.status(), 413);
+    let e: Value = r.json().await.unwrap();
+    let e = e["error"].as_str().unwrap();
+    assert!(e.contains("texts[1] with the query is") && e.contains("over the model's 32"), "{e}");
+    for truncate in [None, Some(true)] {
+        let r = rerank(vec!["a cat", &long], truncate).await.unwrap();
+        assert_eq!(r.status(), 200, "truncate {truncate:?}");
+    }
+    let r = rerank(vec!["a cat", "a dog"], Some(false)).await.unwrap();
+    assert_eq!(r.status(), 200, "pairs that fit are scored");
+    // A query over its share of the pair would be cut too.
+    let body = json!({"query": "what is a cat ".repeat(10), "texts": ["a cat"], "truncate": false});
+    assert_eq!(c.post(s.url("/rerank")).json(&body).send().await.unwrap().status(), 413);
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_scores_in_the_callers_order() {
     let s = start_reranker(|c| c.server.api_keys = vec![KEY.to_string()]).await;
