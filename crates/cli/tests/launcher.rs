@@ -434,6 +434,41 @@ fn gpu_without_a_driver_says_so() {
     assert!(v["error"].as_str().unwrap().contains("no NVIDIA driver"));
 }
 
+/// Services that accept a connection and never answer: `status` checks them
+/// all at once, so a hung service does not hold up the checks of the others
+/// (each waits out its 5 s health timeout).
+#[test]
+fn status_checks_hung_services_at_once() {
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut services = String::new();
+    for i in 0..4 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        services.push_str(&format!(
+            "[[service]]\nname = \"hung{i}\"\nkind = \"ollama\"\nurl = \"http://{}\"\n\n",
+            listener.local_addr().unwrap()
+        ));
+        let accepted = accepted.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                accepted.lock().unwrap().push(std::time::Instant::now());
+                held.push(stream);
+            }
+        });
+    }
+    let d = Deployment::new(&services);
+    let out = run(&mut d.cmd(&["status", "--json"]));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for i in 0..4 {
+        assert_ne!(service(&v, &format!("hung{i}"))["health"], "ok");
+    }
+    // Every check had begun before the first one gave up.
+    let accepted = accepted.lock().unwrap();
+    assert_eq!(accepted.len(), 4, "one health check per service");
+    let (first, last) = (accepted.iter().min().unwrap(), accepted.iter().max().unwrap());
+    assert!(last.duration_since(*first) < std::time::Duration::from_secs(4), "checked one after another");
+}
+
 #[test]
 fn a_bad_deployment_file_names_the_key() {
     let d = Deployment::new("[[service]]\nname = \"x\"\nkind = \"analyze\"\nport = 9100\ngpus = 1\n");

@@ -58,8 +58,9 @@ pub fn status(deployment: &Deployment) -> std::io::Result<StatusReport> {
     let state_path = deployment.state_path();
     let state = State::read(&state_path)?;
     let gpu = crate::gpu::query();
-    let mut services = Vec::new();
-    for s in &deployment.services {
+    // Each service is checked on its own thread: a hung one costs its
+    // timeout once, not once per service after it.
+    let check = |s: &crate::deploy::Service| {
         let recorded = state.as_ref().and_then(|st| st.services.iter().find(|r| r.name == s.name));
         let pid = recorded
             .and_then(|r| r.process.as_ref())
@@ -77,7 +78,7 @@ pub fn status(deployment: &Deployment) -> std::io::Result<StatusReport> {
             .then(|| crate::http::datafactory_fleet(&base))
             .flatten();
         let card = s.gpu.and_then(|g| gpu.gpu(g));
-        services.push(ServiceStatus {
+        ServiceStatus {
             name: s.name.clone(),
             kind: s.kind,
             gpu: s.gpu,
@@ -92,8 +93,12 @@ pub fn status(deployment: &Deployment) -> std::io::Result<StatusReport> {
             gpu_temperature_c: card.and_then(|c| c.temperature_c),
             models,
             fleet,
-        });
-    }
+        }
+    };
+    let services: Vec<ServiceStatus> = std::thread::scope(|scope| {
+        let running: Vec<_> = deployment.services.iter().map(|s| scope.spawn(move || check(s))).collect();
+        running.into_iter().map(|t| t.join().expect("a status check panicked")).collect()
+    });
     Ok(StatusReport {
         deployment: deployment.source.clone(),
         state_file: state_path.display().to_string(),
