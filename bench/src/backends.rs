@@ -7,7 +7,7 @@
 
 use anyhow::{Context, Result};
 use datafactory_core::config::StoreConfig;
-use datafactory_core::{Chunk, Document, Embedding, Format, Section};
+use datafactory_core::{Chunk, Document, Embedding};
 use datafactory_store::{DocumentKey, SearchMode, SearchRequest, Store, VectorOptions};
 use std::time::Instant;
 
@@ -93,19 +93,7 @@ fn corpus(docs: usize, chunks: usize, dim: usize) -> Corpus {
                 pipeline: "bench".into(),
                 byte_size: text.len() as u64,
             };
-            let doc = Document {
-                title: source,
-                format: Format::Text,
-                sections: vec![Section {
-                    heading_path: vec![],
-                    start: 0,
-                    end: text.chars().count(),
-                    page: None,
-                }],
-                text,
-                metadata: Default::default(),
-                external_id: None,
-            };
+            let doc = Document::plain(source, text);
             (key, doc, parts, embeddings)
         })
         .collect()

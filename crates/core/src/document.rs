@@ -83,6 +83,20 @@ pub struct Document {
 }
 
 impl Document {
+    /// Plain text: the whole text one section, no metadata.
+    pub fn plain(title: impl Into<String>, text: impl Into<String>) -> Document {
+        let text = text.into();
+        let end = text.chars().count();
+        Document {
+            title: title.into(),
+            format: Format::Text,
+            sections: vec![Section { heading_path: Vec::new(), start: 0, end, page: None }],
+            text,
+            metadata: Default::default(),
+            external_id: None,
+        }
+    }
+
     /// The text of a section (`start..end` in characters).
     pub fn section_text(&self, section: &Section) -> &str {
         slice_chars(&self.text, section.start, section.end)

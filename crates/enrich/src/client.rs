@@ -192,16 +192,14 @@ impl Client {
         let mut c = match first_token {
             None => {
                 let v = self.post(path, &body)?;
-                let text = match self.kind {
-                    ApiKind::Ollama => v["message"]["content"].as_str(),
-                    ApiKind::OpenAi => v["choices"][0]["message"]["content"].as_str(),
+                let (pointer, name) = match self.kind {
+                    ApiKind::Ollama => ("/message/content", "message.content"),
+                    ApiKind::OpenAi => ("/choices/0/message/content", "choices[0].message.content"),
                 };
-                let text = text.ok_or_else(|| {
-                    invalid(match self.kind {
-                        ApiKind::Ollama => "no message.content".into(),
-                        ApiKind::OpenAi => "no choices[0].message.content".into(),
-                    })
-                })?;
+                let text = v
+                    .pointer(pointer)
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| invalid(format!("no {name}")))?;
                 self.completion(text.to_string(), &v)
             }
             Some(first_token) => {

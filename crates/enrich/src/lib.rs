@@ -683,9 +683,8 @@ impl Enricher {
             let longest_suffix = suffix_of(&d.chunks[longest]);
             let max_suffix = self.count(&longest_suffix) + 8;
             let per_char = max_suffix as f64 / longest_suffix.chars().count().max(1) as f64;
-            let suffix_tokens = |chunk: &Chunk| {
-                ((suffix_of(chunk).chars().count() as f64 * per_char) as usize).min(max_suffix)
-            };
+            let suffix_tokens =
+                |suffix: &str| ((suffix.chars().count() as f64 * per_char) as usize).min(max_suffix);
             let budget = context.saturating_sub(answer + max_suffix + CHAT_OVERHEAD_TOKENS);
             if budget < 64 {
                 tracing::warn!(
@@ -699,12 +698,12 @@ impl Enricher {
                 let g = plan.groups.len();
                 plan.groups.push(Group { jobs: Vec::new(), prefix_tokens });
                 for &i in &todo {
-                    let chunk = &d.chunks[i];
+                    let suffix = suffix_of(&d.chunks[i]);
                     let job = plan.jobs.len();
                     plan.jobs.push(Job {
                         group: g,
-                        prompt: format!("{prefix}{}", suffix_of(chunk)),
-                        suffix_tokens: suffix_tokens(chunk),
+                        suffix_tokens: suffix_tokens(&suffix),
+                        prompt: format!("{prefix}{suffix}"),
                     });
                     plan.origin.push((doc, i));
                     plan.windowed.push(false);
@@ -755,19 +754,21 @@ impl Enricher {
                 }
                 window_chars = window_chars * 4 / 5;
             }
-            let mut group_of: HashMap<usize, usize> = HashMap::new();
+            // Per window used: its group and its prefix, escaped once.
+            let mut group_of: HashMap<usize, (usize, String)> = HashMap::new();
             for &i in &todo {
                 let chunk = &d.chunks[i];
                 let w = nearest_window(&windows, chunk);
-                let g = *group_of.entry(w).or_insert_with(|| {
+                let (g, window_prefix) = &*group_of.entry(w).or_insert_with(|| {
                     plan.groups.push(Group { jobs: Vec::new(), prefix_tokens: windows[w].3 });
-                    plan.groups.len() - 1
+                    (plan.groups.len() - 1, self.template.prefix(&windows[w].2))
                 });
+                let (g, suffix) = (*g, suffix_of(chunk));
                 let job = plan.jobs.len();
                 plan.jobs.push(Job {
                     group: g,
-                    prompt: self.template.render(&windows[w].2, &chunk.text),
-                    suffix_tokens: suffix_tokens(chunk),
+                    suffix_tokens: suffix_tokens(&suffix),
+                    prompt: format!("{window_prefix}{suffix}"),
                 });
                 plan.origin.push((doc, i));
                 plan.windowed.push(true);

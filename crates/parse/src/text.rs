@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use datafactory_core::document::{Document, Format, Section};
+use datafactory_core::document::Document;
 
 use crate::{fallback_title, finish, first_line_title, ParseError};
 
@@ -78,15 +78,7 @@ pub(crate) fn normalize_newlines(text: String) -> String {
 /// Plain text: the whole text is the document, one section.
 pub(crate) fn parse(text: String, path_hint: Option<&Path>) -> Result<Document, ParseError> {
     let title = first_line_title(&text).unwrap_or_else(|| fallback_title(path_hint));
-    let end = text.chars().count();
-    finish(Document {
-        title,
-        format: Format::Text,
-        text,
-        sections: vec![Section { heading_path: Vec::new(), start: 0, end, page: None }],
-        metadata: Default::default(),
-        external_id: None,
-    })
+    finish(Document::plain(title, text))
 }
 
 #[cfg(test)]

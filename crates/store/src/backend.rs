@@ -6,7 +6,7 @@
 use crate::pg::PgStore;
 use crate::{
     ClaimedJob, CommitOutcome, DocumentDetail, DocumentKey, DocumentSummary, EmbeddedStore, Fleet, JobRecord,
-    Result, SearchHit, SearchMode, SearchRequest, SearchResults, Stats, StoreError, VectorOptions, WordQuery,
+    Result, SearchHit, SearchRequest, SearchResults, Stats, StoreError, VectorOptions, WordQuery,
 };
 use datafactory_core::config::{Config, StoreConfig};
 use datafactory_core::{Chunk, Document, Embedding};
@@ -130,22 +130,7 @@ impl Store {
 
     /// Word search only.
     pub fn search_words(&self, query: &WordQuery<'_>) -> Result<Vec<SearchHit>> {
-        let request = SearchRequest {
-            text: query.text,
-            embedding: None,
-            mode: SearchMode::Lexical,
-            collection: query.collection,
-            top_k: query.top_k,
-            candidates: query.top_k,
-            rrf_k: 60.0,
-            weight_words: 1.0,
-            weight_dense: 0.0,
-            weight_sparse: 0.0,
-            title_boost: query.title_boost,
-            heading_boost: query.heading_boost,
-            filter: None,
-        };
-        Ok(self.search(&request)?.hits)
+        Ok(self.search(&query.request())?.hits)
     }
 
     pub fn list_documents(&self, collection: Option<&str>) -> Result<Vec<DocumentSummary>> {

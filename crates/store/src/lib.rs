@@ -787,22 +787,7 @@ impl EmbeddedStore {
 
     /// Word search (BM25): the best chunks for `query`, read back from SQLite.
     pub fn search_words(&self, query: &WordQuery<'_>) -> Result<Vec<SearchHit>> {
-        let request = SearchRequest {
-            text: query.text,
-            embedding: None,
-            mode: SearchMode::Lexical,
-            collection: query.collection,
-            top_k: query.top_k,
-            candidates: query.top_k,
-            rrf_k: 60.0,
-            weight_words: 1.0,
-            weight_dense: 0.0,
-            weight_sparse: 0.0,
-            title_boost: query.title_boost,
-            heading_boost: query.heading_boost,
-            filter: None,
-        };
-        Ok(self.search(&request)?.hits)
+        Ok(self.search(&query.request())?.hits)
     }
 
     pub fn list_documents(&self, collection: Option<&str>) -> Result<Vec<DocumentSummary>> {

@@ -131,6 +131,27 @@ pub struct WordQuery<'a> {
     pub heading_boost: f32,
 }
 
+impl<'a> WordQuery<'a> {
+    /// The same query as a search request: words only, no filter.
+    pub fn request(&self) -> SearchRequest<'a> {
+        SearchRequest {
+            text: self.text,
+            embedding: None,
+            mode: SearchMode::Lexical,
+            collection: self.collection,
+            top_k: self.top_k,
+            candidates: self.top_k,
+            rrf_k: 60.0,
+            weight_words: 1.0,
+            weight_dense: 0.0,
+            weight_sparse: 0.0,
+            title_boost: self.title_boost,
+            heading_boost: self.heading_boost,
+            filter: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct SearchHit {
     pub chunk_id: String,

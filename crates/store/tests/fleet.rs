@@ -7,7 +7,7 @@
 
 use datafactory_chunk::Chunker;
 use datafactory_core::config::{ChunkingConfig, StoreConfig};
-use datafactory_core::{document_id, Document, Format, HeuristicTokenCounter, Section};
+use datafactory_core::{document_id, Document, HeuristicTokenCounter};
 use datafactory_store::{CommitOutcome, DocumentKey, Store};
 use std::process::{Child, Command};
 use std::sync::Arc;
@@ -68,19 +68,7 @@ fn work(store: &Store, node: &str, pause: Duration, stop: impl Fn(&Store) -> boo
         let (mut added, mut unchanged, mut lost) = (0, 0, false);
         for (name, bytes) in &job.files {
             let text = String::from_utf8(bytes.clone()).unwrap();
-            let doc = Document {
-                title: name.clone(),
-                format: Format::Text,
-                sections: vec![Section {
-                    heading_path: vec![],
-                    start: 0,
-                    end: text.chars().count(),
-                    page: None,
-                }],
-                text: text.clone(),
-                metadata: Default::default(),
-                external_id: None,
-            };
+            let doc = Document::plain(name.clone(), text.clone());
             let chunks = chunker.chunk(&doc);
             let key = DocumentKey {
                 id: document_id(&collection, name),
