@@ -1,0 +1,222 @@
+//! The PostgreSQL backend: documents, chunks, contexts, jobs and vectors in
+//! one PostgreSQL database with pgvector, shared by any number of nodes.
+//!
+//! Everything is transactional in PostgreSQL itself, so there is no derived
+//! index to repair: the word index is a `tsvector` column with a GIN index,
+//! dense vectors a `halfvec` column with an HNSW index, sparse weights a
+//! `sparsevec` column (exact inner product). One document commits in one
+//! transaction; searches read one snapshot (`REPEATABLE READ`, read only).
+//!
+//! Retrieval gives the same per-retriever candidate lists as the embedded
+//! store's retrievers would, within the differences listed in
+//! docs/POSTGRES.md (ts_rank_cd instead of BM25, language-aware stemming,
+//! HNSW recall), and the lists are fused by the same code (`search::fuse`).
+
+mod jobs;
+mod pool;
+mod reads;
+mod schema;
+mod search;
+mod text;
+mod writes;
+use pool::*;
+use reads::*;
+pub use schema::PG_SCHEMA_VERSION;
+use schema::*;
+use search::*;
+pub use text::text_search_config;
+use text::*;
+
+use crate::search::{fuse, plan, primary, Plan, Ranked, Retriever};
+use crate::{
+    indexed_context, now_ms, words, ClaimedJob, CollectionStats, CommitOutcome, DocumentDetail, DocumentInfo,
+    DocumentKey, DocumentSummary, Fleet, FleetNode, IndexStats, JobRecord, Result, SearchHit, SearchRequest,
+    SearchResults, StageScores, Stats, StoreError, StoredChunk, VectorOptions, VectorStats,
+};
+use datafactory_core::config::StoreConfig;
+use datafactory_core::{chunk_id, Chunk, Document, Embedding, Format};
+use pgvector::{HalfVector, SparseVector};
+use postgres::{Client, IsolationLevel, NoTls, Row, Transaction};
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+/// Sparse vectors are token id → weight; pgvector needs a dimension, the
+/// same for all: larger than any vocabulary.
+const SPARSE_DIMENSIONS: i32 = 1_000_000_000;
+
+pub struct PgStore {
+    pool: Pool,
+    /// The vector options (and so the embedding model), once vectors are enabled.
+    vectors: RwLock<Option<VectorOptions>>,
+    /// pgvector 0.8 or later: filtered HNSW scans continue until they have
+    /// enough rows (`hnsw.iterative_scan`).
+    iterative_scan: bool,
+    /// This process's id in the fleet, once it runs queued jobs: it then
+    /// ends only jobs it holds.
+    node: RwLock<Option<String>>,
+}
+
+impl PgStore {
+    /// Connects, creates the schema if missing and applies the migrations
+    /// this database lacks.
+    pub fn open(settings: &StoreConfig) -> Result<PgStore> {
+        let mut config: postgres::Config = settings
+            .url
+            .parse()
+            .map_err(|e| StoreError::Invalid(format!("store.url is not a PostgreSQL URL: {e}")))?;
+        config.connect_timeout(Duration::from_secs(settings.connect_timeout_seconds.max(1)));
+        config.application_name("datafactory");
+        let store = PgStore {
+            pool: Pool {
+                config,
+                schema: settings.schema.clone(),
+                ca_file: (!settings.ca_file.is_empty()).then(|| settings.ca_file.clone().into()),
+                statement_timeout: Duration::from_secs(settings.statement_timeout_seconds),
+                idle: Mutex::new(Vec::new()),
+                keep: settings.pool_size.max(1),
+            },
+            vectors: RwLock::new(None),
+            iterative_scan: false,
+            node: RwLock::new(None),
+        };
+        let mut store = store;
+        store.migrate()?;
+        let version: String = store
+            .conn()?
+            .query_one("SELECT extversion FROM pg_extension WHERE extname = 'vector'", &[])?
+            .get(0);
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        if (major, minor) < (0, 7) {
+            return Err(StoreError::Invalid(format!(
+                "pgvector {version} is too old: DataFactory needs 0.7 or later (halfvec, sparsevec, HNSW); \
+                 ALTER EXTENSION vector UPDATE"
+            )));
+        }
+        store.iterative_scan = (major, minor) >= (0, 8);
+        *store.vectors.write().unwrap_or_else(|p| p.into_inner()) = store.stored_vector_options()?;
+        Ok(store)
+    }
+
+    fn conn(&self) -> Result<Conn<'_>> {
+        self.pool.get()
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let mut conn = self.conn()?;
+        loop {
+            let mut tx = conn.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+            tx.batch_execute(&format!(
+                "CREATE EXTENSION IF NOT EXISTS vector;
+                 CREATE SCHEMA IF NOT EXISTS \"{0}\";
+                 CREATE TABLE IF NOT EXISTS \"{0}\".schema_version (version bigint NOT NULL);",
+                self.pool.schema
+            ))?;
+            let version: i64 =
+                tx.query_opt("SELECT version FROM schema_version", &[])?.map(|r| r.get(0)).unwrap_or(0);
+            if version > PG_SCHEMA_VERSION {
+                return Err(StoreError::Invalid(format!(
+                    "the PostgreSQL schema {} has version {version}, newer than this program's {PG_SCHEMA_VERSION}; upgrade DataFactory",
+                    self.pool.schema
+                )));
+            }
+            let Some(sql) = MIGRATIONS.get(version as usize) else {
+                tx.commit()?;
+                return Ok(());
+            };
+            tx.batch_execute(sql)?;
+            tx.execute("DELETE FROM schema_version", &[])?;
+            tx.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&(version + 1)])?;
+            tx.commit()?;
+            tracing::info!("PostgreSQL schema {} migrated to version {}", self.pool.schema, version + 1);
+        }
+    }
+
+    fn stored_vector_options(&self) -> Result<Option<VectorOptions>> {
+        let mut conn = self.conn()?;
+        let row = conn.query_opt("SELECT value FROM meta WHERE key = 'vectors'", &[])?;
+        Ok(match row {
+            Some(r) => Some(serde_json::from_str(r.get::<_, &str>(0))?),
+            None => None,
+        })
+    }
+
+    pub fn latest_change(&self) -> Result<i64> {
+        let mut conn = self.conn()?;
+        Ok(conn.query_one("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM changes", &[])?.get(0))
+    }
+
+    pub fn vector_options(&self) -> Option<VectorOptions> {
+        self.vectors.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Creates the vector table and its HNSW index for a model, or checks
+    /// that the stored vectors are of this model.
+    pub fn enable_vectors(&self, options: &VectorOptions) -> Result<()> {
+        if options.dimensions == 0 || options.dimensions > 4000 {
+            return Err(StoreError::Invalid(format!(
+                "{} dimensions: a halfvec HNSW index takes 1 to 4000",
+                options.dimensions
+            )));
+        }
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        let stored = tx.query_opt("SELECT value FROM meta WHERE key = 'vectors'", &[])?;
+        if let Some(r) = stored {
+            let stored: VectorOptions = serde_json::from_str(r.get::<_, &str>(0))?;
+            if stored.model != options.model || stored.dimensions != options.dimensions {
+                return Err(StoreError::ModelMismatch {
+                    stored: format!("{} ({} dimensions)", stored.model, stored.dimensions),
+                    configured: format!("{} ({} dimensions)", options.model, options.dimensions),
+                });
+            }
+            tx.commit()?;
+            *self.vectors.write().unwrap_or_else(|p| p.into_inner()) = Some(stored);
+            return Ok(());
+        }
+        tx.batch_execute(&format!(
+            "CREATE TABLE embeddings (
+                 key       bigserial PRIMARY KEY,
+                 chunk_id  text NOT NULL UNIQUE REFERENCES chunks(id) ON DELETE CASCADE,
+                 dense     halfvec({dims}) NOT NULL,
+                 sparse    sparsevec
+             );
+             CREATE INDEX embeddings_dense ON embeddings USING hnsw (dense halfvec_cosine_ops)
+                 WITH (m = {m}, ef_construction = {ef});",
+            dims = options.dimensions,
+            m = options.connectivity.clamp(2, 100),
+            ef = options.expansion_add.clamp(4, 1000),
+        ))?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('vectors', $1), ('embedding_model', $2)",
+            &[&serde_json::to_string(options)?, &options.model],
+        )?;
+        tx.commit()?;
+        *self.vectors.write().unwrap_or_else(|p| p.into_inner()) = Some(options.clone());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn word_queries_are_code_aware_and_safe() {
+        let q = word_query("DiffExecutor & 'x' | !y:*", 0.5, 0.0).unwrap();
+        assert_eq!(q, "diff:AD | diffexecutor:AD | executor:AD | x:AD | y:AD");
+        assert_eq!(word_query("!&|", 1.0, 1.0), None);
+        assert_eq!(word_query("kaas", 0.0, 1.0).unwrap(), "kaas:BD");
+    }
+
+    #[test]
+    fn languages_map_to_text_search_configurations() {
+        assert_eq!(text_search_config(Some("nld")), "dutch");
+        assert_eq!(text_search_config(Some("eng")), "english");
+        assert_eq!(text_search_config(Some("xyz")), "simple");
+        assert_eq!(text_search_config(None), "simple");
+    }
+}
