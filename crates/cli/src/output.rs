@@ -1,5 +1,5 @@
 //! How results are shown: for people (plain text) and for programs (JSON).
-//! The JSON shapes are documented in the README and kept stable.
+//! The JSON shapes are documented in docs/GUIDE.md ("JSON output") and kept stable.
 
 use anyhow::Result;
 use datafactory_eval::{EvalReport, RelevanceLevel};

@@ -663,12 +663,9 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_shows_the_seed_layout() {
-        let readme = include_str!("../../../README.md");
-        assert!(
-            readme.contains(SEED_LAYOUT),
-            "README.md's Launcher section must show deploy/seed.toml as it is"
-        );
+    fn the_launcher_guide_shows_the_seed_layout() {
+        let guide = include_str!("../../../docs/LAUNCHER.md");
+        assert!(guide.contains(SEED_LAYOUT), "docs/LAUNCHER.md must show deploy/seed.toml as it is");
     }
 
     #[test]
