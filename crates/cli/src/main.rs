@@ -77,9 +77,13 @@ enum Command {
     },
     /// Run the analyzer service (POST /analyze, GET /health).
     AnalyzeServer {
-        /// Address to listen on (default: analysis.address, 0.0.0.0:9100).
+        /// Address to listen on (default: analysis.address, 127.0.0.1:9100). Another
+        /// address than loopback needs server.api_keys, or --insecure.
         #[arg(long)]
         address: Option<String>,
+        /// Listen on a non-loopback address without API keys (server.allow_insecure), with a warning.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Search chunks: by words, by meaning, or both fused.
     Search {
@@ -137,16 +141,24 @@ enum Command {
     },
     /// Run the DataFactory HTTP service (ingest jobs, search, documents, metrics).
     Serve {
-        /// Address to listen on (default: server.address, 0.0.0.0:9000).
+        /// Address to listen on (default: server.address, 127.0.0.1:9000). Another
+        /// address than loopback needs server.api_keys, or --insecure.
         #[arg(long)]
         address: Option<String>,
+        /// Listen on a non-loopback address without API keys (server.allow_insecure), with a warning.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Run the reranker service: POST /rerank (text-embeddings-inference's
     /// shape) with the cross-encoder of `rerank.model`; keys and limits of `[server]`.
     RerankServer {
-        /// Address to listen on (default: rerank.address, 0.0.0.0:9200).
+        /// Address to listen on (default: rerank.address, 127.0.0.1:9200). Another
+        /// address than loopback needs server.api_keys, or --insecure.
         #[arg(long)]
         address: Option<String>,
+        /// Listen on a non-loopback address without API keys (server.allow_insecure), with a warning.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Start every service of a deployment file (default: ./datafactory-deploy.toml,
     /// else the seed's layout), each pinned to its GPU; wait for their health
@@ -271,6 +283,21 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
 
+/// Refuses an open non-loopback listen address (see `check_exposure`);
+/// prints the warning when it is allowed anyway.
+fn exposure(address: std::net::SocketAddr, config: &Config, insecure: bool) -> anyhow::Result<()> {
+    match datafactory_server::check_exposure(address, &config.server, insecure) {
+        Ok(warning) => {
+            if let Some(w) = warning {
+                eprintln!("{w}");
+                tracing::warn!("{w}");
+            }
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!(e)),
+    }
+}
+
 fn load_config(cli: &Cli) -> Result<Config> {
     let mut overrides = serde_json::Map::new();
     if let Some(dir) = &cli.data_dir {
@@ -303,11 +330,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let config = load_config(&cli)?;
     let data_dir_flag = cli.data_dir.clone();
     match cli.command {
-        Command::Serve { address } => {
+        Command::Serve { address, insecure } => {
             let address = address.unwrap_or_else(|| config.server.address.clone());
             let address: std::net::SocketAddr = address
                 .parse()
                 .with_context(|| format!("--address {address:?} is not an IP address and port"))?;
+            exposure(address, &config, insecure)?;
             let store = Arc::new(open_store(&config)?);
             let (embedder, note) = load_embedder(&config);
             if let Some(n) = note.as_ref().filter(|_| !config.embedding.model.trim().is_empty()) {
@@ -324,11 +352,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 datafactory_server::shutdown_signal(),
             ))?;
         }
-        Command::RerankServer { address } => {
+        Command::RerankServer { address, insecure } => {
             let address = address.unwrap_or_else(|| config.rerank.address.clone());
             let address: std::net::SocketAddr = address
                 .parse()
                 .with_context(|| format!("--address {address:?} is not an IP address and port"))?;
+            exposure(address, &config, insecure)?;
             let reranker = datafactory_models::load_reranker(&config.rerank)
                 .context("cannot load the reranker model (rerank.model)")?;
             let state = Arc::new(datafactory_server::RerankState::new(config, reranker));
@@ -339,11 +368,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 datafactory_server::shutdown_signal(),
             ))?;
         }
-        Command::AnalyzeServer { address } => {
+        Command::AnalyzeServer { address, insecure } => {
             let address = address.unwrap_or_else(|| config.analysis.address.clone());
             let address: std::net::SocketAddr = address
                 .parse()
                 .with_context(|| format!("--address {address:?} is not an IP address and port"))?;
+            exposure(address, &config, insecure)?;
             let state = Arc::new(datafactory_server::analyzer::AnalyzerState::new(&config));
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(datafactory_server::analyzer::serve(

@@ -186,3 +186,83 @@ print(json.dumps({
         assert!(cos > 0.9999, "base64 and float answers differ: {cos}");
     }
 }
+
+/// Runs `datafactory <args>` until `/health` answers on `port` (then kills
+/// it) or it exits; answers whether it came up, and its stderr.
+fn run_until_healthy(
+    data: &std::path::Path,
+    port: u16,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (bool, String) {
+    let mut cmd = datafactory(data);
+    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let up = loop {
+        if ureq::get(&format!("http://127.0.0.1:{port}/health")).call().is_ok() {
+            break true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break false;
+        }
+        assert!(Instant::now() < deadline, "it neither started nor exited: {args:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if up {
+        child.kill().unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    (up, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Every address but loopback needs API keys or --insecure: `serve` and
+/// `analyze-server` refuse 0.0.0.0 without keys, naming the fixes; with
+/// --insecure they start with a warning; with a key they start quietly and
+/// ask for it.
+#[test]
+fn an_open_non_loopback_address_needs_keys_or_insecure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    for command in ["serve", "analyze-server"] {
+        let port = free_port();
+        let address = format!("0.0.0.0:{port}");
+        let (up, stderr) = run_until_healthy(&data, port, &[command, "--address", &address], &[]);
+        assert!(!up, "{command} started open on {address}");
+        assert!(
+            stderr.contains("refusing to listen on 0.0.0.0")
+                && stderr.contains("server.api_keys")
+                && stderr.contains("--insecure")
+                && stderr.contains("127.0.0.1"),
+            "{command}: {stderr}"
+        );
+        let (up, stderr) =
+            run_until_healthy(&data, port, &[command, "--address", &address, "--insecure"], &[]);
+        assert!(up, "{command} --insecure did not start: {stderr}");
+        assert!(stderr.contains("WARNING: listening on 0.0.0.0"), "{command}: {stderr}");
+    }
+    let port = free_port();
+    let key = "key-0123456789abcdef";
+    let keys = format!("[\"{key}\"]");
+    let mut cmd = datafactory(&data);
+    cmd.args(["serve", "--address", &format!("0.0.0.0:{port}")])
+        .env("DATAFACTORY_SERVER__API_KEYS", &keys)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut server = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ureq::get(&format!("http://127.0.0.1:{port}/health")).call().is_err() {
+        assert!(server.try_wait().unwrap().is_none(), "serve with a key exited");
+        assert!(Instant::now() < deadline, "serve with a key did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("http://127.0.0.1:{port}/search?q=x");
+    assert!(matches!(ureq::get(&url).call(), Err(ureq::Error::Status(401, _))));
+    assert_eq!(ureq::get(&url).set("Authorization", &format!("Bearer {key}")).call().unwrap().status(), 200);
+    server.kill().unwrap();
+    let out = server.wait_with_output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("WARNING"));
+}

@@ -119,8 +119,10 @@ pub struct Service {
     pub kind: Kind,
     /// The port it listens on (required unless `url` is given).
     pub port: Option<u16>,
-    /// The address it listens on.
-    #[serde(default = "default_host")]
+    /// The address it listens on (default: 127.0.0.1 for the DataFactory's
+    /// services, which need `server.api_keys` or `server.allow_insecure` on
+    /// any other address; 0.0.0.0 for Ollama).
+    #[serde(default)]
     pub host: String,
     /// The GPU it sees (`CUDA_VISIBLE_DEVICES`, NVML/nvidia-smi numbering); none: it sees no GPU.
     pub gpu: Option<u32>,
@@ -188,8 +190,12 @@ impl Service {
     }
 }
 
-fn default_host() -> String {
-    "0.0.0.0".into()
+/// Where a service listens when its `host` is left out.
+fn default_host(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Ollama => "0.0.0.0",
+        _ => "127.0.0.1",
+    }
 }
 
 impl Deployment {
@@ -214,6 +220,9 @@ impl Deployment {
             .map_err(|e| DeployError::Parse { path: source.to_string(), message: e.to_string() })?;
         d.base_dir = base_dir;
         d.source = source.to_string();
+        for s in d.services.iter_mut().filter(|s| s.host.is_empty()) {
+            s.host = default_host(s.kind).to_string();
+        }
         d.validate()?;
         Ok(d)
     }
@@ -561,7 +570,24 @@ impl Deployment {
             .merge(Serialized::defaults(&overrides))
             .extract()
             .map_err(|e| invalid(format!("configuration: {e}")))?;
-        config.validate().map_err(|e| invalid(e.to_string()))
+        config.validate().map_err(|e| invalid(e.to_string()))?;
+        // The service refuses an open non-loopback address itself; say so
+        // here, before anything starts.
+        let open = s.host.parse::<std::net::IpAddr>().is_ok_and(|ip| !ip.is_loopback())
+            && config.server.api_keys.is_empty()
+            && !config.server.allow_insecure;
+        if open {
+            return Err(self.invalid(
+                format!("service[{i}] ({:?}).host", s.name),
+                format!(
+                    "{} is not loopback and the service has no API key: set \"server.api_keys\" in its \
+                     settings (or its configuration file), or \"server.allow_insecure\" = true to run it \
+                     open, or leave host out (127.0.0.1)",
+                    s.host
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -604,6 +630,8 @@ fn setting_value(v: &toml::Value) -> Option<String> {
         toml::Value::Integer(i) => Some(i.to_string()),
         toml::Value::Float(f) => Some(f.to_string()),
         toml::Value::Boolean(b) => Some(b.to_string()),
+        // An inline array (`server.api_keys`), which figment reads from one variable.
+        toml::Value::Array(_) => Some(v.to_string()),
         _ => None,
     }
 }
@@ -614,6 +642,7 @@ fn toml_to_json(v: &toml::Value) -> serde_json::Value {
         toml::Value::Integer(i) => (*i).into(),
         toml::Value::Float(f) => (*f).into(),
         toml::Value::Boolean(b) => (*b).into(),
+        toml::Value::Array(a) => a.iter().map(toml_to_json).collect::<Vec<_>>().into(),
         other => other.to_string().into(),
     }
 }
@@ -690,6 +719,33 @@ mod tests {
         assert!(e.to_string().contains("service[0] (\"a\").port: is required"), "{e}");
         let e = parse("[[service]]\nname = \"a/b\"\nkind = \"ollama\"\nport = 1\n").unwrap_err();
         assert!(e.to_string().contains(".name"), "{e}");
+    }
+
+    /// The DataFactory's services listen on loopback unless told otherwise;
+    /// another address needs keys or an explicit `server.allow_insecure`.
+    #[test]
+    fn an_open_non_loopback_service_fails_the_plan() {
+        let d = Deployment::seed(std::env::temp_dir());
+        let plan = d.plan(Path::new("/bin/datafactory")).unwrap();
+        for p in plan.iter().filter(|p| p.service.kind != Kind::Ollama) {
+            let args = &p.launch.as_ref().unwrap().args;
+            let listen = &args[args.iter().position(|a| a == "--address").unwrap() + 1];
+            assert!(listen.starts_with("127.0.0.1:"), "{}: {listen}", p.service.name);
+        }
+        let open = "[[service]]\nname = \"an\"\nkind = \"analyze\"\nport = 9100\nhost = \"0.0.0.0\"\n";
+        let e = parse(open).unwrap().plan(Path::new("datafactory")).unwrap_err().to_string();
+        assert!(
+            e.contains("service[0] (\"an\").host")
+                && e.contains("server.api_keys")
+                && e.contains("allow_insecure"),
+            "{e}"
+        );
+        for extra in [
+            "settings = { \"server.api_keys\" = [\"key-0123456789abcdef\"] }\n",
+            "settings = { \"server.allow_insecure\" = true }\n",
+        ] {
+            parse(&format!("{open}{extra}")).unwrap().plan(Path::new("datafactory")).unwrap();
+        }
     }
 
     #[test]

@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use datafactory_core::PlanOverride;
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,12 +38,11 @@ pub(crate) fn enabled(state: &AppState) -> bool {
 pub(crate) async fn ingest(
     state: &Shared,
     collection: String,
-    named: Vec<(PathBuf, String)>,
+    staged: Vec<crate::routes::Staged>,
     plan: Option<PlanOverride>,
-    folder: PathBuf,
     wait: bool,
 ) -> Result<Response, ApiError> {
-    let job_id = enqueue(state, collection, named, plan, folder).await?;
+    let job_id = enqueue(state, collection, staged, plan).await?;
     if !wait {
         return Ok((StatusCode::ACCEPTED, Json(json!({"job_id": job_id, "state": "queued"}))).into_response());
     }
@@ -62,26 +60,22 @@ pub(crate) async fn ingest(
     }
 }
 
-/// Queues an ingest for any node: the uploaded files (already written to
-/// `folder`) go into PostgreSQL with the job, and the folder is removed.
+/// Queues an ingest for any node: the request's checked inputs go into
+/// PostgreSQL with the job (nothing is written to this node's disk).
 async fn enqueue(
     state: &Shared,
     collection: String,
-    named: Vec<(PathBuf, String)>,
+    staged: Vec<crate::routes::Staged>,
     plan: Option<PlanOverride>,
-    folder: PathBuf,
 ) -> Result<String, ApiError> {
-    let mut files = Vec::with_capacity(named.len());
-    let mut sources = Vec::with_capacity(named.len());
-    for (i, (path, source)) in named.iter().enumerate() {
-        let bytes = tokio::fs::read(path).await.map_err(internal)?;
+    let mut files = Vec::with_capacity(staged.len());
+    let mut sources = Vec::with_capacity(staged.len());
+    for (i, s) in staged.into_iter().enumerate() {
         // Keep the extension: a hint for the format.
-        let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
-        let name = format!("{i:05}{ext}");
-        sources.push(json!([name, source]));
-        files.push((name, bytes));
+        let name = format!("{i:05}{}", s.ext);
+        sources.push(json!([name, s.source]));
+        files.push((name, s.bytes));
     }
-    let _ = tokio::fs::remove_dir_all(&folder).await;
     let request = json!({"sources": sources, "plan": plan});
     let store = state.store.clone();
     tokio::task::spawn_blocking(move || store.enqueue_job("ingest", Some(&collection), &request, &files))

@@ -1,7 +1,9 @@
-//! The DataFactory service (`datafactory serve`, port 9000 by default): ingest
+//! The DataFactory service (`datafactory serve`, 127.0.0.1:9000 by default): ingest
 //! as jobs, search (reranked through [`Reranker`] when configured), documents,
 //! health, readiness and metrics over HTTP; and the reranker service
-//! (`datafactory rerank-server`, port 9200, [`rerank`]) with its client.
+//! (`datafactory rerank-server`, port 9200, [`rerank`]) with its client. A
+//! service listens beyond loopback only with API keys or when told
+//! `--insecure` ([`check_exposure`]).
 //!
 //! It is an adapter: the work is done by `datafactory-ingest` and
 //! `datafactory-store`, on blocking threads, while the async side only moves
@@ -121,6 +123,34 @@ pub async fn serve_on(
         .map_err(std::io::Error::other)?
         .map_err(std::io::Error::other)?;
     Ok(())
+}
+
+/// Whether a service may listen on `address` with the keys of `server`: a
+/// loopback address, or any address with `server.api_keys`, is fine; another
+/// address without keys would let anyone who reaches it ingest, read and
+/// delete, so it is refused unless `insecure` (`--insecure`) or
+/// `server.allow_insecure` says so, and then `Ok` carries a warning to print.
+pub fn check_exposure(
+    address: SocketAddr,
+    server: &datafactory_core::config::ServerConfig,
+    insecure: bool,
+) -> Result<Option<String>, String> {
+    if address.ip().is_loopback() || !server.api_keys.is_empty() {
+        return Ok(None);
+    }
+    if insecure || server.allow_insecure {
+        return Ok(Some(format!(
+            "WARNING: listening on {address} with no API key (--insecure / server.allow_insecure): \
+             anyone who can reach this address can ingest, read and delete documents"
+        )));
+    }
+    Err(format!(
+        "refusing to listen on {address} with no API key: anyone who can reach it could ingest, read \
+         and delete documents. Set server.api_keys (e.g. DATAFACTORY_SERVER__API_KEYS='[\"<a key of 16+ \
+         characters>\"]'), listen on loopback (--address 127.0.0.1:{port}), or pass --insecure \
+         (server.allow_insecure = true) to run it open anyway",
+        port = address.port()
+    ))
 }
 
 /// Completes on Ctrl-C or SIGTERM.

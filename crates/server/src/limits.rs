@@ -1,7 +1,8 @@
 //! What every DataFactory HTTP service applies around its routes, from the
 //! `[server]` configuration: bearer keys (all routes but `/health`), the
 //! body limit (413), the concurrency limit (429), the time limit (408), and
-//! request metrics. The DataFactory service and the reranker service share it.
+//! request metrics (labelled by route template; every path that matches no
+//! route under one label). The DataFactory service and the reranker service share it.
 
 use crate::metrics::Metrics;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -77,7 +78,8 @@ async fn guard(State(guard): State<Guard>, request: Request, next: Next) -> Resp
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| request.uri().path().to_string());
+        // Never the raw path: clients choose it, and every distinct label is a series kept forever.
+        .unwrap_or_else(|| crate::metrics::UNMATCHED.to_string());
     let response = if route != "/health" && !guard.authorized(request.headers()) {
         error(StatusCode::UNAUTHORIZED, "missing or wrong API key (Authorization: Bearer KEY)")
     } else {

@@ -17,7 +17,7 @@
 //! is `datafactory_remote::RemoteReranker` (a pool of such services).
 
 use crate::limits::Guard;
-use crate::metrics::{counter, Metrics};
+use crate::metrics::{counters, Metrics};
 use crate::routes::{bad_request, ApiError};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -89,20 +89,21 @@ async fn info(State(state): State<Shared>) -> Json<Value> {
 async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
     let mut out = state.metrics.render_requests();
     let s = state.reranker.stats();
-    for (name, help, v) in [
-        ("datafactory_rerank_pairs_total", "Query-passage pairs scored.", s.pairs),
-        ("datafactory_rerank_batches_total", "Forward passes run.", s.batches),
-        ("datafactory_rerank_tokens_total", "Tokens of the pairs scored (no padding).", s.tokens),
-        ("datafactory_rerank_padded_tokens_total", "Tokens computed, padding included.", s.padded_tokens),
-        (
-            "datafactory_rerank_gpu_fallbacks_total",
-            "Batches that ran out of GPU memory and were redone on the CPU.",
-            s.gpu_fallbacks,
-        ),
-    ] {
-        counter(&mut out, name, help, v);
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    counters(
+        &mut out,
+        &[
+            ("datafactory_rerank_pairs_total", "Query-passage pairs scored.", s.pairs),
+            ("datafactory_rerank_batches_total", "Forward passes run.", s.batches),
+            ("datafactory_rerank_tokens_total", "Tokens of the pairs scored (no padding).", s.tokens),
+            ("datafactory_rerank_padded_tokens_total", "Tokens computed, padding included.", s.padded_tokens),
+            (
+                "datafactory_rerank_gpu_fallbacks_total",
+                "Batches that ran out of GPU memory and were redone on the CPU.",
+                s.gpu_fallbacks,
+            ),
+        ],
+    );
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], out)
 }
 
 /// text-embeddings-inference's `/rerank` request, plus `top_k`.

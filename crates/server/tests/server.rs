@@ -691,3 +691,249 @@ async fn ingest_records_the_analysis_and_follows_the_plan() {
     assert_eq!(r.status(), 400);
     s.stop().await;
 }
+
+/// `/metrics` read by the real Prometheus text parser (the Python
+/// `prometheus_client`, pinned by `.ci/run`): every family and sample as JSON.
+fn parse_exposition(text: &str) -> Value {
+    use std::io::Write;
+    let script = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for f in text_string_to_metric_families(sys.stdin.read()):
+    out.append({"name": f.name, "type": f.type,
+                "samples": [{"name": s.name, "labels": s.labels, "value": s.value} for s in f.samples]})
+print(json.dumps(out))
+"#;
+    let mut child = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused the exposition (is prometheus_client installed? .ci/run installs it): {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Sends `GET path` as raw bytes (no client escaping), answers the status line.
+async fn raw_get(base: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_string()
+}
+
+/// Requests to many random paths, `"`, `{`, `}` and `\` included, add no
+/// series: every unmatched path counts under route="unmatched", and the
+/// exposition stays parseable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_stay_bounded_and_parseable_under_random_paths() {
+    let s = Server::start(|_| {}).await;
+    let c = client();
+    assert_eq!(c.get(s.url("/search?q=x")).send().await.unwrap().status(), 200);
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    for i in 0..300 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let path = format!("/r{i}-{seed:x}");
+        assert_eq!(c.get(s.url(&path)).send().await.unwrap().status(), 404);
+    }
+    for path in [r#"/a"b"#, "/{}", r#"/x{y="z"}"#, r#"/back\slash"#, "/%22%7B%7D", "/documents/a/b/c"] {
+        let status = raw_get(&s.running.base, path).await;
+        assert!(status.contains(" 404 ") || status.contains(" 400 "), "{path}: {status}");
+    }
+    let text = c.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let families = parse_exposition(&text);
+    let spec: Value = c.get(s.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let templates: Vec<&str> = spec["paths"].as_object().unwrap().keys().map(String::as_str).collect();
+    let requests = families
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "datafactory_http_requests")
+        .unwrap_or_else(|| panic!("no datafactory_http_requests family: {families:#}"));
+    assert_eq!(requests["type"], "counter");
+    let mut routes: Vec<&str> = requests["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["labels"]["route"].as_str().unwrap())
+        .collect();
+    routes.sort();
+    routes.dedup();
+    for r in &routes {
+        assert!(*r == "unmatched" || templates.contains(r), "route label {r:?} is not a route template");
+    }
+    assert!(routes.contains(&"unmatched") && routes.contains(&"/search"), "{routes:?}");
+    let unmatched: f64 = requests["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["labels"]["route"] == "unmatched" && s["name"] == "datafactory_http_requests_total")
+        .map(|s| s["value"].as_f64().unwrap())
+        .sum();
+    assert!(unmatched >= 300.0, "{unmatched}");
+    // The names dashboards use are kept.
+    for name in [
+        "datafactory_http_requests_total{",
+        "datafactory_http_request_duration_seconds_bucket{route=\"/search\",le=\"0.001\"}",
+        "datafactory_documents_ingested_total 0",
+        "datafactory_embed_batches_total 0",
+    ] {
+        assert!(text.contains(name), "{name} missing:\n{text}");
+    }
+    s.stop().await;
+}
+
+/// A query with more terms than `server.max_query_terms` is refused, naming the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_with_too_many_terms_gets_400() {
+    let s = Server::start(|c| c.server.max_query_terms = 100).await;
+    let c = client();
+    let huge: String = (0..5000).map(|i| format!("w{i} ")).collect();
+    for r in [
+        c.get(s.url("/search")).query(&[("q", huge.as_str())]).send().await.unwrap(),
+        c.post(s.url("/search")).json(&json!({"query": huge})).send().await.unwrap(),
+    ] {
+        assert_eq!(r.status(), 400);
+        let e = r.text().await.unwrap();
+        assert!(e.contains("5000 terms") && e.contains("100 (server.max_query_terms)"), "{e}");
+    }
+    let ok: String = (0..100).map(|i| format!("w{i} ")).collect();
+    assert_eq!(c.get(s.url("/search")).query(&[("q", ok.as_str())]).send().await.unwrap().status(), 200);
+    s.stop().await;
+}
+
+/// A search that takes long (a filter comparing every document with a long
+/// list of ids) runs off the async threads: on a one-thread runtime /health
+/// still answers while it runs, and the time limit answers it with 408.
+#[tokio::test(flavor = "current_thread")]
+async fn a_slow_search_does_not_block_health_and_times_out() {
+    let s = Server::start(|c| c.server.request_timeout_seconds = 1).await;
+    let c = client();
+    let docs: Vec<Value> = (0..2000)
+        .map(|j| json!({"id": format!("doc-{j:08}"), "text": format!("Notes {j} on the okapi.")}))
+        .collect();
+    // Not `wait=true`: the job may take longer than the 1 s time limit.
+    let accepted: Value = c
+        .post(s.url("/ingest"))
+        .json(&json!({"documents": docs}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job = s.url(&format!("/jobs/{}", accepted["job_id"].as_str().unwrap()));
+    loop {
+        let v: Value = c.get(&job).send().await.unwrap().json().await.unwrap();
+        if v["state"] != "queued" && v["state"] != "running" {
+            assert_eq!(v["state"], "succeeded", "{v:#}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Ids of the same length as the documents' that match none of them.
+    let ids: Vec<String> = (0..200_000).map(|j| format!("doc-{:08}", 10_000_000 + j)).collect();
+    let slow = {
+        let (c, url) = (c.clone(), s.url("/search"));
+        tokio::spawn(async move {
+            let r = c
+                .post(url)
+                .json(&json!({"query": "okapi", "mode": "lexical", "filter": {"document_ids": ids}}))
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.text().await.unwrap())
+        })
+    };
+    // Let the search reach the server first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let health = c.get(s.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(!slow.is_finished(), "the search ended before /health answered: it was not slow, or it blocked");
+    let (status, body) = slow.await.unwrap();
+    assert_eq!(status, 408, "{body}");
+    s.stop().await;
+}
+
+/// How many job records the store holds.
+fn job_count(data: &Path) -> i64 {
+    let db = rusqlite::Connection::open_with_flags(
+        data.join("datafactory.sqlite3"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    db.query_row("SELECT count(*) FROM jobs", [], |r| r.get(0)).unwrap()
+}
+
+/// What the uploads folder holds (nothing, once every request was refused).
+fn uploads(data: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(data.join("uploads")) {
+        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A refused upload leaves no file and no job: a bad plan, a bad
+/// collection, a file or a JSON document over `ingest.max_file_bytes` (413
+/// naming it and the limit). Documents that fit one by one but not together
+/// are taken whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_uploads_leave_no_files_and_no_job() {
+    let s = Server::start(|c| c.ingest.max_file_bytes = 2_000).await;
+    let c = client();
+    let file = || reqwest::multipart::Part::bytes(b"# Title\n\nSome text.\n".to_vec()).file_name("a.md");
+    // A plan serde accepts but the check refuses.
+    let form = reqwest::multipart::Form::new().part("file", file()).text("plan", r#"{"max_tokens": 4}"#);
+    let r = c.post(s.url("/ingest")).multipart(form).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("max_tokens"));
+    let form = reqwest::multipart::Form::new().part("file", file()).text("collection", "bad name!");
+    assert_eq!(c.post(s.url("/ingest")).multipart(form).send().await.unwrap().status(), 400);
+    let big = reqwest::multipart::Part::bytes(vec![b'a'; 5_000]).file_name("big.txt");
+    let form = reqwest::multipart::Form::new().part("file", file()).part("file", big);
+    let r = c.post(s.url("/ingest")).multipart(form).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    let e = r.text().await.unwrap();
+    assert!(e.contains("big.txt") && e.contains("2000 (ingest.max_file_bytes)"), "{e}");
+    let r = c
+        .post(s.url("/ingest"))
+        .json(&json!({"documents": [{"id": "small", "text": "fine"}, {"id": "large", "text": "word ".repeat(1000)}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let e = r.text().await.unwrap();
+    assert!(e.contains("document 1") && e.contains("\\\"large\\\"") && e.contains("2000"), "{e}");
+    assert_eq!(uploads(&s.data), Vec::<PathBuf>::new());
+    assert_eq!(job_count(&s.data), 0);
+
+    // 40 documents of ~100 bytes: over the file limit together, each under it.
+    let docs: Vec<Value> = (0..40)
+        .map(|j| json!({"id": format!("n{j}"), "text": format!("Note {j} about tapirs {}", "x".repeat(60))}))
+        .collect();
+    let r = c.post(s.url("/ingest?wait=true")).json(&json!({"documents": docs})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let job: Value = r.json().await.unwrap();
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    let listed: Value = c.get(s.url("/documents")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 40);
+    assert_eq!(uploads(&s.data), Vec::<PathBuf>::new());
+    assert_eq!(job_count(&s.data), 1);
+    s.stop().await;
+}

@@ -189,6 +189,11 @@ pub struct ServerConfig {
     pub max_concurrent_requests: usize,
     /// Per-request time limit, seconds (an ingest with `wait=true` included).
     pub request_timeout_seconds: u64,
+    /// Words (runs of letters and digits) a search query may have; more get 400.
+    pub max_query_terms: usize,
+    /// Let a service listen on a non-loopback address without `api_keys`
+    /// (`--insecure`); otherwise it refuses to start.
+    pub allow_insecure: bool,
 }
 
 /// Phase 1 of an ingest: what kind of document this is and how to cut it
@@ -455,7 +460,7 @@ impl Default for RerankConfig {
             api_key: String::new(),
             timeout_seconds: 30,
             candidates: 50,
-            address: "0.0.0.0:9200".to_string(),
+            address: "127.0.0.1:9200".to_string(),
             model: "BAAI/bge-reranker-v2-m3".to_string(),
             revision: "main".to_string(),
             allow_download: true,
@@ -482,11 +487,13 @@ impl RerankConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            address: "0.0.0.0:9000".to_string(),
+            address: "127.0.0.1:9000".to_string(),
             api_keys: Vec::new(),
             max_body_bytes: 256 * 1024 * 1024,
             max_concurrent_requests: 256,
             request_timeout_seconds: 600,
+            max_query_terms: 1024,
+            allow_insecure: false,
         }
     }
 }
@@ -502,7 +509,7 @@ impl Default for AnalysisConfig {
             llm_api_key: String::new(),
             timeout_seconds: 30,
             follow_plan: true,
-            address: "0.0.0.0:9100".to_string(),
+            address: "127.0.0.1:9100".to_string(),
         }
     }
 }

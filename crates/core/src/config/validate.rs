@@ -148,7 +148,7 @@ impl Config {
         if r.address.parse::<std::net::SocketAddr>().is_err() {
             return invalid(
                 "rerank.address",
-                format!("must be an IP address and port such as 0.0.0.0:9200, is {:?}", r.address),
+                format!("must be an IP address and port such as 127.0.0.1:9200, is {:?}", r.address),
             );
         }
         if !matches!(r.device.as_str(), "cpu" | "cuda" | "auto") {
@@ -238,11 +238,17 @@ impl Config {
         if self.server.address.parse::<std::net::SocketAddr>().is_err() {
             return invalid(
                 "server.address",
-                format!("must be an IP address and port such as 0.0.0.0:9000, is {:?}", self.server.address),
+                format!(
+                    "must be an IP address and port such as 127.0.0.1:9000, is {:?}",
+                    self.server.address
+                ),
             );
         }
         if self.server.api_keys.iter().any(|k| k.len() < 16) {
             return invalid("server.api_keys", "every key must be at least 16 characters");
+        }
+        if self.server.max_query_terms == 0 {
+            return invalid("server.max_query_terms", "must be at least 1");
         }
         if self.server.max_concurrent_requests == 0 {
             return invalid("server.max_concurrent_requests", "must be at least 1");
@@ -271,7 +277,7 @@ impl Config {
         if a.address.parse::<std::net::SocketAddr>().is_err() {
             return invalid(
                 "analysis.address",
-                format!("must be an IP address and port such as 0.0.0.0:9100, is {:?}", a.address),
+                format!("must be an IP address and port such as 127.0.0.1:9100, is {:?}", a.address),
             );
         }
         for (key, v) in [

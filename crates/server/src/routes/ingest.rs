@@ -76,27 +76,95 @@ pub(crate) struct JobAccepted {
     responses(
         (status = 202, description = "Queued", body = JobAccepted),
         (status = 200, description = "Ended (`wait=true`): the job (its stored record when a fleet on PostgreSQL ran it)", body = JobAnswer),
-        (status = 400, description = "Bad request", body = ErrorBody),
+        (status = 400, description = "Bad request (nothing is written, no job is created)", body = ErrorBody),
+        (status = 413, description = "A file or JSON document over `ingest.max_file_bytes` (named), or the body over `server.max_body_bytes`", body = ErrorBody),
         (status = 503, description = "The store cannot take the job", body = ErrorBody)))]
 pub(crate) async fn ingest(
     State(state): State<Shared>,
     Query(params): Query<IngestParams>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    // Everything is read and checked in memory first (the body is bounded by
+    // `server.max_body_bytes`): nothing is written and no job is created
+    // until every check has passed, so a rejected request leaves nothing.
+    let (collection, staged, plan_override) =
+        read_request(&state, params.collection.clone(), request).await?;
+    if crate::fleet::enabled(&state) {
+        return crate::fleet::ingest(&state, collection, staged, plan_override, params.wait).await;
+    }
+    // Files land in a folder named after a fresh id; names are ours.
+    let folder = state.config.data_dir.join("uploads").join(format!("{:016x}", rand_id()));
+    let named = match write_staged(&folder, &staged).await {
+        Ok(named) => named,
+        Err(e) => {
+            let _ = tokio::fs::remove_dir_all(&folder).await;
+            return Err(internal(e));
+        }
+    };
+    drop(staged);
+    let store = state.store.clone();
+    let c = collection.clone();
+    let created = tokio::task::spawn_blocking(move || store.create_job("ingest", Some(&c)))
+        .await
+        .map_err(internal)
+        .and_then(|r| r.map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())));
+    let job_id = match created {
+        Ok(id) => id,
+        Err(e) => {
+            let _ = tokio::fs::remove_dir_all(&folder).await;
+            return Err(e);
+        }
+    };
+    let plan = JobPlan { job_id: job_id.clone(), collection, named, plan: plan_override };
+    let saved = serde_json::to_vec(&plan).map_err(|e| e.to_string()).and_then(|bytes| {
+        std::fs::write(folder.join(JOB_PLAN), bytes).map_err(|e| format!("cannot save the job's plan: {e}"))
+    });
+    if let Err(e) = saved {
+        // The job exists: it ends `failed` with the reason, never stays queued.
+        let _ = std::fs::remove_dir_all(&folder);
+        let store = state.store.clone();
+        let (id, reason) = (job_id.clone(), e.clone());
+        let _ =
+            tokio::task::spawn_blocking(move || store.finish_job(&id, "failed", &json!({ "error": reason })))
+                .await;
+        return Err(internal(format!("job {job_id}: {e}")));
+    }
+    let task = start_job(state.clone(), plan, folder);
+    if params.wait {
+        let progress = task.await.map_err(internal)?;
+        return Ok((StatusCode::OK, Json(progress.view())).into_response());
+    }
+    Ok((StatusCode::ACCEPTED, Json(JobAccepted { job_id, state: "queued" })).into_response())
+}
+
+/// One input of a request, checked and held in memory until the job is created.
+pub(crate) struct Staged {
+    /// The extension (`.pdf`), a hint for the format; the name itself is ours.
+    pub(crate) ext: String,
+    pub(crate) bytes: Vec<u8>,
+    /// The document's source name (`upload:<client's name>`, `api`).
+    pub(crate) source: String,
+}
+
+/// Reads the whole request and checks it: the collection, the plan, each
+/// file and each JSON document against `ingest.max_file_bytes` (413 naming
+/// it). Writes nothing.
+async fn read_request(
+    state: &Shared,
+    mut collection: Option<String>,
+    request: Request,
+) -> Result<(String, Vec<Staged>, Option<PlanOverride>), ApiError> {
     let content_type =
         request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let mut collection = params.collection.clone();
-    let job_collection =
-        |c: &Option<String>| c.clone().unwrap_or_else(|| state.config.ingest.default_collection.clone());
-    let uploads = state.config.data_dir.join("uploads");
-
-    // Files land in a folder named after a fresh id; names are ours.
-    let batch = format!("{:016x}", rand_id());
-    let folder = uploads.join(&batch);
-    tokio::fs::create_dir_all(&folder).await.map_err(internal)?;
-    let mut named: Vec<(PathBuf, String)> = Vec::new();
+    let max_file = state.config.ingest.max_file_bytes;
+    let too_large = |what: String, n: usize| {
+        ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("{what} is {n} bytes, over the limit of {max_file} (ingest.max_file_bytes)"),
+        )
+    };
+    let mut staged = Vec::new();
     let mut plan_override: Option<PlanOverride> = None;
-
     if content_type.starts_with("multipart/form-data") {
         let mut multipart =
             Multipart::from_request(request, &()).await.map_err(|e| bad_request(e.to_string()))?;
@@ -118,16 +186,17 @@ pub(crate) async fn ingest(
                 _ => bad_request(e.to_string()),
             })?;
             n += 1;
+            if bytes.len() as u64 > max_file {
+                return Err(too_large(format!("file {client_name:?}"), bytes.len()));
+            }
             // Keep the extension (a hint for the format), never the path.
             let ext = std::path::Path::new(client_name.rsplit('/').next().unwrap_or(""))
                 .extension()
                 .map(|e| format!(".{}", e.to_string_lossy()))
                 .unwrap_or_default();
-            let path = folder.join(format!("{n:05}{ext}"));
-            tokio::fs::write(&path, &bytes).await.map_err(internal)?;
-            named.push((path, format!("upload:{client_name}")));
+            staged.push(Staged { ext, bytes: bytes.to_vec(), source: format!("upload:{client_name}") });
         }
-        if named.is_empty() {
+        if staged.is_empty() {
             return Err(bad_request("no file in the multipart body"));
         }
     } else {
@@ -151,10 +220,12 @@ pub(crate) async fn ingest(
         if documents.is_empty() {
             return Err(bad_request("`documents` is empty"));
         }
-        let mut lines = String::new();
-        for d in documents {
+        // One JSON Lines file per run of documents that fits the file limit
+        // (the job reads each file whole, under `ingest.max_file_bytes`).
+        let mut lines: Vec<u8> = Vec::new();
+        for (i, d) in documents.into_iter().enumerate() {
             if d.text.trim().is_empty() {
-                return Err(bad_request("a document's `text` is empty"));
+                return Err(bad_request(format!("document {i}: `text` is empty")));
             }
             // Without an id, identical texts are one document.
             let id = d.id.unwrap_or_else(|| blake3::hash(d.text.as_bytes()).to_hex()[..16].to_string());
@@ -162,39 +233,40 @@ pub(crate) async fn ingest(
             if let Some(t) = d.title {
                 record["title"] = Value::String(t);
             }
-            lines.push_str(&record.to_string());
-            lines.push('\n');
+            let mut line = record.to_string().into_bytes();
+            line.push(b'\n');
+            if line.len() as u64 > max_file {
+                return Err(too_large(format!("document {i} (id {id:?}) as JSON"), line.len()));
+            }
+            if (lines.len() + line.len()) as u64 > max_file {
+                let bytes = std::mem::take(&mut lines);
+                staged.push(Staged { ext: ".jsonl".into(), bytes, source: "api".into() });
+            }
+            lines.extend_from_slice(&line);
         }
-        let path = folder.join("documents.jsonl");
-        tokio::fs::write(&path, lines).await.map_err(internal)?;
-        named.push((path, "api".to_string()));
+        staged.push(Staged { ext: ".jsonl".into(), bytes: lines, source: "api".into() });
     }
-
-    let collection = job_collection(&collection);
+    let collection = collection.unwrap_or_else(|| state.config.ingest.default_collection.clone());
     datafactory_core::config::validate_collection(&collection).map_err(bad_request)?;
-    if crate::fleet::enabled(&state) {
-        if let Some(Err(e)) = plan_override.as_ref().map(check_plan) {
-            return Err(bad_request(e));
-        }
-        return crate::fleet::ingest(&state, collection, named, plan_override, folder, params.wait).await;
-    }
-    let store = state.store.clone();
-    let c = collection.clone();
-    let job_id = tokio::task::spawn_blocking(move || store.create_job("ingest", Some(&c)))
-        .await
-        .map_err(internal)?
-        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     if let Some(Err(e)) = plan_override.as_ref().map(check_plan) {
         return Err(bad_request(e));
     }
-    let plan = JobPlan { job_id: job_id.clone(), collection, named, plan: plan_override };
-    std::fs::write(folder.join(JOB_PLAN), serde_json::to_vec(&plan).map_err(internal)?).map_err(internal)?;
-    let task = start_job(state.clone(), plan, folder);
-    if params.wait {
-        let progress = task.await.map_err(internal)?;
-        return Ok((StatusCode::OK, Json(progress.view())).into_response());
+    Ok((collection, staged, plan_override))
+}
+
+/// Writes a request's inputs under `folder` with names of ours.
+async fn write_staged(
+    folder: &std::path::Path,
+    staged: &[Staged],
+) -> std::io::Result<Vec<(PathBuf, String)>> {
+    tokio::fs::create_dir_all(folder).await?;
+    let mut named = Vec::with_capacity(staged.len());
+    for (i, s) in staged.iter().enumerate() {
+        let path = folder.join(format!("{:05}{}", i + 1, s.ext));
+        tokio::fs::write(&path, &s.bytes).await?;
+        named.push((path, s.source.clone()));
     }
-    Ok((StatusCode::ACCEPTED, Json(JobAccepted { job_id, state: "queued" })).into_response())
+    Ok(named)
 }
 
 /// What a job ingests, saved beside its uploads so that a job cut short (the
@@ -257,13 +329,10 @@ pub(crate) fn start_job(
         let result = match result {
             Ok(Ok(summary)) => {
                 let m = &state.metrics;
-                m.documents_ingested.fetch_add(
-                    (summary.documents.added + summary.documents.replaced) as u64,
-                    Ordering::Relaxed,
-                );
-                m.chunks_ingested.fetch_add(summary.chunks as u64, Ordering::Relaxed);
-                m.chunks_embedded.fetch_add(summary.embedding.chunks as u64, Ordering::Relaxed);
-                m.ingest_failures.fetch_add(summary.failed.len() as u64, Ordering::Relaxed);
+                m.documents_ingested.inc_by((summary.documents.added + summary.documents.replaced) as u64);
+                m.chunks_ingested.inc_by(summary.chunks as u64);
+                m.chunks_embedded.inc_by(summary.embedding.chunks as u64);
+                m.ingest_failures.inc_by(summary.failed.len() as u64);
                 m.record_enrichment(&summary);
                 Ok(summary)
             }

@@ -29,7 +29,7 @@ mod status;
 use documents::*;
 use embeddings::*;
 use ingest::*;
-pub(crate) use ingest::{resume_jobs, start_job, JobPlan};
+pub(crate) use ingest::{resume_jobs, start_job, JobPlan, Staged};
 use jobs::*;
 use search::*;
 use status::*;

@@ -1,6 +1,7 @@
 //! `GET`/`POST /search`: query parsing, the store's retrievers, fusion and the
-//! optional rerank, on a blocking thread (or inline for a words-only search on
-//! the embedded store).
+//! optional rerank, on a blocking thread (or inline for a short words-only
+//! search with no metadata filter on the embedded store). Queries have at
+//! most `server.max_query_terms` terms.
 //!
 //! Read only.
 
@@ -74,7 +75,7 @@ pub(crate) struct SearchResponse {
 #[utoipa::path(get, path = "/search", tag = "search", params(SearchQuery),
     responses(
         (status = 200, description = "Results, best first", body = SearchResponse),
-        (status = 400, description = "Bad request", body = ErrorBody)))]
+        (status = 400, description = "Bad request (e.g. more terms than `server.max_query_terms`)", body = ErrorBody)))]
 pub(crate) async fn search_get(
     State(state): State<Shared>,
     Query(q): Query<SearchQuery>,
@@ -98,7 +99,7 @@ pub(crate) async fn search_get(
 #[utoipa::path(post, path = "/search", tag = "search", request_body = SearchBody,
     responses(
         (status = 200, description = "Results, best first", body = SearchResponse),
-        (status = 400, description = "Bad request", body = ErrorBody)))]
+        (status = 400, description = "Bad request (e.g. more terms than `server.max_query_terms`)", body = ErrorBody)))]
 pub(crate) async fn search_post(
     State(state): State<Shared>,
     Json(q): Json<SearchBody>,
@@ -117,11 +118,27 @@ pub(crate) async fn search(state: Shared, q: SearchBody) -> Result<Json<SearchRe
     })?;
     let top_k = q.top_k.unwrap_or(state.config.search.top_k).clamp(1, 1000);
     let filter = q.filter.clone().unwrap_or_default();
-    // A search by words alone on the embedded store takes a fraction of a
-    // millisecond: it runs on the request's own thread, without the hop to
-    // a blocking thread and back; anything that may take longer (a model,
-    // the reranker, PostgreSQL) runs on a blocking thread.
+    let terms = query_terms(&q.query);
+    let max_terms = state.config.server.max_query_terms;
+    if terms > max_terms {
+        return Err(bad_request(format!(
+            "the query has {terms} terms, over the limit of {max_terms} (server.max_query_terms)"
+        )));
+    }
+    // A short search by words alone on the embedded store, with no metadata
+    // filter and few document ids, takes a fraction of a millisecond: it runs
+    // on the request's own thread, without the hop to a blocking thread and
+    // back (1.2-1.4x the requests/s, docs/BENCHMARKS.md). Anything that may
+    // take longer (many terms, a filter that reads every document's metadata
+    // or compares every document with a long list of ids, a model, the
+    // reranker, PostgreSQL) runs on a blocking thread: it never holds an
+    // async worker, and the request's time limit answers 408 on time. The
+    // store has no cancel check: a search cut off by the time limit runs to
+    // its end on its blocking thread, and its answer is dropped.
     let inline = mode == SearchMode::Lexical
+        && terms <= INLINE_MAX_TERMS
+        && filter.metadata.is_empty()
+        && filter.document_ids.len() <= INLINE_MAX_TERMS
         && (q.rerank == Some(false) || state.reranker.is_none())
         && state.store.backend() == "embedded";
     let result = if inline {
@@ -134,6 +151,15 @@ pub(crate) async fn search(state: Shared, q: SearchBody) -> Result<Json<SearchRe
     }
     .map_err(internal)?;
     Ok(Json(result))
+}
+
+/// Terms of a query (and document ids of its filter) at most for it to run
+/// inline (see [`search`]).
+const INLINE_MAX_TERMS: usize = 32;
+
+/// The words of a query as the word index splits them: runs of letters and digits.
+pub(crate) fn query_terms(query: &str) -> usize {
+    query.split(|c: char| !c.is_alphanumeric()).filter(|t| !t.is_empty()).count()
 }
 
 /// One search through the store, the query embedding and the reranker.
@@ -179,7 +205,7 @@ pub(crate) fn run_search(
         .map_err(|e| e.to_string())?;
     notes.append(&mut results.notes);
     if mode != SearchMode::Lexical && !results.retrievers.contains(&"dense") {
-        s.metrics.searches_words_only.fetch_add(1, Ordering::Relaxed);
+        s.metrics.searches_words_only.inc();
     }
     let rerank = reranker.map(|r| {
         let report = datafactory_ingest::rerank_hits(
@@ -191,9 +217,9 @@ pub(crate) fn run_search(
             top_k,
         );
         if report.reranked {
-            s.metrics.searches_reranked.fetch_add(1, Ordering::Relaxed);
+            s.metrics.searches_reranked.inc();
         } else {
-            s.metrics.rerank_failures.fetch_add(1, Ordering::Relaxed);
+            s.metrics.rerank_failures.inc();
             notes.push(format!(
                 "reranking failed, results in fused order: {}",
                 report.error.as_deref().unwrap_or("unknown error")

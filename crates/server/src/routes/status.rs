@@ -102,5 +102,5 @@ pub(crate) async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
     let mut out = state.metrics.render();
     let embedder = state.pipeline.embedder().map(|e| e.stats()).unwrap_or_default();
     state.metrics.render_ingest(&mut out, embedder);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], out)
 }
