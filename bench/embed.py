@@ -2,7 +2,7 @@
 """DataFactory's in-process embedder (candle) against sentence-transformers
 (PyTorch) on the same model and the same 1,000 real passages, in one run, CPU.
 
-Passages: 150-250 words each, from the shared evaluation data (Cranfield
+Passages: 150-250 words each, from the evaluation data in tests/data (Cranfield
 abstracts, XQuAD paragraphs in English and German, Anthropic documentation
 sections), cut at 250 words. Both sides: batch 32, the same thread count
 (default 2), f32; the figure is passages per second, as a ratio
@@ -22,17 +22,17 @@ import argparse, json, os, re, subprocess, sys, tempfile, time
 import numpy as np
 
 
-def passages(shared, n):
+def passages(data, n):
     texts = []
-    cran = open(os.path.join(shared, "cranfield/cran.all.1400"), encoding="utf-8", errors="replace").read()
+    cran = open(os.path.join(data, "cranfield/cran.all.1400"), encoding="utf-8", errors="replace").read()
     for doc in re.split(r"^\.I ", cran, flags=re.M)[1:]:
         m = re.search(r"^\.W\n(.*)", doc, flags=re.S | re.M)
         if m:
             texts.append(" ".join(m.group(1).split()))
     for lang in ("en", "de"):
-        for a in json.load(open(os.path.join(shared, f"xquad/xquad.{lang}.json")))["data"]:
+        for a in json.load(open(os.path.join(data, f"xquad/xquad.{lang}.json")))["data"]:
             texts += [" ".join(p["context"].split()) for p in a["paragraphs"]]
-    for d in json.load(open(os.path.join(shared, "anthropic_docs_rag/anthropic_docs.json"))):
+    for d in json.load(open(os.path.join(data, "anthropic_docs_rag/anthropic_docs.json"))):
         body = d.get("text") or d.get("content") or ""
         words = body.split()
         for s in range(0, len(words), 250):
@@ -55,7 +55,7 @@ def main():
     ap.add_argument("--no-int8", action="store_true", help="skip DataFactory's int8 run")
     args = ap.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    texts = passages(os.path.join(root, "..", "shared", "data"), args.n)
+    texts = passages(os.path.join(root, "tests", "data"), args.n)
 
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "datafactory-bench"], cwd=root, check=True)

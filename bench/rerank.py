@@ -37,9 +37,9 @@ import argparse, json, os, random, subprocess, sys, tempfile, time
 import numpy as np
 
 
-def pairs(shared, n, per_query=10, seed=7):
+def pairs(data, n, per_query=10, seed=7):
     paragraphs = []
-    for a in json.load(open(os.path.join(shared, "xquad/xquad.en.json")))["data"]:
+    for a in json.load(open(os.path.join(data, "xquad/xquad.en.json")))["data"]:
         for p in a["paragraphs"]:
             paragraphs.append((" ".join(p["context"].split()[:300]), [q["question"] for q in p["qas"]]))
     rng = random.Random(seed)
@@ -85,7 +85,7 @@ def main():
     ap.add_argument("--binary", help="a datafactory-bench already built (default: build the release one)")
     args = ap.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    data = pairs(os.path.join(root, "..", "shared", "data"), args.n)
+    data = pairs(os.path.join(root, "tests", "data"), args.n)
 
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)
     if args.binary:

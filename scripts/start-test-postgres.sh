@@ -31,8 +31,13 @@ if [ "${1:-}" = "stop" ]; then
     exit 0
 fi
 
-# The binaries, cached per version (readable by the server's user).
-if [ "$(id -u)" = 0 ]; then
+# The binaries, cached per version (readable by the server's user), in
+# DATAFACTORY_PGSERVER_CACHE when set (`.ci/run --cold` points it at its empty
+# HOME), else /opt/datafactory-pgserver as root (root's HOME is closed to the
+# server's user), else ~/.cache/datafactory-pgserver.
+if [ -n "${DATAFACTORY_PGSERVER_CACHE:-}" ]; then
+    install_root=$DATAFACTORY_PGSERVER_CACHE
+elif [ "$(id -u)" = 0 ]; then
     install_root=/opt/datafactory-pgserver
 else
     install_root="${XDG_CACHE_HOME:-$HOME/.cache}/datafactory-pgserver"

@@ -45,6 +45,6 @@ strip .gpu/bin/*
 # The three binaries share their CUDA kernels: one archive with a large
 # dictionary is about 14 MB instead of 190.
 tar -C .gpu -cf - bin | xz -T2 --lzma2=preset=9,dict=256MiB >.gpu/bin.tar.xz
-python3 -c 'import json, sys; sys.path.insert(0, "bench"); import embed; json.dump(embed.passages("../shared/data", 1000), open(".gpu/passages.json", "w"))'
-python3 -c 'import json, sys; sys.path.insert(0, "bench"); import rerank; json.dump(rerank.pairs("../shared/data", 1000), open(".gpu/pairs.json", "w"))'
+python3 -c 'import json, sys; sys.path.insert(0, "bench"); import embed; json.dump(embed.passages("tests/data", 1000), open(".gpu/passages.json", "w"))'
+python3 -c 'import json, sys; sys.path.insert(0, "bench"); import rerank; json.dump(rerank.pairs("tests/data", 1000), open(".gpu/pairs.json", "w"))'
 ls -la .gpu .gpu/bin

@@ -1,6 +1,6 @@
 //! The heuristics on real documents of different kinds: the repository's
 //! fixtures and sources, the Rust book that ships with the toolchain, and the
-//! shared evaluation data. The type, language and plan must be sensible, and
+//! evaluation data committed in `tests/data`. The type, language and plan must be sensible, and
 //! the same on every run.
 
 use datafactory_analyze::{analyze, Analysis, DocType};
@@ -67,7 +67,7 @@ fn source_files() {
 
 #[test]
 fn licenses_and_evaluation_data() {
-    let data = root().join("../shared/data");
+    let data = root().join("tests/data");
     let a = expect(&data.join("anthropic_docs_rag/LICENSE"), DocType::Legal, Some("eng"));
     assert!(a.plan.overlap_tokens >= 64 && a.plan.max_tokens >= 512, "{a:#?}");
     expect(&data.join("xquad/CC-BY-SA4.0.txt"), DocType::Legal, Some("eng"));

@@ -1,4 +1,4 @@
-//! `datafactory eval` end to end: slices of the real sets in `../shared/data`
+//! `datafactory eval` end to end: slices of the real sets in `tests/data`
 //! (words only), tiny BEIR and codebase folders written here, and one run with
 //! the real all-MiniLM-L6-v2 showing the dense and hybrid modes.
 
@@ -51,7 +51,7 @@ fn assert_no_store_left(data: &Path) {
 fn xquad_words_only() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let r = eval_json(&data, &["--limit-queries", "20"], &shared_data().join("xquad"));
+    let r = eval_json(&data, &["--limit-queries", "20"], &eval_data().join("xquad"));
     assert_eq!(r["dataset"]["format"], "squad");
     assert_eq!(r["dataset"]["name"], "xquad.en");
     assert_eq!(r["dataset"]["relevance"], "document");
@@ -80,7 +80,7 @@ fn xquad_words_only() {
 fn cranfield_words_only_with_graded_relevance() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let r = eval_json(&data, &["--limit-queries", "20"], &shared_data().join("cranfield"));
+    let r = eval_json(&data, &["--limit-queries", "20"], &eval_data().join("cranfield"));
     assert_eq!(r["dataset"]["format"], "cranfield");
     assert_eq!(r["dataset"]["documents"], 1400);
     assert_eq!(r["dataset"]["evaluated_queries"], 20);
@@ -94,7 +94,7 @@ fn cranfield_words_only_with_graded_relevance() {
 
     // The table for people.
     let out =
-        run(datafactory(&data).args(["eval", "--limit-queries", "5"]).arg(shared_data().join("cranfield")));
+        run(datafactory(&data).args(["eval", "--limit-queries", "5"]).arg(eval_data().join("cranfield")));
     assert!(out.status.success());
     let table = String::from_utf8(out.stdout).unwrap();
     for word in ["Pass@5", "Pass@20", "MRR@10", "nDCG@10", "p95 ms", "lexical", "5 of 225 queries"] {
@@ -106,7 +106,7 @@ fn cranfield_words_only_with_graded_relevance() {
 fn anthropic_docs_given_and_own_chunks() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let set = shared_data().join("anthropic_docs_rag");
+    let set = eval_data().join("anthropic_docs_rag");
     let given = eval_json(&data, &["--limit-queries", "20", "--k", "5,10,20"], &set);
     assert_eq!(given["dataset"]["format"], "anthropic_docs");
     assert_eq!(given["dataset"]["relevance"], "chunk");
@@ -220,11 +220,11 @@ fn clear_errors() {
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(stderr.contains(expect), "{args:?}: expected {expect:?} in: {stderr}");
     };
-    let xquad = shared_data().join("xquad/xquad.en.json");
+    let xquad = eval_data().join("xquad/xquad.en.json");
     fails(&["--chunker", "given"], &xquad, "has no chunks of its own");
     fails(&["--mode", "dense"], &xquad, "needs an embedding model");
     fails(&["--mode", "fuzzy"], &xquad, "unknown search mode");
-    fails(&[], &shared_data(), "Recognised");
+    fails(&[], &eval_data(), "Recognised");
 }
 
 #[test]
@@ -233,7 +233,7 @@ fn minilm_runs_dense_and_hybrid() {
     let tmp = tempfile::tempdir().unwrap();
     // A slice of XQuAD: its first three articles.
     let raw: Value =
-        serde_json::from_slice(&std::fs::read(shared_data().join("xquad/xquad.en.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(eval_data().join("xquad/xquad.en.json")).unwrap()).unwrap();
     let articles: Vec<Value> = raw["data"].as_array().unwrap()[..3].to_vec();
     let paragraphs: usize = articles.iter().map(|a| a["paragraphs"].as_array().unwrap().len()).sum();
     let slice = tmp.path().join("xquad.slice.json");

@@ -111,7 +111,7 @@ fn both_backends_find_the_same_paragraphs() {
     let tmp = tempfile::tempdir().unwrap();
     let (embedded, on_pg) = (tmp.path().join("embedded"), tmp.path().join("pg"));
     let raw: Value =
-        serde_json::from_slice(&std::fs::read(shared_data().join("xquad/xquad.en.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(eval_data().join("xquad/xquad.en.json")).unwrap()).unwrap();
     let mut lines = String::new();
     let mut titles = Vec::new();
     for article in raw["data"].as_array().unwrap() {

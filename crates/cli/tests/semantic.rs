@@ -40,7 +40,7 @@ fn words(text: &str) -> HashSet<String> {
 /// (path, id → paragraph).
 fn xquad_jsonl(dir: &Path) -> (std::path::PathBuf, Vec<(String, String)>) {
     let raw: Value =
-        serde_json::from_slice(&std::fs::read(shared_data().join("xquad/xquad.en.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(eval_data().join("xquad/xquad.en.json")).unwrap()).unwrap();
     let mut lines = String::new();
     let mut paragraphs = Vec::new();
     for article in raw["data"].as_array().unwrap() {

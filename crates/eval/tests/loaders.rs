@@ -1,12 +1,12 @@
-//! Each loader on the real sets in `../shared/data` (beside the repository):
+//! Each loader on the real sets committed in `tests/data`:
 //! counts from their READMEs and a few hand-checked judgements.
 
 use datafactory_eval::{load, DatasetFormat, RelevanceLevel};
 use std::path::PathBuf;
 
-fn shared_data() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
-    assert!(dir.is_dir(), "shared data is missing at {}", dir.display());
+fn eval_data() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data");
+    assert!(dir.is_dir(), "the evaluation data is missing at {}", dir.display());
     dir
 }
 
@@ -17,7 +17,7 @@ fn slice(text: &str, start: usize, end: usize) -> String {
 
 #[test]
 fn cranfield_documents_queries_and_graded_judgements() {
-    let set = load(&shared_data().join("cranfield")).unwrap();
+    let set = load(&eval_data().join("cranfield")).unwrap();
     assert_eq!(set.format, DatasetFormat::Cranfield);
     assert_eq!(set.level, RelevanceLevel::Document);
     assert_eq!(set.documents.len(), 1400);
@@ -43,7 +43,7 @@ fn cranfield_documents_queries_and_graded_judgements() {
 #[test]
 fn xquad_paragraphs_are_documents() {
     // The folder holds English and German: English is read, and said so.
-    let set = load(&shared_data().join("xquad")).unwrap();
+    let set = load(&eval_data().join("xquad")).unwrap();
     assert_eq!(set.format, DatasetFormat::Squad);
     assert_eq!(set.name, "xquad.en");
     assert!(set.notes.iter().any(|n| n.contains("xquad.en.json")), "{:?}", set.notes);
@@ -55,7 +55,7 @@ fn xquad_paragraphs_are_documents() {
     let para = &set.documents[q.relevant[0].document];
     assert_eq!(para.title, "Super Bowl 50");
     // A file named directly: the German set.
-    let de = load(&shared_data().join("xquad/xquad.de.json")).unwrap();
+    let de = load(&eval_data().join("xquad/xquad.de.json")).unwrap();
     assert_eq!(de.name, "xquad.de");
     assert_eq!(de.documents.len(), 240);
     assert_eq!(de.queries.len(), 1190);
@@ -63,7 +63,7 @@ fn xquad_paragraphs_are_documents() {
 
 #[test]
 fn anthropic_docs_sections_are_given_chunks_of_their_pages() {
-    let set = load(&shared_data().join("anthropic_docs_rag")).unwrap();
+    let set = load(&eval_data().join("anthropic_docs_rag")).unwrap();
     assert_eq!(set.format, DatasetFormat::AnthropicDocs);
     assert_eq!(set.level, RelevanceLevel::Chunk);
     assert!(set.has_given_chunks());
@@ -86,7 +86,7 @@ fn anthropic_docs_sections_are_given_chunks_of_their_pages() {
 
 #[test]
 fn the_loaders_are_chosen_by_file_names_too() {
-    let data = shared_data();
+    let data = eval_data();
     assert_eq!(load(&data.join("cranfield/cran.qry")).unwrap().format, DatasetFormat::Cranfield);
     let docs = load(&data.join("anthropic_docs_rag/docs_evaluation_dataset.json")).unwrap();
     assert_eq!(docs.format, DatasetFormat::AnthropicDocs);

@@ -98,8 +98,8 @@ async fn analyze_over_http() {
     assert_eq!(v["analyses"].as_array().unwrap().len(), 2, "{v:#}");
 
     // Text, sniffed like a file.
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
-    let contract = std::fs::read_to_string(shared.join("anthropic_docs_rag/LICENSE")).unwrap();
+    let licence = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/anthropic_docs_rag/LICENSE");
+    let contract = std::fs::read_to_string(licence).unwrap();
     let a: Value = c
         .post(&url)
         .bearer_auth(KEY)

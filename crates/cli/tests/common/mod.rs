@@ -44,10 +44,10 @@ pub fn minilm_dir() -> PathBuf {
     dir
 }
 
-/// The shared data folder beside the repository.
-pub fn shared_data() -> PathBuf {
-    let dir = repo_root().join("../shared/data");
-    assert!(dir.is_dir(), "shared data is missing at {}", dir.display());
+/// The public evaluation sets committed in the repository (`tests/data`).
+pub fn eval_data() -> PathBuf {
+    let dir = repo_root().join("tests/data");
+    assert!(dir.is_dir(), "the evaluation data is missing at {}", dir.display());
     dir
 }
 
