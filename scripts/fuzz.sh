@@ -2,7 +2,7 @@
 # Coverage-guided fuzzing campaign (cargo fuzz / libFuzzer on the stable
 # toolchain through RUSTC_BOOTSTRAP=1): builds the targets in fuzz/ and runs
 # each one after the other for SECONDS_PER_TARGET, then prints, per target,
-# the executions, the coverage (edges, features, corpus size) and the crashes,
+# the CPU seconds used, the executions, the coverage (edges, features, corpus size) and the crashes,
 # timeouts and out-of-memory inputs found.
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
@@ -72,8 +72,10 @@ for t in "${TARGETS[@]}"; do
     echo "== fuzzing $t for ${SECONDS_PER_TARGET}s (log: $log)"
     # Fork mode with -ignore_*: a crash, timeout or OOM is saved and the
     # campaign goes on, instead of stopping at the first one.
+    cpu_file="fuzz/artifacts/$t.cpu"
     set +e
-    nice -n "$NICE" "$BIN_DIR/$t" "$corpus" \
+    # /usr/bin/time: the CPU seconds of libFuzzer and its forked jobs.
+    /usr/bin/time -f '%U %S' -o "$cpu_file" nice -n "$NICE" "$BIN_DIR/$t" "$corpus" \
         -fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 \
         -max_total_time="$SECONDS_PER_TARGET" -rss_limit_mb="$RSS_MB" -malloc_limit_mb="$RSS_MB" \
         -timeout="$TIMEOUT_S" -artifact_prefix="$artifacts/" -print_final_stats=1 >"$log" 2>&1
@@ -86,16 +88,17 @@ for t in "${TARGETS[@]}"; do
     ft=$(sed -nE 's/.* ft: ([0-9]+).*/\1/p' <<<"$last")
     corp=$(sed -nE 's/.* corp: ([0-9]+).*/\1/p' <<<"$last")
     otc=$(sed -nE 's|.* oom/timeout/crash: ([0-9]+/[0-9]+/[0-9]+).*|\1|p' <<<"$last")
+    cpu=$(awk 'END { printf "%.0f", $1 + $2 }' "$cpu_file" 2>/dev/null || true)
     after=$(find "$artifacts" -type f | wc -l)
     new=$((after - before))
     [ "$new" -gt 0 ] && found_any=1
-    summary+=("$(printf '%-9s %12s %7s %8s %6s %17s %10s %4s' "$t" "${execs:-?}" "${cov:-?}" "${ft:-?}" \
-        "${corp:-?}" "${otc:-?}" "$new" "$rc")")
+    summary+=("$(printf '%-9s %7s %12s %7s %8s %6s %17s %10s %4s' "$t" "${cpu:-?}" "${execs:-?}" "${cov:-?}" \
+        "${ft:-?}" "${corp:-?}" "${otc:-?}" "$new" "$rc")")
 done
 
 echo
 echo "== summary: ${SECONDS_PER_TARGET}s per target"
-printf '%-9s %12s %7s %8s %6s %17s %10s %4s\n' target executions edges features corpus oom/timeout/crash new-inputs rc
+printf '%-9s %7s %12s %7s %8s %6s %17s %10s %4s\n' target cpu-s executions edges features corpus oom/timeout/crash new-inputs rc
 printf '%s\n' "${summary[@]}"
 if [ "$found_any" = 1 ]; then
     echo "findings saved under fuzz/artifacts/<target>/: minimise them (docs/RELIABILITY.md) and keep them under fuzz/regressions/<target>/"
