@@ -1,0 +1,4 @@
+#![no_main]
+//! The `sniff` target: see `fuzz/src/harness.rs`.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| datafactory_fuzz::harness::run("sniff", data));
