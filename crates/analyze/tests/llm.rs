@@ -153,10 +153,12 @@ fn an_answer_outside_the_schema_falls_back() {
 
 #[test]
 fn a_slow_llm_times_out_and_falls_back() {
-    let (url, _) = llm_server(VALID, Duration::from_secs(5), 200);
-    let started = std::time::Instant::now();
+    // The server would answer a valid verdict, but only after a minute: the
+    // analysis has given up on it (one-second timeout) and fallen back; had
+    // it waited, it would have taken the verdict.
+    let (url, seen) = llm_server(VALID, Duration::from_secs(60), 200);
     let a = analyzer(&url, 1).analyze(&handbook());
-    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(!seen.lock().unwrap().is_empty(), "the request reached the server");
     assert_fell_back(&a, "timed out");
 }
 

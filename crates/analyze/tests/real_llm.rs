@@ -32,7 +32,6 @@ use datafactory_core::config::AnalysisConfig;
 use datafactory_core::{ChunkStrategy, Document};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// Token ids of the tiny model's vocabulary (see
 /// `scripts/make_tiny_llama_gguf.py`: 5 special tokens, then the 256 bytes).
@@ -166,11 +165,9 @@ fn a_real_server_slower_than_the_timeout_falls_back() {
     let doc = handbook();
     // Unbiased, the answer runs to the end of a 16k context: seconds of
     // generation, against a one-second timeout.
+    // The outcome, not a duration: no verdict taken, the fallback names the timeout.
     let server = llama_server(&tools, 16384, &["--no-jinja"]);
-    let started = Instant::now();
     let a = analyzer(&server.url, 1).analyze(&doc);
-    let took = started.elapsed();
-    assert!(took < Duration::from_secs(3), "{took:?}");
     assert_fell_back(&a, &doc, &["timed out"]);
     drop(server);
 }

@@ -27,14 +27,43 @@ impl EmbeddedStore {
         Ok(id)
     }
 
-    /// Ends a job with its final state (`succeeded`, `failed`) and summary.
+    /// Ends a job with its final state (`succeeded`, `failed`) and summary,
+    /// once everything stored so far is durable: the word index is committed
+    /// and the vector index saved (both synced), then the job's row is
+    /// written with `synchronous=FULL`, which syncs SQLite's WAL and with it
+    /// every commit before. A power cut before that point loses the job's
+    /// end too: it then reads `interrupted`, never `succeeded`. If the
+    /// indexes cannot be made durable (a full disk), the job ends `failed`
+    /// with the reason, and the error is returned.
     pub fn finish_job(&self, id: &str, state: &str, summary: &serde_json::Value) -> Result<()> {
+        let durable = self.checkpoint();
+        let (state, summary) = match &durable {
+            Ok(()) => (state, summary.clone()),
+            Err(e) => {
+                let mut summary = summary.clone();
+                if let Some(map) = summary.as_object_mut() {
+                    map.insert(
+                        "error".into(),
+                        format!("the stored documents could not be made durable: {e}").into(),
+                    );
+                }
+                ("failed", summary)
+            }
+        };
         let now = now_ms();
-        lock(&self.db).execute(
+        let db = lock(&self.db);
+        db.pragma_update(None, "synchronous", "FULL")?;
+        let level: i64 = db.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+        let written = db.execute(
             "UPDATE jobs SET state = ?2, summary = ?3, updated_at = ?4, finished_at = ?4 WHERE id = ?1",
             params![id, state, summary.to_string(), now],
-        )?;
-        Ok(())
+        );
+        let restored = db.pragma_update(None, "synchronous", "NORMAL");
+        drop(db);
+        written?;
+        restored?;
+        self.note_durable(|| format!("job {id} ended {state}, written with synchronous={level}"));
+        durable
     }
 
     pub fn get_job(&self, id: &str) -> Result<Option<JobRecord>> {

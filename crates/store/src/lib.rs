@@ -7,6 +7,13 @@
 //! only ever shown from SQLite's current state: a document is either wholly
 //! searchable or absent, whatever moment a process dies at.
 //!
+//! Durability: commits run with `synchronous=NORMAL` (in WAL mode a power
+//! cut may lose the last commits, never corrupt the file); a job's end is
+//! the durable point: `finish_job` commits the word index (synced), saves
+//! the vector index (synced) and writes the job's row with
+//! `synchronous=FULL`, which syncs the WAL and so every commit before it. A
+//! job that reads `succeeded` has all it stored on disk.
+//!
 //! On opening, a word index that is behind SQLite is brought up to date from
 //! the `changes` it has not applied (or rebuilt, if those were pruned).
 //!
@@ -36,7 +43,7 @@ pub mod words;
 mod writes;
 
 pub use backend::Store;
-pub use pg::{text_search_config, PG_SCHEMA_VERSION};
+pub use pg::{text_search_config, PG_SCHEMA_VERSION, VECTOR_RECHECK_INTERVAL};
 pub use records::*;
 pub use vectors::VectorOptions;
 
@@ -177,6 +184,10 @@ pub struct EmbeddedStore {
     /// Vector key → collection, for filtered dense and sparse search; built
     /// on first use, then kept current by this process.
     key_collections: RwLock<Option<HashMap<u64, Arc<str>>>>,
+    /// What was made durable, in order (the tests check that a job is
+    /// finished only after what it stored is).
+    #[cfg(test)]
+    durable_log: Mutex<Vec<String>>,
 }
 
 /// Which derived index a catch-up is for.
@@ -246,6 +257,8 @@ impl EmbeddedStore {
         let db_path = dir.join("datafactory.sqlite3");
         let mut db = Connection::open(&db_path)?;
         db.pragma_update(None, "journal_mode", "WAL")?;
+        // Commits during a job are not synced one by one; the job's end is
+        // (`finish_job`), and syncing the WAL makes every earlier commit durable too.
         db.pragma_update(None, "synchronous", "NORMAL")?;
         db.pragma_update(None, "foreign_keys", "ON")?;
         db.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -269,6 +282,8 @@ impl EmbeddedStore {
             vectors: RwLock::new(vectors),
             sparse: RwLock::new(None),
             key_collections: RwLock::new(None),
+            #[cfg(test)]
+            durable_log: Mutex::new(Vec::new()),
         };
         let vectors_behind =
             store.vector_index().is_some_and(|v| v.applied_change() != store.latest_change().unwrap_or(0));
@@ -322,6 +337,12 @@ impl EmbeddedStore {
             *guard = Some(state);
         }
         Ok(guard)
+    }
+
+    /// Records a durable point for the tests; nothing otherwise.
+    fn note_durable(&self, _what: impl FnOnce() -> String) {
+        #[cfg(test)]
+        lock(&self.durable_log).push(_what());
     }
 
     /// The last change committed to SQLite (0: none ever).

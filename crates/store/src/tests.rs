@@ -634,3 +634,44 @@ fn searches_interleave_with_a_long_run_of_vector_additions() {
     eprintln!("additions during each search: {gaps:?}");
     assert!(gaps[gaps.len() / 2] <= 20, "additions during each search: {gaps:?}");
 }
+
+// ---- durability ----
+
+/// A job is finished only once what it stored is durable: the word index
+/// committed and the vectors saved (both synced) before the job's row,
+/// which is written with synchronous=FULL (syncing the WAL, and with it
+/// every commit before); the commits of a batch keep synchronous=NORMAL.
+#[test]
+fn a_job_ends_only_after_what_it_stored_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let synchronous =
+        |s: &Store| -> i64 { lock(&s.db).query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap() };
+    assert_eq!(synchronous(&store), 1, "commits during a batch: NORMAL");
+    store.enable_vectors(&vector_options("m")).unwrap();
+    let id = store.create_job("ingest", Some("c")).unwrap();
+    put_vec(&store, "c", "a.txt", "alpha", 0);
+    put_vec(&store, "c", "b.txt", "beta", 1);
+    let latest = store.latest_change().unwrap();
+    lock(&store.durable_log).clear();
+    store.finish_job(&id, "succeeded", &serde_json::json!({"documents": 2})).unwrap();
+    assert_eq!(
+        *lock(&store.durable_log),
+        [
+            format!("words committed up to change {latest}"),
+            format!("vectors saved up to change {latest}"),
+            format!("job {id} ended succeeded, written with synchronous=2"),
+        ]
+    );
+    assert_eq!(synchronous(&store), 1, "back to NORMAL after the job's end");
+    let job = store.get_job(&id).unwrap().unwrap();
+    assert_eq!((job.state.as_str(), job.summary["documents"].as_i64()), ("succeeded", Some(2)));
+
+    // A crash right after the job's end loses nothing the job stored: the
+    // indexes were made durable, not replayed.
+    store.crash();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.words.applied_change().unwrap(), latest);
+    assert_eq!(store.vector_index().unwrap().saved_change(), latest);
+    assert_eq!(store.get_job(&id).unwrap().unwrap().state, "succeeded");
+}

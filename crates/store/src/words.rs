@@ -3,7 +3,7 @@
 //! as its payload, the last SQLite change it includes.
 
 use crate::StoreError;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, BoostQuery, ConstScoreQuery, Occur, Query, TermQuery};
 use tantivy::schema::{
@@ -42,6 +42,8 @@ pub(crate) struct WordDoc<'a> {
 }
 
 pub(crate) struct WordIndex {
+    /// The index's directory, synced after each commit.
+    dir: PathBuf,
     index: Index,
     reader: IndexReader,
     fields: Fields,
@@ -95,7 +97,7 @@ impl WordIndex {
         let index = Index::open_or_create(directory, schema)?;
         index.tokenizers().register(ANALYZER, analyzer());
         let reader = index.reader_builder().reload_policy(ReloadPolicy::OnCommitWithDelay).try_into()?;
-        Ok(WordIndex { index, reader, fields })
+        Ok(WordIndex { dir: dir.to_path_buf(), index, reader, fields })
     }
 
     /// Takes the single writer of this index: only one process may hold it.
@@ -147,11 +149,15 @@ impl WordIndex {
         writer.delete_term(Term::from_field_text(self.fields.document_id, document_id));
     }
 
-    /// Commits everything added since the last commit, recording `change`.
+    /// Commits everything added since the last commit, recording `change`,
+    /// durably: tantivy syncs the new segment files and meta.json's content
+    /// but not the directory after renaming meta.json into place, so the
+    /// directory is synced here.
     pub fn commit(&self, writer: &mut IndexWriter<TantivyDocument>, change: i64) -> Result<(), StoreError> {
         let mut prepared = writer.prepare_commit()?;
         prepared.set_payload(&format!("change:{change}"));
         prepared.commit()?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
         self.reader.reload()?;
         Ok(())
     }

@@ -263,11 +263,13 @@ impl EmbeddedStore {
         if let Some(state) = guard.as_mut() {
             if let Some(seq) = state.pending.take() {
                 self.words.commit(&mut state.writer, seq)?;
+                self.note_durable(|| format!("words committed up to change {seq}"));
             }
             if let Some(seq) = state.vectors_pending {
                 if save_vectors || state.vectors_saved_at.elapsed() >= VECTOR_SAVE_INTERVAL {
                     if let Some(v) = self.vector_index() {
                         v.save(seq)?;
+                        self.note_durable(|| format!("vectors saved up to change {seq}"));
                     }
                     state.vectors_pending = None;
                     state.vectors_saved_at = Instant::now();

@@ -276,3 +276,72 @@ fn claims_never_overlap_and_a_lost_lease_is_refused() {
     let embedded = Store::open(dir.path()).unwrap();
     assert!(embedded.claim_job("n", Duration::from_secs(1)).unwrap_err().to_string().contains("PostgreSQL"));
 }
+
+/// Two nodes on one empty database: node B enables vectors and stores a
+/// document with them. Node A, which found no vectors when it opened, sees
+/// them too (once the recheck interval has passed): it neither answers "the
+/// store has no vectors" nor leaves out dense retrieval until restarted.
+#[test]
+fn a_node_sees_vectors_another_node_enabled() {
+    use datafactory_store::{SearchMode, SearchRequest, VectorOptions, VECTOR_RECHECK_INTERVAL};
+    let schema = "fleet_vectors";
+    let Some(url) = test_postgres(schema) else { return };
+    let a = Store::open_postgres(&settings(&url, schema)).unwrap();
+    let b = Store::open_postgres(&settings(&url, schema)).unwrap();
+    assert!(a.vector_options().is_none());
+    let options = VectorOptions {
+        model: "model-b".into(),
+        dimensions: 4,
+        quantization: "f16".into(),
+        connectivity: 16,
+        expansion_add: 64,
+        expansion_search: 32,
+        exact_below: 1000,
+    };
+    b.enable_vectors(&options).unwrap();
+    let text = "Otters hold hands while they sleep.";
+    let doc = Document::plain("otters.txt", text);
+    let chunker =
+        Chunker::new(&ChunkingConfig { max_tokens: 32, overlap_tokens: 0 }, Arc::new(HeuristicTokenCounter));
+    let chunks = chunker.chunk(&doc);
+    let embeddings: Vec<_> = chunks
+        .iter()
+        .map(|_| datafactory_core::Embedding { dense: vec![1.0, 0.0, 0.0, 0.0], sparse: vec![] })
+        .collect();
+    let key = DocumentKey {
+        id: document_id("default", "otters.txt"),
+        collection: "default".into(),
+        source: "otters.txt".into(),
+        content_hash: datafactory_core::content_hash(text.as_bytes()),
+        pipeline: chunker.fingerprint(),
+        byte_size: text.len() as u64,
+    };
+    assert_eq!(b.commit_document(&key, &doc, &chunks, Some(&embeddings)).unwrap(), CommitOutcome::Added);
+
+    // Node A looks again once the interval since its last look has passed.
+    std::thread::sleep(VECTOR_RECHECK_INTERVAL + Duration::from_millis(100));
+    assert_eq!(a.vector_options().map(|o| o.model), Some("model-b".into()));
+    let query = datafactory_core::Embedding { dense: vec![0.9, 0.1, 0.0, 0.0], sparse: vec![] };
+    let results = a
+        .search(&SearchRequest {
+            text: "otters",
+            embedding: Some(&query),
+            mode: SearchMode::Dense,
+            collection: None,
+            top_k: 5,
+            candidates: 50,
+            rrf_k: 60.0,
+            weight_words: 0.3,
+            weight_dense: 0.5,
+            weight_sparse: 0.2,
+            title_boost: 0.5,
+            heading_boost: 0.8,
+            filter: None,
+        })
+        .unwrap();
+    assert!(results.notes.is_empty(), "{:?}", results.notes);
+    assert_eq!(results.retrievers, ["dense"]);
+    assert_eq!(results.hits.len(), 1, "{results:?}");
+    let stats = a.stats().unwrap();
+    assert_eq!(stats.vector_index.map(|v| v.model), Some("model-b".into()));
+}

@@ -39,16 +39,25 @@ use pgvector::{HalfVector, SparseVector};
 use postgres::{Client, IsolationLevel, NoTls, Row, Transaction};
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Sparse vectors are token id → weight; pgvector needs a dimension, the
 /// same for all: larger than any vocabulary.
 const SPARSE_DIMENSIONS: i32 = 1_000_000_000;
 
+/// A node that found no vectors in the shared database looks again at most
+/// this often: another node may enable them at any time.
+pub const VECTOR_RECHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 pub struct PgStore {
     pool: Pool,
-    /// The vector options (and so the embedding model), once vectors are enabled.
+    /// The vector options (and so the embedding model), once vectors are
+    /// enabled, by this node or any other: kept once found (vectors are never
+    /// disabled, and their model never changes); while None, re-read from the
+    /// database (see `vector_options`).
     vectors: RwLock<Option<VectorOptions>>,
+    /// When `vectors` was last read from the database while None.
+    vectors_checked: Mutex<Instant>,
     /// pgvector 0.8 or later: filtered HNSW scans continue until they have
     /// enough rows (`hnsw.iterative_scan`).
     iterative_scan: bool,
@@ -77,6 +86,7 @@ impl PgStore {
                 keep: settings.pool_size.max(1),
             },
             vectors: RwLock::new(None),
+            vectors_checked: Mutex::new(Instant::now()),
             iterative_scan: false,
             node: RwLock::new(None),
         };
@@ -148,8 +158,32 @@ impl PgStore {
         Ok(conn.query_one("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM changes", &[])?.get(0))
     }
 
+    /// The vector options, if the store has vectors. The database is shared
+    /// by a fleet, so what this node found at open is not the last word: while
+    /// it knows of none, it reads the meta row again, at most once per
+    /// `VECTOR_RECHECK_INTERVAL` (a failed read counts as none for now).
     pub fn vector_options(&self) -> Option<VectorOptions> {
-        self.vectors.read().unwrap_or_else(|p| p.into_inner()).clone()
+        if let Some(v) = self.vectors.read().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Some(v);
+        }
+        {
+            let mut checked = self.vectors_checked.lock().unwrap_or_else(|p| p.into_inner());
+            if checked.elapsed() < VECTOR_RECHECK_INTERVAL {
+                return None;
+            }
+            *checked = Instant::now();
+        }
+        match self.stored_vector_options() {
+            Ok(Some(found)) => {
+                let mut cached = self.vectors.write().unwrap_or_else(|p| p.into_inner());
+                Some(cached.get_or_insert(found).clone())
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!("could not read whether the store has vectors: {e}");
+                None
+            }
+        }
     }
 
     /// Creates the vector table and its HNSW index for a model, or checks
