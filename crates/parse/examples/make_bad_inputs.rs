@@ -147,7 +147,7 @@ fn main() {
     write("objstm-bomb.pdf", &objstm_bomb(&zlib(&layer1)));
     write(
         "deep-array.pdf",
-        &pdf_with_extra_object(format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).as_bytes()),
+        &pdf_with_extra_object(format!("{}{}", "[".repeat(30_000), "]".repeat(30_000)).as_bytes()),
     );
     write("deep-dict.pdf", &pdf_with_extra_object("<< /A ".repeat(10_000).as_bytes()));
     write("pages-cycle.pdf", &pages_cycle());
