@@ -212,6 +212,10 @@ enum Command {
         #[command(subcommand)]
         action: ConfigCommand,
     },
+    /// The parse child process (datafactory_parse::worker): a request and a
+    /// file on standard input, the documents as JSON on standard output.
+    #[command(hide = true)]
+    ParseWorker,
 }
 
 #[derive(Subcommand)]
@@ -262,6 +266,12 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    if matches!(cli.command, Command::ParseWorker) {
+        return datafactory_parse::worker::main();
+    }
+    // Parsing of untrusted formats (ingest.parse_isolation) runs in a child
+    // process of this same binary, under a memory limit and a timeout.
+    datafactory_parse::worker::register_current_exe(&["parse-worker"]);
     init_logging(cli.verbose);
     match run(cli) {
         Ok(code) => code,
@@ -384,9 +394,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Analyze { json, files } => {
             let analyzer = datafactory_analyze::Analyzer::from_config(&config.analysis);
-            let options = datafactory_parse::ParseOptions {
-                max_decompressed_bytes: config.ingest.max_decompressed_bytes,
-            };
+            let options = datafactory_parse::ParseOptions::from_config(&config.ingest);
             let mut results = Vec::new();
             let mut failed = false;
             for path in &files {
@@ -604,7 +612,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         | Command::Down { .. }
         | Command::Status { .. }
         | Command::Gpu { .. }
-        | Command::Ollama { .. } => unreachable!("handled before the configuration is read"),
+        | Command::Ollama { .. }
+        | Command::ParseWorker => unreachable!("handled before the configuration is read"),
         Command::Stats { json } => {
             let store = open_store(&config)?;
             let stats = store.stats()?;

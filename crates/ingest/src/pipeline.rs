@@ -87,7 +87,7 @@ impl Pipeline {
             enricher,
             include_headings: config.embedding.include_headings,
             vector_options,
-            parse_options: ParseOptions { max_decompressed_bytes: config.ingest.max_decompressed_bytes },
+            parse_options: ParseOptions::from_config(&config.ingest),
             max_file_bytes: config.ingest.max_file_bytes,
             extensions: config.ingest.extensions.iter().map(|e| e.to_ascii_lowercase()).collect(),
             workers,

@@ -658,7 +658,7 @@ mod tests {
     fn too_large_by_declared_and_by_actual_size() {
         let big = body(&p(None, &"x".repeat(100_000)));
         let bytes = docx(&[(DOCUMENT, &big)]);
-        let opts = ParseOptions { max_decompressed_bytes: 10_000 };
+        let opts = ParseOptions { max_decompressed_bytes: 10_000, ..ParseOptions::default() };
         let err = parse(&bytes, None, &opts).unwrap_err();
         assert!(matches!(err, ParseError::TooLarge { limit: 10_000, .. }), "{err:?}");
         assert!(err.to_string().contains("more than 10000 bytes"));

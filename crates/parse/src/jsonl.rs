@@ -10,14 +10,14 @@ use serde_json::{Map, Value};
 
 use crate::{clip_title, finish, markdown, ParseError, Parsed, RecordFailure};
 
-pub(crate) fn parse(text: &str) -> Parsed {
+pub(crate) fn parse(text: &str, max_nesting: usize) -> Parsed {
     let mut parsed = Parsed::default();
     for (i, line) in text.split('\n').enumerate() {
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
-        match record(line) {
+        match record(line, max_nesting) {
             Ok(doc) => parsed.documents.push(doc),
             Err(error) => parsed.failures.push(RecordFailure { location: format!("line {}", i + 1), error }),
         }
@@ -25,7 +25,7 @@ pub(crate) fn parse(text: &str) -> Parsed {
     parsed
 }
 
-fn record(line: &str) -> Result<Document, String> {
+fn record(line: &str, max_nesting: usize) -> Result<Document, String> {
     let value: Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
     let Value::Object(mut obj) = value else {
         return Err("expected a JSON object".to_string());
@@ -68,7 +68,7 @@ fn record(line: &str) -> Result<Document, String> {
     }
 
     let (sections, heading_title) = if markdown {
-        let scan = markdown::scan(&text);
+        let scan = markdown::scan(&text, max_nesting).map_err(|e| e.to_string())?;
         let title = scan.front_matter_title.or(scan.first_h1);
         (scan.sections, title)
     } else {
@@ -102,7 +102,7 @@ mod tests {
             "{\"text\": 5}\n",
             "{\"text\": \"x\", \"metadata\": 3}\n",
         );
-        let p = parse(input);
+        let p = parse(input, 512);
         assert_eq!(p.documents.len(), 2);
         let a = &p.documents[0];
         assert_eq!(a.external_id.as_deref(), Some("a1"));
@@ -122,7 +122,8 @@ mod tests {
 
     #[test]
     fn markdown_records_get_sections() {
-        let p = parse(r##"{"text": "# Guide\n\nIntro.\n\n## Install\n\nSteps.", "format": "markdown"}"##);
+        let p =
+            parse(r##"{"text": "# Guide\n\nIntro.\n\n## Install\n\nSteps.", "format": "markdown"}"##, 512);
         let d = &p.documents[0];
         assert_eq!(d.title, "Guide");
         let paths: Vec<_> = d.sections.iter().map(|s| s.heading_path.join("/")).collect();
@@ -131,7 +132,7 @@ mod tests {
 
     #[test]
     fn all_bad_is_still_ok() {
-        let p = parse("nope\n{}\n");
+        let p = parse("nope\n{}\n", 512);
         assert!(p.documents.is_empty());
         assert_eq!(p.failures.len(), 2);
     }

@@ -12,8 +12,11 @@
 //! whose messages are meant to be shown to a user as they are.
 
 use std::path::Path;
+use std::time::Duration;
 
+use datafactory_core::config::IngestConfig;
 use datafactory_core::document::{Document, Format, Section};
+use serde::{Deserialize, Serialize};
 
 mod docx;
 mod html;
@@ -22,6 +25,7 @@ mod markdown;
 mod pdf;
 mod sniff;
 mod text;
+pub mod worker;
 
 /// Version of the parsers' output. Bump it whenever the documents produced for
 /// the same input change (text, sections, titles), so that stored documents
@@ -30,23 +34,100 @@ pub const PARSER_VERSION: &str = "1";
 
 /// Default for [`ParseOptions::max_decompressed_bytes`]: 256 MiB.
 pub const DEFAULT_MAX_DECOMPRESSED_BYTES: u64 = 256 * 1024 * 1024;
+/// Default for [`ParseOptions::max_nesting`].
+pub const DEFAULT_MAX_NESTING: usize = 512;
+/// Default for [`ParseOptions::timeout`], in seconds.
+pub const DEFAULT_PARSE_TIMEOUT_SECONDS: u64 = 120;
+/// Default for [`ParseOptions::memory_mb`].
+pub const DEFAULT_PARSE_MEMORY_MB: u64 = 2048;
 
-/// Knobs for [`parse`].
+/// Which formats are parsed in a child process ([`worker`]), where a memory
+/// limit (RLIMIT_AS) and a wall-clock timeout bound them
+/// (`ingest.parse_isolation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// Everything in this process (bounded by decompression and nesting limits only).
+    None,
+    /// PDF in a child process: its reader (lopdf) cannot be bounded in-process.
+    #[default]
+    Pdf,
+    /// Every format in a child process.
+    All,
+}
+
+impl Isolation {
+    /// `none`, `pdf` or `all`.
+    pub fn from_name(name: &str) -> Option<Isolation> {
+        match name {
+            "none" => Some(Isolation::None),
+            "pdf" => Some(Isolation::Pdf),
+            "all" => Some(Isolation::All),
+            _ => None,
+        }
+    }
+
+    /// Whether `format` goes through the child process.
+    pub fn covers(self, format: Format) -> bool {
+        match self {
+            Isolation::None => false,
+            Isolation::Pdf => format == Format::Pdf,
+            Isolation::All => true,
+        }
+    }
+}
+
+/// Knobs for [`parse`]: the bounds every parse of an untrusted file runs under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseOptions {
-    /// The most bytes a compressed container (DOCX) may decompress to, in
-    /// total over the parts that are read (`ingest.max_decompressed_bytes`).
+    /// The most bytes a compressed container (DOCX, the streams of a PDF) may
+    /// decompress to, in total over the parts that are read
+    /// (`ingest.max_decompressed_bytes`).
     pub max_decompressed_bytes: u64,
+    /// The deepest nesting of elements (HTML) or containers (Markdown block
+    /// quotes and lists) accepted (`ingest.max_nesting`).
+    pub max_nesting: usize,
+    /// Wall-clock limit of a parse in the child process (`ingest.parse_timeout_seconds`).
+    pub timeout: Duration,
+    /// Address-space limit of the child process, MiB (`ingest.parse_memory_mb`).
+    pub memory_mb: u64,
+    /// Which formats go through the child process (`ingest.parse_isolation`).
+    pub isolation: Isolation,
+    /// The child process's program; `None`: the one registered with
+    /// [`worker::register`] (the `datafactory` binary registers itself), and
+    /// where none is, the parse runs in this process.
+    pub worker: Option<worker::WorkerCommand>,
 }
 
 impl Default for ParseOptions {
     fn default() -> Self {
-        ParseOptions { max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES }
+        ParseOptions {
+            max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES,
+            max_nesting: DEFAULT_MAX_NESTING,
+            timeout: Duration::from_secs(DEFAULT_PARSE_TIMEOUT_SECONDS),
+            memory_mb: DEFAULT_PARSE_MEMORY_MB,
+            isolation: Isolation::default(),
+            worker: None,
+        }
+    }
+}
+
+impl ParseOptions {
+    /// The options named by the `[ingest]` section of the configuration.
+    pub fn from_config(ingest: &IngestConfig) -> ParseOptions {
+        ParseOptions {
+            max_decompressed_bytes: ingest.max_decompressed_bytes,
+            max_nesting: ingest.max_nesting,
+            timeout: Duration::from_secs(ingest.parse_timeout_seconds),
+            memory_mb: ingest.parse_memory_mb,
+            isolation: Isolation::from_name(&ingest.parse_isolation).unwrap_or_default(),
+            worker: (!ingest.parse_worker.as_os_str().is_empty())
+                .then(|| worker::WorkerCommand { program: ingest.parse_worker.clone(), args: Vec::new() }),
+        }
     }
 }
 
 /// What [`parse`] got out of one input.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Parsed {
     /// The documents: one for most formats, one per good record for JSONL.
     pub documents: Vec<Document>,
@@ -58,7 +139,7 @@ pub struct Parsed {
 }
 
 /// One record of a multi-record input (a JSONL line) that could not be parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordFailure {
     /// Where the record is, e.g. `"line 12"`.
     pub location: String,
@@ -67,7 +148,8 @@ pub struct RecordFailure {
 }
 
 /// Why an input could not be parsed. The messages are written for users.
-#[derive(Debug, thiserror::Error)]
+/// (Serialisable: the child process sends it back to the parent.)
+#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
 pub enum ParseError {
     /// The input has no bytes, or only whitespace.
     #[error("file is empty")]
@@ -87,6 +169,18 @@ pub enum ParseError {
         format_label(*format)
     )]
     TooLarge { format: Format, limit: u64 },
+    /// Elements or containers nest deeper than the configured limit.
+    #[error("{} nests more than {limit} levels deep (limit ingest.max_nesting)", format_label(*format))]
+    TooDeep { format: Format, limit: usize },
+    /// The parse in the child process ran past its wall-clock limit.
+    #[error("parsing timed out after {seconds} s (limit ingest.parse_timeout_seconds)")]
+    Timeout { seconds: u64 },
+    /// The parse in the child process ran out of its address space.
+    #[error("parsing exceeded the {mb} MB memory limit (ingest.parse_memory_mb)")]
+    OutOfMemory { mb: u64 },
+    /// The child process could not be started or ended without an answer.
+    #[error("the parse worker failed: {detail}")]
+    Worker { detail: String },
     /// A format DataFactory does not read; `reason` says which and what to do.
     #[error("{reason}")]
     Unsupported { reason: String },
@@ -115,11 +209,40 @@ pub fn sniff(bytes: &[u8], path_hint: Option<&Path>) -> Result<Format, ParseErro
 
 /// Parses `bytes` (the whole file) into documents. `path_hint` is used for
 /// format detection and as a fallback title (its file stem).
+///
+/// Formats that [`ParseOptions::isolation`] covers are parsed in a child
+/// process (see [`worker`]) when a worker program is known, so that a file
+/// that exhausts memory or time costs that file only.
 pub fn parse(bytes: &[u8], path_hint: Option<&Path>, opts: &ParseOptions) -> Result<Parsed, ParseError> {
     let format = sniff::sniff(bytes, path_hint)?;
+    if opts.isolation.covers(format) {
+        if let Some(command) = opts.worker.clone().or_else(worker::registered) {
+            return worker::parse_in_child(&command, bytes, path_hint, opts);
+        }
+    }
+    parse_format(bytes, path_hint, format, opts)
+}
+
+/// [`parse`] in this process, whatever [`ParseOptions::isolation`] says (the
+/// child process's own entry point).
+pub fn parse_in_process(
+    bytes: &[u8],
+    path_hint: Option<&Path>,
+    opts: &ParseOptions,
+) -> Result<Parsed, ParseError> {
+    let format = sniff::sniff(bytes, path_hint)?;
+    parse_format(bytes, path_hint, format, opts)
+}
+
+fn parse_format(
+    bytes: &[u8],
+    path_hint: Option<&Path>,
+    format: Format,
+    opts: &ParseOptions,
+) -> Result<Parsed, ParseError> {
     tracing::debug!(format = format.as_str(), len = bytes.len(), "parsing");
     match format {
-        Format::Pdf => single(pdf::parse(bytes, path_hint)?, Vec::new()),
+        Format::Pdf => single(pdf::parse(bytes, path_hint, opts)?, Vec::new()),
         Format::Docx => single(docx::parse(bytes, path_hint, opts)?, Vec::new()),
         Format::Text | Format::Markdown | Format::Html | Format::Jsonl => {
             let decoded = text::decode(bytes);
@@ -129,10 +252,12 @@ pub fn parse(bytes: &[u8], path_hint: Option<&Path>, opts: &ParseOptions) -> Res
             let warnings = decoded.warnings;
             match format {
                 Format::Text => single(text::parse(decoded.text, path_hint)?, warnings),
-                Format::Markdown => single(markdown::parse(decoded.text, path_hint)?, warnings),
-                Format::Html => single(html::parse(&decoded.text, path_hint)?, warnings),
+                Format::Markdown => {
+                    single(markdown::parse(decoded.text, path_hint, opts.max_nesting)?, warnings)
+                }
+                Format::Html => single(html::parse(&decoded.text, path_hint, opts.max_nesting)?, warnings),
                 _ => {
-                    let mut parsed = jsonl::parse(&decoded.text);
+                    let mut parsed = jsonl::parse(&decoded.text, opts.max_nesting);
                     let mut all = warnings;
                     all.append(&mut parsed.warnings);
                     parsed.warnings = all;

@@ -32,8 +32,9 @@ fn options() -> Options {
 }
 
 /// Finds front matter and top-level headings (ATX and setext) and cuts the
-/// text into sections.
-pub(crate) fn scan(text: &str) -> Scan {
+/// text into sections. Block quotes, lists and other containers nested deeper
+/// than `max_nesting` are refused ([`ParseError::TooDeep`]).
+pub(crate) fn scan(text: &str, max_nesting: usize) -> Result<Scan, ParseError> {
     struct RawHeading {
         level: u32,
         title: String,
@@ -90,7 +91,12 @@ pub(crate) fn scan(text: &str) -> Scan {
                 | Tag::FootnoteDefinition(_)
                 | Tag::DefinitionList
                 | Tag::Table(_),
-            ) => container_depth += 1,
+            ) => {
+                container_depth += 1;
+                if container_depth > max_nesting {
+                    return Err(ParseError::TooDeep { format: Format::Markdown, limit: max_nesting });
+                }
+            }
             Event::End(
                 TagEnd::BlockQuote(_)
                 | TagEnd::List(_)
@@ -133,13 +139,13 @@ pub(crate) fn scan(text: &str) -> Scan {
         })
         .collect();
     let front_matter_title = front_matter.as_deref().and_then(yaml_title);
-    Scan {
+    Ok(Scan {
         sections: sections_from_headings(body_start, body_end, &marks),
         front_matter,
         front_matter_title,
         first_h1,
         body_start,
-    }
+    })
 }
 
 /// `title:` of simple YAML front matter: a plain or quoted one-line scalar.
@@ -174,8 +180,12 @@ fn first_line(text: &str, body_start: usize) -> Option<String> {
     first_line_title(line.trim_start_matches('#'))
 }
 
-pub(crate) fn parse(text: String, path_hint: Option<&Path>) -> Result<Document, ParseError> {
-    let scan = scan(&text);
+pub(crate) fn parse(
+    text: String,
+    path_hint: Option<&Path>,
+    max_nesting: usize,
+) -> Result<Document, ParseError> {
+    let scan = scan(&text, max_nesting)?;
     if text.chars().skip(scan.body_start).all(char::is_whitespace) {
         // Only front matter: nothing to index.
         return Err(ParseError::NoText { format: Format::Markdown });
@@ -211,7 +221,7 @@ mod tests {
     #[test]
     fn headings_nest_and_code_fences_are_not_headings() {
         let md = "Intro text.\n\n# Guide\n\nAbout.\n\n## Install\n\n```sh\n# not a heading\ncargo install\n```\n\n## Use\n\nRun it.\n\n# Other\nEnd.\n";
-        let d = parse(md.into(), None).unwrap();
+        let d = parse(md.into(), None, 512).unwrap();
         assert_eq!(d.title, "Guide");
         assert_eq!(
             texts(&d),
@@ -228,7 +238,7 @@ mod tests {
     #[test]
     fn setext_headings_and_unicode_offsets() {
         let md = "Überblick\n=========\n\nGrüße aus Köln.\n\nDetails\n-------\nMehr über ä.\n";
-        let d = parse(md.into(), None).unwrap();
+        let d = parse(md.into(), None, 512).unwrap();
         assert_eq!(d.title, "Überblick");
         assert_eq!(
             texts(&d),
@@ -239,7 +249,7 @@ mod tests {
     #[test]
     fn front_matter_gives_title_and_belongs_to_no_section() {
         let md = "---\ntitle: \"Field Notes\"\ntags: [a, b]\n---\n\nSome body.\n\n# Heading\n\nMore.\n";
-        let d = parse(md.into(), None).unwrap();
+        let d = parse(md.into(), None, 512).unwrap();
         assert_eq!(d.title, "Field Notes");
         assert_eq!(d.metadata["front_matter"].as_str().unwrap(), "title: \"Field Notes\"\ntags: [a, b]\n");
         assert_eq!(texts(&d), vec![("".into(), "Some body."), ("Heading".into(), "More.")]);
@@ -247,31 +257,45 @@ mod tests {
 
     #[test]
     fn front_matter_only_has_no_text() {
-        let err = parse("---\ntitle: x\n---\n\n".into(), None).unwrap_err();
+        let err = parse("---\ntitle: x\n---\n\n".into(), None, 512).unwrap_err();
         assert!(matches!(err, ParseError::NoText { .. }));
     }
 
     #[test]
     fn headings_inside_blockquotes_and_lists_do_not_cut() {
         let md = "# Top\n\n> # quoted\n> text\n\n- # in list\n\nafter\n";
-        let d = parse(md.into(), None).unwrap();
+        let d = parse(md.into(), None, 512).unwrap();
         assert_eq!(d.sections.len(), 1);
         assert_eq!(d.sections[0].heading_path, vec!["Top"]);
     }
 
     #[test]
     fn title_falls_back_to_first_line_then_stem() {
-        let d = parse("## Sub only\n\ntext\n".into(), None).unwrap();
+        let d = parse("## Sub only\n\ntext\n".into(), None, 512).unwrap();
         assert_eq!(d.title, "Sub only");
         let long = format!("{}\n", "x".repeat(300));
-        let d = parse(long, Some(Path::new("notes/readme.md"))).unwrap();
+        let d = parse(long, Some(Path::new("notes/readme.md")), 512).unwrap();
         assert_eq!(d.title, "readme");
     }
 
     #[test]
     fn heading_with_inline_code() {
-        let d = parse("# The `DiffExecutor` type\n\nbody\n".into(), None).unwrap();
+        let d = parse("# The `DiffExecutor` type\n\nbody\n".into(), None, 512).unwrap();
         assert_eq!(d.title, "The DiffExecutor type");
         assert_eq!(d.sections[0].heading_path, vec!["The DiffExecutor type"]);
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_refused() {
+        for md in [format!("{} deep\n", ">".repeat(100_000)), format!("{}deep\n", "- ".repeat(100_000))] {
+            let err = parse(md, None, 512).unwrap_err();
+            assert!(matches!(err, ParseError::TooDeep { format: Format::Markdown, limit: 512 }), "{err:?}");
+            assert_eq!(
+                err.to_string(),
+                "Markdown nests more than 512 levels deep (limit ingest.max_nesting)"
+            );
+        }
+        let d = parse(format!("{} deep\n", ">".repeat(100)), None, 512).unwrap();
+        assert!(d.text.ends_with("deep\n"));
     }
 }

@@ -1,4 +1,13 @@
 //! PDF, through pdf-extract: one section per page.
+//!
+//! Bounded: lopdf (under pdf-extract) inflates streams to the end. Before it
+//! sees the file, [`check_streams`] decodes every Flate and LZW stream with a
+//! cap and refuses the file when they decompress to more than
+//! `ingest.max_decompressed_bytes` in total. That check reads the raw file
+//! (it cannot see everything lopdf will: streams marked as images, filters it
+//! does not decode, a stream decoded once per reference), so PDF is also
+//! parsed in a child process under a memory limit and a timeout by default
+//! (`crate::worker`, `ingest.parse_isolation`).
 
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -7,9 +16,14 @@ use std::sync::Once;
 
 use datafactory_core::document::{Document, Format, Section};
 
-use crate::{fallback_title, finish, first_line_title, ParseError};
+use crate::{fallback_title, finish, first_line_title, ParseError, ParseOptions};
 
-pub(crate) fn parse(bytes: &[u8], path_hint: Option<&Path>) -> Result<Document, ParseError> {
+pub(crate) fn parse(
+    bytes: &[u8],
+    path_hint: Option<&Path>,
+    opts: &ParseOptions,
+) -> Result<Document, ParseError> {
+    check_streams(bytes, opts.max_decompressed_bytes)?;
     let encrypted = has_encrypt_dictionary(bytes);
     let pages = match extract_pages(bytes) {
         Ok(pages) => pages,
@@ -109,6 +123,153 @@ fn extract_pages(bytes: &[u8]) -> Result<Vec<String>, ParseError> {
     }
 }
 
+/// Refuses a PDF whose Flate and LZW streams (images aside) decompress to
+/// more than `limit` bytes in total, decoding each with a cap.
+fn check_streams(bytes: &[u8], limit: u64) -> Result<(), ParseError> {
+    let too_large = || ParseError::TooLarge { format: Format::Pdf, limit };
+    let mut total = 0u64;
+    let mut from = 0usize;
+    while let Some(found) = find(&bytes[from..], b"stream") {
+        let keyword = from + found;
+        from = keyword + b"stream".len();
+        if keyword >= 3 && &bytes[keyword - 3..keyword] == b"end" {
+            continue;
+        }
+        // The data starts after the end of line that follows the keyword.
+        let data_start = match bytes.get(from..from + 2) {
+            Some(b"\r\n") => from + 2,
+            Some([b'\n', _]) | Some([b'\r', _]) => from + 1,
+            _ => continue,
+        };
+        // The stream's dictionary: from its object's `obj` keyword.
+        let window_start = keyword.saturating_sub(64 * 1024);
+        let Some(obj) = rfind(&bytes[window_start..keyword], b"obj") else {
+            continue;
+        };
+        let dict = &bytes[window_start + obj..keyword];
+        if find(dict, b"/Image").is_some() {
+            continue; // never decoded by the text extractor
+        }
+        let filters = stream_filters(dict);
+        if filters.is_empty() {
+            continue;
+        }
+        let data_end = direct_length(dict)
+            .and_then(|n| data_start.checked_add(n))
+            .filter(|&end| end <= bytes.len())
+            .or_else(|| find(&bytes[data_start..], b"endstream").map(|n| data_start + n))
+            .unwrap_or(bytes.len());
+        let budget = limit.saturating_sub(total);
+        let mut data: Vec<u8> = bytes[data_start..data_end].to_vec();
+        let mut decoded_any = false;
+        for filter in filters {
+            let out = match filter.as_slice() {
+                b"FlateDecode" | b"Fl" => inflate(&data, budget),
+                b"LZWDecode" | b"LZW" => unlzw(&data, budget),
+                _ => break, // not decoded here (nor, mostly, by lopdf)
+            };
+            let Some(out) = out else {
+                return Err(too_large());
+            };
+            data = out;
+            decoded_any = true;
+        }
+        if decoded_any {
+            total += data.len() as u64;
+            if total > limit {
+                return Err(too_large());
+            }
+        }
+        from = data_end.max(from);
+    }
+    Ok(())
+}
+
+/// The filter names of a stream dictionary, in decoding order.
+fn stream_filters(dict: &[u8]) -> Vec<Vec<u8>> {
+    let Some(at) = find(dict, b"/Filter") else {
+        return Vec::new();
+    };
+    let rest = &dict[at + b"/Filter".len()..];
+    let rest = &rest[rest.iter().take_while(|b| b.is_ascii_whitespace()).count()..];
+    let list = if rest.first() == Some(&b'[') {
+        &rest[1..rest.iter().position(|&b| b == b']').unwrap_or(rest.len())]
+    } else {
+        let end = rest.iter().skip(1).position(|&b| b == b'/' || b == b'>' || b.is_ascii_whitespace());
+        &rest[..end.map_or(rest.len(), |e| e + 1)]
+    };
+    list.split(|&b| b == b'/' || b.is_ascii_whitespace())
+        .filter(|n| !n.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// `/Length n` when it is a direct number (not a reference `n 0 R`).
+fn direct_length(dict: &[u8]) -> Option<usize> {
+    let at = find(dict, b"/Length")?;
+    let rest = std::str::from_utf8(&dict[at + b"/Length".len()..]).ok().or_else(|| {
+        let tail = &dict[at + b"/Length".len()..];
+        std::str::from_utf8(&tail[..tail.iter().position(|b| !b.is_ascii()).unwrap_or(tail.len())]).ok()
+    })?;
+    let mut words =
+        rest.split(|c: char| c.is_ascii_whitespace() || c == '/' || c == '>').filter(|w| !w.is_empty());
+    let n: usize = words.next()?.parse().ok()?;
+    let second_is_generation = words.next().is_some_and(|w| w.parse::<u32>().is_ok());
+    let third_is_r = words.next() == Some("R");
+    (!(second_is_generation && third_is_r)).then_some(n)
+}
+
+/// Inflates zlib data (raw deflate as lopdf's fallback does), or `None`
+/// when it decompresses to more than `budget` bytes. Damaged data gives what
+/// could be decoded.
+fn inflate(data: &[u8], budget: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let mut decoder = flate2::read::ZlibDecoder::new(data).take(budget.saturating_add(1));
+    if decoder.read_to_end(&mut out).is_err() && out.is_empty() && data.len() > 2 {
+        out.clear();
+        let _ = flate2::read::DeflateDecoder::new(&data[2..])
+            .take(budget.saturating_add(1))
+            .read_to_end(&mut out);
+    }
+    (out.len() as u64 <= budget).then_some(out)
+}
+
+/// Decodes LZW data as lopdf does (early change), or `None` past `budget`.
+fn unlzw(data: &[u8], budget: u64) -> Option<Vec<u8>> {
+    struct Capped {
+        out: Vec<u8>,
+        budget: u64,
+    }
+    impl std::io::Write for Capped {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.out.len() as u64 + buf.len() as u64 > self.budget {
+                return Err(std::io::Error::other("over budget"));
+            }
+            self.out.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut capped = Capped { out: Vec::new(), budget };
+    let mut decoder = weezl::decode::Decoder::with_tiff_size_switch(weezl::BitOrder::Msb, 8);
+    let result = decoder.into_stream(&mut capped).decode_all(data);
+    match result.status {
+        Err(e) if e.kind() == std::io::ErrorKind::Other && e.to_string() == "over budget" => None,
+        _ => Some(capped.out),
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).rposition(|w| w == needle)
+}
+
 /// Whether the trailer (or a cross-reference stream) names an `/Encrypt`
 /// dictionary. Looks at the first and last MiB, where trailers live.
 fn has_encrypt_dictionary(bytes: &[u8]) -> bool {
@@ -168,7 +329,7 @@ mod tests {
 
     #[test]
     fn garbage_after_header_is_corrupt_not_a_panic() {
-        let err = parse(b"%PDF-1.7\n1 0 obj << /Type /Catalog", None).unwrap_err();
+        let err = parse(b"%PDF-1.7\n1 0 obj << /Type /Catalog", None, &ParseOptions::default()).unwrap_err();
         assert!(matches!(err, ParseError::Corrupt { .. }), "{err:?}");
     }
 
@@ -176,5 +337,60 @@ mod tests {
     fn encrypt_marker() {
         assert!(has_encrypt_dictionary(b"trailer << /Root 1 0 R /Encrypt 5 0 R >>"));
         assert!(!has_encrypt_dictionary(b"trailer << /Root 1 0 R >>"));
+    }
+
+    fn zlib(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn pdf_with_stream(filter: &str, data: &[u8]) -> Vec<u8> {
+        let mut pdf = b"%PDF-1.7\n4 0 obj\n<< /Length ".to_vec();
+        pdf.extend_from_slice(format!("{} /Filter {filter} >>\nstream\n", data.len()).as_bytes());
+        pdf.extend_from_slice(data);
+        pdf.extend_from_slice(b"\nendstream\nendobj\n");
+        pdf
+    }
+
+    #[test]
+    fn flate_bombs_are_refused_before_lopdf() {
+        let once = zlib(&vec![b' '; 8 * 1024 * 1024]);
+        let twice = zlib(&once);
+        for (filter, data) in [("/FlateDecode", &once), ("[/FlateDecode /FlateDecode]", &twice)] {
+            let pdf = pdf_with_stream(filter, data);
+            let err = check_streams(&pdf, 1024 * 1024).unwrap_err();
+            assert!(matches!(err, ParseError::TooLarge { format: Format::Pdf, limit: 1048576 }), "{err:?}");
+            assert_eq!(
+                err.to_string(),
+                "PDF decompresses to more than 1048576 bytes (limit ingest.max_decompressed_bytes)"
+            );
+            check_streams(&pdf, 16 * 1024 * 1024).unwrap();
+        }
+    }
+
+    #[test]
+    fn lzw_bombs_are_refused() {
+        let mut encoded = Vec::new();
+        weezl::encode::Encoder::with_tiff_size_switch(weezl::BitOrder::Msb, 8)
+            .into_stream(&mut encoded)
+            .encode_all(&vec![0u8; 4 * 1024 * 1024][..])
+            .status
+            .unwrap();
+        let pdf = pdf_with_stream("/LZWDecode", &encoded);
+        assert!(matches!(check_streams(&pdf, 1024 * 1024), Err(ParseError::TooLarge { .. })));
+        check_streams(&pdf, 8 * 1024 * 1024).unwrap();
+    }
+
+    #[test]
+    fn stream_dictionary_bits() {
+        assert_eq!(
+            stream_filters(b"<< /Filter [/FlateDecode /LZWDecode] >>"),
+            vec![b"FlateDecode".to_vec(), b"LZWDecode".to_vec()]
+        );
+        assert_eq!(stream_filters(b"<< /Filter/FlateDecode/Length 5 >>"), vec![b"FlateDecode".to_vec()]);
+        assert_eq!(direct_length(b"<< /Length 42 /Filter /Fl >>"), Some(42));
+        assert_eq!(direct_length(b"<< /Length 7 0 R >>"), None);
     }
 }

@@ -24,7 +24,7 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 fn check(bytes: &[u8], hint: Option<&str>) {
-    let opts = ParseOptions { max_decompressed_bytes: 8 * 1024 * 1024 };
+    let opts = ParseOptions { max_decompressed_bytes: 8 * 1024 * 1024, ..ParseOptions::default() };
     if let Ok(parsed) = parse(bytes, hint.map(Path::new), &opts) {
         for doc in &parsed.documents {
             check_doc(doc);

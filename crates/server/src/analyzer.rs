@@ -47,7 +47,7 @@ impl AnalyzerState {
         let metrics = Arc::new(Metrics::default());
         AnalyzerState {
             analyzer: Analyzer::from_config(&analysis),
-            parse_options: ParseOptions { max_decompressed_bytes: config.ingest.max_decompressed_bytes },
+            parse_options: ParseOptions::from_config(&config.ingest),
             max_file_bytes: config.ingest.max_file_bytes,
             max_body_bytes: config.server.max_body_bytes as usize,
             server: config.server.clone(),

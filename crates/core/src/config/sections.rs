@@ -4,6 +4,7 @@
 //! live in `validate.rs`, loading in `mod.rs`.
 
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
 /// How the clients of remote model workers (embedding: `embedding.remote_urls`;
 /// reranking: `rerank.url` and `rerank.urls`) batch, retry and fail over.
@@ -48,8 +49,22 @@ pub struct IngestConfig {
     pub default_collection: String,
     /// Files larger than this are refused (bytes).
     pub max_file_bytes: u64,
-    /// Cap on the decompressed size of a container format (DOCX), against zip bombs (bytes).
+    /// Cap on the decompressed size of a container format (DOCX) or of a
+    /// PDF's compressed streams, against zip and Flate/LZW bombs (bytes).
     pub max_decompressed_bytes: u64,
+    /// Deepest nesting of HTML elements or Markdown block quotes and lists
+    /// accepted; deeper files are refused with an error naming the limit.
+    pub max_nesting: usize,
+    /// Which formats are parsed in a child process under a memory limit and a
+    /// timeout: `pdf` (default), `all` or `none`.
+    pub parse_isolation: String,
+    /// Wall-clock limit of one file's parse in the child process (seconds).
+    pub parse_timeout_seconds: u64,
+    /// Address-space limit (RLIMIT_AS) of the parse child process (MiB).
+    pub parse_memory_mb: u64,
+    /// Program run as the parse child process; empty: this `datafactory`
+    /// binary itself (`datafactory parse-worker`).
+    pub parse_worker: PathBuf,
     /// Extensions taken when walking a folder; files named explicitly are always tried.
     pub extensions: Vec<String>,
     /// Parallel parse-and-chunk workers; 0 means one per CPU.
@@ -396,6 +411,11 @@ impl Default for IngestConfig {
             default_collection: "default".to_string(),
             max_file_bytes: 100 * 1024 * 1024,
             max_decompressed_bytes: 256 * 1024 * 1024,
+            max_nesting: 512,
+            parse_isolation: "pdf".to_string(),
+            parse_timeout_seconds: 120,
+            parse_memory_mb: 2048,
+            parse_worker: PathBuf::new(),
             extensions: [
                 "txt", "text", "md", "markdown", "html", "htm", "xhtml", "pdf", "docx", "jsonl", "ndjson",
             ]

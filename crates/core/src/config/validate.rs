@@ -22,6 +22,24 @@ impl Config {
         if self.ingest.max_decompressed_bytes == 0 {
             return invalid("ingest.max_decompressed_bytes", "must be greater than 0");
         }
+        if self.ingest.max_nesting == 0 {
+            return invalid("ingest.max_nesting", "must be greater than 0");
+        }
+        if !matches!(self.ingest.parse_isolation.as_str(), "pdf" | "all" | "none") {
+            return invalid(
+                "ingest.parse_isolation",
+                format!("must be pdf, all or none, is {:?}", self.ingest.parse_isolation),
+            );
+        }
+        if self.ingest.parse_timeout_seconds == 0 {
+            return invalid("ingest.parse_timeout_seconds", "must be greater than 0");
+        }
+        if self.ingest.parse_memory_mb < 64 {
+            return invalid(
+                "ingest.parse_memory_mb",
+                format!("must be at least 64 (is {})", self.ingest.parse_memory_mb),
+            );
+        }
         if self.chunking.max_tokens < 16 {
             return invalid(
                 "chunking.max_tokens",
