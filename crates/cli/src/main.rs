@@ -3,11 +3,14 @@
 //! people (tables, a progress bar) or for programs (`--json`).
 
 mod client;
+mod config_reference;
+mod conventions;
+mod first_run;
 mod launch;
 mod output;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use datafactory_core::{Config, Embedder, PlanOverride};
 use datafactory_ingest::{IngestObserver, IngestRequest, Pipeline};
 use datafactory_store::{SearchMode, SearchRequest, Store};
@@ -24,8 +27,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Exit code when an ingest finished but some inputs failed.
 pub(crate) const EXIT_SOME_FAILED: u8 = 3;
 
+/// `datafactory --version`: the version, the git commit it was built from
+/// ("unknown" outside a git checkout) and the enabled cargo features (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("DATAFACTORY_GIT_COMMIT"),
+    ", features: ",
+    env!("DATAFACTORY_FEATURES"),
+    ")"
+);
+
 #[derive(Parser)]
-#[command(name = "datafactory", version, about = "Document ingestion and retrieval for RAG")]
+#[command(name = "datafactory", version = VERSION, about = "Document ingestion and retrieval for RAG")]
 struct Cli {
     /// Configuration file (default: ./datafactory.toml if present).
     #[arg(long, global = true, env = "DATAFACTORY_CONFIG")]
@@ -207,7 +221,7 @@ enum Command {
         #[command(subcommand)]
         action: OllamaCommand,
     },
-    /// Show the effective configuration.
+    /// Show the effective configuration, or write a commented default one.
     Config {
         #[command(subcommand)]
         action: ConfigCommand,
@@ -216,6 +230,19 @@ enum Command {
     /// file on standard input, the documents as JSON on standard output.
     #[command(hide = true)]
     ParseWorker,
+    /// Print a shell completion script, e.g. `datafactory completions bash >
+    /// ~/.local/share/bash-completion/completions/datafactory`.
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `datafactory man | man -l -`; or
+    /// write one page per command into a folder.
+    Man {
+        /// Write datafactory.1 and datafactory-COMMAND.1 pages into this folder.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -255,6 +282,15 @@ enum OllamaCommand {
 enum ConfigCommand {
     /// Print the configuration after file, environment and flags, as TOML.
     Show,
+    /// Write every key at its default, each under its meaning (from
+    /// docs/CONFIGURATION.md), to PATH (default ./datafactory.toml; `-`:
+    /// standard output). An existing file is kept unless --force.
+    Init {
+        path: Option<PathBuf>,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -290,7 +326,12 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("DATAFACTORY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(conventions::colour_on_stderr())
+        .with_target(false)
+        .init();
 }
 
 /// Refuses an open non-loopback listen address (see `check_exposure`);
@@ -335,6 +376,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Ollama { action: OllamaCommand::Unload { file, json } } => {
             return launch::ollama_unload(file.as_deref(), *json)
         }
+        // Generated from the definitions above, or from the reference: no
+        // configuration is read (a broken one must not stop `config init`).
+        Command::Completions { shell } => {
+            return conventions::completions(*shell, &mut Cli::command(), &mut std::io::stdout())
+        }
+        Command::Man { out_dir } => return conventions::man(Cli::command(), out_dir.as_deref()),
+        Command::Config { action: ConfigCommand::Init { path, force } } => {
+            return conventions::config_init(path.as_deref(), *force)
+        }
         _ => {}
     }
     let config = load_config(&cli)?;
@@ -348,9 +398,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             exposure(address, &config, insecure)?;
             let store = Arc::new(open_store(&config)?);
             let (embedder, note) = load_embedder(&config);
-            if let Some(n) = note.as_ref().filter(|_| !config.embedding.model.trim().is_empty()) {
-                eprintln!("warning: {n}");
-            }
+            warn_without_model(&config, note.as_deref());
             let reranker = search_reranker(&config)?;
             let state = Arc::new(
                 datafactory_server::AppState::new(config, store, embedder, note).with_reranker(reranker),
@@ -484,9 +532,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let plan = plan.as_deref().map(PlanOverride::parse).transpose().map_err(anyhow::Error::msg)?;
             let store = open_store(&config)?;
             let (embedder, note) = load_embedder(&config);
-            if let Some(n) = note.as_ref().filter(|_| !config.embedding.model.trim().is_empty()) {
-                eprintln!("warning: {n}");
-            }
+            warn_without_model(&config, note.as_deref());
             let pipeline = Pipeline::with_embedder(&config, embedder);
             let request = IngestRequest {
                 paths,
@@ -538,6 +584,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 )
             })?;
             notes.append(&mut results.notes);
+            let wants_dense =
+                mode == SearchMode::Dense || (mode == SearchMode::Hybrid && config.search.weight_dense > 0.0);
+            if wants_dense && store.vector_options().is_none() && model_configured(&config) {
+                notes.push(first_run::words_only_store(&config.embedding));
+            }
             let rerank = reranker.map(|r| {
                 let pipeline = Pipeline::new(&config);
                 let report = datafactory_ingest::rerank_hits(
@@ -613,10 +664,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         | Command::Status { .. }
         | Command::Gpu { .. }
         | Command::Ollama { .. }
-        | Command::ParseWorker => unreachable!("handled before the configuration is read"),
+        | Command::ParseWorker
+        | Command::Completions { .. }
+        | Command::Man { .. }
+        | Command::Config { action: ConfigCommand::Init { .. } } => {
+            unreachable!("handled before the configuration is read")
+        }
         Command::Stats { json } => {
             let store = open_store(&config)?;
             let stats = store.stats()?;
+            // The embedding model the store's vectors were made with, if any.
+            let vectors = store.vector_options();
             // On PostgreSQL, the fleet sharing the store: its nodes and queue.
             let fleet = match store.backend() {
                 "postgres" => Some(store.fleet(std::time::Duration::from_secs(config.store.lease_seconds))?),
@@ -624,12 +682,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             if json {
                 let mut v = serde_json::to_value(&stats)?;
+                v["embedding_model"] = vectors.as_ref().map(|o| o.model.clone()).into();
                 if let Some(f) = &fleet {
                     v["fleet"] = serde_json::to_value(f)?;
                 }
                 output::print_json(&v)?;
             } else {
-                output::print_stats(&stats);
+                output::print_stats(&stats, vectors.as_ref());
                 if let Some(f) = &fleet {
                     output::print_fleet(f);
                 }
@@ -665,9 +724,7 @@ fn run_eval(
         .collect::<Result<Vec<_>>>()?;
     let set = datafactory_eval::load(dataset)?;
     let (embedder, note) = load_embedder(config);
-    if let Some(n) = note.as_ref().filter(|_| !config.embedding.model.trim().is_empty()) {
-        eprintln!("warning: {n}");
-    }
+    warn_without_model(config, note.as_deref());
     let temp = match data_dir_flag {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -740,7 +797,7 @@ fn load_embedder(config: &Config) -> (Option<Arc<dyn Embedder>>, Option<String>)
             &config.remote,
         ) {
             Ok(r) => (Some(Arc::new(r)), None),
-            Err(err) => (None, Some(format!("no embedding workers, so words only: {err}"))),
+            Err(err) => (None, Some(first_run::no_workers(&err.to_string()))),
         };
     }
     if config.embedding.model.trim().is_empty() {
@@ -748,7 +805,21 @@ fn load_embedder(config: &Config) -> (Option<Arc<dyn Embedder>>, Option<String>)
     }
     match datafactory_models::load_embedder(&config.embedding) {
         Ok(e) => (Some(e), None),
-        Err(e) => (None, Some(format!("no embedding model, so words only: {e}"))),
+        Err(e) => (None, Some(first_run::no_model(&config.embedding, &e.to_string()))),
+    }
+}
+
+/// Whether embeddings are asked for: a model or workers are configured (an
+/// empty `embedding.model` turns them off on purpose, and is not warned about).
+fn model_configured(config: &Config) -> bool {
+    !config.embedding.model.trim().is_empty() || !config.embedding.remote_urls.is_empty()
+}
+
+/// Prints why there is no model (one line, with how to get meaning search),
+/// unless none was asked for.
+fn warn_without_model(config: &Config, note: Option<&str>) {
+    if let Some(n) = note.filter(|_| model_configured(config)) {
+        eprintln!("warning: {n}");
     }
 }
 

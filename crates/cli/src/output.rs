@@ -151,9 +151,15 @@ pub fn print_document(d: &DocumentDetail) {
     }
 }
 
-pub fn print_stats(s: &Stats) {
+/// The store's counts; `vectors`: the embedding model its vectors were made
+/// with (None: built without one, words only).
+pub fn print_stats(s: &Stats, vectors: Option<&datafactory_store::VectorOptions>) {
     println!("documents   {}", s.documents);
     println!("chunks      {}", s.chunks);
+    match vectors {
+        Some(v) => println!("model       {} ({} dimensions)", v.model, v.dimensions),
+        None => println!("model       none (words only)"),
+    }
     for c in &s.collections {
         println!("  {:<20} {} documents, {} chunks", c.name, c.documents, c.chunks);
     }
