@@ -34,6 +34,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("utf16-odd-length.txt", "warning: utf-16"),
     ("utf16-lone-surrogate.txt", "warning: utf-16"),
     ("utf32le-bom.txt", "stored"),
+    ("one-line-2mb.txt", "stored"),
     ("zero-width-only.md", "stored"),
     // HTML
     ("nav-only.html", "error: no extractable text"),
@@ -117,9 +118,12 @@ fn corpus(tmp: &Path) -> Vec<PathBuf> {
         "deep-json-100k.jsonl",
         format!("{{\"text\": {}\"x\"{}}}\n", "[".repeat(100_000), "]".repeat(100_000)).into_bytes(),
     );
-    // (A 50 MB single line is parsed in crates/parse/tests/isolation.rs: through
-    // ingest, the heuristic enrichment of its ~25 000 chunks copies the whole
-    // one-section text once per chunk, which runs for hours; reported.)
+    // One line, one section, ~1,300 chunks: the heuristic contexts once
+    // scanned the whole section per chunk (459 s in a debug build; now 9 s).
+    // A 50 MB single line is parsed in crates/parse/tests/isolation.rs.
+    let words = ["alpha", "beta", "gamma", "delta", "river", "stone", "copper", "lantern"];
+    let line: Vec<&str> = (0..330_000usize).map(|i| words[(i * 7 + i / 5) % words.len()]).collect();
+    make("one-line-2mb.txt", line.join(" ").into_bytes());
     files.push(fixtures().join("bad/bomb.docx"));
     files.sort();
     files
@@ -203,6 +207,16 @@ fn every_bad_input_gets_a_clear_answer_and_the_good_document_is_untouched() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // UTF-32 is decoded as UTF-32 (once read as UTF-16: NULs between the
+    // letters, so its word was not found, and PostgreSQL refuses NULs).
+    let utf32 = run_json(datafactory(&data).args(["search", "--json", "--top-k", "1000", "text"]), 0)
+        ["results"]
+        .clone();
+    assert!(
+        utf32.as_array().unwrap().iter().any(|h| name_of(h["source"].as_str().unwrap()) == "utf32le-bom.txt"),
+        "utf32le-bom.txt is not found by its word: {utf32}"
+    );
 
     // The good document is untouched: same chunks, same search hit.
     let show_after = run_json(datafactory(&data).args(["documents", "show", "--json", &id]), 0);

@@ -448,7 +448,8 @@ impl Enricher {
                     let contexts: Vec<ChunkContext> = if self.mode == Mode::Off {
                         Vec::new()
                     } else {
-                        d.chunks.iter().map(|c| heuristic_of(d.document, c)).collect()
+                        let heuristic = heuristic::HeuristicContexts::new(d.document);
+                        d.chunks.iter().map(|c| heuristic_of(&heuristic, c)).collect()
                     };
                     summary.chunks.heuristic += contexts.len();
                     if !contexts.is_empty() {
@@ -583,6 +584,7 @@ impl Enricher {
         let mut out = Vec::with_capacity(documents.len());
         for (i, d) in documents.iter().enumerate() {
             let mut complete = true;
+            let heuristic = std::cell::OnceCell::new();
             let contexts: Vec<ChunkContext> = found[i]
                 .iter_mut()
                 .zip(d.chunks)
@@ -590,7 +592,10 @@ impl Enricher {
                     c.take().unwrap_or_else(|| {
                         complete = false;
                         summary.chunks.fallback += 1;
-                        heuristic_of(d.document, chunk)
+                        heuristic_of(
+                            heuristic.get_or_init(|| heuristic::HeuristicContexts::new(d.document)),
+                            chunk,
+                        )
                     })
                 })
                 .collect();
@@ -801,9 +806,9 @@ fn nearest_window(windows: &[(usize, usize, String, usize)], chunk: &Chunk) -> u
     (0..windows.len()).min_by_key(|&w| ((windows[w].0 + windows[w].1) / 2).abs_diff(mid)).unwrap_or(0)
 }
 
-fn heuristic_of(document: &Document, chunk: &Chunk) -> ChunkContext {
+fn heuristic_of(heuristic: &heuristic::HeuristicContexts, chunk: &Chunk) -> ChunkContext {
     ChunkContext {
-        text: heuristic::heuristic_context(document, chunk),
+        text: heuristic.context(chunk),
         kind: ContextKind::Heuristic,
         model: None,
         template: heuristic::HEURISTIC_VERSION.into(),

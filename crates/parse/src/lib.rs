@@ -414,6 +414,13 @@ pub(crate) fn byte_to_char_offsets(text: &str, bytes: &[usize]) -> Vec<usize> {
 /// ends of sections, drops empty, overlapping or out-of-range sections, and
 /// gives a document with text but no sections one section over all of it.
 pub(crate) fn finish(mut doc: Document) -> Result<Document, ParseError> {
+    // U+0000 can come from a wide encoding or a JSON escape; no store takes it
+    // (PostgreSQL refuses it in text). A space keeps every offset.
+    for s in [&mut doc.text, &mut doc.title] {
+        if s.contains('\0') {
+            *s = s.replace('\0', " ");
+        }
+    }
     if doc.text.trim().is_empty() {
         return Err(ParseError::NoText { format: doc.format });
     }
@@ -501,6 +508,17 @@ mod tests {
         let d = finish(doc("\n# Only a heading\n", vec![])).unwrap();
         assert_eq!(d.sections.len(), 1);
         assert_eq!(d.section_text(&d.sections[0]), "# Only a heading");
+    }
+
+    #[test]
+    fn finish_turns_nul_into_space() {
+        let mut d = doc("a\0b\0\0 wörld", vec![(0, 11)]);
+        d.title = "t\0t".into();
+        let d = finish(d).unwrap();
+        assert_eq!(d.text, "a b   wörld");
+        assert_eq!(d.title, "t t");
+        assert_eq!(d.section_text(&d.sections[0]), "a b   wörld");
+        assert!(matches!(finish(doc("\0\0", vec![])), Err(ParseError::NoText { .. })));
     }
 
     #[test]

@@ -32,11 +32,11 @@ pub(crate) fn sniff(bytes: &[u8], path_hint: Option<&Path>) -> Result<Format, Pa
     if bytes.starts_with(OLE_MAGIC) {
         return Err(ParseError::Unsupported { reason: OLE_MESSAGE.to_string() });
     }
-    let utf16 = bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]);
-    if !utf16 {
+    let wide = crate::text::WideBom::of(bytes);
+    if wide.is_none() {
         check_not_binary(&bytes[..bytes.len().min(BINARY_SAMPLE)])?;
     }
-    let sample = sample_text(bytes, utf16);
+    let sample = sample_text(bytes, wide);
     if sample.trim().is_empty() {
         return Err(ParseError::Empty);
     }
@@ -125,9 +125,9 @@ fn check_not_binary(sample: &[u8]) -> Result<(), ParseError> {
 }
 
 /// The decoded start of the input, for the text-level checks.
-fn sample_text(bytes: &[u8], utf16: bool) -> String {
-    let cut =
-        if utf16 { bytes.len().min(TEXT_SAMPLE_BYTES * 2) & !1 } else { bytes.len().min(TEXT_SAMPLE_BYTES) };
+fn sample_text(bytes: &[u8], wide: Option<crate::text::WideBom>) -> String {
+    let unit = wide.map_or(1, |w| w.unit());
+    let cut = bytes.len().min(TEXT_SAMPLE_BYTES * unit) / unit * unit;
     decode(&bytes[..cut]).text
 }
 

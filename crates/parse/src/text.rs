@@ -12,12 +12,50 @@ pub(crate) struct Decoded {
     pub warnings: Vec<String>,
 }
 
-/// Decodes bytes to text: UTF-16 with a BOM is decoded as such, anything else
-/// as UTF-8 (lossily, with a warning); a BOM is dropped and line ends become
-/// `\n`.
+/// A byte-order mark of a wide encoding (UTF-32 is checked first: its
+/// little-endian mark begins with UTF-16LE's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WideBom {
+    Utf32Le,
+    Utf32Be,
+    Utf16Le,
+    Utf16Be,
+}
+
+impl WideBom {
+    pub(crate) fn of(bytes: &[u8]) -> Option<WideBom> {
+        if bytes.starts_with(&[0xFF, 0xFE, 0, 0]) {
+            Some(WideBom::Utf32Le)
+        } else if bytes.starts_with(&[0, 0, 0xFE, 0xFF]) {
+            Some(WideBom::Utf32Be)
+        } else if bytes.starts_with(&[0xFF, 0xFE]) {
+            Some(WideBom::Utf16Le)
+        } else if bytes.starts_with(&[0xFE, 0xFF]) {
+            Some(WideBom::Utf16Be)
+        } else {
+            None
+        }
+    }
+
+    /// Bytes per code unit.
+    pub(crate) fn unit(self) -> usize {
+        match self {
+            WideBom::Utf32Le | WideBom::Utf32Be => 4,
+            WideBom::Utf16Le | WideBom::Utf16Be => 2,
+        }
+    }
+}
+
+/// Decodes bytes to text: UTF-32 and UTF-16 with a BOM are decoded as such,
+/// anything else as UTF-8 (lossily, with a warning); a BOM is dropped and
+/// line ends become `\n`.
 pub(crate) fn decode(bytes: &[u8]) -> Decoded {
     let mut warnings = Vec::new();
-    let text = if let Some(rest) = bytes.strip_prefix(&[0xFF, 0xFE]) {
+    let text = if let Some(rest) = bytes.strip_prefix(&[0xFF, 0xFE, 0, 0]) {
+        decode_utf32(rest, u32::from_le_bytes, &mut warnings)
+    } else if let Some(rest) = bytes.strip_prefix(&[0, 0, 0xFE, 0xFF]) {
+        decode_utf32(rest, u32::from_be_bytes, &mut warnings)
+    } else if let Some(rest) = bytes.strip_prefix(&[0xFF, 0xFE]) {
         decode_utf16(rest, u16::from_le_bytes, &mut warnings)
     } else if let Some(rest) = bytes.strip_prefix(&[0xFE, 0xFF]) {
         decode_utf16(rest, u16::from_be_bytes, &mut warnings)
@@ -51,6 +89,27 @@ fn decode_utf16(bytes: &[u8], unit: fn([u8; 2]) -> u16, warnings: &mut Vec<Strin
         warnings.push(format!("invalid UTF-16 decoded lossily ({bad} replacement characters)"));
     }
     text.strip_prefix('\u{FEFF}').map(str::to_string).unwrap_or(text)
+}
+
+fn decode_utf32(bytes: &[u8], unit: fn([u8; 4]) -> u32, warnings: &mut Vec<String>) -> String {
+    let mut bad = 0usize;
+    let mut text: String = bytes
+        .chunks_exact(4)
+        .map(|c| {
+            char::from_u32(unit([c[0], c[1], c[2], c[3]])).unwrap_or_else(|| {
+                bad += 1;
+                char::REPLACEMENT_CHARACTER
+            })
+        })
+        .collect();
+    if !bytes.len().is_multiple_of(4) {
+        bad += 1;
+        text.push(char::REPLACEMENT_CHARACTER);
+    }
+    if bad > 0 {
+        warnings.push(format!("invalid UTF-32 decoded lossily ({bad} replacement characters)"));
+    }
+    text
 }
 
 /// (number of invalid sequences, number of bytes in them) — each invalid
@@ -111,6 +170,26 @@ mod tests {
             be.extend_from_slice(&u.to_be_bytes());
         }
         assert_eq!(decode(&be).text, "wörld");
+    }
+
+    #[test]
+    fn utf32_with_bom_is_not_taken_for_utf16() {
+        let mut le = vec![0xFF, 0xFE, 0, 0];
+        let mut be = vec![0, 0, 0xFE, 0xFF];
+        for c in "Text €\r\n𝄞".chars() {
+            le.extend_from_slice(&(c as u32).to_le_bytes());
+            be.extend_from_slice(&(c as u32).to_be_bytes());
+        }
+        for bytes in [&le, &be] {
+            let d = decode(bytes);
+            assert_eq!(d.text, "Text €\n𝄞");
+            assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+        }
+        le.extend_from_slice(&0x11_0000u32.to_le_bytes());
+        le.push(b'x');
+        let d = decode(&le);
+        assert_eq!(d.text, "Text €\n𝄞\u{FFFD}\u{FFFD}");
+        assert_eq!(d.warnings, vec!["invalid UTF-32 decoded lossily (2 replacement characters)"]);
     }
 
     #[test]
