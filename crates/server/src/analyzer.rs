@@ -88,7 +88,7 @@ pub async fn serve_on(
 }
 
 async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.metrics.render())
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.metrics.render_requests())
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

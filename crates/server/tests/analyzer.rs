@@ -147,6 +147,9 @@ async fn analyze_over_http() {
     let metrics =
         c.get(format!("{base}/metrics")).bearer_auth(KEY).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("route=\"/analyze\",status=\"200\""), "{metrics}");
+    // Only what this service does: no ingest or search counters stuck at 0.
+    assert!(!metrics.contains("datafactory_documents_ingested_total"), "{metrics}");
+    assert!(!metrics.contains("datafactory_searches_reranked_total"), "{metrics}");
     service.stop().await;
 }
 
