@@ -285,6 +285,9 @@ impl EmbeddedStore {
             #[cfg(test)]
             durable_log: Mutex::new(Vec::new()),
         };
+        if store.vector_index().is_none() {
+            store.rebuild_lost_vectors()?;
+        }
         let vectors_behind =
             store.vector_index().is_some_and(|v| v.applied_change() != store.latest_change().unwrap_or(0));
         if vectors_behind || store.words.applied_change()? != store.latest_change()? {

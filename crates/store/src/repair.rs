@@ -66,6 +66,46 @@ impl EmbeddedStore {
         Ok(ids.len())
     }
 
+    /// A store whose `vectors/` folder is gone (a restore that left it out, a
+    /// deleted folder) while SQLite holds the vectors: the index is rebuilt
+    /// from them, with the model SQLite names, the dimensions of the stored
+    /// vectors and the default index settings (an ingest with other settings
+    /// rebuilds it again). Without the writer (another process writes), it is
+    /// left to that process.
+    pub(crate) fn rebuild_lost_vectors(&self) -> Result<()> {
+        let found = {
+            let db = lock(&self.db);
+            let model: Option<String> = db
+                .query_row("SELECT value FROM meta WHERE key = 'embedding_model'", [], |r| r.get(0))
+                .optional()?;
+            let first: Option<Vec<u8>> =
+                db.query_row("SELECT dense FROM embeddings LIMIT 1", [], |r| r.get(0)).optional()?;
+            model.zip(first)
+        };
+        let Some((model, first)) = found else { return Ok(()) };
+        let defaults = datafactory_core::config::VectorConfig::default();
+        let options = VectorOptions {
+            model,
+            dimensions: vectors::decode_dense(&first).len(),
+            quantization: defaults.quantization,
+            connectivity: defaults.connectivity,
+            expansion_add: defaults.expansion_add,
+            expansion_search: defaults.expansion_search,
+            exact_below: defaults.exact_below,
+        };
+        tracing::warn!(
+            "the vector index ({}) is missing: rebuilding it from the vectors in SQLite",
+            self.dir.join("vectors").display()
+        );
+        match self.enable_vectors(&options) {
+            Err(StoreError::Busy) => {
+                tracing::warn!("the vector index is missing and another process is writing: it rebuilds it");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
     /// Brings the vector index up to SQLite's latest change and saves it.
     pub(crate) fn repair_vectors(&self, v: &VectorIndex) -> Result<()> {
         let applied = v.applied_change();

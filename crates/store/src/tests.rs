@@ -340,6 +340,40 @@ fn vectors_are_replayed_after_a_crash_and_rebuilt_when_lost() {
     assert!(e.contains("another-model") && e.contains("m ("), "{e}");
 }
 
+/// A restore that left out `vectors/` (or a deleted folder): opening the
+/// store rebuilds the index from SQLite, so a search (which never calls
+/// `enable_vectors`) finds by meaning instead of saying the store has no
+/// vectors.
+#[test]
+fn a_store_without_its_vector_folder_rebuilds_it_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.enable_vectors(&vector_options("m")).unwrap();
+    put_vec(&store, "c", "north.txt", "pointing north", 0);
+    put_vec(&store, "c", "east.txt", "pointing east", 1);
+    store.flush().unwrap();
+    drop(store);
+    std::fs::remove_dir_all(dir.path().join("vectors")).unwrap();
+
+    let store = Store::open(dir.path()).unwrap();
+    let options = store.vector_options().expect("the index is rebuilt on open");
+    assert_eq!((options.model.as_str(), options.dimensions), ("m", DIM));
+    let q = Embedding { dense: axis(1), sparse: vec![] };
+    let r = store.search(&request("", &q, SearchMode::Dense, None)).unwrap();
+    assert_eq!(sources(&r), vec!["east.txt", "north.txt"], "{:?}", r.notes);
+    let stats = store.stats().unwrap();
+    assert!(stats.consistent, "{stats:?}");
+    assert_eq!(stats.vector_index.unwrap().vectors, 2);
+    assert!(dir.path().join("vectors").exists());
+
+    // A store that never had vectors gets no index.
+    let plain = tempfile::tempdir().unwrap();
+    let store = Store::open(plain.path()).unwrap();
+    put(&store, "c", "a.txt", "alpha");
+    drop(store);
+    assert!(Store::open(plain.path()).unwrap().vector_options().is_none());
+}
+
 #[test]
 fn filters_restrict_every_retriever_to_matching_documents() {
     let dir = tempfile::tempdir().unwrap();
