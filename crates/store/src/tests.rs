@@ -374,6 +374,29 @@ fn a_store_without_its_vector_folder_rebuilds_it_on_open() {
     assert!(Store::open(plain.path()).unwrap().vector_options().is_none());
 }
 
+/// A process that enabled vectors and died before the index's first save
+/// (at the end of an ingest, or after a minute) left embeddings in SQLite:
+/// the next open must find the index with the options it was enabled with
+/// (not the defaults a lost index is rebuilt with) and replay its vectors.
+#[test]
+fn vectors_committed_before_the_first_save_survive_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.enable_vectors(&vector_options("m")).unwrap();
+    put_vec(&store, "c", "a.txt", "alpha", 0);
+    put_vec(&store, "c", "b.txt", "beta", 1);
+    store.crash(); // no checkpoint: the vectors were never saved
+
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.vector_options(), Some(vector_options("m")));
+    let stats = store.stats().unwrap();
+    assert!(stats.consistent, "{stats:?}");
+    assert_eq!(stats.vector_index.as_ref().unwrap().vectors, 2);
+    let q = Embedding { dense: axis(1), sparse: vec![] };
+    let r = store.search(&request("", &q, SearchMode::Dense, None)).unwrap();
+    assert_eq!(r.hits[0].text, "beta");
+}
+
 #[test]
 fn filters_restrict_every_retriever_to_matching_documents() {
     let dir = tempfile::tempdir().unwrap();

@@ -23,8 +23,16 @@ impl EmbeddedStore {
         if self.vector_options().as_ref() == Some(options) {
             return Ok(());
         }
-        let index = Arc::new(VectorIndex::open(&self.dir.join("vectors"), options)?);
+        let dir = self.dir.join("vectors");
+        let index = Arc::new(VectorIndex::open(&dir, options)?);
         self.repair_vectors(&index)?;
+        if VectorIndex::saved_options(&dir)?.is_none() {
+            // Saved at once, empty: a process that dies before the first
+            // save (the end of the ingest, or a minute) leaves the index's
+            // options on disk, so the next open replays its vectors from
+            // SQLite instead of finding no vector index.
+            index.save(index.applied_change())?;
+        }
         *self.vectors.write().unwrap_or_else(|p| p.into_inner()) = Some(index);
         lock(&self.db).execute(
             "INSERT INTO meta (key, value) VALUES ('embedding_model', ?1)

@@ -271,6 +271,26 @@ fn claims_never_overlap_and_a_lost_lease_is_refused() {
     assert!(store2.finish_claimed_job(&id, "n2", "succeeded", &serde_json::json!({"by": "n2"})).unwrap());
     assert_eq!(store.get_job(&id).unwrap().unwrap().summary["by"], "n2");
 
+    // A job its node has ended (the ingest writes the end through
+    // `finish_job` while the lease renewal may be due) is neither lost nor
+    // put back in the queue: the service once read a failed renewal there as
+    // a lost lease, answered the finished job as `interrupted` and queued it
+    // again (found by scripts/crash-campaign.py).
+    let node = Store::open_postgres(&settings(&url, schema)).unwrap();
+    node.set_node("n3").unwrap();
+    let id = node.enqueue_job("ingest", None, &serde_json::json!({}), &[]).unwrap();
+    assert_eq!(node.claim_job("n3", Duration::from_secs(60)).unwrap().unwrap().id, id);
+    node.finish_job(&id, "succeeded", &serde_json::json!({"by": "n3"})).unwrap();
+    assert!(
+        node.renew_lease(&id, "n3", Duration::from_secs(60)).unwrap(),
+        "a finished job is not a lost lease"
+    );
+    assert!(!node.release_job(&id, "n3").unwrap(), "a finished job went back to the queue");
+    let record = node.get_job(&id).unwrap().unwrap();
+    assert_eq!((record.state.as_str(), &record.summary["by"]), ("succeeded", &serde_json::json!("n3")));
+    assert!(record.finished_at.is_some());
+    assert!(node.claim_job("n4", Duration::from_secs(60)).unwrap().is_none());
+
     // The embedded store has no fleet.
     let dir = tempfile::tempdir().unwrap();
     let embedded = Store::open(dir.path()).unwrap();

@@ -42,13 +42,14 @@ impl PgStore {
     }
 
     /// Puts a job `node` holds back in the queue (the node stops: another
-    /// node, or this one later, runs it again).
+    /// node, or this one later, runs it again). A job that has ended stays
+    /// ended: false.
     pub fn release_job(&self, id: &str, node: &str) -> Result<bool> {
         let mut conn = self.conn()?;
         let n = conn.execute(
             "UPDATE jobs SET state = 'queued', node = NULL, lease_until = NULL, finished_at = NULL,
                  updated_at = $3
-             WHERE id = $1 AND node = $2",
+             WHERE id = $1 AND node = $2 AND state = 'running'",
             &[&id, &node, &now_ms()],
         )?;
         Ok(n == 1)
@@ -138,13 +139,17 @@ impl PgStore {
     }
 
     /// Extends `node`'s lease on a job. False: the node lost it (the lease
-    /// ran out and another node claimed the job, or the job ended).
+    /// ran out and another node claimed the job, or the job went back to the
+    /// queue). A job this node has just ended (its ingest wrote the end while
+    /// the renewal was due) is not lost: true, and the ended record is left
+    /// as it is.
     pub fn renew_lease(&self, id: &str, node: &str, lease: Duration) -> Result<bool> {
         let now = now_ms();
         let mut conn = self.conn()?;
         let n = conn.execute(
-            "UPDATE jobs SET lease_until = $4, updated_at = $3
-             WHERE id = $1 AND node = $2 AND state = 'running'",
+            "UPDATE jobs SET lease_until = CASE WHEN state = 'running' THEN $4 ELSE lease_until END,
+                 updated_at = CASE WHEN state = 'running' THEN $3 ELSE updated_at END
+             WHERE id = $1 AND node = $2 AND state <> 'queued'",
             &[&id, &node, &now, &(now + lease.as_millis() as i64)],
         )?;
         Ok(n == 1)
