@@ -7,9 +7,8 @@ without asking the LLM again for a context the store already kept.
 
 Python 3 standard library only. Usage (see docs/RELIABILITY.md, "Crash campaign"):
 
-    source /tmp/env-all.sh   # DATAFACTORY_TEST_LLAMA_SERVER, _TINY_GGUF, _MINILM, _POSTGRES
-    scripts/crash-campaign.py --bin target/release/datafactory --store embedded \
-        --kills 50 --seed 1 --scratch /tmp/crash
+    # with DATAFACTORY_TEST_LLAMA_SERVER, _TINY_GGUF, _MINILM, _POSTGRES set as .ci/run sets them
+    scripts/crash-campaign.py --store embedded --kills 50 --seed 1 --scratch /tmp/crash
     scripts/crash-campaign.py --bin target/release/datafactory --store postgres \
         --postgres-url "$DATAFACTORY_TEST_POSTGRES" --kills 50 --seed 1 --scratch /tmp/crash-pg
 
@@ -789,7 +788,8 @@ def search_check(env, trial, sample, reference, rng):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bin", required=True, help="the datafactory binary to crash")
+    ap.add_argument("--bin", help="the datafactory binary to crash (default: `cargo build --release -p datafactory` "
+                                  "and its target/release/datafactory)")
     ap.add_argument("--store", choices=["embedded", "postgres"], required=True)
     ap.add_argument("--postgres-url", default=os.environ.get("DATAFACTORY_TEST_POSTGRES", ""),
                     help="a PostgreSQL URL whose user may create databases (a database is created per run)")
@@ -810,6 +810,8 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep every trial's store (default: only failing ones)")
     args = ap.parse_args()
 
+    if not args.bin:
+        args.bin = build_release()
     args.bin = os.path.abspath(args.bin)
     if not os.access(args.bin, os.X_OK):
         die(f"--bin {args.bin} is not an executable file")
@@ -994,6 +996,18 @@ def main():
     if pg and not args.keep and not any(is_bad(r) for r in results):
         admin.run(f"DROP DATABASE {db}")
     sys.exit(1 if any(is_bad(r) for r in results) else 0)
+
+
+def build_release():
+    """`cargo build --release -p datafactory` in this repository; its binary."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    print("no --bin: cargo build --release -p datafactory", flush=True)
+    r = subprocess.run(["cargo", "build", "--release", "-p", "datafactory"], cwd=repo)
+    if r.returncode != 0:
+        die(f"cargo build --release failed ({r.returncode})")
+    meta = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=repo,
+                          capture_output=True, text=True, check=True)
+    return os.path.join(json.loads(meta.stdout)["target_directory"], "release", "datafactory")
 
 
 def doc_trigger(store, n):
