@@ -115,7 +115,7 @@ def main():
         assert first.locator(".scores .place").first.inner_text().startswith("#")
         expect(first.locator(".context .badge")).to_contain_text("heuristic")
         expect(page.locator(".column[data-mode=lexical] .hit").first.locator(".other")).to_contain_text("in hybrid")
-        page.click(".tools button")  # Copy as curl
+        page.click("button.copy-curl")
         expect(page.locator("pre.curl")).to_contain_text("$DATAFACTORY_API_KEY")
         assert KEY not in page.locator("pre.curl").inner_text(), "the key itself was put in the curl command"
         shot(page, "search")

@@ -44,7 +44,7 @@ function build(section) {
     ),
   );
   form.elements.mode_b.value = "lexical";
-  const curlButton = el("button", { type: "button", class: "quiet" }, "Copy as curl");
+  const curlButton = el("button", { type: "button", class: "quiet copy-curl" }, "Copy as curl");
   curlBox = el("pre", { class: "curl", hidden: true });
   results = el("div", { class: "results" });
   replace(section, el("h1", { class: "visually-hidden" }, "Search"), form, el("div", { class: "tools" }, curlButton), curlBox, results);

@@ -152,7 +152,10 @@ async function refresh() {
     const [ready, metrics] = await Promise.all([getJson("/ready"), request("/metrics").then((r) => r.text())]);
     if (root && !root.hidden) replace(root, ...render(ready, parseMetrics(metrics)));
   } catch (e) {
-    if (root) append(root, message(e.message, "error"));
+    // The last view stays, under one line saying why it is not refreshed.
+    if (!root) return;
+    const line = root.querySelector(".refresh-error") || append(root, el("p", { class: "message error refresh-error", role: "alert" })).lastChild;
+    line.textContent = `Not refreshed: ${e.message}`;
   }
 }
 
