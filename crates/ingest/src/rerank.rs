@@ -147,6 +147,7 @@ mod tests {
             text: text.into(),
             context: None,
             context_kind: None,
+            highlights: Vec::new(),
         }
     }
 

@@ -12,6 +12,7 @@
 //! name is kept only as the document's source name, never as a path).
 
 pub mod analyzer;
+mod console;
 mod fleet;
 mod jobs;
 mod limits;

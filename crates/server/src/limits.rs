@@ -1,5 +1,6 @@
 //! What every DataFactory HTTP service applies around its routes, from the
-//! `[server]` configuration: bearer keys (all routes but `/health`), the
+//! `[server]` configuration: bearer keys (all routes but `/health` and the
+//! console's static files), the
 //! body limit (413), the concurrency limit (429), the time limit (408), and
 //! request metrics (labelled by route template; every path that matches no
 //! route under one label). The DataFactory service and the reranker service share it.
@@ -67,6 +68,10 @@ impl Guard {
     }
 }
 
+/// The routes that need no key: `/health`, and the web console's static
+/// files (the page must load to ask for a key; every API call it makes sends one).
+const PUBLIC_ROUTES: [&str; 3] = ["/health", crate::console::ROUTES[0], crate::console::ROUTES[1]];
+
 fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
@@ -80,7 +85,7 @@ async fn guard(State(guard): State<Guard>, request: Request, next: Next) -> Resp
         .map(|p| p.as_str().to_string())
         // Never the raw path: clients choose it, and every distinct label is a series kept forever.
         .unwrap_or_else(|| crate::metrics::UNMATCHED.to_string());
-    let response = if route != "/health" && !guard.authorized(request.headers()) {
+    let response = if !PUBLIC_ROUTES.contains(&route.as_str()) && !guard.authorized(request.headers()) {
         error(StatusCode::UNAUTHORIZED, "missing or wrong API key (Authorization: Bearer KEY)")
     } else {
         match guard.slots.clone().try_acquire_owned() {

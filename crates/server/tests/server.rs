@@ -539,7 +539,16 @@ async fn answers_match_the_generated_schemas() {
     let spec: Value = c.get(s.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
     // Every schema the operations refer to is in the components.
     let text = spec.to_string();
-    for name in ["SearchHit", "StageScores", "DocumentDetail", "JobView", "RerankReport", "ErrorBody"] {
+    for name in [
+        "SearchHit",
+        "StageScores",
+        "StageRanks",
+        "DocumentDetail",
+        "JobView",
+        "JobEntry",
+        "RerankReport",
+        "ErrorBody",
+    ] {
         assert!(spec["components"]["schemas"][name].is_object(), "schema {name} missing");
         assert!(text.contains(&format!("#/components/schemas/{name}")), "{name} never referred to");
     }
@@ -584,6 +593,22 @@ async fn answers_match_the_generated_schemas() {
 
     let docs: Value = c.get(s.url("/documents")).send().await.unwrap().json().await.unwrap();
     check_answer(&spec, "/documents", "get", 200, &docs);
+    let paged: Value =
+        c.get(s.url("/documents?limit=1&offset=1")).send().await.unwrap().json().await.unwrap();
+    check_answer(&spec, "/documents", "get", 200, &paged);
+    let r = c.get(s.url("/documents?limit=0")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    check_answer(&spec, "/documents", "get", 400, &r.json().await.unwrap());
+    let collections: Value = c.get(s.url("/collections")).send().await.unwrap().json().await.unwrap();
+    check_answer(&spec, "/collections", "get", 200, &collections);
+    let jobs: Value = c.get(s.url("/jobs")).send().await.unwrap().json().await.unwrap();
+    assert!(!jobs.as_array().unwrap().is_empty());
+    check_answer(&spec, "/jobs", "get", 200, &jobs);
+    // Hits carry their highlights and ranks, as described.
+    assert!(
+        get["results"][0]["highlights"].is_array() && get["results"][0]["scores"]["ranks"].is_object(),
+        "{get:#}"
+    );
     let id = docs[0]["id"].as_str().unwrap().to_string();
     let doc: Value = c.get(s.url(&format!("/documents/{id}"))).send().await.unwrap().json().await.unwrap();
     check_answer(&spec, "/documents/{id}", "get", 200, &doc);

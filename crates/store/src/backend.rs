@@ -5,8 +5,9 @@
 
 use crate::pg::PgStore;
 use crate::{
-    ClaimedJob, CommitOutcome, DocumentDetail, DocumentKey, DocumentSummary, EmbeddedStore, Fleet, JobRecord,
-    Result, SearchHit, SearchRequest, SearchResults, Stats, StoreError, VectorOptions, WordQuery,
+    ClaimedJob, CollectionStats, CommitOutcome, DocumentDetail, DocumentKey, DocumentPage, DocumentQuery,
+    DocumentSummary, EmbeddedStore, Fleet, JobRecord, Result, SearchHit, SearchRequest, SearchResults, Stats,
+    StoreError, VectorOptions, WordQuery,
 };
 use datafactory_core::config::{Config, StoreConfig};
 use datafactory_core::{Chunk, Document, Embedding};
@@ -124,8 +125,15 @@ impl Store {
     }
 
     /// Searches with the retrievers the mode asks for and the store can run.
+    /// Each hit carries where the query's words occur in its text
+    /// (`highlights`, the same on both backends: [`crate::words::Highlighter`]).
     pub fn search(&self, req: &SearchRequest<'_>) -> Result<SearchResults> {
-        dispatch!(self, s => s.search(req))
+        let mut results = dispatch!(self, s => s.search(req))?;
+        let mut highlighter = crate::words::Highlighter::new(req.text);
+        for hit in &mut results.hits {
+            hit.highlights = highlighter.ranges(&hit.text);
+        }
+        Ok(results)
     }
 
     /// Word search only.
@@ -133,8 +141,21 @@ impl Store {
         Ok(self.search(&query.request())?.hits)
     }
 
+    /// Every document (of one collection, or all), by collection and source.
     pub fn list_documents(&self, collection: Option<&str>) -> Result<Vec<DocumentSummary>> {
-        dispatch!(self, s => s.list_documents(collection))
+        Ok(self.list_documents_page(&DocumentQuery { collection, ..Default::default() })?.documents)
+    }
+
+    /// A page of the documents that pass the query's filters (collection,
+    /// the analysis's type and language, format), by collection and source,
+    /// and how many pass in all.
+    pub fn list_documents_page(&self, query: &DocumentQuery<'_>) -> Result<DocumentPage> {
+        dispatch!(self, s => s.list_documents_page(query))
+    }
+
+    /// Every collection with its document and chunk counts, by name.
+    pub fn collections(&self) -> Result<Vec<CollectionStats>> {
+        dispatch!(self, s => s.collections())
     }
 
     /// A document by id, or by the external id its input gave it.
@@ -189,6 +210,11 @@ impl Store {
 
     pub fn get_job(&self, id: &str) -> Result<Option<JobRecord>> {
         dispatch!(self, s => s.get_job(id))
+    }
+
+    /// The `limit` most recent jobs, newest first.
+    pub fn list_jobs(&self, limit: u64) -> Result<Vec<JobRecord>> {
+        dispatch!(self, s => s.list_jobs(limit))
     }
 
     /// The PostgreSQL store, for what only it does (the fleet's queue).

@@ -68,23 +68,30 @@ impl EmbeddedStore {
 
     pub fn get_job(&self, id: &str) -> Result<Option<JobRecord>> {
         let db = self.reader()?;
-        Ok(db
-            .query_row(
-                "SELECT id, kind, state, collection, summary, created_at, updated_at, finished_at FROM jobs WHERE id = ?1",
-                [id],
-                |r| {
-                    Ok(JobRecord {
-                        id: r.get(0)?,
-                        kind: r.get(1)?,
-                        state: r.get(2)?,
-                        collection: r.get(3)?,
-                        summary: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
-                        created_at: r.get(5)?,
-                        updated_at: r.get(6)?,
-                        finished_at: r.get(7)?,
-                    })
-                },
-            )
-            .optional()?)
+        Ok(db.query_row(&format!("{JOB_SELECT} WHERE id = ?1"), [id], job_from_row).optional()?)
     }
+
+    /// The `limit` most recent jobs, newest first.
+    pub fn list_jobs(&self, limit: u64) -> Result<Vec<JobRecord>> {
+        let db = self.reader()?;
+        let mut q = db.prepare(&format!("{JOB_SELECT} ORDER BY created_at DESC, id DESC LIMIT ?1"))?;
+        let rows = q.query_map([limit.min(i64::MAX as u64) as i64], job_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+const JOB_SELECT: &str =
+    "SELECT id, kind, state, collection, summary, created_at, updated_at, finished_at FROM jobs";
+
+fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
+    Ok(JobRecord {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        state: r.get(2)?,
+        collection: r.get(3)?,
+        summary: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
+        created_at: r.get(5)?,
+        updated_at: r.get(6)?,
+        finished_at: r.get(7)?,
+    })
 }

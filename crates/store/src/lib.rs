@@ -383,7 +383,8 @@ fn remove_chunks(tx: &rusqlite::Transaction<'_>, document_id: &str) -> Result<Ve
 
 const SUMMARY_SELECT: &str = "SELECT d.id, d.collection, d.source, d.external_id, d.title, d.format,
         d.content_hash, d.byte_size, d.version, d.created_at, d.updated_at,
-        (SELECT COUNT(*) FROM chunks c WHERE c.document_id = d.id)
+        (SELECT COUNT(*) FROM chunks c WHERE c.document_id = d.id),
+        json_extract(d.metadata, '$.analysis.doc_type'), json_extract(d.metadata, '$.analysis.language.code')
      FROM documents d";
 
 fn summary_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DocumentSummary> {
@@ -401,7 +402,12 @@ fn summary_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DocumentSummary> 
         created_at: r.get(9)?,
         updated_at: r.get(10)?,
     };
-    Ok(DocumentSummary { info, chunks: r.get::<_, i64>(11)? as u64 })
+    Ok(DocumentSummary {
+        info,
+        chunks: r.get::<_, i64>(11)? as u64,
+        doc_type: r.get::<_, Option<String>>(12).ok().flatten(),
+        language: r.get::<_, Option<String>>(13).ok().flatten(),
+    })
 }
 
 /// What either backend refuses before it writes anything: a bad collection

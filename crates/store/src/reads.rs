@@ -12,13 +12,41 @@ impl EmbeddedStore {
         Ok(self.search(&query.request())?.hits)
     }
 
-    pub fn list_documents(&self, collection: Option<&str>) -> Result<Vec<DocumentSummary>> {
-        let db = self.reader()?;
+    /// A page of the documents that pass the query's filters, and how many
+    /// pass (one snapshot for both).
+    pub fn list_documents_page(&self, query: &DocumentQuery<'_>) -> Result<DocumentPage> {
+        let mut reader = self.reader()?;
+        let db = reader.transaction()?;
+        let filter = "WHERE (?1 IS NULL OR d.collection = ?1)
+            AND (?2 IS NULL OR json_extract(d.metadata, '$.analysis.doc_type') = ?2)
+            AND (?3 IS NULL OR json_extract(d.metadata, '$.analysis.language.code') = ?3)
+            AND (?4 IS NULL OR d.format = ?4)";
+        let (c, t, l, f) = (query.collection, query.doc_type, query.language, query.format);
+        let total: i64 =
+            db.query_row(&format!("SELECT COUNT(*) FROM documents d {filter}"), params![c, t, l, f], |r| {
+                r.get(0)
+            })?;
+        // SQLite reads a negative LIMIT as none.
+        let limit = query.limit.map(|n| n.min(i64::MAX as u64) as i64).unwrap_or(-1);
+        let offset = query.offset.min(i64::MAX as u64) as i64;
         let mut q = db.prepare(&format!(
-            "{SUMMARY_SELECT} WHERE (?1 IS NULL OR d.collection = ?1) ORDER BY d.collection, d.source"
+            "{SUMMARY_SELECT} {filter} ORDER BY d.collection, d.source, d.id LIMIT ?5 OFFSET ?6"
         ))?;
-        let rows = q.query_map([collection], summary_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let documents =
+            q.query_map(params![c, t, l, f, limit, offset], summary_from_row)?.collect::<Result<_, _>>()?;
+        Ok(DocumentPage { documents, total: total as u64 })
+    }
+
+    /// Every document (of one collection, or all), by collection and source.
+    pub fn list_documents(&self, collection: Option<&str>) -> Result<Vec<DocumentSummary>> {
+        Ok(self.list_documents_page(&DocumentQuery { collection, ..Default::default() })?.documents)
+    }
+
+    /// Every collection with its document and chunk counts, by name.
+    pub fn collections(&self) -> Result<Vec<CollectionStats>> {
+        let mut reader = self.reader()?;
+        let db = reader.transaction()?;
+        collection_counts(&db)
     }
 
     /// A document by id, or by the external id its input gave it.
@@ -137,28 +165,13 @@ impl EmbeddedStore {
         let db = reader.transaction()?;
         let documents: i64 = db.query_row("SELECT COUNT(*) FROM documents", [], |r| r.get(0))?;
         let chunks: i64 = db.query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get(0))?;
-        let mut q = db.prepare(
-            "SELECT c.name,
-                    (SELECT COUNT(*) FROM documents d WHERE d.collection = c.name),
-                    (SELECT COUNT(*) FROM chunks k JOIN documents d ON d.id = k.document_id WHERE d.collection = c.name)
-             FROM collections c ORDER BY c.name",
-        )?;
-        let collections = q
-            .query_map([], |r| {
-                Ok(CollectionStats {
-                    name: r.get(0)?,
-                    documents: r.get::<_, i64>(1)? as u64,
-                    chunks: r.get::<_, i64>(2)? as u64,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
+        let collections = collection_counts(&db)?;
         let orphans: i64 = db.query_row(
             "SELECT COUNT(*) FROM chunks c LEFT JOIN documents d ON d.id = c.document_id WHERE d.id IS NULL",
             [],
             |r| r.get(0),
         )?;
         let embedded: i64 = db.query_row("SELECT COUNT(*) FROM embeddings", [], |r| r.get(0))?;
-        drop(q);
         drop(db);
         let mut problems = Vec::new();
         let vector_index = self.vector_index().map(|v| VectorStats {
@@ -203,4 +216,22 @@ impl EmbeddedStore {
             problems,
         })
     }
+}
+
+/// Each collection's name and counts, by name.
+fn collection_counts(db: &rusqlite::Connection) -> Result<Vec<CollectionStats>> {
+    let mut q = db.prepare(
+        "SELECT c.name,
+                (SELECT COUNT(*) FROM documents d WHERE d.collection = c.name),
+                (SELECT COUNT(*) FROM chunks k JOIN documents d ON d.id = k.document_id WHERE d.collection = c.name)
+         FROM collections c ORDER BY c.name",
+    )?;
+    let rows = q.query_map([], |r| {
+        Ok(CollectionStats {
+            name: r.get(0)?,
+            documents: r.get::<_, i64>(1)? as u64,
+            chunks: r.get::<_, i64>(2)? as u64,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }

@@ -110,6 +110,27 @@ pub struct StageScores {
     /// the result was reranked.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub rerank: Option<f32>,
+    /// Where each retriever ranked the result (1 = its best), for the
+    /// retrievers that found it.
+    #[serde(skip_serializing_if = "StageRanks::is_empty", default)]
+    pub ranks: StageRanks,
+}
+
+/// Each retriever's rank of a result, 1-based (absent: it did not find it or did not run).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct StageRanks {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub words: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dense: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sparse: Option<u32>,
+}
+
+impl StageRanks {
+    pub fn is_empty(&self) -> bool {
+        self.words.is_none() && self.dense.is_none() && self.sparse.is_none()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -177,6 +198,12 @@ pub struct SearchHit {
     /// Who wrote `context`: `llm` or `heuristic` (with `context` only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub context_kind: Option<datafactory_core::ContextKind>,
+    /// Where the query's words occur in `text`: `[start, end)` pairs of
+    /// character offsets into `text` (not bytes), in order, not overlapping.
+    /// Words are matched as the word index analyses them (code-aware tokens,
+    /// lower-cased, accents folded; no stemming), whatever the search mode.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub highlights: Vec<[usize; 2]>,
 }
 
 /// What is known of a stored document besides its content.
@@ -206,6 +233,35 @@ pub struct DocumentSummary {
     pub info: DocumentInfo,
     /// How many chunks it has.
     pub chunks: u64,
+    /// The type its analysis gave it (`metadata.analysis.doc_type`), if analysed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub doc_type: Option<String>,
+    /// The language its analysis found (`metadata.analysis.language.code`, ISO 639-3), if any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub language: Option<String>,
+}
+
+/// Which documents a listing returns, and which page of them.
+#[derive(Debug, Clone, Default)]
+pub struct DocumentQuery<'a> {
+    pub collection: Option<&'a str>,
+    /// The analysis's `doc_type`.
+    pub doc_type: Option<&'a str>,
+    /// The analysis's language code (`eng`).
+    pub language: Option<&'a str>,
+    /// The format's name (`pdf`, `markdown`, ...).
+    pub format: Option<&'a str>,
+    /// At most this many (None: all).
+    pub limit: Option<u64>,
+    /// Skip this many first (in the listing's order: collection, then source).
+    pub offset: u64,
+}
+
+/// A page of a listing and how many documents match in all.
+#[derive(Debug, Clone, Serialize)]
+pub struct DocumentPage {
+    pub documents: Vec<DocumentSummary>,
+    pub total: u64,
 }
 
 impl std::ops::Deref for DocumentSummary {
@@ -241,7 +297,7 @@ pub struct DocumentDetail {
     pub chunks: Vec<StoredChunk>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CollectionStats {
     pub name: String,
     pub documents: u64,

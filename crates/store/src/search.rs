@@ -118,10 +118,11 @@ pub(crate) fn fuse(
     for (r, w, list) in lists {
         for (rank, (chunk, score)) in list.iter().enumerate() {
             let s = scored.entry(chunk.clone()).or_default();
+            let place = Some(rank as u32 + 1);
             match r {
-                Retriever::Words => s.words = Some(*score),
-                Retriever::Dense => s.dense = Some(*score),
-                Retriever::Sparse => s.sparse = Some(*score),
+                Retriever::Words => (s.words, s.ranks.words) = (Some(*score), place),
+                Retriever::Dense => (s.dense, s.ranks.dense) = (Some(*score), place),
+                Retriever::Sparse => (s.sparse, s.ranks.sparse) = (Some(*score), place),
             }
             if fuse {
                 *s.fused.get_or_insert(0.0) += w / (req.rrf_k + rank as f32 + 1.0);
@@ -311,6 +312,7 @@ impl EmbeddedStore {
                         collection: r.get(9)?,
                         context_kind: context.as_ref().map(|c| c.kind),
                         context: context.map(|c| c.text),
+                        highlights: Vec::new(),
                     })
                 })
                 .optional()?;

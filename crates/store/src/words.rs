@@ -87,6 +87,54 @@ pub fn tokens(text: &str) -> Vec<String> {
     out
 }
 
+/// Finds a query's words in texts, as the word index analyses both (the
+/// same tokens, lower-cased and accent-folded; no stemming), so the words a
+/// hit is shown with are the ones the word index matched. Both backends'
+/// hits get their `highlights` from it.
+pub struct Highlighter {
+    terms: std::collections::HashSet<String>,
+    analyzer: TextAnalyzer,
+}
+
+impl Highlighter {
+    pub fn new(query: &str) -> Highlighter {
+        Highlighter { terms: tokens(query).into_iter().collect(), analyzer: analyzer() }
+    }
+
+    /// Where the query's words occur in `text`: `[start, end)` character
+    /// offsets (not bytes), in order, with overlapping or touching ranges
+    /// merged (an identifier's parts, `Diff` and `Executor`, make one range).
+    pub fn ranges(&mut self, text: &str) -> Vec<[usize; 2]> {
+        if self.terms.is_empty() {
+            return Vec::new();
+        }
+        let mut bytes: Vec<(usize, usize)> = Vec::new();
+        let mut stream = self.analyzer.token_stream(text);
+        while stream.advance() {
+            let t = stream.token();
+            if self.terms.contains(&t.text) {
+                bytes.push((t.offset_from, t.offset_to));
+            }
+        }
+        bytes.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(bytes.len());
+        for (a, b) in bytes {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        // Byte offsets to character offsets, in one pass (the ranges are in order).
+        let (mut byte, mut chars) = (0usize, 0usize);
+        let mut to_chars = |b: usize| {
+            chars += text[byte..b].chars().count();
+            byte = b;
+            chars
+        };
+        merged.into_iter().map(|(a, b)| [to_chars(a), to_chars(b)]).collect()
+    }
+}
+
 impl WordIndex {
     /// Opens (or creates) the index in `dir`. No writer is taken.
     pub fn open(dir: &Path) -> Result<WordIndex, StoreError> {
@@ -350,5 +398,24 @@ mod tests {
         assert_eq!(tokens("Ünïcode café, x"), ["unicode", "cafe", "x"]);
         assert_eq!(tokens("__init__"), ["init"]);
         assert!(tokens(" ,.; ").is_empty());
+    }
+
+    /// Highlights are character offsets of the words the index would match:
+    /// case and accents folded, identifier parts found, nothing else.
+    #[test]
+    fn highlights_are_character_ranges_of_the_query_words() {
+        let text = "Ünïcode CAFÉ: the DiffExecutor runs café-side; cafeteria is not café.";
+        let mut h = Highlighter::new("cafe executor");
+        let ranges = h.ranges(text);
+        let chars: Vec<char> = text.chars().collect();
+        let shown: Vec<String> = ranges.iter().map(|[a, b]| chars[*a..*b].iter().collect()).collect();
+        assert_eq!(shown, ["CAFÉ", "Executor", "café", "café"]);
+        // The whole identifier when the query names it, one range for touching parts.
+        let mut h = Highlighter::new("diff executor");
+        let ranges = h.ranges(text);
+        let shown: Vec<String> = ranges.iter().map(|[a, b]| chars[*a..*b].iter().collect()).collect();
+        assert_eq!(shown, ["DiffExecutor"]);
+        assert!(Highlighter::new(" ,.; ").ranges(text).is_empty());
+        assert!(Highlighter::new("zebra").ranges(text).is_empty());
     }
 }

@@ -10,8 +10,8 @@ use datafactory_core::{
     chunk_id, document_id, Chunk, Document, Embedding, Format, HeuristicTokenCounter, Section,
 };
 use datafactory_store::{
-    CommitOutcome, DocumentKey, SearchFilter, SearchMode, SearchRequest, Store, StoreError, VectorOptions,
-    WordQuery,
+    CommitOutcome, DocumentKey, DocumentQuery, SearchFilter, SearchMode, SearchRequest, Store, StoreError,
+    VectorOptions, WordQuery,
 };
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -112,6 +112,7 @@ contract!(
     vectors_never_mix_models,
     jobs_and_llm_answers,
     consistent_after_a_killed_writer,
+    listings_for_the_console,
 );
 
 // ---- fixtures ----
@@ -454,6 +455,90 @@ fn jobs_and_llm_answers(place: &Place) {
     assert_eq!(store.llm_context_count().unwrap(), 2);
     drop(store);
     assert_eq!(place.open().llm_context("d", "c", "m", "t2").unwrap().as_deref(), Some("other template"));
+}
+
+/// What the web console reads: documents a page at a time, filtered by the
+/// analysis in their metadata; collections with their counts; the recent
+/// jobs; where the query's words are in each hit and each retriever's rank.
+fn listings_for_the_console(place: &Place) {
+    let store = place.open();
+    store.enable_vectors(&vector_options("model-a")).unwrap();
+    for (i, (collection, kind, language)) in
+        [("a", "manual", "eng"), ("a", "prose", "deu"), ("b", "manual", "eng"), ("b", "legal", "fra")]
+            .into_iter()
+            .enumerate()
+    {
+        let body = format!("Ünïcode notes on the Quasar number {i}; quasars shine.");
+        let mut doc = document(&format!("{i}.txt"), &body);
+        doc.metadata.insert(
+            "analysis".into(),
+            serde_json::json!({"doc_type": kind, "language": {"code": language, "name": "x"}}),
+        );
+        let c = chunker();
+        let chunks = c.chunk(&doc);
+        let e = vec![Embedding { dense: vector(i, 0.0), sparse: vec![] }; chunks.len()];
+        store
+            .commit_document(&key(collection, &format!("{i}.txt"), &body, "p"), &doc, &chunks, Some(&e))
+            .unwrap();
+    }
+    put(&store, "b", "plain.txt", "No analysis in this one.");
+    store.flush().unwrap();
+
+    let page = |q: DocumentQuery<'_>| {
+        let p = store.list_documents_page(&q).unwrap();
+        (p.documents.iter().map(|d| d.source.clone()).collect::<Vec<_>>(), p.total)
+    };
+    let all = page(DocumentQuery::default());
+    assert_eq!(all.0, ["0.txt", "1.txt", "2.txt", "3.txt", "plain.txt"]);
+    assert_eq!(all.1, 5);
+    assert_eq!(
+        page(DocumentQuery { limit: Some(2), offset: 1, ..Default::default() }),
+        (vec!["1.txt".into(), "2.txt".into()], 5)
+    );
+    assert_eq!(page(DocumentQuery { limit: Some(2), offset: 9, ..Default::default() }), (vec![], 5));
+    assert_eq!(page(DocumentQuery { doc_type: Some("manual"), ..Default::default() }).1, 2);
+    assert_eq!(
+        page(DocumentQuery { doc_type: Some("manual"), collection: Some("b"), ..Default::default() }).0,
+        ["2.txt"]
+    );
+    assert_eq!(page(DocumentQuery { language: Some("fra"), ..Default::default() }).0, ["3.txt"]);
+    assert_eq!(page(DocumentQuery { format: Some("text"), ..Default::default() }).1, 5);
+    assert_eq!(page(DocumentQuery { format: Some("pdf"), ..Default::default() }).1, 0);
+    let listed = store.list_documents(Some("a")).unwrap();
+    assert_eq!((listed[1].doc_type.as_deref(), listed[1].language.as_deref()), (Some("prose"), Some("deu")));
+    let plain =
+        store.list_documents(Some("b")).unwrap().into_iter().find(|d| d.source == "plain.txt").unwrap();
+    assert_eq!((plain.doc_type, plain.language), (None, None));
+
+    let collections = store.collections().unwrap();
+    let counts: Vec<(String, u64)> = collections.iter().map(|c| (c.name.clone(), c.documents)).collect();
+    assert_eq!(counts, [("a".to_string(), 2), ("b".to_string(), 3)]);
+
+    let first = store.create_job("ingest", Some("a")).unwrap();
+    std::thread::sleep(Duration::from_millis(5)); // distinct creation times
+    let second = store.create_job("ingest", Some("b")).unwrap();
+    store.finish_job(&first, "succeeded", &serde_json::json!({})).unwrap();
+    let jobs: Vec<String> = store.list_jobs(10).unwrap().into_iter().map(|j| j.id).collect();
+    assert_eq!(jobs, [second.clone(), first]);
+    assert_eq!(store.list_jobs(1).unwrap()[0].id, second);
+
+    // Highlights: character ranges of the words as analysed; ranks per retriever.
+    let q = Embedding { dense: vector(2, 0.0), sparse: vec![] };
+    let hybrid = store.search(&request("quasar", &q, SearchMode::Hybrid)).unwrap();
+    let nearest = hybrid.hits.iter().find(|h| h.source == "2.txt").unwrap();
+    assert_eq!(nearest.scores.ranks.dense, Some(1), "{hybrid:?}");
+    let mut word_ranks: Vec<u32> = hybrid.hits.iter().map(|h| h.scores.ranks.words.unwrap()).collect();
+    word_ranks.sort();
+    assert_eq!(word_ranks, [1, 2, 3, 4], "{hybrid:?}");
+    for hit in &hybrid.hits {
+        let chars: Vec<char> = hit.text.chars().collect();
+        let shown: Vec<String> = hit.highlights.iter().map(|[a, b]| chars[*a..*b].iter().collect()).collect();
+        if hit.source == "plain.txt" {
+            assert!(shown.is_empty());
+        } else {
+            assert_eq!(shown, ["Quasar"], "{hit:?}");
+        }
+    }
 }
 
 /// Chunks per document in the killed-writer test: big enough that the kill

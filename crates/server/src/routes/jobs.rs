@@ -1,4 +1,4 @@
-//! `GET /jobs/{id}` and its event stream: a job's live progress in this
+//! `GET /jobs` (the recent ones), `GET /jobs/{id}` and its event stream: a job's live progress in this
 //! process, or its stored record.
 //!
 //! Reads jobs; never starts or changes one.
@@ -13,6 +13,70 @@ use super::*;
 pub(crate) enum JobAnswer {
     Live(JobView),
     Stored(datafactory_store::JobRecord),
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct JobsParams {
+    /// At most this many, newest first (1 to 1000; default 20).
+    pub(crate) limit: Option<u64>,
+}
+
+/// A job in the list: its record, with the live state and file counts of a
+/// job running in this process.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct JobEntry {
+    pub(crate) id: String,
+    /// `ingest`.
+    pub(crate) kind: String,
+    /// `queued`, `running`, `succeeded`, `completed_with_errors`, `failed`, `interrupted`.
+    pub(crate) state: String,
+    pub(crate) collection: Option<String>,
+    /// Unix time in milliseconds.
+    pub(crate) created_at: i64,
+    pub(crate) finished_at: Option<i64>,
+    /// Files done and failed so far (jobs this process runs or ran); else null.
+    pub(crate) files: Option<crate::jobs::FileCounts>,
+    /// Running or queued in this process: `GET /jobs/{id}/events` follows it.
+    pub(crate) live: bool,
+}
+
+/// `GET /jobs`: the most recent jobs (running, queued and ended), newest first.
+#[utoipa::path(get, path = "/jobs", tag = "ingest", params(JobsParams),
+    responses(
+        (status = 200, description = "Jobs, newest first", body = Vec<JobEntry>),
+        (status = 400, description = "A bad `limit`", body = ErrorBody)))]
+pub(crate) async fn jobs(
+    State(state): State<Shared>,
+    Query(p): Query<JobsParams>,
+) -> Result<Json<Vec<JobEntry>>, ApiError> {
+    let limit = p.limit.unwrap_or(20);
+    if !(1..=1000).contains(&limit) {
+        return Err(bad_request(format!("`limit` is {limit}: it must be between 1 and 1000")));
+    }
+    let store = state.store.clone();
+    let records = tokio::task::spawn_blocking(move || store.list_jobs(limit))
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+    let entries = records
+        .into_iter()
+        .map(|r| {
+            let view = state.jobs.get(&r.id).map(|p| p.view());
+            let live = view.as_ref().is_some_and(|v| matches!(v.state.as_str(), "queued" | "running"));
+            JobEntry {
+                state: view.as_ref().map(|v| v.state.clone()).unwrap_or(r.state),
+                files: view.map(|v| v.files),
+                live,
+                id: r.id,
+                kind: r.kind,
+                collection: r.collection,
+                created_at: r.created_at,
+                finished_at: r.finished_at,
+            }
+        })
+        .collect();
+    Ok(Json(entries))
 }
 
 /// `GET /jobs/{id}`: live progress, or the stored record of a finished job.

@@ -70,6 +70,7 @@ pub(crate) fn api_routes() -> OpenApiRouter<Shared> {
         .routes(routes!(metrics))
         .routes(routes!(openapi_json))
         .routes(routes!(ingest))
+        .routes(routes!(jobs))
         .routes(routes!(job))
         .routes(routes!(job_events))
         .routes(routes!(openai_embeddings))
@@ -78,10 +79,14 @@ pub(crate) fn api_routes() -> OpenApiRouter<Shared> {
         .routes(routes!(search_get, search_post))
         .routes(routes!(documents))
         .routes(routes!(document, delete_document))
+        .routes(routes!(collections))
 }
 
+/// The API and the web console (`console.rs`, not in the OpenAPI
+/// description: it is a page, not an API), behind the guard.
 pub fn router(state: Shared) -> Router {
     let (routes, _) = api_routes().split_for_parts();
+    let routes = routes.merge(crate::console::router());
     state.guard.clone().apply(routes, &state.config.server).with_state(state)
 }
 

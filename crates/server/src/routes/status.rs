@@ -35,6 +35,8 @@ pub(crate) struct ReadyStore {
 pub(crate) struct ReadyEmbedding {
     pub(crate) loaded: bool,
     pub(crate) model: Option<String>,
+    /// `embedding.device` as configured (`auto`, `cpu`, `cuda:0`, ...).
+    pub(crate) device: String,
     /// Why no model is loaded (searches then use words only).
     pub(crate) note: Option<String>,
     /// The embedding workers (`embedding.remote_urls`) as the pool knows
@@ -81,6 +83,7 @@ pub(crate) async fn ready(State(state): State<Shared>) -> Json<Ready> {
         embedding: ReadyEmbedding {
             loaded: embedder.is_some(),
             model: embedder.map(|e| e.model_id().to_string()),
+            device: state.config.embedding.device.clone(),
             note: state.embedding_note.clone(),
             workers: embedder.map(|e| e.workers()).unwrap_or_default(),
         },

@@ -57,22 +57,16 @@ impl PgStore {
 
     pub fn get_job(&self, id: &str) -> Result<Option<JobRecord>> {
         let mut conn = self.conn()?;
-        Ok(conn
-            .query_opt(
-                "SELECT id, kind, state, collection, summary, created_at, updated_at, finished_at
-                 FROM jobs WHERE id = $1",
-                &[&id],
-            )?
-            .map(|r| JobRecord {
-                id: r.get(0),
-                kind: r.get(1),
-                state: r.get(2),
-                collection: r.get(3),
-                summary: r.get(4),
-                created_at: r.get(5),
-                updated_at: r.get(6),
-                finished_at: r.get(7),
-            }))
+        Ok(conn.query_opt(&format!("{JOB_SELECT} WHERE id = $1"), &[&id])?.map(|r| job_from_row(&r)))
+    }
+
+    /// The `limit` most recent jobs, newest first.
+    pub fn list_jobs(&self, limit: u64) -> Result<Vec<JobRecord>> {
+        let mut conn = self.conn()?;
+        let limit = limit.min(i64::MAX as u64) as i64;
+        let rows =
+            conn.query(&format!("{JOB_SELECT} ORDER BY created_at DESC, id DESC LIMIT $1"), &[&limit])?;
+        Ok(rows.iter().map(job_from_row).collect())
     }
 
     // ---- the fleet's work queue ----
@@ -241,4 +235,20 @@ pub(crate) fn new_job_id(kind: &str, now: i64) -> String {
         std::thread::current().id()
     );
     format!("job-{}", &blake3::hash(seed.as_bytes()).to_hex()[..16])
+}
+
+const JOB_SELECT: &str =
+    "SELECT id, kind, state, collection, summary, created_at, updated_at, finished_at FROM jobs";
+
+fn job_from_row(r: &postgres::Row) -> JobRecord {
+    JobRecord {
+        id: r.get(0),
+        kind: r.get(1),
+        state: r.get(2),
+        collection: r.get(3),
+        summary: r.get(4),
+        created_at: r.get(5),
+        updated_at: r.get(6),
+        finished_at: r.get(7),
+    }
 }

@@ -30,8 +30,9 @@ use text::*;
 use crate::search::{fuse, plan, primary, Plan, Ranked, Retriever};
 use crate::{
     indexed_context, now_ms, words, ClaimedJob, CollectionStats, CommitOutcome, DocumentDetail, DocumentInfo,
-    DocumentKey, DocumentSummary, Fleet, FleetNode, IndexStats, JobRecord, Result, SearchHit, SearchRequest,
-    SearchResults, StageScores, Stats, StoreError, StoredChunk, VectorOptions, VectorStats,
+    DocumentKey, DocumentPage, DocumentQuery, DocumentSummary, Fleet, FleetNode, IndexStats, JobRecord,
+    Result, SearchHit, SearchRequest, SearchResults, StageScores, Stats, StoreError, StoredChunk,
+    VectorOptions, VectorStats,
 };
 use datafactory_core::config::StoreConfig;
 use datafactory_core::{chunk_id, Chunk, Document, Embedding, Format};

@@ -6,15 +6,35 @@
 use super::*;
 
 impl PgStore {
-    pub fn list_documents(&self, collection: Option<&str>) -> Result<Vec<DocumentSummary>> {
+    /// A page of the documents that pass the query's filters, and how many pass.
+    pub fn list_documents_page(&self, query: &DocumentQuery<'_>) -> Result<DocumentPage> {
         let mut conn = self.conn()?;
-        let rows = conn.query(
-            &format!(
-                "{SUMMARY_SELECT} WHERE ($1::text IS NULL OR d.collection = $1) ORDER BY d.collection, d.source"
-            ),
-            &[&collection],
+        let mut tx = read_snapshot(&mut conn)?;
+        let filter = "WHERE ($1::text IS NULL OR d.collection = $1)
+            AND ($2::text IS NULL OR d.metadata->'analysis'->>'doc_type' = $2)
+            AND ($3::text IS NULL OR d.metadata->'analysis'->'language'->>'code' = $3)
+            AND ($4::text IS NULL OR d.format = $4)";
+        let (c, t, l, f) = (query.collection, query.doc_type, query.language, query.format);
+        let total: i64 =
+            tx.query_one(&format!("SELECT COUNT(*) FROM documents d {filter}"), &[&c, &t, &l, &f])?.get(0);
+        let limit = query.limit.map(|n| n.min(i64::MAX as u64) as i64);
+        let offset = query.offset.min(i64::MAX as u64) as i64;
+        let rows = tx.query(
+            &format!("{SUMMARY_SELECT} {filter} ORDER BY d.collection, d.source, d.id LIMIT $5 OFFSET $6"),
+            &[&c, &t, &l, &f, &limit, &offset],
         )?;
-        rows.iter().map(summary_from_row).collect()
+        let documents = rows.iter().map(summary_from_row).collect::<Result<_>>()?;
+        tx.commit()?;
+        Ok(DocumentPage { documents, total: total as u64 })
+    }
+
+    /// Every collection with its document and chunk counts, by name.
+    pub fn collections(&self) -> Result<Vec<CollectionStats>> {
+        let mut conn = self.conn()?;
+        let mut tx = read_snapshot(&mut conn)?;
+        let collections = collection_counts(&mut tx)?;
+        tx.commit()?;
+        Ok(collections)
     }
 
     /// A document by id, or by the external id its input gave it.
@@ -117,21 +137,7 @@ impl PgStore {
             tx.query_one("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM changes", &[])?.get(0);
         let documents: i64 = tx.query_one("SELECT COUNT(*) FROM documents", &[])?.get(0);
         let chunks: i64 = tx.query_one("SELECT COUNT(*) FROM chunks", &[])?.get(0);
-        let collections = tx
-            .query(
-                "SELECT c.name,
-                    (SELECT COUNT(*) FROM documents d WHERE d.collection = c.name),
-                    (SELECT COUNT(*) FROM chunks k JOIN documents d ON d.id = k.document_id WHERE d.collection = c.name)
-                 FROM collections c ORDER BY c.name",
-                &[],
-            )?
-            .iter()
-            .map(|r| CollectionStats {
-                name: r.get(0),
-                documents: r.get::<_, i64>(1) as u64,
-                chunks: r.get::<_, i64>(2) as u64,
-            })
-            .collect();
+        let collections = collection_counts(&mut tx)?;
         let embedded: i64 = match &vectors {
             Some(_) => tx.query_one("SELECT COUNT(*) FROM embeddings", &[])?.get(0),
             None => 0,
@@ -157,10 +163,30 @@ impl PgStore {
     }
 }
 
+/// Each collection's name and counts, by name.
+fn collection_counts(tx: &mut Transaction<'_>) -> Result<Vec<CollectionStats>> {
+    Ok(tx
+        .query(
+            "SELECT c.name,
+                (SELECT COUNT(*) FROM documents d WHERE d.collection = c.name),
+                (SELECT COUNT(*) FROM chunks k JOIN documents d ON d.id = k.document_id WHERE d.collection = c.name)
+             FROM collections c ORDER BY c.name",
+            &[],
+        )?
+        .iter()
+        .map(|r| CollectionStats {
+            name: r.get(0),
+            documents: r.get::<_, i64>(1) as u64,
+            chunks: r.get::<_, i64>(2) as u64,
+        })
+        .collect())
+}
+
 pub(crate) const SUMMARY_SELECT: &str =
     "SELECT d.id, d.collection, d.source, d.external_id, d.title, d.format,
         d.content_hash, d.byte_size, d.version, d.created_at, d.updated_at,
-        (SELECT COUNT(*) FROM chunks c WHERE c.document_id = d.id)
+        (SELECT COUNT(*) FROM chunks c WHERE c.document_id = d.id),
+        d.metadata->'analysis'->>'doc_type', d.metadata->'analysis'->'language'->>'code'
      FROM documents d";
 
 pub(crate) fn summary_from_row(r: &Row) -> Result<DocumentSummary> {
@@ -178,7 +204,7 @@ pub(crate) fn summary_from_row(r: &Row) -> Result<DocumentSummary> {
         created_at: r.get(9),
         updated_at: r.get(10),
     };
-    Ok(DocumentSummary { info, chunks: r.get::<_, i64>(11) as u64 })
+    Ok(DocumentSummary { info, chunks: r.get::<_, i64>(11) as u64, doc_type: r.get(12), language: r.get(13) })
 }
 
 pub(crate) fn json_list(v: serde_json::Value) -> Vec<String> {

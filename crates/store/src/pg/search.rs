@@ -220,6 +220,7 @@ pub(crate) fn hydrate(
             collection: r.get(10),
             context_kind: context.as_ref().map(|c| c.kind),
             context: context.map(|c| c.text),
+            highlights: Vec::new(),
         });
     }
     Ok(out)
