@@ -48,6 +48,17 @@ impl Drop for Tmpfs {
 /// Documents per group word: a search for it finds the group whole.
 const GROUP: usize = 100;
 
+/// A child process killed when dropped (a failed assertion included), so it
+/// neither outlives the test nor keeps the tmpfs busy.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `n` JSONL documents; each ends with its group's word `{prefix}g{i / GROUP}`
 /// and its own marker `{prefix}{i}` (one chunk holds both).
 fn corpus(path: &Path, prefix: &str, n: usize, words: usize) -> Vec<String> {
@@ -169,45 +180,104 @@ fn a_full_disk_fails_the_ingest_and_leaves_the_store_searchable() {
         serde_json::from_slice(&run(datafactory(&data).args(["stats", "--json"])).stdout).unwrap();
     assert!(stats["documents"].as_u64().unwrap() >= 30, "{stats:#}");
 
-    // The service on the full disk: an upload it cannot store is refused
-    // with 507, saying so; searches answer.
+    // Room again: the same ingest finishes, and everything is there.
+    tmpfs.remount("size=64m");
+    let summary = run_json(datafactory(&data).args(["ingest", "--json"]).arg(&big), 0);
+    assert_eq!(summary["documents"]["failed"], 0, "{summary:#}");
+    assert_eq!(found(&data, "kept", 30), sorted(kept.clone()));
+    assert_eq!(found(&data, "more", 1500).len(), more.len());
+    let stats = run_json(datafactory(&data).args(["stats", "--json"]), 0);
+    assert_eq!(stats["consistent"], true, "{stats:#}");
+    assert_eq!(stats["documents"], 1530, "{stats:#}");
+
+    // The service, with 1 MiB left.
+    let used_kib = df_kib(&mount_point, "used");
+    tmpfs.remount(&format!("size={}k", used_kib + 1024));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut server = datafactory(&data)
-        .args(["serve", "--address", &format!("127.0.0.1:{port}")])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut server = Killed(
+        datafactory(&data)
+            .args(["serve", "--address", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let url = format!("http://127.0.0.1:{port}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while ureq::get(&format!("{url}/health")).call().is_err() {
         assert!(std::time::Instant::now() < deadline, "serve did not start");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let documents: Vec<Value> =
-        std::fs::read_to_string(&big).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let refused = ureq::post(&format!("{url}/ingest")).send_json(json!({ "documents": documents }));
+    let documents = |path: &Path| -> Value {
+        let docs: Vec<Value> = std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        json!({ "documents": docs })
+    };
+    // An upload it cannot store is refused with 507, saying so.
+    let refused = ureq::post(&format!("{url}/ingest")).send_json(documents(&big));
     let Err(ureq::Error::Status(507, answer)) = refused else {
         panic!("expected 507, got {refused:?}");
     };
     let body: Value = answer.into_json().unwrap();
     assert!(body["error"].as_str().unwrap().contains("no job was created"), "{body}");
-    let hits: Value = ureq::get(&format!("{url}/search?q=keptg0&mode=lexical&top_k=50"))
-        .call()
+
+    // An upload of half the room left is stored; its job fills the disk and fails saying so.
+    let long = tmp.path().join("long.jsonl");
+    let n = (df_kib(&mount_point, "avail") / 2 / 12).clamp(4, 90) as usize;
+    let long_markers = corpus(&long, "long", n, 1500);
+    let job: Value =
+        ureq::post(&format!("{url}/ingest")).send_json(documents(&long)).unwrap().into_json().unwrap();
+    let job_url = format!("{url}/jobs/{}", job["job_id"].as_str().unwrap());
+    let ended = loop {
+        let j: Value = ureq::get(&job_url).call().unwrap().into_json().unwrap();
+        if !matches!(j["state"].as_str(), Some("queued" | "running")) {
+            break j;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(ended["state"], "failed", "{ended:#}");
+    assert!(ended.to_string().contains("No space left on device"), "{ended:#}");
+    let search = |q: &str| -> Vec<String> {
+        let hits: Value = ureq::get(&format!("{url}/search?q={q}&mode=lexical&top_k=120"))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap();
+        let mut m: Vec<String> = hits["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|h| h["text"].as_str()?.split_whitespace().last().map(str::to_string))
+            .collect();
+        m.sort();
+        m
+    };
+    assert_eq!(search("keptg0"), sorted(kept.clone()));
+
+    // Room again, the same process: the same upload is stored whole and
+    // found (the word index's writer died with the failed commit; the
+    // documents of later jobs were stored in SQLite but never indexed).
+    tmpfs.remount("size=64m");
+    let done: Value = ureq::post(&format!("{url}/ingest?wait=true"))
+        .send_json(documents(&long))
         .unwrap()
         .into_json()
         .unwrap();
-    assert_eq!(hits["results"].as_array().unwrap().len(), 30, "{hits:#}");
-    server.kill().unwrap();
-    server.wait().unwrap();
-
-    // Room again: the same ingest finishes, and everything is there.
-    tmpfs.remount("size=64m");
-    let summary = run_json(datafactory(&data).args(["ingest", "--json"]).arg(&big), 0);
-    assert_eq!(summary["documents"]["failed"], 0, "{summary:#}");
-    assert_eq!(found(&data, "kept", 30), sorted(kept));
-    assert_eq!(found(&data, "more", 1500).len(), more.len());
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    assert_eq!(search("longg0"), sorted(long_markers));
+    assert_eq!(search("keptg0"), sorted(kept));
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
     let stats = run_json(datafactory(&data).args(["stats", "--json"]), 0);
     assert_eq!(stats["consistent"], true, "{stats:#}");
-    assert_eq!(stats["documents"], 1530, "{stats:#}");
+    assert_eq!(stats["documents"].as_u64().unwrap(), 1530 + n as u64, "{stats:#}");
+}
+
+/// `df`'s `used` or `avail` column for `path`, in KiB.
+fn df_kib(path: &Path, column: &str) -> u64 {
+    let out = Command::new("df").args(["-k", &format!("--output={column}")]).arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse().unwrap()
 }
