@@ -144,12 +144,32 @@ impl Pool {
         }
     }
 
+    /// While every endpoint is out of the pool: how long until the first
+    /// comes back.
+    fn all_down(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let health = lock(&self.health);
+        health.iter().map(|h| h.down_until.filter(|&t| t > now).map(|t| t - now)).min().flatten()
+    }
+
     /// Runs `call(url)` until an endpoint answers: up to `attempts` tries,
     /// each failed one followed by a backoff and a try on another endpoint.
+    /// While every endpoint is out of the pool (each failed
+    /// `failures_before_down` times in a row, for `down_for`), no call is
+    /// made: the error comes at once, so a caller with a fallback (search
+    /// without the reranker, say) does not wait for endpoints known to be down.
     pub fn call<T>(&self, call: impl Fn(&str) -> Result<T, CallError>) -> Result<T, String> {
         let mut errors = Vec::new();
         let mut avoid = None;
         for attempt in 0..self.settings.attempts {
+            if let Some(back_in) = self.all_down() {
+                errors.push(format!(
+                    "every worker is left out after failing {} times in a row (the first is tried again in {} s)",
+                    self.settings.failures_before_down,
+                    back_in.as_secs() + 1
+                ));
+                break;
+            }
             if attempt > 0 {
                 std::thread::sleep(self.settings.backoff * 2u32.saturating_pow(attempt - 1).min(16));
             }
@@ -171,7 +191,7 @@ impl Pool {
                 }
             }
         }
-        Err(format!("no worker answered after {} tries: {}", self.settings.attempts, errors.join("; ")))
+        Err(format!("no worker answered: {}", collapse(&errors)))
     }
 
     /// Cuts `items` into batches of `batch`, sends them at once (as many
@@ -259,6 +279,20 @@ pub(crate) fn call_error(url: &str, what: &str, e: ureq::Error) -> CallError {
     }
 }
 
+/// The errors of a call's tries, each distinct one once with its count.
+fn collapse(errors: &[String]) -> String {
+    let mut seen: Vec<(&str, usize)> = Vec::new();
+    for e in errors {
+        match seen.iter_mut().find(|(m, _)| *m == e.as_str()) {
+            Some((_, n)) => *n += 1,
+            None => seen.push((e, 1)),
+        }
+    }
+    let parts: Vec<String> =
+        seen.iter().map(|(m, n)| if *n > 1 { format!("{m} ({n} tries)") } else { m.to_string() }).collect();
+    parts.join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +333,27 @@ mod tests {
         // After it was left out, every request went to w1 first.
         let seen = lock(&seen).clone();
         assert_eq!(seen.iter().filter(|u| *u == "http://w0").count(), 2, "{seen:?}");
+    }
+
+    #[test]
+    fn while_every_endpoint_is_out_no_call_is_made_and_the_error_says_why_once() {
+        let p = pool(1);
+        let tries = AtomicUsize::new(0);
+        let down = |_: &str| -> Result<(), CallError> {
+            tries.fetch_add(1, Ordering::Relaxed);
+            Err(CallError::Retry("connection refused".into()))
+        };
+        // Two failures in a row leave the only endpoint out: the third try is not made.
+        let e = p.call(down).unwrap_err();
+        assert_eq!(tries.load(Ordering::Relaxed), 2);
+        assert!(
+            e.starts_with("no worker answered: connection refused (2 tries); every worker is left out"),
+            "{e}"
+        );
+        // While it is out: an answer at once, without a call.
+        let e = p.call(down).unwrap_err();
+        assert_eq!(tries.load(Ordering::Relaxed), 2);
+        assert!(e.contains("every worker is left out after failing 2 times in a row"), "{e}");
     }
 
     #[test]

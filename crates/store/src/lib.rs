@@ -81,6 +81,12 @@ pub enum StoreError {
     TooNew { path: PathBuf, found: i64, supported: i64 },
     #[error("the store holds vectors of {stored}, but the configured embedding model is {configured}; use another data directory, or configure the stored model")]
     ModelMismatch { stored: String, configured: String },
+    #[error(
+        "the data directory {dir} is not writable ({reason}); DataFactory writes there even to search \
+         (SQLite's shared-memory file, the word index's lock): make it writable, or copy it somewhere \
+         writable and point --data-dir (data_dir) at the copy"
+    )]
+    NotWritable { dir: PathBuf, reason: String },
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error("stored JSON: {0}")]
@@ -253,7 +259,7 @@ impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`. If the word index is behind
     /// SQLite and no other process is writing, it is repaired now.
     pub fn open(dir: &Path) -> Result<EmbeddedStore> {
-        std::fs::create_dir_all(dir)?;
+        check_writable(dir)?;
         let db_path = dir.join("datafactory.sqlite3");
         let mut db = Connection::open(&db_path)?;
         db.pragma_update(None, "journal_mode", "WAL")?;
@@ -296,7 +302,13 @@ impl EmbeddedStore {
                 Err(StoreError::Busy) => {
                     tracing::debug!("word index is behind; another process is writing")
                 }
-                Err(e) => return Err(e),
+                // A full disk, say: what is committed can still be read, and
+                // the next write takes the writer again (and fails with the
+                // reason while the fault lasts).
+                Err(e) => tracing::warn!(
+                    "the indexes are behind the database and could not be brought up to date: {e}; \
+                     searches miss the documents they lack (see `datafactory stats`) until a write succeeds"
+                ),
             }
         }
         Ok(store)
@@ -362,6 +374,25 @@ impl Drop for EmbeddedStore {
         if let Err(e) = self.checkpoint() {
             tracing::warn!("could not commit the word index on close: {e}; the next start repairs it");
         }
+    }
+}
+
+/// Creates `dir` if needed and checks that files can be made in it: SQLite
+/// (its `-shm` and `-wal` files) and tantivy (its lock) write there even to
+/// read, and their own errors do not say that the directory is the cause. A
+/// full disk passes: reads still work there.
+fn check_writable(dir: &Path) -> Result<()> {
+    let not_writable =
+        |e: std::io::Error| StoreError::NotWritable { dir: dir.to_path_buf(), reason: e.to_string() };
+    std::fs::create_dir_all(dir).map_err(not_writable)?;
+    let probe = dir.join(".datafactory-write-check");
+    match std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::StorageFull => Ok(()),
+        Err(e) => Err(not_writable(e)),
     }
 }
 

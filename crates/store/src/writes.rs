@@ -214,9 +214,16 @@ impl EmbeddedStore {
             Err(e) => {
                 // Drop what the writer holds and rebuild it from SQLite.
                 tracing::warn!("word index update failed ({e}); replaying from SQLite");
-                state.writer.rollback()?;
-                state.pending = None;
-                self.repair(state)?;
+                let replayed = state.writer.rollback().map_err(StoreError::from).and_then(|_| {
+                    state.pending = None;
+                    self.repair(state)
+                });
+                if let Err(e) = replayed {
+                    // A writer that failed this way is dead: the next write
+                    // takes a new one, which catches up from SQLite.
+                    *guard = None;
+                    return Err(e);
+                }
             }
         }
         Ok(if existing.is_some() { CommitOutcome::Replaced } else { CommitOutcome::Added })
@@ -270,7 +277,15 @@ impl EmbeddedStore {
         let mut guard = lock(&self.writer);
         if let Some(state) = guard.as_mut() {
             if let Some(seq) = state.pending.take() {
-                self.words.commit(&mut state.writer, seq)?;
+                if let Err(e) = self.words.commit(&mut state.writer, seq) {
+                    // A failed commit (a full disk) kills tantivy's writer: it
+                    // would go on taking documents and committing without
+                    // them, under a later change number, so they would never
+                    // be replayed. Drop it: the next write takes a new writer,
+                    // which catches up from the last commit that succeeded.
+                    *guard = None;
+                    return Err(e);
+                }
                 self.note_durable(|| format!("words committed up to change {seq}"));
             }
             if let Some(seq) = state.vectors_pending {

@@ -78,7 +78,8 @@ pub(crate) struct JobAccepted {
         (status = 200, description = "Ended (`wait=true`): the job (its stored record when a fleet on PostgreSQL ran it)", body = JobAnswer),
         (status = 400, description = "Bad request (nothing is written, no job is created)", body = ErrorBody),
         (status = 413, description = "A file or JSON document over `ingest.max_file_bytes` (named), or the body over `server.max_body_bytes`", body = ErrorBody),
-        (status = 503, description = "The store cannot take the job", body = ErrorBody)))]
+        (status = 503, description = "The store cannot take the job", body = ErrorBody),
+        (status = 507, description = "The upload cannot be stored: the data directory's disk is full; no job was created", body = ErrorBody)))]
 pub(crate) async fn ingest(
     State(state): State<Shared>,
     Query(params): Query<IngestParams>,
@@ -98,7 +99,20 @@ pub(crate) async fn ingest(
         Ok(named) => named,
         Err(e) => {
             let _ = tokio::fs::remove_dir_all(&folder).await;
-            return Err(internal(e));
+            // A full disk is the usual cause: say so, and that nothing was kept.
+            let status = if e.kind() == std::io::ErrorKind::StorageFull {
+                StatusCode::INSUFFICIENT_STORAGE
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            return Err(ApiError(
+                status,
+                format!(
+                    "cannot store the upload in {}: {e}; no job was created and nothing was kept: \
+                     send it again once there is room",
+                    folder.parent().unwrap_or(&folder).display()
+                ),
+            ));
         }
     };
     drop(staged);

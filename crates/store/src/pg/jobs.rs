@@ -23,16 +23,20 @@ impl PgStore {
     /// that took it over.
     pub fn finish_job(&self, id: &str, state: &str, summary: &serde_json::Value) -> Result<()> {
         let node = self.node.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut conn = self.conn()?;
-        conn.execute(
+        // Often called right after the job failed because the server went
+        // away: the record is retried, so it does not stay `running`.
+        let now = now_ms();
+        self.pool.retrying(|conn| {
+            conn.execute(
             // A fleet job interrupted (its node stopping) goes back to the queue.
             "UPDATE jobs SET summary = $3, updated_at = $4::bigint, lease_until = NULL,
                  state = CASE WHEN $2::text = 'interrupted' AND node IS NOT NULL THEN 'queued' ELSE $2::text END,
                  finished_at = CASE WHEN $2::text = 'interrupted' AND node IS NOT NULL THEN NULL ELSE $4::bigint END,
                  node = CASE WHEN $2::text = 'interrupted' AND node IS NOT NULL THEN NULL ELSE node END
              WHERE id = $1 AND (node IS NULL OR $5::text IS NULL OR node = $5)",
-            &[&id, &state, summary, &now_ms(), &node],
-        )?;
+            &[&id, &state, summary, &now, &node],
+        )
+        })?;
         Ok(())
     }
 

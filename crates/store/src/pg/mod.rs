@@ -248,6 +248,18 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_error_says_why() {
+        // A port where nothing listens: the message names the refusal, not
+        // only "error connecting to server".
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config: postgres::Config = format!("postgres://nobody@127.0.0.1:{port}/none").parse().unwrap();
+        let e = StoreError::from(config.connect(postgres::NoTls).err().expect("nothing listens there"))
+            .to_string();
+        assert!(e.starts_with("PostgreSQL: error connecting to server: "), "{e}");
+        assert!(e.to_lowercase().contains("refused"), "{e}");
+    }
+
+    #[test]
     fn languages_map_to_text_search_configurations() {
         assert_eq!(text_search_config(Some("nld")), "dutch");
         assert_eq!(text_search_config(Some("eng")), "english");

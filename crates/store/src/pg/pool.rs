@@ -9,7 +9,12 @@ impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
         match e.as_db_error() {
             Some(db) => StoreError::Postgres(format!("{}: {}", db.code().code(), db.message())),
-            None => StoreError::Postgres(e.to_string()),
+            // The client's own message is only the kind ("error connecting
+            // to server", "connection closed"); the cause is its source.
+            None => match std::error::Error::source(&e) {
+                Some(cause) => StoreError::Postgres(format!("{e}: {cause}")),
+                None => StoreError::Postgres(e.to_string()),
+            },
         }
     }
 }
@@ -74,6 +79,39 @@ impl Pool {
             self.statement_timeout.as_millis()
         ))?;
         Ok(Conn { pool: self, client: Some(client) })
+    }
+
+    /// Runs `f` on a pooled connection; when the connection broke or the
+    /// server went away (a restart: no answer, or SQLSTATE class 08 or 57),
+    /// runs it again on a fresh connection, for about 15 s in all. Only for
+    /// statements that may run twice, such as recording a job's end.
+    pub(crate) fn retrying<T>(
+        &self,
+        mut f: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T> {
+        let mut wait = Duration::from_millis(250);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let outcome = match self.get() {
+                Ok(mut conn) => f(&mut conn).map_err(|e| {
+                    let transient =
+                        e.as_db_error().is_none_or(|db| matches!(&db.code().code()[..2], "08" | "57"));
+                    (StoreError::from(e), transient)
+                }),
+                // No connection could be made: the server is down or restarting.
+                Err(e) => Err((e, true)),
+            };
+            match outcome {
+                Ok(v) => return Ok(v),
+                Err((e, true)) if tries < 7 => {
+                    tracing::warn!("{e}; trying again in {} ms", wait.as_millis());
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(4));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
     }
 
     pub(crate) fn connect(&self) -> Result<Client> {
