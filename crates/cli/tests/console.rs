@@ -14,7 +14,7 @@ mod common;
 use common::*;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const KEY: &str = "console-test-key-0123456789abcdef";
 
@@ -88,11 +88,7 @@ fn the_console_ingests_searches_shows_and_deletes_in_a_browser() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while ureq::get(&format!("{base}/health")).call().is_err() {
-        assert!(Instant::now() < deadline, "the server did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_health(&base, Duration::from_secs(120), "the server");
     let shots = std::env::var("DATAFACTORY_CONSOLE_SCREENSHOTS").ok();
     let mut cmd = Command::new("python3");
     cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console_browser.py"))

@@ -203,11 +203,7 @@ fn a_full_disk_fails_the_ingest_and_leaves_the_store_searchable() {
             .unwrap(),
     );
     let url = format!("http://127.0.0.1:{port}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while ureq::get(&format!("{url}/health")).call().is_err() {
-        assert!(std::time::Instant::now() < deadline, "serve did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for_health(&url, std::time::Duration::from_secs(30), "serve");
     let documents = |path: &Path| -> Value {
         let docs: Vec<Value> = std::fs::read_to_string(path)
             .unwrap()

@@ -44,11 +44,7 @@ fn start(data: &Path, url: &str, port: u16) -> Node {
         .spawn()
         .unwrap();
     let node = Node(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ureq::get(&format!("http://127.0.0.1:{port}/health")).call().is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_health(&format!("http://127.0.0.1:{port}"), Duration::from_secs(30), "server");
     node
 }
 

@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn tiny_reranker() -> String {
     repo_root().join("crates/models/tests/fixtures/tiny-xlmr-reranker").to_str().unwrap().to_string()
@@ -27,11 +27,7 @@ fn start_rerank_server(data: &std::path::Path, port: u16) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ureq::get(&format!("http://127.0.0.1:{port}/health")).call().is_err() {
-        assert!(Instant::now() < deadline, "the reranker service did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_health(&format!("http://127.0.0.1:{port}"), Duration::from_secs(30), "the reranker service");
     child
 }
 

@@ -19,11 +19,7 @@ fn start(data: &std::path::Path, port: u16) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ureq::get(&format!("http://127.0.0.1:{port}/health")).call().is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_health(&format!("http://127.0.0.1:{port}"), Duration::from_secs(30), "server");
     child
 }
 
@@ -145,11 +141,7 @@ fn the_openai_python_client_gets_embeddings() {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut server = cmd.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ureq::get(&format!("http://127.0.0.1:{port}/health")).call().is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_health(&format!("http://127.0.0.1:{port}"), Duration::from_secs(60), "server");
     let script = r#"
 import json, sys
 from openai import OpenAI

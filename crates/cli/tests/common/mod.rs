@@ -93,3 +93,13 @@ pub fn test_postgres(what: &str, schema: &str) -> Option<String> {
     client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).unwrap();
     Some(url)
 }
+
+/// Waits until `GET {base}/health` answers, for at most `within`; panics
+/// naming `what` (e.g. "serve") if it does not.
+pub fn wait_for_health(base: &str, within: std::time::Duration, what: &str) {
+    let deadline = std::time::Instant::now() + within;
+    while ureq::get(&format!("{base}/health")).call().is_err() {
+        assert!(std::time::Instant::now() < deadline, "{what} did not start within {within:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
