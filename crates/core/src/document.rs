@@ -178,6 +178,32 @@ pub fn slice_chars(text: &str, start: usize, end: usize) -> &str {
     &text[byte_start..byte_end]
 }
 
+/// Byte offsets of the given character offsets (which must be ascending).
+/// Offsets past the end map to `text.len()`.
+pub fn char_to_byte_offsets(text: &str, chars: &[usize]) -> Vec<usize> {
+    let mut out = Vec::with_capacity(chars.len());
+    let mut it = text.chars();
+    let (mut ci, mut bi) = (0usize, 0usize);
+    for &c in chars {
+        if c < ci {
+            // Not ascending: count from the start (never happens in practice).
+            out.push(text.char_indices().nth(c).map_or(text.len(), |(b, _)| b));
+            continue;
+        }
+        while ci < c {
+            match it.next() {
+                Some(ch) => {
+                    bi += ch.len_utf8();
+                    ci += 1;
+                }
+                None => break,
+            }
+        }
+        out.push(bi);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

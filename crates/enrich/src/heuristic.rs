@@ -1,18 +1,13 @@
 //! The context made without an LLM: document title, heading path, and the
 //! first sentence of the chunk's section (or of the document).
 
+use datafactory_core::document::char_to_byte_offsets;
 use datafactory_core::{Chunk, Document};
 
 /// Version of the heuristic, recorded with each context it makes.
 pub const HEURISTIC_VERSION: &str = "heuristic-v1";
 
 const MAX_SENTENCE_CHARS: usize = 300;
-
-/// The heuristic context of one chunk. For many chunks of one document, make
-/// a [`HeuristicContexts`] once: this builds one for the call.
-pub fn heuristic_context(document: &Document, chunk: &Chunk) -> String {
-    HeuristicContexts::new(document).context(chunk)
-}
 
 /// The heuristic contexts of one document's chunks. Everything a context
 /// needs from the document (each section's first sentence, the document's)
@@ -85,18 +80,9 @@ fn byte_offsets(text: &str, chars: impl Iterator<Item = usize>) -> impl Fn(usize
     let mut wanted: Vec<usize> = chars.collect();
     wanted.sort_unstable();
     wanted.dedup();
-    let mut found = Vec::with_capacity(wanted.len());
-    let mut next = wanted.iter().peekable();
-    for (n, (i, _)) in text.char_indices().chain(std::iter::once((text.len(), ' '))).enumerate() {
-        while next.next_if(|&&w| w == n).is_some() {
-            found.push(i);
-        }
-        if next.peek().is_none() {
-            break;
-        }
-    }
+    let found = char_to_byte_offsets(text, &wanted);
     let len = text.len();
-    move |c| wanted.binary_search(&c).ok().and_then(|k| found.get(k).copied()).unwrap_or(len)
+    move |c| wanted.binary_search(&c).map_or(len, |k| found[k])
 }
 
 /// The first sentence of a text, skipping heading-like lines (a line without
@@ -176,7 +162,7 @@ mod tests {
             token_count: 3,
             context: None,
         };
-        assert_eq!(heuristic_context(&doc, &chunk), "Guide. Guide > Setup. Install it first.");
+        assert_eq!(HeuristicContexts::new(&doc).context(&chunk), "Guide. Guide > Setup. Install it first.");
     }
 
     /// The definitions before contexts were made per document: the section

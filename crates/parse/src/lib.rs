@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use datafactory_core::config::IngestConfig;
-use datafactory_core::document::{Document, Format, Section};
+use datafactory_core::document::{char_to_byte_offsets, Document, Format, Section};
 use serde::{Deserialize, Serialize};
 
 mod docx;
@@ -361,32 +361,6 @@ pub(crate) fn sections_from_headings(
         page: None,
     });
     sections
-}
-
-/// Byte offsets of the given character offsets (which must be ascending).
-/// Offsets past the end map to `text.len()`.
-pub(crate) fn char_to_byte_offsets(text: &str, chars: &[usize]) -> Vec<usize> {
-    let mut out = Vec::with_capacity(chars.len());
-    let mut it = text.chars();
-    let (mut ci, mut bi) = (0usize, 0usize);
-    for &c in chars {
-        if c < ci {
-            // Not ascending: count from the start (never happens in practice).
-            out.push(text.char_indices().nth(c).map_or(text.len(), |(b, _)| b));
-            continue;
-        }
-        while ci < c {
-            match it.next() {
-                Some(ch) => {
-                    bi += ch.len_utf8();
-                    ci += 1;
-                }
-                None => break,
-            }
-        }
-        out.push(bi);
-    }
-    out
 }
 
 /// Character offsets of the given byte offsets (which must be ascending and

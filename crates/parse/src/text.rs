@@ -51,14 +51,15 @@ impl WideBom {
 /// line ends become `\n`.
 pub(crate) fn decode(bytes: &[u8]) -> Decoded {
     let mut warnings = Vec::new();
-    let text = if let Some(rest) = bytes.strip_prefix(&[0xFF, 0xFE, 0, 0]) {
-        decode_utf32(rest, u32::from_le_bytes, &mut warnings)
-    } else if let Some(rest) = bytes.strip_prefix(&[0, 0, 0xFE, 0xFF]) {
-        decode_utf32(rest, u32::from_be_bytes, &mut warnings)
-    } else if let Some(rest) = bytes.strip_prefix(&[0xFF, 0xFE]) {
-        decode_utf16(rest, u16::from_le_bytes, &mut warnings)
-    } else if let Some(rest) = bytes.strip_prefix(&[0xFE, 0xFF]) {
-        decode_utf16(rest, u16::from_be_bytes, &mut warnings)
+    // A BOM is as long as one code unit of its encoding.
+    let wide = WideBom::of(bytes).map(|bom| (bom, &bytes[bom.unit()..]));
+    let text = if let Some((bom, rest)) = wide {
+        match bom {
+            WideBom::Utf32Le => decode_utf32(rest, u32::from_le_bytes, &mut warnings),
+            WideBom::Utf32Be => decode_utf32(rest, u32::from_be_bytes, &mut warnings),
+            WideBom::Utf16Le => decode_utf16(rest, u16::from_le_bytes, &mut warnings),
+            WideBom::Utf16Be => decode_utf16(rest, u16::from_be_bytes, &mut warnings),
+        }
     } else {
         let bytes = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(bytes);
         let invalid = count_invalid_utf8(bytes).0;
