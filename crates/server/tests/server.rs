@@ -55,6 +55,11 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
 }
 
+/// POSTs `body` as JSON and reads the answer as JSON, whatever its status.
+async fn post_json(c: &reqwest::Client, url: impl reqwest::IntoUrl, body: &Value) -> Value {
+    c.post(url).json(body).send().await.unwrap().json().await.unwrap()
+}
+
 async fn sources(c: &reqwest::Client, s: &Server, q: &str) -> Vec<String> {
     let v: Value = c
         .get(s.url("/search"))
@@ -136,15 +141,8 @@ async fn ingest_search_documents_over_http() {
     assert_eq!(v["summary"]["documents"]["unchanged"], 1, "{v:#}");
 
     // POST search, documents, delete.
-    let v: Value = c
-        .post(s.url("/search"))
-        .json(&json!({"query": "marzipan", "top_k": 3, "mode": "lexical"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value =
+        post_json(&c, s.url("/search"), &json!({"query": "marzipan", "top_k": 3, "mode": "lexical"})).await;
     assert_eq!(v["retrievers"], json!(["words"]));
     let doc_id = v["results"][0]["document_id"].as_str().unwrap().to_string();
     // Filters: by document id (GET) and by metadata (POST).
@@ -176,15 +174,12 @@ async fn ingest_search_documents_over_http() {
         .unwrap();
     assert_eq!(v["rerank"], Value::Null, "{v:#}");
     assert!(v["notes"].to_string().contains("rerank.mode is off"), "{v:#}");
-    let none: Value = c
-        .post(s.url("/search"))
-        .json(&json!({"query": "marzipan walrus", "filter": {"metadata": {"team": "nobody"}}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let none: Value = post_json(
+        &c,
+        s.url("/search"),
+        &json!({"query": "marzipan walrus", "filter": {"metadata": {"team": "nobody"}}}),
+    )
+    .await;
     assert!(none["results"].as_array().unwrap().is_empty(), "{none:#}");
     let docs: Value = c.get(s.url("/documents")).send().await.unwrap().json().await.unwrap();
     assert_eq!(docs.as_array().unwrap().len(), 5);
@@ -243,15 +238,7 @@ async fn concurrent_ingests_while_searching() {
         tasks.push(tokio::spawn(async move {
             let docs: Vec<Value> =
                 (0..20).map(|j| json!({"id": format!("{i}-{j}"), "text": format!("Report {i}-{j} about tapirs number t{i}x{j}.")})).collect();
-            let v: Value = c
-                .post(s.url("/ingest?wait=true"))
-                .json(&json!({"documents": docs, "collection": format!("c{i}")}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v: Value = post_json(&c, s.url("/ingest?wait=true"), &json!({"documents": docs, "collection": format!("c{i}")})).await;
             assert_eq!(v["state"], "succeeded", "{v:#}");
         }));
     }
@@ -286,15 +273,7 @@ async fn job_events_stream_until_done() {
     let docs: Vec<Value> = (0..300)
         .map(|j| json!({"id": format!("d{j}"), "text": format!("Document {j} on okapis.")}))
         .collect();
-    let accepted: Value = c
-        .post(s.url("/ingest"))
-        .json(&json!({"documents": docs}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let accepted: Value = post_json(&c, s.url("/ingest"), &json!({"documents": docs})).await;
     let id = accepted["job_id"].as_str().unwrap();
     let body = c.get(s.url(&format!("/jobs/{id}/events"))).send().await.unwrap().text().await.unwrap();
     // The stream ends with a `done` event holding the finished job.
@@ -341,15 +320,12 @@ async fn openai_and_tei_embedding_routes() {
     let model = minilm();
     let s = Server::start(|c| c.embedding.model = model.display().to_string()).await;
     let c = client();
-    let v: Value = c
-        .post(s.url("/v1/embeddings"))
-        .json(&json!({"input": ["a cat sat on the mat", "stock markets fell"], "model": "minilm"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = post_json(
+        &c,
+        s.url("/v1/embeddings"),
+        &json!({"input": ["a cat sat on the mat", "stock markets fell"], "model": "minilm"}),
+    )
+    .await;
     assert_eq!(v["object"], "list");
     let data = v["data"].as_array().unwrap();
     assert_eq!(data.len(), 2);
@@ -359,30 +335,19 @@ async fn openai_and_tei_embedding_routes() {
     assert!((a.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-3);
     assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
     // base64: little-endian f32s, what OpenAI's clients ask for by default.
-    let b64: Value = c
-        .post(s.url("/v1/embeddings"))
-        .json(&json!({"input": "a cat sat on the mat", "encoding_format": "base64"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let b64: Value = post_json(
+        &c,
+        s.url("/v1/embeddings"),
+        &json!({"input": "a cat sat on the mat", "encoding_format": "base64"}),
+    )
+    .await;
     let encoded = b64["data"][0]["embedding"].as_str().expect("a base64 string");
     let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded).unwrap();
     let decoded: Vec<f64> =
         bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect();
     assert_eq!(decoded.len(), 384);
     assert!(decoded.iter().zip(&a).all(|(x, y)| (x - y).abs() < 1e-6));
-    let t: Value = c
-        .post(s.url("/embed"))
-        .json(&json!({"inputs": "a cat sat on the mat"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let t: Value = post_json(&c, s.url("/embed"), &json!({"inputs": "a cat sat on the mat"})).await;
     let b: Vec<f64> = t[0].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
     let cos: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
     assert!(cos > 0.9999, "the two routes disagree: {cos}");
@@ -408,15 +373,7 @@ async fn a_job_cut_short_by_shutdown_resumes_on_restart() {
     let docs: Vec<Value> = (0..3000)
         .map(|j| json!({"id": format!("d{j}"), "text": format!("Document {j} about quokkas q{j}.")}))
         .collect();
-    let accepted: Value = c
-        .post(format!("{base}/ingest"))
-        .json(&json!({"documents": docs}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let accepted: Value = post_json(&c, format!("{base}/ingest"), &json!({"documents": docs})).await;
     let id = accepted["job_id"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Graceful stop: the job stops at a file boundary and is checkpointed.
@@ -577,15 +534,12 @@ async fn answers_match_the_generated_schemas() {
     let get: Value = c.get(s.url("/search?q=lemurs&mode=hybrid")).send().await.unwrap().json().await.unwrap();
     assert!(!get["results"].as_array().unwrap().is_empty(), "{get:#}");
     check_answer(&spec, "/search", "get", 200, &get);
-    let post: Value = c
-        .post(s.url("/search"))
-        .json(&json!({"query": "what do lemurs eat", "filter": {"metadata": {"topic": "animals"}}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let post: Value = post_json(
+        &c,
+        s.url("/search"),
+        &json!({"query": "what do lemurs eat", "filter": {"metadata": {"topic": "animals"}}}),
+    )
+    .await;
     check_answer(&spec, "/search", "post", 200, &post);
     let r = c.get(s.url("/search?q=x&mode=psychic")).send().await.unwrap();
     assert_eq!(r.status(), 400);
@@ -617,26 +571,15 @@ async fn answers_match_the_generated_schemas() {
     check_answer(&spec, "/documents/{id}", "get", 404, &r.json().await.unwrap());
 
     for format in ["float", "base64"] {
-        let r: Value = c
-            .post(s.url("/v1/embeddings"))
-            .json(&json!({"input": ["lemurs", "fruit"], "encoding_format": format}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = post_json(
+            &c,
+            s.url("/v1/embeddings"),
+            &json!({"input": ["lemurs", "fruit"], "encoding_format": format}),
+        )
+        .await;
         check_answer(&spec, "/v1/embeddings", "post", 200, &r);
     }
-    let tei: Value = c
-        .post(s.url("/embed"))
-        .json(&json!({"inputs": "lemurs"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tei: Value = post_json(&c, s.url("/embed"), &json!({"inputs": "lemurs"})).await;
     check_answer(&spec, "/embed", "post", 200, &tei);
     let ready: Value = c.get(s.url("/ready")).send().await.unwrap().json().await.unwrap();
     check_answer(&spec, "/ready", "get", 200, &ready);
@@ -854,15 +797,7 @@ async fn a_slow_search_does_not_block_health_and_times_out() {
         .map(|j| json!({"id": format!("doc-{j:08}"), "text": format!("Notes {j} on the okapi.")}))
         .collect();
     // Not `wait=true`: the job may take longer than the 1 s time limit.
-    let accepted: Value = c
-        .post(s.url("/ingest"))
-        .json(&json!({"documents": docs}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let accepted: Value = post_json(&c, s.url("/ingest"), &json!({"documents": docs})).await;
     let job = s.url(&format!("/jobs/{}", accepted["job_id"].as_str().unwrap()));
     loop {
         let v: Value = c.get(&job).send().await.unwrap().json().await.unwrap();
