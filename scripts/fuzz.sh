@@ -15,6 +15,8 @@
 #   FUZZ_BUILD_LOCK  a file to `flock` around the build (optional)
 #   FUZZ_RSS_MB      libFuzzer's -rss_limit_mb and -malloc_limit_mb (default 2048)
 #   FUZZ_TIMEOUT_S   libFuzzer's -timeout: one input may take this long (default 10)
+#   FUZZ_NO_BUILD    1: run the targets as last built (e.g. while another
+#                    campaign builds `http`), without asking cargo first
 # New corpus inputs go to fuzz/corpus/<target>/ (only the seed-* files there
 # are committed); crashes, timeouts and OOMs to fuzz/artifacts/<target>/.
 # Exits 1 when any target found something.
@@ -53,12 +55,14 @@ for t in "${TARGETS[@]}"; do
 done
 lock=()
 [ -n "${FUZZ_BUILD_LOCK:-}" ] && lock=(flock "$FUZZ_BUILD_LOCK")
-echo "== building fuzz targets: ${TARGETS[*]}"
-build_start=$(date +%s)
-for t in "${TARGETS[@]}"; do
-    (cd fuzz && "${lock[@]}" cargo fuzz build "${BUILD_FLAGS[@]}" "${features[@]}" "$t")
-done
-echo "== built in $(($(date +%s) - build_start)) s"
+if [ "${FUZZ_NO_BUILD:-0}" != 1 ]; then
+    echo "== building fuzz targets: ${TARGETS[*]}"
+    build_start=$(date +%s)
+    for t in "${TARGETS[@]}"; do
+        (cd fuzz && "${lock[@]}" cargo fuzz build "${BUILD_FLAGS[@]}" "${features[@]}" "$t")
+    done
+    echo "== built in $(($(date +%s) - build_start)) s"
+fi
 
 BIN_DIR="$TARGET_DIR/x86_64-unknown-linux-gnu/release"
 summary=()

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 pub use heuristic::{analyze, plan_for, structure_of};
-pub use llm::{LlmAnalyzer, LlmVerdict};
+pub use llm::{LlmAnalyzer, LlmVerdict, REASON_MAX_CHARS};
 
 /// Version of the heuristics: part of the ingest fingerprint, so a change
 /// re-analyses (and re-chunks) documents on their next ingest.

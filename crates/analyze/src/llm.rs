@@ -15,6 +15,13 @@ use std::time::Duration;
 /// rambles is cut here and the heuristics decide.
 const VERDICT_MAX_TOKENS: u32 = 1024;
 
+/// The longest `reason` the schema allows, in characters. Bounded so that a
+/// grammar-constrained server (llama-server, vLLM) must close the string: a
+/// small model that loops inside it (Gemma 3 270M did, to the 1,024-token cap,
+/// 70 s on a CPU) finishes in a few seconds. A longer one from a server that
+/// ignores `maxLength` is cut here.
+pub const REASON_MAX_CHARS: usize = 300;
+
 /// Characters of the document shown to the LLM: the beginning is enough to
 /// tell the type, and the prompt stays small.
 const EXCERPT_CHARS: usize = 6_000;
@@ -64,7 +71,7 @@ pub fn verdict_schema() -> Value {
                     "keep_code_whole": {"type": "boolean"}
                 }
             },
-            "reason": {"type": "string"}
+            "reason": {"type": "string", "maxLength": REASON_MAX_CHARS}
         }
     })
 }
@@ -182,8 +189,38 @@ pub fn parse_verdict(content: &str) -> Result<LlmVerdict, String> {
         .and_then(|rest| rest.trim_end().strip_suffix("```"))
         .unwrap_or(t)
         .trim();
-    let verdict: LlmVerdict =
+    let mut verdict: LlmVerdict =
         serde_json::from_str(t).map_err(|e| format!("the message is not a valid verdict: {e}"))?;
     verdict.check()?;
+    if verdict.reason.chars().count() > REASON_MAX_CHARS {
+        let cut: String = verdict.reason.chars().take(REASON_MAX_CHARS - 1).collect();
+        verdict.reason = format!("{cut}…");
+    }
     Ok(verdict)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(reason: &str) -> String {
+        json!({
+            "doc_type": "manual",
+            "plan": {"strategy": "sections", "max_tokens": 384, "overlap_tokens": 0,
+                     "keep_tables_whole": true, "keep_code_whole": true},
+            "reason": reason
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn the_schema_bounds_the_reason_and_a_longer_one_is_cut() {
+        assert_eq!(verdict_schema()["properties"]["reason"]["maxLength"], REASON_MAX_CHARS);
+        let fits = "é".repeat(REASON_MAX_CHARS);
+        assert_eq!(parse_verdict(&answer(&fits)).unwrap().reason, fits);
+        let long = "é".repeat(REASON_MAX_CHARS + 1);
+        let reason = parse_verdict(&answer(&long)).unwrap().reason;
+        assert_eq!(reason.chars().count(), REASON_MAX_CHARS);
+        assert!(reason.ends_with("é…"), "{reason}");
+    }
 }

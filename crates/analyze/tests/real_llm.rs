@@ -9,14 +9,16 @@
 //! - the default server (Jinja chat templates) puts the generation prompt
 //!   into the grammar, which the tiny model's tokenizer cannot match: an
 //!   HTTP 400, so the heuristics answer;
-//! - with `--no-jinja` the grammar holds, but the greedy random model never
-//!   closes the `reason` string: the answer stops at the context size, cut
-//!   JSON, so the heuristics answer;
-//! - with the quote token favoured (`--logit-bias` on the server) the answer
-//!   is complete and schema-valid, but its overlap equals its chunk size,
-//!   which the schema cannot forbid and our check does: heuristics again;
+//! - with `--no-jinja` the grammar holds; with too little context left the
+//!   answer stops at the context size, cut JSON, so the heuristics answer;
+//! - with enough context it is complete and schema-valid (the random model
+//!   never closes `reason` itself: the schema's `maxLength` makes the grammar
+//!   close it), but its overlap equals its chunk size, which the schema
+//!   cannot forbid and our check does: heuristics again;
 //! - with the quote and `0` favoured it is a valid verdict: route `llm`;
-//! - a server too slow for the timeout, and a killed one, fall back too.
+//! - a server too slow for the timeout, and a killed one, fall back too;
+//! - the real Gemma 3 270M (base) completes a verdict through the grammar,
+//!   which our check judges.
 //!
 //! The structure figures are measured in every case, never asked.
 //!
@@ -107,21 +109,22 @@ fn the_tiny_models_answers_through_the_json_schema_grammar() {
     assert_fell_back(&a, &doc, &["HTTP 400", "Failed to initialize samplers"]);
     drop(server);
 
-    // --no-jinja: the grammar holds (the answer begins as a verdict), but the
-    // greedy random model does not pick the closing quote of `reason` in the
-    // ~400 tokens the prompt (~3,700 tokens) leaves of a 4,096 context: the
-    // answer stops there (finish_reason "length"), cut inside the string.
-    let server = llama_server(&tools, 4096, &["--no-jinja"]);
+    // --no-jinja: the grammar holds (the answer begins as a verdict), but
+    // the prompt (~3,700 tokens) leaves ~140 tokens of a 3,840 context: the
+    // answer stops there (finish_reason "length"), cut inside the verdict.
+    let server = llama_server(&tools, 3840, &["--no-jinja"]);
     let a = analyzer(&server.url, 30).analyze(&doc);
     assert_fell_back(&a, &doc, &["the answer was cut short", "end of the model's context"]);
     drop(server);
 
-    // The quote favoured: a complete, schema-valid verdict — {"doc_type":
+    // With ~400 tokens left (a 4,096 context) the answer completes: the
+    // greedy random model never picks the closing quote of `reason` itself
+    // (it ran to the end of the context before `reason` had a bound), but the
+    // schema's maxLength makes the grammar close it. The verdict — {"doc_type":
     // "prose", "plan": {"strategy": "sections", "max_tokens": 626,
-    // "overlap_tokens": 626, ...}, "reason": ""} — whose overlap the schema
-    // allows but our check does not.
-    let quote = format!("{QUOTE}+10");
-    let server = llama_server(&tools, 4096, &["--no-jinja", "-l", &quote]);
+    // "overlap_tokens": 626, ...}, ...} — has an overlap the schema allows
+    // but our check does not.
+    let server = llama_server(&tools, 4096, &["--no-jinja"]);
     let a = analyzer(&server.url, 30).analyze(&doc);
     assert_fell_back(&a, &doc, &["plan.overlap_tokens 626 is over half of max_tokens"]);
     drop(server);
@@ -134,8 +137,8 @@ fn a_valid_verdict_from_the_real_server_is_taken_and_a_killed_server_falls_back(
     let doc = handbook();
 
     // The quote and `0` favoured: max_tokens 600, overlap 0, a reason of
-    // ~530 zeros, closed (finish_reason "stop", ~680 tokens; hence an 8,192
-    // context) — a valid verdict.
+    // zeros closed at the schema's bound (finish_reason "stop"; an 8,192
+    // context leaves room) — a valid verdict.
     let (quote, zero) = (format!("{QUOTE}+10"), format!("{ZERO}+10"));
     let mut server = llama_server(&tools, 8192, &["--no-jinja", "-l", &quote, "-l", &zero]);
     let llm = analyzer(&server.url, 30);
@@ -170,4 +173,43 @@ fn a_real_server_slower_than_the_timeout_falls_back() {
     let a = analyzer(&server.url, 1).analyze(&doc);
     assert_fell_back(&a, &doc, &["timed out"]);
     drop(server);
+}
+
+/// Gemma 3 270M, a real (base) model with its real tokenizer and chat
+/// template, through the schema's grammar: the answer is a complete verdict
+/// of the schema's shape, its `reason` closed within the schema's bound.
+#[test]
+fn gemma_answers_through_the_grammar_within_the_bounded_reason() {
+    let Some(gemma) = common::gemma() else { return };
+    let _turn = serial();
+    let doc = handbook();
+    let server = common::gemma_server(&gemma, 4096);
+    let llm = Analyzer::from_config(&AnalysisConfig {
+        route: "llm".into(),
+        llm_url: format!("{}/v1", server.url),
+        llm_model: "gemma-3-270m".into(),
+        timeout_seconds: 600,
+        ..Default::default()
+    });
+    let a = llm.analyze(&doc);
+    // Before `reason` had a bound, the model never closed it: the answer ran
+    // to max_tokens (1,024 tokens, 70 s here) and was cut. Now it completes,
+    // and what it says is checked: Gemma's verdict (as seen on this build:
+    // an overlap of 100 tokens, over half of its max_tokens) is refused by
+    // our check, which the schema cannot express; a valid one would be taken.
+    match a.route {
+        Route::Llm => {
+            assert_eq!(a.analyzer, "llm:gemma-3-270m");
+            assert!(a.reason.chars().count() <= datafactory_analyze::REASON_MAX_CHARS);
+            assert_measured(&a, &doc);
+        }
+        Route::Heuristic => {
+            let fallback = a.fallback.as_deref().unwrap_or_default();
+            assert!(
+                fallback.contains("is over half of max_tokens") || fallback.contains("is outside 64..=4096"),
+                "a complete verdict refused by our check, not {fallback:?}"
+            );
+            assert_fell_back(&a, &doc, &[]);
+        }
+    }
 }

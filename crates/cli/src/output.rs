@@ -50,14 +50,23 @@ pub fn print_ingest(s: &IngestSummary) {
     if e.mode == "llm" {
         let evaluated: u64 = e.endpoints.iter().map(|x| x.evaluated_tokens).sum();
         let cached: u64 = e.endpoints.iter().map(|x| x.cached_tokens).sum();
+        let why = match e.chunks.unusable {
+            0 => "LLM unavailable".to_string(),
+            n if n == e.chunks.fallback => "the LLM's answers were no context".to_string(),
+            n => format!("LLM unavailable, or {n} answers no context"),
+        };
         println!(
-            "contexts: {} from the LLM, {} kept from earlier, {} heuristic (LLM unavailable), {} windowed; \
+            "contexts: {} from the LLM, {} kept from earlier, {} heuristic ({why}), {} windowed; \
              {evaluated} prompt tokens evaluated, {cached} from server caches, in {:.1}s",
             e.chunks.llm, e.chunks.cached, e.chunks.fallback, e.chunks.windowed, e.seconds
         );
-        for x in e.endpoints.iter().filter(|x| x.failures > 0 || !x.up) {
+        for x in e.endpoints.iter().filter(|x| x.failures > 0 || x.unusable > 0 || !x.up) {
+            let unusable = match x.unusable {
+                0 => String::new(),
+                n => format!(", {n} answers no context (is {} instruction-tuned?)", x.model),
+            };
             println!(
-                "  {}: {} requests, {} failed{}",
+                "  {}: {} requests, {} failed{unusable}{}",
                 x.url,
                 x.requests,
                 x.failures,

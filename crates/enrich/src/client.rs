@@ -22,6 +22,11 @@ pub enum CallError {
     /// An answer that is not what the API documents.
     #[error("{url}: unexpected answer: {message}")]
     Invalid { url: String, message: String },
+    /// A well-formed answer that is no context (`answer::Judge`): the server
+    /// is fine, its model's answer is not; asking it again will not help.
+    /// The answer is kept for its token counts (the server did the work).
+    #[error("{url}: unusable answer from {model}: {why}")]
+    Unusable { url: String, model: String, why: String, answer: Box<Completion> },
 }
 
 /// One completed call.

@@ -17,6 +17,7 @@
 //! model's context is shown to the LLM as a window around the chunk,
 //! recorded on the context (`windowed`).
 
+pub mod answer;
 pub mod client;
 pub mod heuristic;
 pub mod prompt;
@@ -114,8 +115,13 @@ pub struct ContextCounts {
     pub cached: usize,
     /// Heuristic contexts (no LLM configured).
     pub heuristic: usize,
-    /// Heuristic contexts because the LLM could not answer.
+    /// Heuristic contexts because the LLM could not answer (or answered no
+    /// context: see `unusable`).
     pub fallback: usize,
+    /// Of `fallback`: the LLM answered, but with no context (it echoed the
+    /// prompt, copied it or looped: a base model, a wrong chat template).
+    #[serde(default)]
+    pub unusable: usize,
     /// LLM contexts written from a window of a document too long for the model.
     pub windowed: usize,
 }
@@ -134,6 +140,9 @@ pub struct EndpointSummary {
     pub completion_tokens: u64,
     pub seconds: f64,
     pub up: bool,
+    /// Answers refused as no context.
+    #[serde(default)]
+    pub unusable: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -161,6 +170,7 @@ impl EnrichmentSummary {
         a.cached += b.cached;
         a.heuristic += b.heuristic;
         a.fallback += b.fallback;
+        a.unusable += b.unusable;
         a.windowed += b.windowed;
         self.seconds += other.seconds;
         for e in other.endpoints {
@@ -173,6 +183,7 @@ impl EnrichmentSummary {
                     x.evaluated_tokens += e.evaluated_tokens;
                     x.completion_tokens += e.completion_tokens;
                     x.seconds += e.seconds;
+                    x.unusable += e.unusable;
                     x.up = e.up;
                 }
                 None => self.endpoints.push(e),
@@ -523,6 +534,7 @@ impl Enricher {
             max_tokens: self.config.max_answer_tokens,
             temperature: self.config.temperature,
             num_ctx: plan.num_ctx,
+            judge: answer::Judge::new(&self.template),
         };
         let done = |job: usize, c: &Completion, endpoint: usize| {
             let (doc, chunk) = plan.origin[job];
@@ -618,6 +630,18 @@ impl Enricher {
             out.push(DocumentContexts { contexts, complete });
         }
         let counters = lock(&counters).clone();
+        for (e, c) in self.endpoints.iter().zip(&counters) {
+            if let Some(why) = &c.first_unusable {
+                tracing::warn!(
+                    "{} of the answers of {} at {} were no context (first: {why}); those chunks got heuristic \
+                     contexts. An instruction-tuned model and its chat template are needed",
+                    c.unusable,
+                    e.client.model,
+                    e.client.base
+                );
+            }
+        }
+        summary.chunks.unusable = counters.iter().map(|c| c.unusable as usize).sum();
         let health = lock(&self.health).clone();
         let now = Instant::now();
         summary.endpoints = self
@@ -636,6 +660,7 @@ impl Enricher {
                 completion_tokens: c.completion_tokens,
                 seconds: c.seconds,
                 up: h.down_until.is_none_or(|t| t <= now),
+                unusable: c.unusable,
             })
             .collect();
         summary.seconds = started.elapsed().as_secs_f64();

@@ -36,6 +36,11 @@ impl Template {
         &self.version
     }
 
+    /// The template as written, placeholders included.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
     /// The text before the chunk: identical for every chunk of a document
     /// (or of one window of it).
     pub fn prefix(&self, document: &str) -> String {

@@ -72,6 +72,9 @@ pub(crate) struct EndpointCounters {
     pub evaluated_tokens: u64,
     pub completion_tokens: u64,
     pub seconds: f64,
+    /// Answers refused as no context (`answer::Judge`), and why the first was.
+    pub unusable: u64,
+    pub first_unusable: Option<String>,
 }
 
 pub(crate) struct Settings {
@@ -83,6 +86,7 @@ pub(crate) struct Settings {
     pub max_tokens: u32,
     pub temperature: f32,
     pub num_ctx: Option<usize>,
+    pub judge: crate::answer::Judge,
 }
 
 /// What became of one job.
@@ -309,13 +313,14 @@ impl<'a> Dispatcher<'a> {
                         client.complete(&request)
                     };
                     let result = result.and_then(|c| {
-                        if c.text.trim().is_empty() {
-                            Err(CallError::Invalid {
-                                url: self.endpoints[endpoint].client.base.clone(),
-                                message: "empty answer".into(),
-                            })
-                        } else {
-                            Ok(c)
+                        match self.settings.judge.unusable(&c.text, &self.jobs[job].prompt) {
+                            None => Ok(c),
+                            Some(why) => Err(CallError::Unusable {
+                                url: client.base.clone(),
+                                model: client.model.clone(),
+                                why,
+                                answer: Box::new(c),
+                            }),
                         }
                     });
                     if let Ok(c) = &result {
@@ -343,14 +348,23 @@ impl<'a> Dispatcher<'a> {
             let c = &mut counters[endpoint];
             c.requests += 1;
             c.seconds += now.duration_since(started).as_secs_f64();
-            match &result {
-                Ok(r) => {
-                    c.prompt_tokens += r.prompt_tokens.unwrap_or(0);
-                    c.cached_tokens += r.cached_tokens.unwrap_or(0);
-                    c.evaluated_tokens += r.evaluated_tokens.unwrap_or(0);
-                    c.completion_tokens += r.completion_tokens.unwrap_or(0);
+            let answered = match &result {
+                Ok(r) => Some(r),
+                Err(CallError::Unusable { why, answer, .. }) => {
+                    c.unusable += 1;
+                    c.first_unusable.get_or_insert_with(|| why.clone());
+                    Some(&**answer)
                 }
-                Err(_) => c.failures += 1,
+                Err(_) => {
+                    c.failures += 1;
+                    None
+                }
+            };
+            if let Some(r) = answered {
+                c.prompt_tokens += r.prompt_tokens.unwrap_or(0);
+                c.cached_tokens += r.cached_tokens.unwrap_or(0);
+                c.evaluated_tokens += r.evaluated_tokens.unwrap_or(0);
+                c.completion_tokens += r.completion_tokens.unwrap_or(0);
             }
         }
         let mut state = lock(&self.state);
@@ -373,8 +387,16 @@ impl<'a> Dispatcher<'a> {
                 st.remaining -= 1;
             }
             Err(e) => {
-                tracing::warn!("enrichment request failed: {e}");
-                let refused = matches!(e, CallError::Refused { .. });
+                if matches!(e, CallError::Unusable { .. }) {
+                    // Summed up in one warning at the end of the run.
+                    tracing::debug!("{e}");
+                } else {
+                    tracing::warn!("enrichment request failed: {e}");
+                }
+                // Refused by the server, or answered with no context: this
+                // request's outcome is final, and neither says the server is
+                // unhealthy.
+                let refused = matches!(e, CallError::Refused { .. } | CallError::Unusable { .. });
                 let down = {
                     let mut h = lock(self.health);
                     let h = &mut h[endpoint];

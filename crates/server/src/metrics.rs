@@ -65,6 +65,7 @@ fn latency_histogram() -> Histogram {
 struct Llm {
     requests: Family<EndpointLabels, Counter>,
     failures: Family<EndpointLabels, Counter>,
+    unusable: Family<EndpointLabels, Counter>,
     prompt_tokens: Family<EndpointLabels, Counter>,
     cached_tokens: Family<EndpointLabels, Counter>,
     evaluated_tokens: Family<EndpointLabels, Counter>,
@@ -184,6 +185,11 @@ impl Metrics {
             ("datafactory_llm_requests_total", "Calls to the LLM endpoint.", &llm.requests),
             ("datafactory_llm_failures_total", "Calls to the LLM endpoint that failed.", &llm.failures),
             (
+                "datafactory_llm_unusable_answers_total",
+                "Answers of the LLM endpoint refused as no context (echo of the prompt, copy, loop).",
+                &llm.unusable,
+            ),
+            (
                 "datafactory_llm_prompt_tokens_total",
                 "Prompt tokens sent to the LLM endpoint.",
                 &llm.prompt_tokens,
@@ -243,6 +249,7 @@ impl Metrics {
             let l = EndpointLabels { url: x.url.clone(), model: x.model.clone() };
             llm.requests.get_or_create(&l).inc_by(x.requests);
             llm.failures.get_or_create(&l).inc_by(x.failures);
+            llm.unusable.get_or_create(&l).inc_by(x.unusable);
             llm.prompt_tokens.get_or_create(&l).inc_by(x.prompt_tokens);
             llm.cached_tokens.get_or_create(&l).inc_by(x.cached_tokens);
             llm.evaluated_tokens.get_or_create(&l).inc_by(x.evaluated_tokens);

@@ -94,6 +94,51 @@ pub fn tools() -> Option<Tools> {
     }
 }
 
+/// The llama-server binary and the real Gemma 3 270M GGUF
+/// (`DATAFACTORY_TEST_GEMMA`, fetched by scripts/fetch-gemma.sh), or None
+/// (with the reason printed) where they cannot be had outside CI.
+pub fn gemma() -> Option<Tools> {
+    let server = tools()?.server;
+    let model = match std::env::var_os("DATAFACTORY_TEST_GEMMA") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let out =
+                Command::new(repo_root().join("scripts/fetch-gemma.sh")).stderr(Stdio::inherit()).output();
+            match out {
+                Ok(o) if o.status.success() => PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
+                _ => {
+                    return unavailable(
+                        "Gemma 3 270M not found: set DATAFACTORY_TEST_GEMMA (scripts/fetch-gemma.sh)".into(),
+                    )
+                }
+            }
+        }
+    };
+    if !model.is_file() {
+        return unavailable(format!("Gemma 3 270M not found at {}", model.display()));
+    }
+    Some(Tools { server, model })
+}
+
+/// Starts llama-server over Gemma 3 270M on the CPU: one slot of `ctx`
+/// tokens, both cores, its chat template named (the GGUF carries none, and
+/// llama-server's fallback is ChatML, which Gemma does not know), and no
+/// weight repacking (its repacked kernels die of SIGILL on some of these CPUs).
+pub fn gemma_server(tools: &Tools, ctx: usize) -> Process {
+    let port = free_port();
+    let child = Command::new(&tools.server)
+        .args(["-m", tools.model.to_str().unwrap(), "--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["-np", "1", "-c", &ctx.to_string(), "-t", "2", "-tb", "2", "--no-webui", "--no-repack"])
+        .args(["--no-jinja", "--chat-template", "gemma"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting llama-server");
+    let p = Process { child, url: format!("http://127.0.0.1:{port}") };
+    wait_healthy(&format!("{}/health", p.url));
+    p
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
