@@ -13,7 +13,8 @@
 //! beside this file: enter the key, upload files and a folder and watch the
 //! phases, search and compare, rerank and see its bars, open a hit's
 //! document at its chunk, delete it, see the dead endpoint marked down, the
-//! deployment's services and GPUs, and the fleet; any JavaScript or console
+//! deployment's services and GPUs, and the fleet; and on a DataFactory
+//! started by hand, that there is no deployment; any JavaScript or console
 //! error fails it).
 //!
 //! Needs `/usr/bin/chromium` (`apt-get install chromium`), the `playwright`
@@ -100,6 +101,16 @@ struct Down<'a>(&'a Path);
 impl Drop for Down<'_> {
     fn drop(&mut self) {
         let _ = launcher(self.0, &["down"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
+/// A process stopped when the test ends, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -221,6 +232,22 @@ fn the_console_ingests_searches_shows_and_deletes_in_a_browser() {
     assert_eq!(gpus[0]["utilization_percent"], 37, "{deployment:#}");
     assert_eq!(gpus[0]["memory_total_mib"], 81920, "{deployment:#}");
 
+    // A DataFactory started by hand, not by `up`: its System view says there
+    // is no deployment to show.
+    let plain_port = free_port();
+    let plain_base = format!("http://127.0.0.1:{plain_port}");
+    // (In a folder of its own: it must not read the deployment's datafactory.toml.)
+    std::fs::create_dir_all(dir.join("plain")).unwrap();
+    let plain = Killed(
+        datafactory(&dir.join("plain/data"))
+            .args(["serve", "--address", &format!("127.0.0.1:{plain_port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_health(&plain_base, std::time::Duration::from_secs(60), "the DataFactory started by hand");
+
     let shots = std::env::var("DATAFACTORY_CONSOLE_SCREENSHOTS").ok();
     let mut cmd = Command::new("python3");
     cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console_browser.py"))
@@ -228,8 +255,10 @@ fn the_console_ingests_searches_shows_and_deletes_in_a_browser() {
         .arg(&files)
         .arg(&dead_llm)
         .arg(fleet_base.as_deref().unwrap_or("-"))
+        .arg(&plain_base)
         .args(shots.as_slice());
     let out = cmd.output().expect("python3");
+    drop(plain);
     let down = launcher(dir, &["down", "--json"]).output().unwrap();
     assert!(down.status.success(), "down: {}", String::from_utf8_lossy(&down.stderr));
     if let Some(url) = &postgres {

@@ -6,12 +6,12 @@ dead LLM endpoint and reranking through the reranker service (a tiny random
 cross-encoder); GPU figures from a stand-in NVML library; and, with the test
 PostgreSQL, a second node on PostgreSQL for the fleet:
 
-    python3 console_browser.py BASE_URL KEY FILES_DIR DEAD_LLM_URL FLEET_URL|- [SCREENSHOT_DIR]
+    python3 console_browser.py BASE_URL KEY FILES_DIR DEAD_LLM_URL FLEET_URL|- PLAIN_URL [SCREENSHOT_DIR]
 
 FILES_DIR holds sample.pdf, sample.docx, hostile.txt (markup that must stay
 text), broken.pdf (a file that fails) and notes/ (a folder of three files,
 one in a sub-folder). FLEET_URL is the PostgreSQL node, or `-` where there
-is none. Any JavaScript error, console error (a Content-Security-Policy
+is none; PLAIN_URL a DataFactory started by hand (not by `up`, no key). Any JavaScript error, console error (a Content-Security-Policy
 violation is one) or failed step fails the run (exit 1, naming the step).
 With SCREENSHOT_DIR, each view is saved there as a PNG (the ones in
 docs/console/ were made so).
@@ -22,9 +22,9 @@ import sys
 
 from playwright.sync_api import expect, sync_playwright
 
-BASE, KEY, FILES, DEAD_LLM, FLEET = sys.argv[1:6]
+BASE, KEY, FILES, DEAD_LLM, FLEET, PLAIN = sys.argv[1:7]
 FLEET = None if FLEET == "-" else FLEET
-SHOTS = sys.argv[6] if len(sys.argv) > 6 else None
+SHOTS = sys.argv[7] if len(sys.argv) > 7 else None
 CHROMIUM = os.environ.get("DATAFACTORY_TEST_CHROMIUM", "/usr/bin/chromium")
 TIMEOUT_MS = 120_000  # a wait for something to appear, not a measure of speed
 KEY_STEP = "the page asks for the key"
@@ -241,6 +241,14 @@ def main():
             expect(fleet.locator("tbody tr").first).to_contain_text(FLEET.removeprefix("http://"))
             expect(fleet.locator(".badge.up")).to_have_count(1)
             expect(page.locator("[data-part=deployment] tr[data-service=fleet-node]")).to_have_attribute("data-health", "ok")
+
+        step = "system on a DataFactory not started by `datafactory up`: no deployment, said so"
+        page.goto(PLAIN + "/#/system")
+        expect(page.locator("[data-part=store]")).to_contain_text("Documents")
+        plain = page.locator("[data-part=deployment]")
+        expect(plain).to_have_attribute("data-launched", "false")
+        expect(plain).to_contain_text("Not started by `datafactory up`")
+        assert plain.locator("table, .gpu").count() == 0, "a deployment shown where there is none"
 
         step = "the end"
         browser.close()
