@@ -401,7 +401,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             warn_without_model(&config, note.as_deref());
             let reranker = search_reranker(&config)?;
             let state = Arc::new(
-                datafactory_server::AppState::new(config, store, embedder, note).with_reranker(reranker),
+                datafactory_server::AppState::new(config, store, embedder, note)
+                    .with_reranker(reranker)
+                    .with_launcher_state(
+                        std::env::var_os(datafactory_launcher::state::STATE_VAR)
+                            .filter(|p| !p.is_empty())
+                            .map(std::path::PathBuf::from),
+                    ),
             );
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(datafactory_server::serve(

@@ -1,15 +1,20 @@
 """The web console in a real browser (Debian's chromium, driven by Playwright).
 
-Run by crates/cli/tests/console.rs against a `datafactory serve` it started
-with an API key, all-MiniLM-L6-v2 and one dead LLM endpoint:
+Run by crates/cli/tests/console.rs against a deployment it started with
+`datafactory up`: the DataFactory with an API key, all-MiniLM-L6-v2, one
+dead LLM endpoint and reranking through the reranker service (a tiny random
+cross-encoder); GPU figures from a stand-in NVML library; and, with the test
+PostgreSQL, a second node on PostgreSQL for the fleet:
 
-    python3 console_browser.py BASE_URL KEY FILES_DIR DEAD_LLM_URL [SCREENSHOT_DIR]
+    python3 console_browser.py BASE_URL KEY FILES_DIR DEAD_LLM_URL FLEET_URL|- PLAIN_URL [SCREENSHOT_DIR]
 
 FILES_DIR holds sample.pdf, sample.docx, hostile.txt (markup that must stay
-text) and broken.pdf (a file that fails). Any JavaScript error, console
-error (a Content-Security-Policy violation is one) or failed step fails the
-run (exit 1, naming the step). With SCREENSHOT_DIR, each view is saved
-there as a PNG (the ones in docs/console/ were made so).
+text), broken.pdf (a file that fails) and notes/ (a folder of three files,
+one in a sub-folder). FLEET_URL is the PostgreSQL node, or `-` where there
+is none; PLAIN_URL a DataFactory started by hand (not by `up`, no key). Any JavaScript error, console error (a Content-Security-Policy
+violation is one) or failed step fails the run (exit 1, naming the step).
+With SCREENSHOT_DIR, each view is saved there as a PNG (the ones in
+docs/console/ were made so).
 """
 
 import os
@@ -17,8 +22,9 @@ import sys
 
 from playwright.sync_api import expect, sync_playwright
 
-BASE, KEY, FILES, DEAD_LLM = sys.argv[1:5]
-SHOTS = sys.argv[5] if len(sys.argv) > 5 else None
+BASE, KEY, FILES, DEAD_LLM, FLEET, PLAIN = sys.argv[1:7]
+FLEET = None if FLEET == "-" else FLEET
+SHOTS = sys.argv[7] if len(sys.argv) > 7 else None
 CHROMIUM = os.environ.get("DATAFACTORY_TEST_CHROMIUM", "/usr/bin/chromium")
 TIMEOUT_MS = 120_000  # a wait for something to appear, not a measure of speed
 KEY_STEP = "the page asks for the key"
@@ -28,10 +34,17 @@ problems = []
 step = "start"
 
 
-def shot(page, name):
+def shot(page, name, full_page=False):
     if SHOTS:
         os.makedirs(SHOTS, exist_ok=True)
-        page.screenshot(path=os.path.join(SHOTS, f"{name}.png"), full_page=False)
+        page.screenshot(path=os.path.join(SHOTS, f"{name}.png"), full_page=full_page)
+
+
+def enter_key(page):
+    expect(page.locator("#key-prompt")).to_be_visible()
+    page.fill("#key-input", KEY)
+    page.click("#key-form button[type=submit]")
+    expect(page.locator("#key-prompt")).to_be_hidden()
 
 
 def on_console(m):
@@ -105,6 +118,7 @@ def main():
         page.select_option("select[name=mode]", "hybrid")
         page.check("input[name=compare]")
         page.select_option("select[name=mode_b]", "lexical")
+        page.select_option("select[name=rerank]", "false")
         page.click(".search-form button[type=submit]")
         expect(page.locator(".results.compare .column")).to_have_count(2)
         first = page.locator(".column[data-mode=hybrid] .hit").first
@@ -119,6 +133,19 @@ def main():
         expect(page.locator("pre.curl")).to_contain_text("$DATAFACTORY_API_KEY")
         assert KEY not in page.locator("pre.curl").inner_text(), "the key itself was put in the curl command"
         shot(page, "search")
+
+        step = "rerank: the reranker's scores as bars, in the reranker's order"
+        page.goto(BASE + "/#/search?q=quasar&mode=hybrid&top_k=5&rerank=true")
+        expect(page.locator(".results .message.reranked")).to_contain_text("Reranked by remote:http://127.0.0.1:")
+        assert page.locator(".results .not-reranked").count() == 0
+        hits = page.locator(".results .hit")
+        expect(hits.first.locator(".bar.rerank .fill")).to_be_visible()
+        count = hits.count()
+        assert count >= 2, f"{count} hit(s)"
+        assert page.locator(".results .hit .bar.rerank").count() == count, "a hit without its rerank bar"
+        values = page.eval_on_selector_all(".hit .bar.rerank + .value", "els => els.map(e => Number(e.textContent))")
+        assert values == sorted(values, reverse=True), f"not in the reranker's order: {values}"
+        assert "rerank" in hits.first.locator(".scores .stage").all_inner_texts()
 
         step = "a hit opens its document at the chunk"
         chunk = first.get_attribute("data-chunk")
@@ -160,14 +187,68 @@ def main():
         expect(page.locator("table.documents tbody tr")).to_have_count(2)
         expect(page.locator("table.documents")).not_to_contain_text("Field Guide")
 
-        step = "system: the store, the embedder, the dead LLM endpoint marked down"
+        step = "a folder upload: several files in one job"
+        page.goto(BASE + "/#/ingest")
+        page.fill("input[name=collection]", "notes")
+        page.set_input_files("input[name=folder]", os.path.join(FILES, "notes"))
+        expect(page.locator(".picked")).to_contain_text("3 file(s)")
+        expect(page.locator(".picked")).to_contain_text("notes/deep/trenches.md")
+        page.click(".ingest-form button[type=submit]")
+        expect(page.locator(".upload-state[data-state=uploaded]")).to_contain_text("Uploaded 3 file(s)")
+        expect(page.locator(".job .badge.state-succeeded")).to_be_visible()
+        expect(page.locator(".job")).to_contain_text("3 added")
+        expect(page.locator(".jobs tr[data-job]")).to_have_count(3)
+        page.goto(BASE + "/#/search?q=Mariana&mode=lexical")
+        expect(page.locator(".hit .source").first).to_have_text("upload:notes/deep/trenches.md")
+
+        step = "system: the store, the embedder, the reranker, the dead LLM endpoint marked down"
         page.goto(BASE + "/#/system")
         expect(page.locator("[data-part=store]")).to_contain_text("Documents")
         expect(page.locator("[data-part=embedding]")).to_contain_text("all-MiniLM-L6-v2")
+        expect(page.locator("[data-part=rerank]")).to_contain_text("remote:http://127.0.0.1:")
+        expect(page.locator("[data-part=rerank] .workers tbody tr")).to_have_count(1)
         endpoint = page.locator(f"[data-part=enrichment] tr[data-url='{DEAD_LLM}']")
         expect(endpoint).to_have_attribute("data-up", "false")
         expect(endpoint.locator(".badge.down")).to_have_text("down")
-        shot(page, "system")
+
+        step = "system: the deployment's services and GPUs (the stand-in NVML's figures)"
+        deployment = page.locator("[data-part=deployment]")
+        expect(deployment).to_have_attribute("data-launched", "true")
+        for name in ["datafactory", "reranker"] + (["fleet-node"] if FLEET else []):
+            expect(deployment.locator(f"tr[data-service='{name}']")).to_have_attribute("data-health", "ok")
+        expect(deployment.locator("tr[data-service=reranker]")).to_contain_text("rerank")
+        gpu0 = deployment.locator(".gpu[data-gpu='0']")
+        expect(gpu0).to_contain_text("Fake GPU 0 (test NVML shim)")
+        expect(gpu0).to_contain_text("12.0 GiB of 80.0 GiB")
+        expect(gpu0).to_contain_text("37 %")
+        expect(gpu0).to_contain_text("51 °C")
+        expect(gpu0).to_contain_text("datafactory")
+        expect(deployment.locator(".gpu[data-gpu='1']")).to_contain_text("reranker")
+        # It refreshes on its own: a new render replaces the refreshed line.
+        first = page.locator(".refreshed").inner_text()
+        expect(page.locator(".refreshed")).not_to_have_text(first)
+        expect(deployment.locator(".gpu")).to_have_count(2)
+        shot(page, "system", full_page=True)
+
+        if FLEET:
+            step = KEY_STEP  # another origin: the page asks again (the 401s are expected)
+            page.goto(FLEET + "/#/system")
+            enter_key(page)
+            step = "system on the PostgreSQL node: the fleet"
+            fleet = page.locator("[data-part=fleet]")
+            expect(fleet).to_contain_text("Queue: 0 queued")
+            expect(fleet.locator("tbody tr")).to_have_count(1)
+            expect(fleet.locator("tbody tr").first).to_contain_text(FLEET.removeprefix("http://"))
+            expect(fleet.locator(".badge.up")).to_have_count(1)
+            expect(page.locator("[data-part=deployment] tr[data-service=fleet-node]")).to_have_attribute("data-health", "ok")
+
+        step = "system on a DataFactory not started by `datafactory up`: no deployment, said so"
+        page.goto(PLAIN + "/#/system")
+        expect(page.locator("[data-part=store]")).to_contain_text("Documents")
+        plain = page.locator("[data-part=deployment]")
+        expect(plain).to_have_attribute("data-launched", "false")
+        expect(plain).to_contain_text("Not started by `datafactory up`")
+        assert plain.locator("table, .gpu").count() == 0, "a deployment shown where there is none"
 
         step = "the end"
         browser.close()

@@ -78,7 +78,8 @@ impl Default for LauncherSettings {
 }
 
 /// What a service is: which program and which health check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = ServiceKind)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// `datafactory serve` (the DataFactory with its embedder).
@@ -396,6 +397,18 @@ impl Deployment {
         self.resolve(&self.launcher.state)
     }
 
+    /// The state file's path made absolute (a service runs in the base
+    /// folder, but reads the path from its environment).
+    fn absolute_state_path(&self) -> String {
+        let path = self.state_path();
+        let path = if path.is_absolute() {
+            path
+        } else {
+            std::env::current_dir().map(|d| d.join(&path)).unwrap_or(path)
+        };
+        path.display().to_string()
+    }
+
     pub fn logs_dir(&self) -> PathBuf {
         self.resolve(&self.launcher.logs)
     }
@@ -476,6 +489,11 @@ impl Deployment {
                             "DATAFACTORY_ENRICHMENT__ENDPOINTS".into(),
                             format!("[{}]", endpoints.join(",")),
                         ));
+                    }
+                    if kind == Kind::Serve {
+                        // Where the service finds this deployment for its
+                        // `/deployment` (the console's System view).
+                        env.push((crate::state::STATE_VAR.to_string(), self.absolute_state_path()));
                     }
                     self.check_config(i, s, config.as_deref())?;
                     (datafactory.to_path_buf(), args)
@@ -676,6 +694,14 @@ mod tests {
         assert!(endpoints.contains("url=\"http://127.0.0.1:11439\""), "{endpoints}");
         assert_eq!(env(by_name("reranker"), "CUDA_VISIBLE_DEVICES"), "1");
         assert_eq!(env(by_name("analyzer"), "CUDA_VISIBLE_DEVICES"), "");
+        // The DataFactory is told where the state file is (for its
+        // `/deployment`), as an absolute path; the other services are not.
+        let state = env(by_name("datafactory"), crate::state::STATE_VAR);
+        assert_eq!(Path::new(&state), std::env::temp_dir().join("datafactory-launcher.json"));
+        for other in ["reranker", "analyzer", "ollama-gpu2"] {
+            let launch = by_name(other).launch.as_ref().unwrap();
+            assert!(launch.env.iter().all(|(k, _)| k != crate::state::STATE_VAR), "{other}");
+        }
         for g in 2..8u32 {
             let p = by_name(&format!("ollama-gpu{g}"));
             assert_eq!(env(p, "CUDA_VISIBLE_DEVICES"), g.to_string());

@@ -9,10 +9,12 @@ use nvml_wrapper::enums::device::UsedGpuMemory;
 use serde::Serialize;
 
 /// Overrides where libnvidia-ml is looked for (a path), e.g. a driver in a
-/// non-standard place; tests point it nowhere to see the no-driver path.
+/// non-standard place; tests point it nowhere to see the no-driver path, or
+/// at a stand-in library with fixed figures (`crates/cli/tests/fake_nvml.c`).
+/// The launcher passes it on to the services it starts.
 pub const LIBRARY_VAR: &str = "DATAFACTORY_NVML_LIBRARY";
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct GpuReport {
     /// The driver's version; None when NVML could not be used.
     pub driver: Option<String>,
@@ -21,7 +23,7 @@ pub struct GpuReport {
     pub gpus: Vec<Gpu>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Gpu {
     /// NVML's index (PCI bus order, as nvidia-smi and the deployment file number them).
     pub index: u32,
@@ -33,7 +35,7 @@ pub struct Gpu {
     pub processes: Vec<GpuProcess>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct GpuProcess {
     pub pid: u32,
     pub memory_used_mib: Option<u64>,

@@ -22,5 +22,5 @@ pub mod supervisor;
 
 pub use deploy::{DeployError, Deployment, Kind, Planned, Service};
 pub use down::{down, DownReport};
-pub use status::{ollama_unload, status, ServiceStatus, StatusReport};
+pub use status::{ollama_unload, status, status_of_state, ServiceStatus, StatusReport};
 pub use supervisor::{stop_on_signals, LaunchError, Launcher, Stopped};

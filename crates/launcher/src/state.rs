@@ -6,8 +6,14 @@ use crate::procfs::Identity;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// Set by the launcher on each DataFactory service (`serve`) it starts: the
+/// absolute path of its state file, from which the service's `/deployment`
+/// reports the deployment it belongs to. Not a configuration key.
+pub const STATE_VAR: &str = "DATAFACTORY_LAUNCHER_STATE";
+
 /// Where a launcher is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = LauncherPhase)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// Services started, health checks pending.

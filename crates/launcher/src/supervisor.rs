@@ -244,9 +244,12 @@ impl Launcher {
         let mut cmd = Command::new(&launch.program);
         // A service's configuration is its file, its settings and its env,
         // not whatever DATAFACTORY_* variables the launcher's shell holds
-        // (the log filter excepted).
+        // (the log filter excepted, and where NVML is: a service reports the
+        // same GPUs as the launcher).
         for (k, _) in std::env::vars_os() {
-            if k.to_str().is_some_and(|k| k.starts_with("DATAFACTORY_") && k != "DATAFACTORY_LOG") {
+            if k.to_str().is_some_and(|k| {
+                k.starts_with("DATAFACTORY_") && k != "DATAFACTORY_LOG" && k != crate::gpu::LIBRARY_VAR
+            }) {
                 cmd.env_remove(k);
             }
         }

@@ -153,7 +153,7 @@ function column(answer, other) {
       `${answer.mode} `,
       el("small", {}, `${answer.results.length} results, ${answer.took_ms.toFixed(1)} ms, retrievers: ${answer.retrievers.join(", ") || "none"}`),
     ),
-    answer.rerank ? message(`Reranked by ${answer.rerank.model || "the reranker"}: ${answer.rerank.candidates ?? ""} candidates`, "note") : null,
+    rerankLine(answer.rerank),
     answer.notes.map((n) => message(n, "note")),
     answer.results.length ? null : message("No results."),
   );
@@ -161,6 +161,14 @@ function column(answer, other) {
   for (const stage of STAGES) maxima[stage] = Math.max(0, ...answer.results.map((h) => h.scores[stage] ?? 0));
   answer.results.forEach((hit, i) => append(col, hitCard(hit, i + 1, maxima, other ? [other.mode, otherRanks.get(hit.chunk_id)] : null)));
   return col;
+}
+
+/** Whether the reranker reordered the hits: asked for and failed is not "reranked". */
+function rerankLine(rerank) {
+  if (!rerank) return null;
+  const model = rerank.model || "the reranker";
+  if (rerank.reranked) return el("p", { class: "message note reranked", role: "status" }, `Reranked by ${model}: ${rerank.candidates ?? ""} candidates`);
+  return el("p", { class: "message error not-reranked", role: "alert" }, `Not reranked (${model} failed): the hits are in fused order`);
 }
 
 function hitCard(hit, rank, maxima, compared) {

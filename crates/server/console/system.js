@@ -1,10 +1,13 @@
 // System: what /ready and /metrics say — the store and whether its indexes
 // agree, the embedder, the reranker and its workers, every LLM endpoint
 // (up or down, in the pool, tokens cached and evaluated), the fleet on
-// PostgreSQL — refreshed every few seconds while the view is open.
+// PostgreSQL — and, where `datafactory up` started the service, what
+// /deployment says: each service's process and health, each GPU's memory,
+// utilisation and temperature. Refreshed every few seconds while the view
+// is open.
 
 import { getJson, request } from "./api.js";
-import { append, badge, el, facts, message, replace } from "./dom.js";
+import { append, badge, bar, el, facts, message, replace } from "./dom.js";
 
 const EVERY_MS = 5000;
 let timer = null;
@@ -44,7 +47,72 @@ function workersTable(workers) {
   );
 }
 
-function render(ready, samples) {
+function mib(n) {
+  return n >= 1024 ? `${(n / 1024).toFixed(1)} GiB` : `${n} MiB`;
+}
+
+/** A GPU's memory and utilisation as bars, its temperature, its processes. */
+function gpuCard(g, services) {
+  const users = services.filter((s) => s.gpu === g.index).map((s) => s.name);
+  return el(
+    "section",
+    { class: "card gpu", "data-gpu": g.index },
+    el("h3", {}, `GPU ${g.index}: ${g.name}`),
+    el("div", { class: "meter" }, el("span", {}, "Memory"), bar(g.memory_total_mib ? g.memory_used_mib / g.memory_total_mib : 0, "memory"), el("span", { class: "value" }, `${mib(g.memory_used_mib)} of ${mib(g.memory_total_mib)}`)),
+    el("div", { class: "meter" }, el("span", {}, "Utilisation"), bar((g.utilization_percent ?? 0) / 100, "utilization"), el("span", { class: "value" }, g.utilization_percent === null ? "unknown" : `${g.utilization_percent} %`)),
+    facts([
+      ["Temperature", g.temperature_c === null ? "unknown" : `${g.temperature_c} °C`],
+      ["Services", users.join(", ") || "none of this deployment"],
+      ["Processes", g.processes.length ? g.processes.map((p) => `${p.pid}${p.memory_used_mib !== null ? ` (${mib(p.memory_used_mib)})` : ""}`).join(", ") : "none"],
+    ]),
+  );
+}
+
+/** What `datafactory up` runs: its services, then its GPUs. */
+function renderDeployment(view) {
+  const part = (...children) => el("section", { class: "card wide", "data-part": "deployment", "data-launched": String(view.launched) }, el("h2", {}, "Deployment"), ...children);
+  if (!view.launched) return part(message("Not started by `datafactory up`: there is no deployment to show here (`datafactory status` shows one).", "note"));
+  const d = view.status;
+  if (!d) return part(message(view.note, "error"));
+  const phase = d.phase === "up" ? "up" : d.phase === "failed" ? "down" : "";
+  return part(
+    facts([
+      ["Deployment file", d.deployment],
+      ["Launcher", [badge(d.phase || "no state", phase), d.launcher_pid ? ` PID ${d.launcher_pid}` : " not running"]],
+      ["Why it failed", d.error],
+      ["State file", d.state_file],
+    ]),
+    el(
+      "table",
+      { class: "services" },
+      el("thead", {}, el("tr", {}, ["Service", "Kind", "GPU", "Address", "PID", "Health", "Restarts", "Last exit", "GPU memory"].map((h) => el("th", {}, h)))),
+      el(
+        "tbody",
+        {},
+        d.services.map((s) =>
+          el(
+            "tr",
+            { "data-service": s.name, "data-health": s.health === "ok" ? "ok" : "down" },
+            el("td", {}, s.name),
+            el("td", {}, s.kind),
+            el("td", { class: "num" }, s.gpu ?? "none"),
+            el("td", {}, s.url),
+            el("td", { class: "num" }, s.pid ?? ""),
+            el("td", {}, s.health === "ok" ? badge("up", "up") : badge(s.health, "down")),
+            el("td", { class: "num" }, s.restarts),
+            el("td", {}, s.last_exit || ""),
+            el("td", { class: "num" }, s.gpu_memory_used_mib !== null ? `${mib(s.gpu_memory_used_mib)} / ${mib(s.gpu_memory_total_mib)}` : ""),
+          ),
+        ),
+      ),
+    ),
+    el("h3", {}, d.gpu.driver ? `GPUs (driver ${d.gpu.driver})` : "GPUs"),
+    d.gpu.error ? message(`No GPU figures: ${d.gpu.error}`, "note") : null,
+    d.gpu.gpus.length ? el("div", { class: "cards" }, d.gpu.gpus.map((g) => gpuCard(g, d.services))) : null,
+  );
+}
+
+function render(ready, samples, deployment) {
   const s = ready.store;
   const e = ready.embedding;
   const r = ready.rerank;
@@ -129,6 +197,7 @@ function render(ready, samples) {
         : message(n.mode === "off" ? "Enrichment is off: chunks get no context." : "No LLM endpoint: chunks get contexts from the document's structure."),
       el("p", {}, ["llm", "cached", "heuristic", "fallback"].map((k) => `${k} contexts: ${sum(samples, "datafactory_chunk_contexts_total", (l) => l.kind === k)}`).join(" · ")),
     ),
+    renderDeployment(deployment),
     ready.fleet
       ? el(
           "section",
@@ -149,8 +218,8 @@ function render(ready, samples) {
 
 async function refresh() {
   try {
-    const [ready, metrics] = await Promise.all([getJson("/ready"), request("/metrics").then((r) => r.text())]);
-    if (root && !root.hidden) replace(root, ...render(ready, parseMetrics(metrics)));
+    const [ready, metrics, deployment] = await Promise.all([getJson("/ready"), request("/metrics").then((r) => r.text()), getJson("/deployment")]);
+    if (root && !root.hidden) replace(root, ...render(ready, parseMetrics(metrics), deployment));
   } catch (e) {
     // The last view stays, under one line saying why it is not refreshed.
     if (!root) return;

@@ -40,6 +40,9 @@ pub struct AppState {
     pub embedding_note: Option<String>,
     /// Reranks search results, when `rerank.mode` is not `off`.
     pub reranker: Option<Arc<dyn Reranker>>,
+    /// The state file of the `datafactory up` that started this service
+    /// (`DATAFACTORY_LAUNCHER_STATE`), for `/deployment`.
+    pub launcher_state: Option<std::path::PathBuf>,
     jobs: jobs::Jobs,
     metrics: Arc<metrics::Metrics>,
     /// Ingest jobs running at once; the others wait their turn.
@@ -63,6 +66,7 @@ impl AppState {
             pipeline,
             embedding_note: note,
             reranker: None,
+            launcher_state: None,
             jobs: jobs::Jobs::default(),
             metrics,
             ingest_slots: Arc::new(tokio::sync::Semaphore::new(2)),
@@ -74,6 +78,13 @@ impl AppState {
     /// client, or a model in this process).
     pub fn with_reranker(mut self, reranker: Option<Arc<dyn Reranker>>) -> AppState {
         self.reranker = reranker;
+        self
+    }
+
+    /// Reports the deployment whose launcher's state file is `path` at
+    /// `/deployment` (None: not started by `datafactory up`).
+    pub fn with_launcher_state(mut self, path: Option<std::path::PathBuf>) -> AppState {
+        self.launcher_state = path;
         self
     }
 

@@ -2,11 +2,14 @@
 //! key, with an ETag and a strict Content-Security-Policy; and the routes
 //! its views read (`GET /jobs`, `GET /collections`, paged and filtered
 //! `/documents`, highlight ranges and retriever ranks on search hits).
-//! The console itself is tested in a browser by `crates/cli/tests/console.rs`.
+//! `/deployment` (the System view's deployment part) as a service
+//! not started by `datafactory up` answers it, and from a launcher's state
+//! file. The console itself is tested in a browser by
+//! `crates/cli/tests/console.rs`, with a real `datafactory up`.
 
 mod common;
 
-use common::Running;
+use common::{check_answer, Running};
 use datafactory_core::Config;
 use datafactory_server::{serve_on, AppState};
 use datafactory_store::Store;
@@ -22,6 +25,11 @@ fn fixtures() -> PathBuf {
 }
 
 async fn start(keys: bool) -> (Running, tempfile::TempDir) {
+    start_launched(keys, None).await
+}
+
+/// A service as if `datafactory up` had started it with this state file.
+async fn start_launched(keys: bool, launcher_state: Option<PathBuf>) -> (Running, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let mut config = Config { data_dir: data.clone(), ..Default::default() };
@@ -30,7 +38,10 @@ async fn start(keys: bool) -> (Running, tempfile::TempDir) {
         config.server.api_keys = vec![KEY.to_string()];
     }
     let store = Arc::new(Store::open(&data).unwrap());
-    let state = Arc::new(AppState::new(config, store, None, Some("words only (test)".into())));
+    let state = Arc::new(
+        AppState::new(config, store, None, Some("words only (test)".into()))
+            .with_launcher_state(launcher_state),
+    );
     (Running::start(|l, s| serve_on(state, l, s)).await, tmp)
 }
 
@@ -223,5 +234,93 @@ async fn hits_carry_highlight_ranges_and_each_retrievers_rank() {
     let v: Value =
         c.get(s.url("/search?q=quasar+zebra&mode=lexical")).send().await.unwrap().json().await.unwrap();
     assert!(v["results"].as_array().unwrap().iter().all(|h| !h["highlights"].as_array().unwrap().is_empty()));
+    s.stop().await;
+}
+
+/// `/deployment` says plainly when the service was not started by
+/// `datafactory up`, says when the launcher's state file is gone, and
+/// otherwise reports the launcher's services as they are (this service
+/// answers its health check; a dead one is down, with its restarts). The GPU
+/// part is whatever NVML says on this machine (none here: the no-driver
+/// answer); the browser test sees GPU figures through a stand-in library.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_says_when_not_launched_and_reports_the_launchers_state_file() {
+    let c = client();
+    let spec = {
+        let (s, _tmp) = start(true).await;
+        assert_eq!(c.get(s.url("/deployment")).send().await.unwrap().status(), 401, "behind the key");
+        let spec: Value =
+            c.get(s.url("/openapi.json")).bearer_auth(KEY).send().await.unwrap().json().await.unwrap();
+        let r = c.get(s.url("/deployment")).bearer_auth(KEY).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        check_answer(&spec, "/deployment", "get", 200, &v);
+        assert_eq!(v["launched"], false, "{v:#}");
+        assert!(v["status"].is_null(), "{v:#}");
+        assert!(v["note"].as_str().unwrap().contains("not started by `datafactory up`"), "{v:#}");
+        s.stop().await;
+        spec
+    };
+
+    // The launcher's types keep names of their own beside the ingest's `Phase`.
+    for name in
+        ["DeploymentView", "StatusReport", "ServiceStatus", "LauncherPhase", "ServiceKind", "GpuReport"]
+    {
+        assert!(spec["components"]["schemas"][name].is_object(), "schema {name} missing");
+    }
+    assert!(spec["components"]["schemas"]["Phase"]["enum"].to_string().contains("enrichment"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let state_file = dir.path().join("state.json");
+    let (s, _tmp) = start_launched(false, Some(state_file.clone())).await;
+    let v: Value = c.get(s.url("/deployment")).send().await.unwrap().json().await.unwrap();
+    check_answer(&spec, "/deployment", "get", 200, &v);
+    assert_eq!(v["launched"], true, "{v:#}");
+    assert!(v["status"].is_null(), "{v:#}");
+    assert!(v["note"].as_str().unwrap().contains("is gone"), "{v:#}");
+
+    use datafactory_launcher::procfs::Identity;
+    use datafactory_launcher::state::{Phase, ServiceState, State};
+    let service = |name: &str, kind, health_url: String, restarts| ServiceState {
+        name: name.into(),
+        kind,
+        gpu: None,
+        port: None,
+        health_url,
+        log: None,
+        process: None,
+        restarts,
+        last_exit: (restarts > 0).then(|| "signal: 9 (SIGKILL)".to_string()),
+    };
+    State {
+        deployment: "deploy.toml".into(),
+        supervisor: Identity::of(std::process::id()),
+        phase: Phase::Up,
+        error: None,
+        services: vec![
+            service("datafactory", datafactory_launcher::Kind::Serve, s.url("/health"), 0),
+            service("analyzer", datafactory_launcher::Kind::Analyze, "http://127.0.0.1:1/health".into(), 2),
+        ],
+    }
+    .write(&state_file)
+    .unwrap();
+    let v: Value = c.get(s.url("/deployment")).send().await.unwrap().json().await.unwrap();
+    check_answer(&spec, "/deployment", "get", 200, &v);
+    assert!(v["note"].is_null(), "{v:#}");
+    let d = &v["status"];
+    assert_eq!(d["deployment"], "deploy.toml", "{v:#}");
+    assert_eq!(d["phase"], "up", "{v:#}");
+    assert_eq!(d["launcher_pid"], std::process::id(), "{v:#}");
+    assert_eq!(d["state_file"], state_file.display().to_string(), "{v:#}");
+    let services = d["services"].as_array().unwrap();
+    assert_eq!(services[0]["name"], "datafactory");
+    assert_eq!(services[0]["health"], "ok", "{v:#}");
+    assert_eq!(services[0]["url"], s.base, "{v:#}");
+    assert_eq!(services[1]["health"], "down (connection refused)", "{v:#}");
+    assert_eq!(services[1]["restarts"], 2, "{v:#}");
+    assert_eq!(services[1]["last_exit"], "signal: 9 (SIGKILL)", "{v:#}");
+    // No driver here (or real GPUs on a machine with one): either way, said.
+    let gpu = &d["gpu"];
+    assert!(gpu["error"].is_string() || !gpu["gpus"].as_array().unwrap().is_empty(), "{v:#}");
     s.stop().await;
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{minilm, Running};
+use common::{check_answer, minilm, Running};
 use datafactory_core::Config;
 use datafactory_server::{serve_on, AppState};
 use datafactory_store::Store;
@@ -460,29 +460,6 @@ async fn every_described_operation_is_served() {
         }
     }
     s.stop().await;
-}
-
-/// Checks a live answer against the schema `/openapi.json` gives for it
-/// (status `code`, JSON body), with the document's components in reach of
-/// its `$ref`s.
-fn check_answer(spec: &Value, path: &str, method: &str, code: u16, body: &Value) {
-    let op = &spec["paths"][path][method];
-    let response = &op["responses"][code.to_string()];
-    assert!(response.is_object(), "{method} {path}: answer {code} not described");
-    let response = match response["$ref"].as_str() {
-        Some(r) => &spec["components"]["responses"][r.rsplit('/').next().unwrap()],
-        None => response,
-    };
-    let mut schema = response["content"]["application/json"]["schema"].clone();
-    assert!(schema.is_object(), "{method} {path} {code}: no JSON schema");
-    schema["components"] = spec["components"].clone();
-    let validator = jsonschema::validator_for(&schema).unwrap();
-    let problems: Vec<String> = validator
-        .iter_errors(body)
-        .map(|e| format!("{} at {}", e.to_string().chars().take(300).collect::<String>(), e.instance_path()))
-        .collect();
-    let shown: String = body.to_string().chars().take(2000).collect();
-    assert!(problems.is_empty(), "{method} {path} {code}: {problems:#?}\n{shown}");
 }
 
 /// What the service answers is what /openapi.json says it answers: each

@@ -97,12 +97,21 @@ impl Config {
         // (`DATAFACTORY_CONFIG`), the log filter, the CLI client's service
         // and key (`DATAFACTORY_SERVER`, `DATAFACTORY_API_KEY`; the
         // `[server]` section's keys have a `SERVER__` prefix), the launcher's
-        // deployment file, stage profiling, and the test suite's
-        // `DATAFACTORY_TEST_*` paths.
-        let env = env
-            .split("__")
-            .ignore(&["config", "log", "server", "api_key", "deploy", "profile_stages"])
-            .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"));
+        // deployment file, where NVML is (`DATAFACTORY_NVML_LIBRARY`) and the
+        // state file the launcher gives the services it starts
+        // (`DATAFACTORY_LAUNCHER_STATE`), stage profiling, and the test
+        // suite's `DATAFACTORY_TEST_*` paths.
+        let env = env.split("__").ignore(&[
+            "config",
+            "log",
+            "server",
+            "api_key",
+            "deploy",
+            "nvml_library",
+            "launcher_state",
+            "profile_stages",
+        ]);
+        let env = env.filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"));
         let config: Config = figment
             .merge(env)
             .merge(Serialized::defaults(overrides))
@@ -154,6 +163,8 @@ mod tests {
             ("DATAFACTORY_PROGTEST_SERVER", "http://127.0.0.1:9000"),
             ("DATAFACTORY_PROGTEST_DEPLOY", "deploy.toml"),
             ("DATAFACTORY_PROGTEST_PROFILE_STAGES", "1"),
+            ("DATAFACTORY_PROGTEST_NVML_LIBRARY", "/opt/nvidia/libnvidia-ml.so.1"),
+            ("DATAFACTORY_PROGTEST_LAUNCHER_STATE", "/srv/deploy/state.json"),
             ("DATAFACTORY_PROGTEST_TEST_MINILM", "/models/minilm"),
             ("DATAFACTORY_PROGTEST_SERVER__MAX_BODY_BYTES", "12345"),
         ];

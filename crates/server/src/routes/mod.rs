@@ -20,12 +20,14 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+mod deployment;
 mod documents;
 mod embeddings;
 mod ingest;
 mod jobs;
 mod search;
 mod status;
+use deployment::*;
 use documents::*;
 use embeddings::*;
 use ingest::*;
@@ -67,6 +69,7 @@ pub(crate) fn api_routes() -> OpenApiRouter<Shared> {
     OpenApiRouter::with_openapi(crate::openapi::base())
         .routes(routes!(health))
         .routes(routes!(ready))
+        .routes(routes!(deployment))
         .routes(routes!(metrics))
         .routes(routes!(openapi_json))
         .routes(routes!(ingest))

@@ -1,6 +1,7 @@
 //! Helpers shared by the service's integration tests.
 #![allow(dead_code)]
 
+use serde_json::Value;
 use std::path::PathBuf;
 
 /// The real all-MiniLM-L6-v2 (`.ci/run` unpacks it; `DATAFACTORY_TEST_MINILM`).
@@ -53,4 +54,27 @@ impl Running {
         }
         self.task.await.unwrap().unwrap();
     }
+}
+
+/// Checks a live answer against the schema `/openapi.json` gives for it
+/// (status `code`, JSON body), with the document's components in reach of
+/// its `$ref`s.
+pub fn check_answer(spec: &Value, path: &str, method: &str, code: u16, body: &Value) {
+    let op = &spec["paths"][path][method];
+    let response = &op["responses"][code.to_string()];
+    assert!(response.is_object(), "{method} {path}: answer {code} not described");
+    let response = match response["$ref"].as_str() {
+        Some(r) => &spec["components"]["responses"][r.rsplit('/').next().unwrap()],
+        None => response,
+    };
+    let mut schema = response["content"]["application/json"]["schema"].clone();
+    assert!(schema.is_object(), "{method} {path} {code}: no JSON schema");
+    schema["components"] = spec["components"].clone();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let problems: Vec<String> = validator
+        .iter_errors(body)
+        .map(|e| format!("{} at {}", e.to_string().chars().take(300).collect::<String>(), e.instance_path()))
+        .collect();
+    let shown: String = body.to_string().chars().take(2000).collect();
+    assert!(problems.is_empty(), "{method} {path} {code}: {problems:#?}\n{shown}");
 }
