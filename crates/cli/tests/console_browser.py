@@ -140,6 +140,7 @@ def main():
         assert page.locator(".results .not-reranked").count() == 0
         hits = page.locator(".results .hit")
         expect(hits.first.locator(".bar.rerank .fill")).to_be_visible()
+        expect(page.locator("pre.curl")).to_be_hidden()  # the last search's command is not left shown
         count = hits.count()
         assert count >= 2, f"{count} hit(s)"
         assert page.locator(".results .hit .bar.rerank").count() == count, "a hit without its rerank bar"

@@ -124,6 +124,9 @@ function modes() {
 }
 
 async function run() {
+  // A command copied for the previous search no longer matches the form.
+  curlBox.hidden = true;
+  curlBox.textContent = "";
   if (!form.elements.q.value.trim()) return replace(results);
   let bodies;
   try {

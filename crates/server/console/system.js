@@ -173,7 +173,7 @@ function render(ready, samples, deployment) {
         ? el(
             "table",
             { class: "endpoints" },
-            el("thead", {}, el("tr", {}, ["Endpoint", "Kind", "Model", "Health", "In pool", "Failures in a row", "Requests", "Tokens cached / evaluated", "Error"].map((h) => el("th", {}, h)))),
+            el("thead", {}, el("tr", {}, ["Endpoint", "Kind", "Model", "Health", "In pool", "Failures in a row", "Requests", "Answers no context", "Tokens cached / evaluated", "Error"].map((h) => el("th", {}, h)))),
             el(
               "tbody",
               {},
@@ -188,6 +188,7 @@ function render(ready, samples, deployment) {
                   el("td", {}, p.in_pool ? "yes" : p.retry_in_seconds ? `no (back in ${Math.ceil(p.retry_in_seconds)} s)` : "no"),
                   el("td", { class: "num" }, p.consecutive_failures),
                   el("td", { class: "num" }, llm("datafactory_llm_requests_total", p.url)),
+                  el("td", { class: "num", title: "answers refused: an echo of the prompt, a copy or a loop (a base model, a wrong chat template)" }, llm("datafactory_llm_unusable_answers_total", p.url)),
                   el("td", { class: "num" }, `${llm("datafactory_llm_cached_tokens_total", p.url)} / ${llm("datafactory_llm_evaluated_tokens_total", p.url)}`),
                   el("td", { class: "error" }, p.error || ""),
                 ),
