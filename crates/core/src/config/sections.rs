@@ -519,11 +519,11 @@ impl Default for SearchConfig {
             heading_boost: 0.8,
             mode: "hybrid".to_string(),
             candidates: 150,
-            fusion: "rrf".to_string(),
+            fusion: "zscore".to_string(),
             rrf_k: 60.0,
             agreement: false,
-            weight_words: 0.2,
-            weight_dense: 0.8,
+            weight_words: 0.5,
+            weight_dense: 0.5,
             weight_sparse: 0.0,
         }
     }
