@@ -150,6 +150,12 @@ enum Command {
         /// own: DataFactory's chunker; given: the set's own chunks (default when it has them).
         #[arg(long, value_parser = ["own", "given"])]
         chunker: Option<String>,
+        /// Run hybrid search once per fusion given, over the same ingested
+        /// store and query embeddings: METHOD[:WORDS:DENSE[:SPARSE]], METHOD one
+        /// of rrf, minmax, zscore, dbsf (e.g. `--fusion rrf:0.2:0.8,zscore`);
+        /// without weights, the configured ones. Default: the configured fusion.
+        #[arg(long, value_delimiter = ',')]
+        fusion: Vec<String>,
         /// The set: a folder (cookbook codebase or docs set, BEIR, Cranfield, SQuAD files) or a SQuAD JSON file.
         dataset: PathBuf,
     },
@@ -662,8 +668,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Eval { modes, k, json, limit_queries, chunker, dataset } => {
-            run_eval(&config, data_dir_flag.as_deref(), modes, k, json, limit_queries, chunker, &dataset)?;
+        Command::Eval { modes, k, json, limit_queries, chunker, fusion, dataset } => {
+            let options = EvalOptions { modes, ks: k, json, limit_queries, chunker, fusions: fusion };
+            run_eval(&config, data_dir_flag.as_deref(), options, &dataset)?;
         }
         Command::Up { .. }
         | Command::Down { .. }
@@ -707,20 +714,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `datafactory eval`: loads the set, evaluates it in a temporary store
-/// (under `--data-dir` when given, else the system's temporary folder; never
-/// the configured store), prints the report.
-#[allow(clippy::too_many_arguments)]
-fn run_eval(
-    config: &Config,
-    data_dir_flag: Option<&std::path::Path>,
+/// `datafactory eval`'s flags.
+struct EvalOptions {
     modes: Vec<String>,
     ks: Vec<usize>,
     json: bool,
     limit_queries: Option<usize>,
     chunker: Option<String>,
+    fusions: Vec<String>,
+}
+
+/// `datafactory eval`: loads the set, evaluates it in a temporary store
+/// (under `--data-dir` when given, else the system's temporary folder; never
+/// the configured store), prints the report.
+fn run_eval(
+    config: &Config,
+    data_dir_flag: Option<&std::path::Path>,
+    options: EvalOptions,
     dataset: &std::path::Path,
 ) -> Result<()> {
+    let EvalOptions { modes, ks, json, limit_queries, chunker, fusions } = options;
+    let fusions = fusions
+        .iter()
+        .map(|f| datafactory_eval::FusionVariant::parse(f).map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>>>()?;
     let modes = modes
         .iter()
         .map(|m| {
@@ -744,6 +761,7 @@ fn run_eval(
         ks,
         limit_queries,
         chunker: chunker.as_deref().and_then(datafactory_eval::ChunkerChoice::parse_name),
+        fusions,
     };
     let progress = EvalProgress::new();
     let result = datafactory_eval::evaluate(&set, config, embedder, temp.path(), &settings, &progress);

@@ -242,7 +242,13 @@ pub fn print_eval(r: &EvalReport) {
         None => println!("store: {} chunks in {:.1} s, words only", s.chunks, s.ingest_seconds),
     }
     let with_recall = d.relevance == RelevanceLevel::Chunk;
-    let mut header = format!("{:<8}", "mode");
+    // Hybrid rows name their fusion (`hybrid rrf 0.2/0.8`).
+    let name = |m: &datafactory_eval::ModeReport| match &m.fusion {
+        Some(f) => format!("{} {f}", m.mode),
+        None => m.mode.to_string(),
+    };
+    let width = r.modes.iter().map(|m| name(m).len()).max().unwrap_or(0).max(8);
+    let mut header = format!("{:<width$}", "mode");
     for k in &r.k {
         header.push_str(&format!(" {:>8}", format!("Pass@{k}")));
     }
@@ -255,7 +261,7 @@ pub fn print_eval(r: &EvalReport) {
     println!();
     println!("{header}");
     for m in &r.modes {
-        let mut line = format!("{:<8}", m.mode);
+        let mut line = format!("{:<width$}", name(m));
         for k in &r.k {
             line.push_str(&format!(" {:>8.1}", 100.0 * m.pass.get(k).copied().unwrap_or(0.0)));
         }

@@ -317,9 +317,11 @@ fn the_rust_book_is_ingested_and_searchable() {
         v["results"].as_array().unwrap().iter().map(|r| r["title"].as_str().unwrap().to_string()).collect();
     assert!(titles.iter().any(|t| t.contains("Lifetimes") || t.contains("Borrowing")), "{titles:?}");
     // Navigation chrome is not indexed: the sidebar's chapter list would put
-    // every page in the results for a chapter title.
+    // every page (over 100) in the results for a chapter title. (Stemmed,
+    // "translations" also finds the prose's "translate" and "translated":
+    // 20 chunks.)
     let v = run_json(datafactory(&data).args(["search", "--json", "-k", "50", "translations"]), 0);
-    assert!(v["results"].as_array().unwrap().len() < 20, "sidebar text seems indexed");
+    assert!(v["results"].as_array().unwrap().len() < 40, "sidebar text seems indexed");
 }
 
 #[test]

@@ -224,6 +224,9 @@ fn clear_errors() {
     fails(&["--chunker", "given"], &xquad, "has no chunks of its own");
     fails(&["--mode", "dense"], &xquad, "needs an embedding model");
     fails(&["--mode", "fuzzy"], &xquad, "unknown search mode");
+    fails(&["--fusion", "borda"], &xquad, "unknown fusion \"borda\"");
+    fails(&["--fusion", "rrf:0.5"], &xquad, "METHOD:WORDS:DENSE");
+    fails(&["--fusion", "zscore:x:1"], &xquad, "fusion weight \"x\"");
     fails(&[], &eval_data(), "Recognised");
 }
 
@@ -256,6 +259,37 @@ fn minilm_runs_dense_and_hybrid() {
     for m in ["dense", "hybrid"] {
         assert!(mode(&r, m)["pass"]["20"].as_f64().unwrap() > 0.5, "{m}: {r:#}");
     }
+    // The default hybrid names its fusion.
+    assert_eq!(mode(&r, "hybrid")["fusion"], "zscore 0.5/0.5", "{r:#}");
+    assert_eq!(r["settings"]["fusion"], "zscore");
+
+    // Several fusions over one store: one hybrid row each, the other modes once.
+    let several = run_json(
+        datafactory(&data)
+            .env("DATAFACTORY_EMBEDDING__MODEL", &model)
+            .args([
+                "eval",
+                "--json",
+                "--limit-queries",
+                "15",
+                "--fusion",
+                "rrf:0.2:0.8,minmax,zscore+agree:1:0",
+            ])
+            .arg(&slice),
+        0,
+    );
+    assert_eq!(modes(&several), ["lexical", "dense", "hybrid", "hybrid", "hybrid"]);
+    let fusions: Vec<&str> =
+        several["modes"].as_array().unwrap()[2..].iter().map(|m| m["fusion"].as_str().unwrap()).collect();
+    assert_eq!(fusions, ["rrf 0.2/0.8", "minmax 0.5/0.5", "zscore+agree 1/0"]);
+    // The same store and query embeddings: the other modes score the same.
+    for m in ["lexical", "dense"] {
+        assert_eq!(mode(&several, m)["mrr_at_10"], mode(&r, m)["mrr_at_10"], "{m}");
+    }
+    // Dense weighted 0 (agreement or not): hybrid ranks as words alone.
+    let words_only = &several["modes"][4];
+    assert_eq!(words_only["mrr_at_10"], mode(&r, "lexical")["mrr_at_10"], "{several:#}");
+
     // Asking for the sparse mode with a model that has no sparse head.
     let out = run(datafactory(&data)
         .env("DATAFACTORY_EMBEDDING__MODEL", &model)

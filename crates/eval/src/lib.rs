@@ -22,6 +22,6 @@ pub use dataset::{
     RelevanceLevel,
 };
 pub use runner::{
-    evaluate, ChunkerChoice, DatasetInfo, EvalError, EvalObserver, EvalReport, EvalSettings, Latency,
-    ModeReport, QuietEval, SettingsInfo, StoreInfo, COLLECTION, MRR_NDCG_K,
+    evaluate, ChunkerChoice, DatasetInfo, EvalError, EvalObserver, EvalReport, EvalSettings, FusionVariant,
+    Latency, ModeReport, QuietEval, SettingsInfo, StoreInfo, COLLECTION, MRR_NDCG_K,
 };

@@ -2,9 +2,10 @@
 
 use crate::dataset::{Dataset, DatasetError, RelevanceLevel};
 use crate::metrics;
+use datafactory_core::config::{FusionMethod, SearchConfig};
 use datafactory_core::{
-    content_hash, document_id, Chunk, Config, Document, EmbedError, Embedder, Format, HeuristicTokenCounter,
-    InputKind, Section, TokenCounter,
+    content_hash, document_id, Chunk, Config, Document, EmbedError, Embedder, Embedding, Format,
+    HeuristicTokenCounter, InputKind, Section, TokenCounter,
 };
 use datafactory_ingest::Pipeline;
 use datafactory_store::{DocumentKey, SearchHit, SearchMode, SearchRequest, Store, StoreError};
@@ -51,11 +52,88 @@ pub struct EvalSettings {
     pub limit_queries: Option<usize>,
     /// None: the set's own chunks when it has them, else DataFactory's.
     pub chunker: Option<ChunkerChoice>,
+    /// Fusions the hybrid mode is run with, each over the same ingested store
+    /// and the same query embeddings; empty: the configured one only.
+    pub fusions: Vec<FusionVariant>,
 }
 
 impl Default for EvalSettings {
     fn default() -> Self {
-        EvalSettings { modes: None, ks: vec![5, 10, 20], limit_queries: None, chunker: None }
+        EvalSettings {
+            modes: None,
+            ks: vec![5, 10, 20],
+            limit_queries: None,
+            chunker: None,
+            fusions: Vec::new(),
+        }
+    }
+}
+
+/// A fusion to evaluate hybrid search with: a method and, optionally, weights
+/// in place of the configured ones.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FusionVariant {
+    pub method: FusionMethod,
+    /// Weight by agreement with words (`search.agreement`).
+    pub agreement: bool,
+    /// (words, dense, sparse); None: `search.weight_*`.
+    pub weights: Option<(f32, f32, f32)>,
+}
+
+impl FusionVariant {
+    /// Parses `METHOD[+agree][:WORDS:DENSE[:SPARSE]]`, e.g. `zscore`,
+    /// `rrf:0.5:0.5`, `rrf+agree:0.5:0.5`.
+    pub fn parse(spec: &str) -> Result<FusionVariant, String> {
+        let mut parts = spec.split(':');
+        let head = parts.next().unwrap_or_default().trim();
+        let (name, agreement) = match head.strip_suffix("+agree") {
+            Some(name) => (name, true),
+            None => (head, false),
+        };
+        let method = FusionMethod::parse_name(name)
+            .ok_or_else(|| format!("unknown fusion {name:?} in {spec:?}: use {}", FusionMethod::NAMES))?;
+        let weights: Vec<f32> = parts
+            .map(|w| match w.trim().parse::<f32>() {
+                Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+                _ => Err(format!("fusion weight {w:?} in {spec:?} is not a number >= 0")),
+            })
+            .collect::<Result<_, _>>()?;
+        let weights = match weights[..] {
+            [] => None,
+            [words, dense] => Some((words, dense, 0.0)),
+            [words, dense, sparse] => Some((words, dense, sparse)),
+            _ => {
+                return Err(format!(
+                    "fusion {spec:?}: give METHOD, METHOD:WORDS:DENSE or METHOD:WORDS:DENSE:SPARSE"
+                ))
+            }
+        };
+        Ok(FusionVariant { method, agreement, weights })
+    }
+
+    /// The configured fusion.
+    pub fn configured(search: &SearchConfig) -> FusionVariant {
+        FusionVariant { method: search.fusion_method(), agreement: search.agreement, weights: None }
+    }
+
+    /// A label such as `zscore 0.5/0.5` (weights words/dense, then /sparse when used).
+    pub fn label(&self, search: &SearchConfig) -> String {
+        let (w, d, s) =
+            self.weights.unwrap_or((search.weight_words, search.weight_dense, search.weight_sparse));
+        let name = format!("{}{}", self.method.as_str(), if self.agreement { "+agree" } else { "" });
+        if s > 0.0 {
+            format!("{name} {w}/{d}/{s}")
+        } else {
+            format!("{name} {w}/{d}")
+        }
+    }
+
+    fn apply(&self, req: &mut SearchRequest<'_>) {
+        req.fusion = self.method;
+        req.agreement = self.agreement;
+        if let Some((w, d, s)) = self.weights {
+            (req.weight_words, req.weight_dense, req.weight_sparse) = (w, d, s);
+        }
     }
 }
 
@@ -116,8 +194,11 @@ pub struct StoreInfo {
     pub embedding_model: Option<String>,
     pub ingest_seconds: f64,
     pub embedding_seconds: f64,
-    /// Documents per type, as the analyzer saw them (own chunker only).
+    /// Documents per type, as the analyzer saw them.
     pub document_types: std::collections::BTreeMap<String, usize>,
+    /// Documents per language (ISO 639-3; `und`: none found), as the
+    /// analyzer saw them: the word index stems each by its language.
+    pub document_languages: std::collections::BTreeMap<String, usize>,
 }
 
 /// The settings that shape the results.
@@ -130,6 +211,9 @@ pub struct SettingsInfo {
     pub follow_plan: bool,
     pub include_headings: bool,
     pub candidates: usize,
+    /// The configured fusion (`search.fusion`).
+    pub fusion: &'static str,
+    pub agreement: bool,
     pub rrf_k: f32,
     pub weight_words: f32,
     pub weight_dense: f32,
@@ -141,6 +225,9 @@ pub struct SettingsInfo {
 #[derive(Debug, Clone, Serialize)]
 pub struct ModeReport {
     pub mode: &'static str,
+    /// Hybrid only: the fusion and its weights (words/dense[/sparse]), e.g. `rrf 0.2/0.8`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fusion: Option<String>,
     /// The retrievers that ran.
     pub retrievers: Vec<&'static str>,
     pub queries: usize,
@@ -214,30 +301,72 @@ pub fn evaluate(
         queries.truncate(n);
     }
     let top_k = ks.last().copied().unwrap_or(MRR_NDCG_K).max(MRR_NDCG_K);
-    let mut reports = Vec::with_capacity(modes.len());
-    for mode in modes {
-        observer.stage(&format!("queries ({})", mode_name(mode)), queries.len());
-        let run = |text: &str| -> Result<(datafactory_store::SearchResults, f64), EvalError> {
-            let started = Instant::now();
-            let embedding = match (&embedder, mode) {
-                (Some(e), m) if m != SearchMode::Lexical => e.embed(&[text], InputKind::Query)?.pop(),
-                _ => None,
+    // Each query embedded once, timed, and reused by every mode and fusion.
+    let mut embeddings: Vec<(Option<Embedding>, f64)> = Vec::with_capacity(queries.len());
+    let embed_query = |text: &str| -> Result<(Option<Embedding>, f64), EvalError> {
+        let started = Instant::now();
+        let e = match &embedder {
+            Some(e) => e.embed(&[text], InputKind::Query)?.pop(),
+            None => None,
+        };
+        Ok((e, started.elapsed().as_secs_f64() * 1000.0))
+    };
+    if embedder.is_some() && modes.iter().any(|&m| m != SearchMode::Lexical) {
+        observer.stage("queries (embedding)", queries.len());
+        // One untimed query first: the model's first call warms it up.
+        if let Some(q) = queries.first() {
+            embed_query(&q.text)?;
+        }
+        for q in &queries {
+            embeddings.push(embed_query(&q.text)?);
+            observer.advance(1);
+        }
+    }
+    let fusions = if settings.fusions.is_empty() {
+        vec![FusionVariant::configured(&config.search)]
+    } else {
+        settings.fusions.clone()
+    };
+    let runs: Vec<(SearchMode, Option<&FusionVariant>)> = modes
+        .iter()
+        .flat_map(|&m| match m {
+            SearchMode::Hybrid => fusions.iter().map(|f| (m, Some(f))).collect::<Vec<_>>(),
+            _ => vec![(m, None)],
+        })
+        .collect();
+    let mut reports = Vec::with_capacity(runs.len());
+    for (mode, fusion) in runs {
+        let label = fusion.map(|f| f.label(&config.search));
+        let stage = match &label {
+            Some(l) => format!("queries ({}, {l})", mode_name(mode)),
+            None => format!("queries ({})", mode_name(mode)),
+        };
+        observer.stage(&stage, queries.len());
+        let run = |i: usize, text: &str| -> Result<(datafactory_store::SearchResults, f64), EvalError> {
+            let (embedding, embed_ms) = match embeddings.get(i) {
+                Some((e, ms)) if mode != SearchMode::Lexical => (e.as_ref(), *ms),
+                _ => (None, 0.0),
             };
-            let results = store.search(&SearchRequest {
-                embedding: embedding.as_ref(),
+            let started = Instant::now();
+            let mut req = SearchRequest {
+                embedding,
                 collection: Some(COLLECTION),
                 ..SearchRequest::new(text, mode, top_k, &config.search)
-            })?;
-            Ok((results, started.elapsed().as_secs_f64() * 1000.0))
+            };
+            if let Some(f) = fusion {
+                f.apply(&mut req);
+            }
+            let results = store.search(&req)?;
+            Ok((results, embed_ms + started.elapsed().as_secs_f64() * 1000.0))
         };
         // One untimed query first: indexes built on first use are not query time.
         if let Some(q) = queries.first() {
-            run(&q.text)?;
+            run(0, &q.text)?;
         }
         let mut per_query = QueryScores::default();
         let mut retrievers = Vec::new();
-        for q in &queries {
-            let (results, ms) = run(&q.text)?;
+        for (i, q) in queries.iter().enumerate() {
+            let (results, ms) = run(i, &q.text)?;
             // (The store explains missing vectors even to a lexical search.)
             for n in results.notes.into_iter().filter(|_| mode != SearchMode::Lexical) {
                 if !notes.contains(&n) {
@@ -248,7 +377,7 @@ pub fn evaluate(
             per_query.add(q, &results.hits, &ids, &ks, ms);
             observer.advance(1);
         }
-        reports.push(per_query.report(mode, retrievers, &ks));
+        reports.push(per_query.report(mode, label, retrievers, &ks));
     }
 
     let c = &config.search;
@@ -270,6 +399,8 @@ pub fn evaluate(
             follow_plan: config.analysis.follow_plan,
             include_headings: config.embedding.include_headings,
             candidates: c.candidates,
+            fusion: c.fusion_method().as_str(),
+            agreement: c.agreement,
             rrf_k: c.rrf_k,
             weight_words: c.weight_words,
             weight_dense: c.weight_dense,
@@ -347,14 +478,17 @@ fn ingest(
     // (key, document, chunks) of every document, cut first so progress can count chunks.
     let mut prepared = Vec::with_capacity(dataset.documents.len());
     let mut document_types = std::collections::BTreeMap::new();
+    let mut document_languages = std::collections::BTreeMap::new();
     for (index, d) in dataset.documents.iter().enumerate() {
         let mut document = store_document(d, chunker);
+        // Every document is analysed (its type, its language: the word index
+        // stems by it); the set's own chunks replace DataFactory's when given.
+        let (own, analysis, _) = pipeline.analyze_and_chunk(&mut document, None);
+        *document_types.entry(analysis.doc_type.as_str().to_string()).or_default() += 1;
+        let language = analysis.language.as_ref().map_or("und", |l| l.code.as_str());
+        *document_languages.entry(language.to_string()).or_default() += 1;
         let chunks = match chunker {
-            ChunkerChoice::Own => {
-                let (chunks, analysis, _) = pipeline.analyze_and_chunk(&mut document, None);
-                *document_types.entry(analysis.doc_type.as_str().to_string()).or_default() += 1;
-                chunks
-            }
+            ChunkerChoice::Own => own,
             ChunkerChoice::Given => given_chunks(&document, counter.as_ref()),
         };
         let id = document_id(COLLECTION, &format!("eval:{index}:{}", d.id));
@@ -416,6 +550,7 @@ fn ingest(
             ingest_seconds: started.elapsed().as_secs_f64(),
             embedding_seconds,
             document_types,
+            document_languages,
         },
         ids,
     ))
@@ -530,12 +665,19 @@ impl QueryScores {
         self.latency.push(ms);
     }
 
-    fn report(self, mode: SearchMode, retrievers: Vec<&'static str>, ks: &[usize]) -> ModeReport {
+    fn report(
+        self,
+        mode: SearchMode,
+        fusion: Option<String>,
+        retrievers: Vec<&'static str>,
+        ks: &[usize],
+    ) -> ModeReport {
         let avg = |m: &BTreeMap<usize, Vec<f64>>| -> BTreeMap<usize, f64> {
             ks.iter().map(|k| (*k, metrics::mean(m.get(k).map_or(&[][..], |v| v)))).collect()
         };
         ModeReport {
             mode: mode_name(mode),
+            fusion,
             retrievers,
             queries: self.rr.len(),
             pass: avg(&self.pass),

@@ -14,7 +14,7 @@ pub enum SearchMode {
     Dense,
     /// Sparse lexical weights only (bge-m3).
     Sparse,
-    /// Words, dense and (if weighted) sparse, fused by weighted reciprocal rank.
+    /// Words, dense and (if weighted) sparse, fused as `search.fusion` says.
     Hybrid,
 }
 
@@ -41,7 +41,11 @@ pub struct SearchRequest<'a> {
     pub top_k: usize,
     /// Candidates taken from each retriever before fusion.
     pub candidates: usize,
+    /// How hybrid search fuses the retrievers' lists.
+    pub fusion: datafactory_core::config::FusionMethod,
     pub rrf_k: f32,
+    /// Weight each retriever but words by its agreement with words (`search.agreement`).
+    pub agreement: bool,
     pub weight_words: f32,
     pub weight_dense: f32,
     pub weight_sparse: f32,
@@ -67,7 +71,9 @@ impl<'a> SearchRequest<'a> {
             collection: None,
             top_k,
             candidates: settings.candidates,
+            fusion: settings.fusion_method(),
             rrf_k: settings.rrf_k,
+            agreement: settings.agreement,
             weight_words: settings.weight_words,
             weight_dense: settings.weight_dense,
             weight_sparse: settings.weight_sparse,
@@ -162,7 +168,9 @@ impl<'a> WordQuery<'a> {
             collection: self.collection,
             top_k: self.top_k,
             candidates: self.top_k,
+            fusion: datafactory_core::config::FusionMethod::Rrf,
             rrf_k: 60.0,
+            agreement: false,
             weight_words: 1.0,
             weight_dense: 0.0,
             weight_sparse: 0.0,

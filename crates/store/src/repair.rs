@@ -160,7 +160,8 @@ impl EmbeddedStore {
         document_id: &str,
     ) -> Result<()> {
         let mut q = db.prepare_cached(
-            "SELECT c.id, c.heading_path, c.text, d.collection, d.title, c.context
+            "SELECT c.id, c.heading_path, c.text, d.collection, d.title, c.context,
+                    json_extract(d.metadata, '$.analysis.language.code')
              FROM chunks c JOIN documents d ON d.id = c.document_id
              WHERE c.document_id = ?1 ORDER BY c.ordinal",
         )?;
@@ -172,6 +173,7 @@ impl EmbeddedStore {
             let collection: String = r.get(3)?;
             let title: String = r.get(4)?;
             let context = parse_context(r.get(5)?);
+            let language: Option<String> = r.get::<_, Option<String>>(6).ok().flatten();
             self.words.add(
                 writer,
                 &WordDoc {
@@ -182,6 +184,7 @@ impl EmbeddedStore {
                     heading: &heading.join(" / "),
                     body: &body,
                     context: indexed_context(context.as_ref()),
+                    language: language.as_deref(),
                 },
             )?;
         }

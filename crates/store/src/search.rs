@@ -1,6 +1,6 @@
 //! Retrieval: words (BM25), dense (HNSW) and sparse (lexical weights), each
-//! giving ranked candidates, fused by weighted reciprocal rank
-//! (score = Σ weight / (rrf_k + rank)), then read back from SQLite.
+//! giving ranked candidates, fused (weighted reciprocal rank, or a weighted
+//! sum of normalised scores: `search.fusion`), then read back from SQLite.
 
 use crate::sparse::SparseIndex;
 use crate::vectors::decode_sparse;
@@ -8,6 +8,7 @@ use crate::{
     parse_json_list, EmbeddedStore, Result, SearchFilter, SearchHit, SearchMode, SearchRequest,
     SearchResults, StageScores,
 };
+use datafactory_core::config::FusionMethod;
 use rusqlite::OptionalExtension;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -106,16 +107,22 @@ pub(crate) fn plan(req: &SearchRequest<'_>, has_vectors: bool) -> std::result::R
     Ok(Plan { wanted, notes, fuse, depth })
 }
 
-/// Weighted reciprocal-rank fusion of the retrievers' lists (each best
-/// first): every chunk's stage scores and, when fusing, Σ weight / (rrf_k +
-/// rank); the best `top_k` by the primary score, ties by chunk id.
+/// Fuses the retrievers' lists (each best first) as `req.fusion` says:
+/// every chunk's stage scores and, when fusing, the fused score; the best
+/// `top_k` by the primary score, ties by chunk id. One definition for both
+/// backends.
+///
+/// - `rrf`: Σ weight / (rrf_k + rank).
+/// - `minmax`, `zscore`, `dbsf`: Σ weight × the retriever's score normalised
+///   over its own candidate list (see [`FusionMethod`]); a chunk a retriever
+///   did not return gets that list's floor (0, or its lowest standard score).
 pub(crate) fn fuse(
     req: &SearchRequest<'_>,
     lists: &[(Retriever, f32, Ranked)],
     fuse: bool,
 ) -> Vec<(String, StageScores)> {
     let mut scored: HashMap<String, StageScores> = HashMap::new();
-    for (r, w, list) in lists {
+    for (r, _, list) in lists {
         for (rank, (chunk, score)) in list.iter().enumerate() {
             let s = scored.entry(chunk.clone()).or_default();
             let place = Some(rank as u32 + 1);
@@ -124,8 +131,30 @@ pub(crate) fn fuse(
                 Retriever::Dense => (s.dense, s.ranks.dense) = (Some(*score), place),
                 Retriever::Sparse => (s.sparse, s.ranks.sparse) = (Some(*score), place),
             }
-            if fuse {
-                *s.fused.get_or_insert(0.0) += w / (req.rrf_k + rank as f32 + 1.0);
+        }
+    }
+    if fuse {
+        let words_top: HashSet<&str> = lists
+            .iter()
+            .find(|(r, _, _)| *r == Retriever::Words)
+            .map(|(_, _, l)| l.iter().take(AGREEMENT_DEPTH).map(|(c, _)| c.as_str()).collect())
+            .unwrap_or_default();
+        for (r, w, list) in lists {
+            let w =
+                if req.agreement && *r != Retriever::Words { w * agreement(&words_top, list) } else { *w };
+            let norm = Normaliser::new(req.fusion, req.rrf_k, list);
+            let mut seen: HashSet<&str> = HashSet::with_capacity(list.len());
+            for (rank, (chunk, score)) in list.iter().enumerate() {
+                seen.insert(chunk.as_str());
+                let s = scored.get_mut(chunk).expect("inserted above");
+                *s.fused.get_or_insert(0.0) += w * norm.score(rank, *score);
+            }
+            // The chunks this retriever did not return get its floor.
+            let floor = w * norm.floor();
+            for (chunk, s) in scored.iter_mut() {
+                if !seen.contains(chunk.as_str()) {
+                    *s.fused.get_or_insert(0.0) += floor;
+                }
             }
         }
     }
@@ -133,6 +162,77 @@ pub(crate) fn fuse(
     ranked.sort_by(|a, b| primary(&b.1).total_cmp(&primary(&a.1)).then_with(|| a.0.cmp(&b.0)));
     ranked.truncate(req.top_k);
     ranked
+}
+
+/// How many of each list's first results `search.agreement` compares.
+const AGREEMENT_DEPTH: usize = 10;
+
+/// The share of a list's first [`AGREEMENT_DEPTH`] results that are among
+/// the words' first: 0 (none, or words found nothing) to 1.
+fn agreement(words_top: &HashSet<&str>, list: &Ranked) -> f32 {
+    let top: Vec<&str> = list.iter().take(AGREEMENT_DEPTH).map(|(c, _)| c.as_str()).collect();
+    if top.is_empty() {
+        return 0.0;
+    }
+    top.iter().filter(|c| words_top.contains(*c)).count() as f32 / top.len() as f32
+}
+
+/// One retriever's list turned into fusion scores.
+struct Normaliser {
+    method: FusionMethod,
+    rrf_k: f32,
+    /// minmax: (min, max); zscore: (mean, deviation); dbsf: (mean - 3σ, 6σ).
+    a: f32,
+    b: f32,
+    /// zscore: the list's lowest standard score (the floor).
+    low: f32,
+}
+
+impl Normaliser {
+    fn new(method: FusionMethod, rrf_k: f32, list: &Ranked) -> Normaliser {
+        let n = list.len().max(1) as f64;
+        let mean = list.iter().map(|(_, s)| *s as f64).sum::<f64>() / n;
+        let var = list.iter().map(|(_, s)| (*s as f64 - mean).powi(2)).sum::<f64>() / n;
+        let sd = var.sqrt() as f32;
+        let mean = mean as f32;
+        let (a, b) = match method {
+            FusionMethod::Rrf => (0.0, 0.0),
+            FusionMethod::MinMax => {
+                let min = list.iter().map(|(_, s)| *s).fold(f32::INFINITY, f32::min);
+                let max = list.iter().map(|(_, s)| *s).fold(f32::NEG_INFINITY, f32::max);
+                (min, max)
+            }
+            FusionMethod::ZScore => (mean, sd),
+            FusionMethod::Dbsf => (mean - 3.0 * sd, 6.0 * sd),
+        };
+        let mut norm = Normaliser { method, rrf_k, a, b, low: 0.0 };
+        if method == FusionMethod::ZScore {
+            norm.low = list.iter().map(|(_, s)| norm.score(0, *s)).fold(0.0, f32::min);
+        }
+        norm
+    }
+
+    /// The fusion score of the candidate at `rank` (0-based) with `score`.
+    fn score(&self, rank: usize, score: f32) -> f32 {
+        match self.method {
+            FusionMethod::Rrf => 1.0 / (self.rrf_k + rank as f32 + 1.0),
+            // One candidate, or all equal: each counts fully.
+            FusionMethod::MinMax if self.b - self.a <= f32::EPSILON => 1.0,
+            FusionMethod::MinMax => (score - self.a) / (self.b - self.a),
+            FusionMethod::ZScore if self.b <= f32::EPSILON => 0.0,
+            FusionMethod::ZScore => (score - self.a) / self.b,
+            FusionMethod::Dbsf if self.b <= f32::EPSILON => 1.0,
+            FusionMethod::Dbsf => ((score - self.a) / self.b).clamp(0.0, 1.0),
+        }
+    }
+
+    /// The fusion score of a chunk the retriever did not return.
+    fn floor(&self) -> f32 {
+        match self.method {
+            FusionMethod::ZScore => self.low,
+            _ => 0.0,
+        }
+    }
 }
 
 /// The score a hit is ranked by: fused, else the one retriever's.
@@ -374,5 +474,109 @@ impl EmbeddedStore {
         }
         *guard = Some(index);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(fusion: FusionMethod) -> SearchRequest<'static> {
+        SearchRequest {
+            fusion,
+            top_k: 10,
+            ..SearchRequest::new("q", SearchMode::Hybrid, 10, &Default::default())
+        }
+    }
+
+    fn list(items: &[(&str, f32)]) -> Ranked {
+        items.iter().map(|(c, s)| (c.to_string(), *s)).collect()
+    }
+
+    fn fused(fusion: FusionMethod, weights: (f32, f32)) -> Vec<(String, f32)> {
+        let lists = [
+            // Words: one clear winner (a), then a flat tail.
+            (Retriever::Words, weights.0, list(&[("a", 12.0), ("b", 3.0), ("c", 2.9), ("d", 2.8)])),
+            // Dense: flat scores, b barely first.
+            (Retriever::Dense, weights.1, list(&[("b", 0.52), ("c", 0.51), ("e", 0.50), ("a", 0.49)])),
+        ];
+        fuse(&req(fusion), &lists, true).into_iter().map(|(c, s)| (c, s.fused.unwrap())).collect()
+    }
+
+    fn order(v: &[(String, f32)]) -> Vec<&str> {
+        v.iter().map(|(c, _)| c.as_str()).collect()
+    }
+
+    #[test]
+    fn rrf_ranks_by_weighted_reciprocal_rank() {
+        let v = fused(FusionMethod::Rrf, (0.2, 0.8));
+        // b: 0.2/62 + 0.8/61; a: 0.2/61 + 0.8/64.
+        assert_eq!(order(&v)[..2], ["b", "c"]);
+        let b = v.iter().find(|(c, _)| c == "b").unwrap().1;
+        assert!((b - (0.2 / 62.0 + 0.8 / 61.0)).abs() < 1e-6, "{b}");
+        // Ranks only: the words' clear winner counts no more than a close first.
+        let a = v.iter().find(|(c, _)| c == "a").unwrap().1;
+        assert!((a - (0.2 / 61.0 + 0.8 / 64.0)).abs() < 1e-6, "{a}");
+    }
+
+    #[test]
+    fn minmax_scales_each_list_to_its_range() {
+        let v = fused(FusionMethod::MinMax, (0.5, 0.5));
+        let score = |id: &str| v.iter().find(|(c, _)| c == id).unwrap().1;
+        // a: words 1, dense 0; b: words (3-2.8)/9.2, dense 1; e: dense 1/3, words missing (0).
+        assert!((score("a") - 0.5).abs() < 1e-6);
+        assert!((score("b") - 0.5 * (0.2 / 9.2 + 1.0)).abs() < 1e-5);
+        assert!((score("e") - 0.5 * (0.01 / 0.03)).abs() < 1e-4);
+        assert_eq!(order(&v)[0], "b");
+    }
+
+    #[test]
+    fn zscore_sums_standard_scores_and_floors_the_missing() {
+        let v = fused(FusionMethod::ZScore, (0.5, 0.5));
+        let score = |id: &str| v.iter().find(|(c, _)| c == id).unwrap().1;
+        let z = |xs: &[f32], x: f32| {
+            let mean = xs.iter().sum::<f32>() / xs.len() as f32;
+            let sd = (xs.iter().map(|s| (s - mean).powi(2)).sum::<f32>() / xs.len() as f32).sqrt();
+            (x - mean) / sd
+        };
+        let words = [12.0, 3.0, 2.9, 2.8];
+        let dense = [0.52, 0.51, 0.50, 0.49];
+        // a: found by both.
+        let a = 0.5 * z(&words, 12.0) + 0.5 * z(&dense, 0.49);
+        assert!((score("a") - a).abs() < 1e-4, "{} vs {a}", score("a"));
+        // e: missed by words, so it gets words' lowest standard score (d's).
+        let e = 0.5 * z(&words, 2.8) + 0.5 * z(&dense, 0.50);
+        assert!((score("e") - e).abs() < 1e-4, "{} vs {e}", score("e"));
+        // d: missed by dense, so it gets dense's lowest (a's).
+        let d = 0.5 * z(&words, 2.8) + 0.5 * z(&dense, 0.49);
+        assert!((score("d") - d).abs() < 1e-4, "{} vs {d}", score("d"));
+        // Standard scores ignore each list's scale: dense's spread of 0.03
+        // weighs as much as words' spread of 9.2, so b (dense's first) wins.
+        assert_eq!(order(&v)[0], "b");
+    }
+
+    #[test]
+    fn dbsf_clamps_to_three_deviations() {
+        let v = fused(FusionMethod::Dbsf, (1.0, 0.0));
+        let score = |id: &str| v.iter().find(|(c, _)| c == id).unwrap().1;
+        let words: Vec<f32> = vec![12.0, 3.0, 2.9, 2.8];
+        let mean = words.iter().sum::<f32>() / 4.0;
+        let sd = (words.iter().map(|s| (s - mean).powi(2)).sum::<f32>() / 4.0).sqrt();
+        assert!((score("a") - (12.0 - (mean - 3.0 * sd)) / (6.0 * sd)).abs() < 1e-5);
+        assert!(score("a") <= 1.0 && score("d") >= 0.0);
+        assert_eq!(score("e"), 0.0);
+    }
+
+    #[test]
+    fn a_single_or_constant_list_does_not_divide_by_zero() {
+        for m in [FusionMethod::Rrf, FusionMethod::MinMax, FusionMethod::ZScore, FusionMethod::Dbsf] {
+            let lists = [
+                (Retriever::Words, 0.5, list(&[("a", 1.0)])),
+                (Retriever::Dense, 0.5, list(&[("b", 0.3), ("c", 0.3)])),
+            ];
+            let out = fuse(&req(m), &lists, true);
+            assert_eq!(out.len(), 3);
+            assert!(out.iter().all(|(_, s)| s.fused.is_some_and(f32::is_finite)), "{m:?}: {out:?}");
+        }
     }
 }

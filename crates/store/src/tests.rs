@@ -232,7 +232,9 @@ fn request<'a>(
         collection,
         top_k: 5,
         candidates: 50,
+        fusion: datafactory_core::config::FusionMethod::Rrf,
         rrf_k: 60.0,
+        agreement: false,
         weight_words: 0.2,
         weight_dense: 0.8,
         weight_sparse: 0.0,
@@ -731,4 +733,143 @@ fn a_job_ends_only_after_what_it_stored_is_durable() {
     assert_eq!(store.words.applied_change().unwrap(), latest);
     assert_eq!(store.vector_index().unwrap().saved_change(), latest);
     assert_eq!(store.get_job(&id).unwrap().unwrap().state, "succeeded");
+}
+
+/// Puts a document whose analysis found `language` (ISO 639-3), as ingest records it.
+fn put_in_language(store: &Store, source: &str, body: &str, language: &str) {
+    let mut doc = document(source, body);
+    doc.metadata.insert("analysis".into(), serde_json::json!({ "language": { "code": language } }));
+    let chunker =
+        Chunker::new(&ChunkingConfig { max_tokens: 64, overlap_tokens: 0 }, Arc::new(HeuristicTokenCounter));
+    let chunks = chunker.chunk(&doc);
+    let key = DocumentKey {
+        id: document_id("c", source),
+        collection: "c".into(),
+        source: source.into(),
+        content_hash: datafactory_core::content_hash(body.as_bytes()),
+        pipeline: chunker.fingerprint(),
+        byte_size: body.len() as u64,
+    };
+    store.commit_document(&key, &doc, &chunks, None).unwrap();
+}
+
+fn found(store: &Store, q: &str) -> Vec<String> {
+    let mut s: Vec<String> = search(store, q, None).into_iter().map(|h| h.source).collect();
+    s.sort();
+    s
+}
+
+#[test]
+fn words_are_stemmed_by_their_documents_language() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    put_in_language(&store, "en.txt", "The committee reviewed several claims about running engines.", "eng");
+    put_in_language(&store, "de.txt", "Die Häuser der Stadt wurden im Krieg zerstört.", "deu");
+    put_in_language(&store, "nl.txt", "De fietsen staan bij de huizen van de boeren.", "nld");
+    put_in_language(&store, "code.txt", "Call getUserNames() from the DiffExecutor.", "zzz");
+    store.flush().unwrap();
+    assert_eq!(store.words.languages().unwrap(), ["deu", "eng", "nld", "zzz"]);
+    // English: "claim" finds "claims", "run" finds "running".
+    assert_eq!(found(&store, "claim"), ["en.txt"]);
+    assert_eq!(found(&store, "runs"), ["en.txt"]);
+    // German: "Haus" finds "Häuser" (stemmed with the umlaut, then folded), "Krieges" finds "Krieg".
+    assert_eq!(found(&store, "Haus"), ["de.txt"]);
+    assert_eq!(found(&store, "Krieges"), ["de.txt"]);
+    // Dutch: "fiets" finds "fietsen", "huis" finds "huizen".
+    assert_eq!(found(&store, "fiets"), ["nl.txt"]);
+    assert_eq!(found(&store, "huis"), ["nl.txt"]);
+    // A language without a stemmer: words folded only; identifiers keep their parts.
+    assert_eq!(found(&store, "executor"), ["code.txt"]);
+    assert_eq!(found(&store, "user names"), ["code.txt"]);
+    assert_eq!(found(&store, "getusernames"), ["code.txt"]);
+    // Rebuilt from SQLite, the index stems the same (the language is read back).
+    drop(store);
+    std::fs::remove_dir_all(dir.path().join("words")).unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(found(&store, "claim"), ["en.txt"]);
+    assert_eq!(found(&store, "huis"), ["nl.txt"]);
+}
+
+/// Writes, in `dir`, a word index as DataFactory wrote it before stemming:
+/// the schema without `language`, every text analysed unstemmed.
+fn write_unstemmed_index(dir: &std::path::Path, chunks: &[(String, String, String)], change: i64) {
+    use tantivy::schema::{IndexRecordOption, Schema, TextFieldIndexing, TextOptions, STORED, STRING};
+    let mut b = Schema::builder();
+    let text = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer("df_code")
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
+    let chunk_id = b.add_text_field("chunk_id", STRING | STORED);
+    let document_id = b.add_text_field("document_id", STRING);
+    let collection = b.add_text_field("collection", STRING);
+    let title = b.add_text_field("title", text.clone());
+    let heading = b.add_text_field("heading", text.clone());
+    let body = b.add_text_field("body", text);
+    std::fs::create_dir_all(dir).unwrap();
+    let index = tantivy::Index::create_in_dir(dir, b.build()).unwrap();
+    index.tokenizers().register("df_code", words::analyzer());
+    let mut writer = index.writer_with_num_threads::<tantivy::TantivyDocument>(1, 16 << 20).unwrap();
+    for (chunk, document, text) in chunks {
+        let mut doc = tantivy::TantivyDocument::default();
+        doc.add_text(chunk_id, chunk);
+        doc.add_text(document_id, document);
+        doc.add_text(collection, "c");
+        doc.add_text(title, "");
+        doc.add_text(heading, "");
+        doc.add_text(body, text);
+        writer.add_document(doc).unwrap();
+    }
+    let mut prepared = writer.prepare_commit().unwrap();
+    prepared.set_payload(&format!("change:{change}"));
+    prepared.commit().unwrap();
+}
+
+#[test]
+fn a_word_index_written_before_stemming_is_read_then_rebuilt_stemmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let chunks: Vec<(String, String, String)>;
+    let latest;
+    {
+        let store = Store::open(dir.path()).unwrap();
+        put_in_language(&store, "en.txt", "Several claims about running engines.", "eng");
+        put_in_language(&store, "de.txt", "Die Häuser der Stadt.", "deu");
+        store.flush().unwrap();
+        latest = store.latest_change().unwrap();
+        let db = store.reader().unwrap();
+        let mut q = db.prepare("SELECT id, document_id, text FROM chunks ORDER BY id").unwrap();
+        chunks = q
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<std::result::Result<_, _>>()
+            .unwrap();
+    }
+    // The store as an older DataFactory left it: the same chunks, unstemmed.
+    let words_dir = dir.path().join("words");
+    std::fs::remove_dir_all(&words_dir).unwrap();
+    write_unstemmed_index(&words_dir, &chunks, latest);
+
+    // While another process holds its writer, it is read as it is: exact
+    // words match, nothing is lost, nothing is rewritten.
+    {
+        let old = tantivy::Index::open_in_dir(&words_dir).unwrap();
+        old.tokenizers().register("df_code", words::analyzer());
+        let held = old.writer_with_num_threads::<tantivy::TantivyDocument>(1, 16 << 20).unwrap();
+        let index = words::WordIndex::open(&words_dir).unwrap();
+        assert!(!index.stemmed());
+        assert_eq!(index.query_terms("Claims").unwrap(), ["claims"]);
+        let hits = index.search("claims", Some("c"), None, 10, 0.5, 0.8).unwrap();
+        assert_eq!(hits.len(), 1);
+        assert!(index.search("claim", Some("c"), None, 10, 0.5, 0.8).unwrap().is_empty());
+        drop(held);
+    }
+
+    // Opened as the writer: replaced by a stemmed index rebuilt from SQLite.
+    let store = Store::open(dir.path()).unwrap();
+    assert!(store.words.stemmed());
+    assert_eq!(store.words.num_docs(), chunks.len() as u64);
+    assert_eq!(found(&store, "claim"), ["en.txt"]);
+    assert_eq!(found(&store, "claims"), ["en.txt"]);
+    assert_eq!(found(&store, "Haus"), ["de.txt"]);
+    assert!(store.stats().unwrap().consistent);
 }

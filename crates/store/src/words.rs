@@ -1,6 +1,13 @@
 //! The word index: BM25 over chunk text, heading path and document title, in
 //! tantivy. Derived from SQLite and repairable from it: every commit records,
 //! as its payload, the last SQLite change it includes.
+//!
+//! Words are stemmed by their document's language (the analyzer's, ISO 639-3:
+//! Snowball stemmers for English, Dutch, German, French and 14 more), then
+//! accent-folded; a query is stemmed for every language the index holds (its
+//! `language` field). An index written before stemming (no `language` field)
+//! is still read as it was, unstemmed, and is replaced by a stemmed one,
+//! rebuilt from SQLite, by the first process that opens it as the writer.
 
 use crate::StoreError;
 use std::path::{Path, PathBuf};
@@ -10,7 +17,8 @@ use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING,
 };
 use tantivy::tokenizer::{
-    AsciiFoldingFilter, LowerCaser, RemoveLongFilter, TextAnalyzer, Token, TokenStream, Tokenizer,
+    AsciiFoldingFilter, Language, LowerCaser, PreTokenizedString, RemoveLongFilter, Stemmer, TextAnalyzer,
+    Token, TokenStream, Tokenizer,
 };
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
@@ -27,7 +35,13 @@ pub(crate) struct Fields {
     pub title: Field,
     pub heading: Field,
     pub body: Field,
+    /// The document's language code (`eng`; [`NO_LANGUAGE`] when unknown).
+    /// Absent from an index written before stemming.
+    pub language: Option<Field>,
 }
+
+/// The `language` term of chunks whose document has no known language.
+pub const NO_LANGUAGE: &str = "und";
 
 /// One chunk as the word index sees it.
 pub(crate) struct WordDoc<'a> {
@@ -39,6 +53,8 @@ pub(crate) struct WordDoc<'a> {
     pub body: &'a str,
     /// The chunk's context, indexed with its body.
     pub context: Option<&'a str>,
+    /// The document's language (ISO 639-3, as the analyzer records it).
+    pub language: Option<&'a str>,
 }
 
 pub(crate) struct WordIndex {
@@ -63,28 +79,104 @@ fn schema() -> (Schema, Fields) {
         title: b.add_text_field("title", text.clone()),
         heading: b.add_text_field("heading", text.clone()),
         body: b.add_text_field("body", text),
+        language: Some(b.add_text_field("language", STRING)),
     };
     (b.build(), fields)
 }
 
-/// The analyzer used for indexing and for queries.
-pub fn analyzer() -> TextAnalyzer {
-    TextAnalyzer::builder(CodeTokenizer::default())
-        .filter(RemoveLongFilter::limit(64))
-        .filter(LowerCaser)
-        .filter(AsciiFoldingFilter)
-        .build()
+/// The fields of an existing index's schema (`language` may be missing).
+fn fields_of(schema: &Schema) -> Result<Fields, StoreError> {
+    let field = |name: &str| {
+        schema.get_field(name).map_err(|_| StoreError::Index(format!("the word index has no field {name:?}")))
+    };
+    Ok(Fields {
+        chunk_id: field("chunk_id")?,
+        document_id: field("document_id")?,
+        collection: field("collection")?,
+        title: field("title")?,
+        heading: field("heading")?,
+        body: field("body")?,
+        language: schema.get_field("language").ok(),
+    })
 }
 
-/// The tokens a text yields, as indexed (for tests and diagnostics).
+/// The language the analyzer found for a document (`metadata.analysis.language.code`).
+pub(crate) fn document_language(doc: &datafactory_core::Document) -> Option<&str> {
+    doc.metadata.get("analysis")?.get("language")?.get("code")?.as_str()
+}
+
+/// The Snowball stemmer for a language code (ISO 639-3, as the analyzer
+/// records it); None for the others (words are then only folded).
+pub fn stemmer_language(code: Option<&str>) -> Option<Language> {
+    Some(match code? {
+        "eng" => Language::English,
+        "nld" => Language::Dutch,
+        "deu" => Language::German,
+        "fra" => Language::French,
+        "spa" => Language::Spanish,
+        "ita" => Language::Italian,
+        "por" => Language::Portuguese,
+        "swe" => Language::Swedish,
+        "dan" => Language::Danish,
+        "nob" | "nno" => Language::Norwegian,
+        "fin" => Language::Finnish,
+        "rus" => Language::Russian,
+        "hun" => Language::Hungarian,
+        "ron" => Language::Romanian,
+        "tur" => Language::Turkish,
+        "ell" => Language::Greek,
+        "ara" => Language::Arabic,
+        "tam" => Language::Tamil,
+        _ => return None,
+    })
+}
+
+/// The analyzer without stemming: code-aware words, lower-cased, accent-folded.
+pub fn analyzer() -> TextAnalyzer {
+    analyzer_for(None)
+}
+
+/// The analyzer for a language: code-aware words, lower-cased, stemmed
+/// (when the language has a stemmer), then accent-folded (after stemming, so
+/// that German's stemmer still sees its umlauts).
+pub fn analyzer_for(language: Option<Language>) -> TextAnalyzer {
+    let base = TextAnalyzer::builder(CodeTokenizer::default())
+        .filter(RemoveLongFilter::limit(64))
+        .filter(LowerCaser);
+    match language {
+        Some(l) => base.filter(Stemmer::new(l)).filter(AsciiFoldingFilter).build(),
+        None => base.filter(AsciiFoldingFilter).build(),
+    }
+}
+
+/// The tokens a text yields, unstemmed (PostgreSQL stems them itself; the
+/// highlighter; tests).
 pub fn tokens(text: &str) -> Vec<String> {
-    let mut a = analyzer();
+    tokens_with(&mut analyzer(), text)
+}
+
+/// The tokens a text yields in a language's analyzer.
+pub fn tokens_in(text: &str, language: Option<Language>) -> Vec<String> {
+    tokens_with(&mut analyzer_for(language), text)
+}
+
+fn tokens_with(a: &mut TextAnalyzer, text: &str) -> Vec<String> {
     let mut stream = a.token_stream(text);
     let mut out = Vec::new();
     while stream.advance() {
         out.push(stream.token().text.clone());
     }
     out
+}
+
+/// A text as the index stores it, analysed for a language.
+fn pre_tokenized(a: &mut TextAnalyzer, text: &str) -> PreTokenizedString {
+    let mut stream = a.token_stream(text);
+    let mut tokens = Vec::new();
+    while stream.advance() {
+        tokens.push(stream.token().clone());
+    }
+    PreTokenizedString { text: text.to_string(), tokens }
 }
 
 /// Finds a query's words in texts, as the word index analyses both (the
@@ -137,15 +229,94 @@ impl Highlighter {
 
 impl WordIndex {
     /// Opens (or creates) the index in `dir`. No writer is taken.
+    ///
+    /// An index written before stemming (no `language` field) is replaced by
+    /// an empty stemmed one when this process can take its writer (the
+    /// store then rebuilds it from SQLite, as for any index behind SQLite);
+    /// while another process writes, it is read and written as it is, unstemmed.
     pub fn open(dir: &Path) -> Result<WordIndex, StoreError> {
         std::fs::create_dir_all(dir)?;
-        let (schema, fields) = schema();
         let directory =
-            tantivy::directory::MmapDirectory::open(dir).map_err(|e| StoreError::Index(e.to_string()))?;
-        let index = Index::open_or_create(directory, schema)?;
+            || tantivy::directory::MmapDirectory::open(dir).map_err(|e| StoreError::Index(e.to_string()));
+        let mut index = if Index::exists(&directory()?).map_err(tantivy::TantivyError::from)? {
+            Index::open(directory()?)?
+        } else {
+            Index::create(directory()?, schema().0, tantivy::IndexSettings::default())?
+        };
+        if index.schema().get_field("language").is_err() {
+            index.tokenizers().register(ANALYZER, analyzer());
+            match index.writer_with_num_threads::<TantivyDocument>(1, WRITER_MEMORY) {
+                Ok(writer) => {
+                    tracing::warn!(
+                        "the word index in {} was written before words were stemmed by language: \
+                         it is replaced by a stemmed one, rebuilt from SQLite",
+                        dir.display()
+                    );
+                    drop(writer);
+                    drop(index);
+                    clear_dir(dir)?;
+                    index = Index::create(directory()?, schema().0, tantivy::IndexSettings::default())?;
+                }
+                Err(tantivy::TantivyError::LockFailure(..)) => tracing::warn!(
+                    "the word index in {} was written before words were stemmed by language and another \
+                     process writes it: it is used unstemmed until a process that writes it is restarted",
+                    dir.display()
+                ),
+                Err(e) => return Err(e.into()),
+            }
+        }
         index.tokenizers().register(ANALYZER, analyzer());
+        let fields = fields_of(&index.schema())?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::OnCommitWithDelay).try_into()?;
         Ok(WordIndex { dir: dir.to_path_buf(), index, reader, fields })
+    }
+
+    /// Whether words are stemmed (false: an index written before stemming).
+    pub fn stemmed(&self) -> bool {
+        self.fields.language.is_some()
+    }
+
+    /// The language codes of the chunks in the index (including, until
+    /// segments merge, those of deleted chunks): the languages a query is
+    /// stemmed for.
+    pub fn languages(&self) -> Result<Vec<String>, StoreError> {
+        let Some(field) = self.fields.language else { return Ok(Vec::new()) };
+        let searcher = self.reader.searcher();
+        let mut out: Vec<String> = Vec::new();
+        for segment in searcher.segment_readers() {
+            let inverted = segment.inverted_index(field)?;
+            let mut stream = inverted.terms().stream()?;
+            while stream.advance() {
+                let code = String::from_utf8_lossy(stream.key()).into_owned();
+                if !out.contains(&code) {
+                    out.push(code);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The distinct terms of a query: its words analysed for each language
+    /// the index holds (unstemmed for an index written before stemming).
+    pub fn query_terms(&self, query: &str) -> Result<Vec<String>, StoreError> {
+        let mut terms = Vec::new();
+        if !self.stemmed() {
+            terms = tokens(query);
+        } else {
+            let mut languages: Vec<Option<Language>> =
+                self.languages()?.iter().map(|c| stemmer_language(Some(c))).collect();
+            languages.dedup();
+            if languages.is_empty() {
+                languages.push(None);
+            }
+            for l in languages {
+                terms.extend(tokens_in(query, l));
+            }
+        }
+        terms.sort();
+        terms.dedup();
+        Ok(terms)
     }
 
     /// Takes the single writer of this index: only one process may hold it.
@@ -183,11 +354,28 @@ impl WordIndex {
         doc.add_text(f.chunk_id, d.chunk_id);
         doc.add_text(f.document_id, d.document_id);
         doc.add_text(f.collection, d.collection);
-        doc.add_text(f.title, d.title);
-        doc.add_text(f.heading, d.heading);
-        doc.add_text(f.body, d.body);
-        if let Some(context) = d.context.filter(|c| !c.is_empty()) {
-            doc.add_text(f.body, context);
+        let context = d.context.filter(|c| !c.is_empty());
+        match f.language {
+            Some(language) => {
+                let code = d.language.filter(|c| !c.is_empty()).unwrap_or(NO_LANGUAGE);
+                doc.add_text(language, code);
+                let mut a = analyzer_for(stemmer_language(Some(code)));
+                doc.add_pre_tokenized_text(f.title, pre_tokenized(&mut a, d.title));
+                doc.add_pre_tokenized_text(f.heading, pre_tokenized(&mut a, d.heading));
+                doc.add_pre_tokenized_text(f.body, pre_tokenized(&mut a, d.body));
+                if let Some(context) = context {
+                    doc.add_pre_tokenized_text(f.body, pre_tokenized(&mut a, context));
+                }
+            }
+            // An index written before stemming: as it was written.
+            None => {
+                doc.add_text(f.title, d.title);
+                doc.add_text(f.heading, d.heading);
+                doc.add_text(f.body, d.body);
+                if let Some(context) = context {
+                    doc.add_text(f.body, context);
+                }
+            }
         }
         writer.add_document(doc)?;
         Ok(())
@@ -221,9 +409,7 @@ impl WordIndex {
         heading_boost: f32,
     ) -> Result<Vec<(String, f32)>, StoreError> {
         let f = self.fields;
-        let mut terms = tokens(query);
-        terms.sort();
-        terms.dedup();
+        let terms = self.query_terms(query)?;
         if terms.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
@@ -272,6 +458,20 @@ impl WordIndex {
         }
         Ok(out)
     }
+}
+
+/// Removes everything in an index folder (an index of an older format,
+/// replaced; the writer lock was free a moment before).
+fn clear_dir(dir: &Path) -> Result<(), StoreError> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Splits text into words (runs of letters, digits and `_`) and splits each

@@ -204,6 +204,7 @@ impl EmbeddedStore {
                         heading: &c.heading_path.join(" / "),
                         body: &c.text,
                         context: indexed_context(c.context.as_ref()),
+                        language: crate::words::document_language(doc),
                     },
                 )?;
             }

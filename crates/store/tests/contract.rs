@@ -5,7 +5,7 @@
 //! runs fail under `CI=true` and are reported as not run otherwise.
 
 use datafactory_chunk::Chunker;
-use datafactory_core::config::{ChunkingConfig, StoreConfig};
+use datafactory_core::config::{ChunkingConfig, FusionMethod, StoreConfig};
 use datafactory_core::{
     chunk_id, document_id, Chunk, Document, Embedding, Format, HeuristicTokenCounter, Section,
 };
@@ -113,6 +113,7 @@ contract!(
     jobs_and_llm_answers,
     consistent_after_a_killed_writer,
     listings_for_the_console,
+    words_are_stemmed_by_language,
 );
 
 // ---- fixtures ----
@@ -221,7 +222,9 @@ fn request<'a>(text: &'a str, e: &'a Embedding, mode: SearchMode) -> SearchReque
         collection: None,
         top_k: 5,
         candidates: 50,
+        fusion: FusionMethod::Rrf,
         rrf_k: 60.0,
+        agreement: false,
         weight_words: 0.3,
         weight_dense: 0.5,
         weight_sparse: 0.2,
@@ -634,6 +637,34 @@ fn consistent_after_a_killed_writer(place: &Place) {
     assert_eq!(put(&store, "c", "after.txt", "written after the kill"), CommitOutcome::Added);
 }
 
+/// Words are stemmed in their document's language (the analyzer's, in
+/// `metadata.analysis.language.code`) and accent-folded; a query finds the
+/// inflected forms in every language the store holds. Identifiers keep their
+/// parts.
+fn words_are_stemmed_by_language(place: &Place) {
+    let store = place.open();
+    for (source, body, language) in [
+        ("en.txt", "The committee reviewed several claims about running engines.", "eng"),
+        ("de.txt", "Die Häuser der Stadt wurden im Krieg zerstört.", "deu"),
+        ("nl.txt", "De fietsen staan bij de boerderijen.", "nld"),
+        ("code.txt", "Call getUserNames from the DiffExecutor.", "zzz"),
+    ] {
+        let mut doc = document(source, body);
+        doc.metadata.insert("analysis".into(), serde_json::json!({ "language": { "code": language } }));
+        let c = chunker();
+        let chunks = c.chunk(&doc);
+        store.commit_document(&key("c", source, body, &c.fingerprint()), &doc, &chunks, None).unwrap();
+    }
+    store.flush().unwrap();
+    assert_eq!(words(&store, "claim", None), ["en.txt"]);
+    assert_eq!(words(&store, "runs", None), ["en.txt"]);
+    assert_eq!(words(&store, "Haus", None), ["de.txt"]);
+    assert_eq!(words(&store, "Krieges", None), ["de.txt"]);
+    assert_eq!(words(&store, "boerderij", None), ["nl.txt"]);
+    assert_eq!(words(&store, "executor", None), ["code.txt"]);
+    assert_eq!(words(&store, "names", None), ["code.txt"]);
+}
+
 /// On the same data, the embedded store and PostgreSQL give the same
 /// candidates and, from the same ranks, the same fused scores. (Word scores
 /// differ: BM25 there, ts_rank_cd here; so words are compared as sets.)
@@ -655,6 +686,22 @@ fn both_backends_fuse_the_same_candidates() {
             assert_eq!(h.scores.fused, k.scores.fused, "{text}");
             assert!((h.scores.dense.unwrap_or(0.0) - k.scores.dense.unwrap_or(0.0)).abs() < 2e-3);
             assert!((h.scores.sparse.unwrap_or(0.0) - k.scores.sparse.unwrap_or(0.0)).abs() < 1e-4);
+        }
+        // Every score fusion: the same hits, fused scores equal but for the
+        // storage's rounding of vectors (f16 in both, computed apart).
+        for fusion in [FusionMethod::MinMax, FusionMethod::ZScore, FusionMethod::Dbsf] {
+            let req = SearchRequest {
+                weight_words: 0.0,
+                top_k: 10,
+                fusion,
+                ..request(text, &q, SearchMode::Hybrid)
+            };
+            let (x, y) = (a.search(&req).unwrap(), b.search(&req).unwrap());
+            assert_eq!(sources(&x.hits), sources(&y.hits), "{text} {fusion:?}");
+            for (h, k) in x.hits.iter().zip(&y.hits) {
+                let (f, g) = (h.scores.fused.unwrap(), k.scores.fused.unwrap());
+                assert!((f - g).abs() < 2e-2, "{text} {fusion:?}: {f} vs {g}");
+            }
         }
         // Words: the same matches.
         let req = SearchRequest { top_k: 20, ..request(text, &q, SearchMode::Lexical) };

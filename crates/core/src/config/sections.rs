@@ -138,12 +138,68 @@ pub struct SearchConfig {
     pub mode: String,
     /// Candidates taken from each retriever before fusion.
     pub candidates: usize,
-    /// Weighted reciprocal-rank fusion: score = Σ weight / (rrf_k + rank).
+    /// How hybrid search fuses the retrievers' lists: `rrf` (weighted
+    /// reciprocal rank), `minmax`, `zscore` or `dbsf` (each retriever's
+    /// scores normalised over its candidates, then a weighted sum). See
+    /// [`FusionMethod`].
+    pub fusion: String,
+    /// The k of weighted reciprocal-rank fusion: score = Σ weight / (rrf_k + rank).
     pub rrf_k: f32,
+    /// Per query, each retriever other than words is weighted by how much its
+    /// first 10 results agree with the words' first 10 (the share in both).
+    pub agreement: bool,
     pub weight_words: f32,
     pub weight_dense: f32,
     /// 0 leaves the sparse retriever out of hybrid search.
     pub weight_sparse: f32,
+}
+
+/// How hybrid search combines its retrievers' ranked lists (`search.fusion`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FusionMethod {
+    /// Weighted reciprocal rank: Σ weight / (rrf_k + rank). Scores are ignored.
+    Rrf,
+    /// Each list's scores scaled to 0-1 by its minimum and maximum; a
+    /// candidate a retriever did not return counts 0 there.
+    MinMax,
+    /// Each list's scores as standard scores ((s - mean) / deviation); a
+    /// candidate a retriever did not return counts as that list's lowest.
+    ZScore,
+    /// Distribution-based score fusion: each list's scores scaled to 0-1
+    /// between mean - 3 deviations and mean + 3 deviations (clamped); a
+    /// candidate a retriever did not return counts 0 there.
+    Dbsf,
+}
+
+impl FusionMethod {
+    pub const NAMES: &'static str = "rrf, minmax, zscore or dbsf";
+
+    pub fn parse_name(s: &str) -> Option<FusionMethod> {
+        Some(match s {
+            "rrf" => FusionMethod::Rrf,
+            "minmax" => FusionMethod::MinMax,
+            "zscore" => FusionMethod::ZScore,
+            "dbsf" => FusionMethod::Dbsf,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FusionMethod::Rrf => "rrf",
+            FusionMethod::MinMax => "minmax",
+            FusionMethod::ZScore => "zscore",
+            FusionMethod::Dbsf => "dbsf",
+        }
+    }
+}
+
+impl SearchConfig {
+    /// The configured fusion (validated at load; an unknown name reads as RRF).
+    pub fn fusion_method(&self) -> FusionMethod {
+        FusionMethod::parse_name(&self.fusion).unwrap_or(FusionMethod::Rrf)
+    }
 }
 
 /// Reranking of search candidates with a cross-encoder, and the reranker
@@ -463,9 +519,11 @@ impl Default for SearchConfig {
             heading_boost: 0.8,
             mode: "hybrid".to_string(),
             candidates: 150,
+            fusion: "zscore".to_string(),
             rrf_k: 60.0,
-            weight_words: 0.2,
-            weight_dense: 0.8,
+            agreement: false,
+            weight_words: 0.5,
+            weight_dense: 0.5,
             weight_sparse: 0.0,
         }
     }

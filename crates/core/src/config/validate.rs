@@ -209,6 +209,12 @@ impl Config {
                 format!("must be hybrid, lexical, dense or sparse, is {:?}", self.search.mode),
             );
         }
+        if super::FusionMethod::parse_name(&self.search.fusion).is_none() {
+            return invalid(
+                "search.fusion",
+                format!("must be {}, is {:?}", super::FusionMethod::NAMES, self.search.fusion),
+            );
+        }
         if self.search.candidates == 0 || self.search.candidates > 10_000 {
             return invalid("search.candidates", "must be between 1 and 10000");
         }

@@ -29,10 +29,7 @@ pub fn text_search_config(language: Option<&str>) -> &'static str {
     }
 }
 
-/// The language the analyzer found for a document (`metadata.analysis.language.code`).
-pub(crate) fn document_language(doc: &Document) -> Option<&str> {
-    doc.metadata.get("analysis")?.get("language")?.get("code")?.as_str()
-}
+pub(crate) use crate::words::document_language;
 
 /// Text as the word index sees it: the embedded store's code-aware tokens
 /// (`DiffExecutor` → `diffexecutor diff executor`, lower-cased, ASCII-folded),
