@@ -422,7 +422,7 @@ mod tests {
                     start.wait();
                     for i in 0..200u64 {
                         let keep = |k: u64| k % 3 != 0;
-                        let result = if i % 2 == 0 {
+                        let result = if i.is_multiple_of(2) {
                             index.search(&vector(t as u64 * 200 + i), 10, None)
                         } else {
                             index.search(&vector(i), 10, Some(&keep))
