@@ -421,7 +421,7 @@ mod tests {
                 scope.spawn(move || {
                     start.wait();
                     for i in 0..200u64 {
-                        let keep = |k: u64| k % 3 != 0;
+                        let keep = |k: u64| !k.is_multiple_of(3);
                         let result = if i.is_multiple_of(2) {
                             index.search(&vector(t as u64 * 200 + i), 10, None)
                         } else {
