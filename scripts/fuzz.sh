@@ -67,6 +67,11 @@ fi
 BIN_DIR="$TARGET_DIR/x86_64-unknown-linux-gnu/release"
 summary=()
 found_any=0
+broken_any=0
+if [ ! -x /usr/bin/time ]; then
+    echo "/usr/bin/time is missing (Debian: apt-get install time): it measures each target's CPU seconds" >&2
+    exit 2
+fi
 for t in "${TARGETS[@]}"; do
     corpus="fuzz/corpus/$t"
     artifacts="fuzz/artifacts/$t"
@@ -96,6 +101,9 @@ for t in "${TARGETS[@]}"; do
     after=$(find "$artifacts" -type f | wc -l)
     new=$((after - before))
     [ "$new" -gt 0 ] && found_any=1
+    # libFuzzer's fork mode exits 0 when it ran its time (findings are
+    # counted above); anything else means it did not run as asked.
+    [ "$rc" != 0 ] && broken_any=1
     summary+=("$(printf '%-9s %7s %12s %7s %8s %6s %17s %10s %4s' "$t" "${cpu:-?}" "${execs:-?}" "${cov:-?}" \
         "${ft:-?}" "${corp:-?}" "${otc:-?}" "$new" "$rc")")
 done
@@ -107,4 +115,8 @@ printf '%s\n' "${summary[@]}"
 if [ "$found_any" = 1 ]; then
     echo "findings saved under fuzz/artifacts/<target>/: minimise them (docs/RELIABILITY.md) and keep them under fuzz/regressions/<target>/"
     exit 1
+fi
+if [ "$broken_any" = 1 ]; then
+    echo "a fuzz target did not run to its time (rc above; its log is fuzz/artifacts/<target>.log)" >&2
+    exit 2
 fi
