@@ -28,12 +28,11 @@
 #[path = "../../enrich/tests/common/mod.rs"]
 mod common;
 
-use common::{free_port, serial, tools, wait_healthy, Process, Tools};
+use common::{serial, tools, Process, Tools};
 use datafactory_analyze::{analyze, Analysis, Analyzer, DocType, Route};
 use datafactory_core::config::AnalysisConfig;
 use datafactory_core::{ChunkStrategy, Document};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 /// Token ids of the tiny model's vocabulary (see
 /// `scripts/make_tiny_llama_gguf.py`: 5 special tokens, then the 256 bytes).
@@ -42,19 +41,9 @@ const ZERO: u32 = 5 + b'0' as u32;
 
 /// Starts llama-server with one slot of `ctx` tokens and `extra` arguments.
 fn llama_server(tools: &Tools, ctx: usize, extra: &[&str]) -> Process {
-    let port = free_port();
-    let child = Command::new(&tools.server)
-        .args(["-m", tools.model.to_str().unwrap(), "--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["-np", "1", "-c", &ctx.to_string(), "-t", "1", "-tb", "1", "--no-webui"])
-        .args(["-b", "512", "-ub", "512"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting llama-server");
-    let p = Process { child, url: format!("http://127.0.0.1:{port}") };
-    wait_healthy(&format!("{}/health", p.url));
-    p
+    let ctx = ctx.to_string();
+    let args = ["-np", "1", "-c", &ctx, "-t", "1", "-tb", "1", "--no-webui", "-b", "512", "-ub", "512"];
+    common::spawn_llama_server(tools, &args, extra)
 }
 
 fn analyzer(server_url: &str, timeout_seconds: u64) -> Analyzer {

@@ -125,11 +125,22 @@ pub fn gemma() -> Option<Tools> {
 /// llama-server's fallback is ChatML, which Gemma does not know), and no
 /// weight repacking (its repacked kernels die of SIGILL on some of these CPUs).
 pub fn gemma_server(tools: &Tools, ctx: usize) -> Process {
+    let ctx = ctx.to_string();
+    spawn_llama_server(
+        tools,
+        &["-np", "1", "-c", &ctx, "-t", "2", "-tb", "2", "--no-webui", "--no-repack"],
+        &["--no-jinja", "--chat-template", "gemma"],
+    )
+}
+
+/// Starts llama-server over `tools.model` on a free loopback port with
+/// `args` and `extra`, and waits until it is healthy.
+pub fn spawn_llama_server(tools: &Tools, args: &[&str], extra: &[&str]) -> Process {
     let port = free_port();
     let child = Command::new(&tools.server)
         .args(["-m", tools.model.to_str().unwrap(), "--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["-np", "1", "-c", &ctx.to_string(), "-t", "2", "-tb", "2", "--no-webui", "--no-repack"])
-        .args(["--no-jinja", "--chat-template", "gemma"])
+        .args(args)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -164,18 +175,12 @@ impl Drop for Process {
 
 /// Starts llama-server with `slots` slots of `ctx_per_slot` tokens each.
 pub fn llama_server(tools: &Tools, slots: usize, ctx_per_slot: usize) -> Process {
-    let port = free_port();
-    let child = Command::new(&tools.server)
-        .args(["-m", tools.model.to_str().unwrap(), "--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["-np", &slots.to_string(), "-c", &(slots * ctx_per_slot).to_string()])
-        .args(["-t", "1", "-tb", "1", "--no-webui", "-b", "512", "-ub", "512"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting llama-server");
-    let p = Process { child, url: format!("http://127.0.0.1:{port}") };
-    wait_healthy(&format!("{}/health", p.url));
-    p
+    let (slots, ctx) = (slots.to_string(), (slots * ctx_per_slot).to_string());
+    spawn_llama_server(
+        tools,
+        &["-np", &slots, "-c", &ctx, "-t", "1", "-tb", "1", "--no-webui", "-b", "512", "-ub", "512"],
+        &[],
+    )
 }
 
 /// Starts the Ollama-compatible front over a llama-server.
