@@ -96,20 +96,29 @@ fn first_sentence(text: &str) -> Option<String> {
     const LOOK: usize = MAX_SENTENCE_CHARS + 2;
     let mut body = String::new();
     let mut chars = 0;
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    // Whether text is left after the window: the lines are trimmed, so what
+    // is left holds more than whitespace, and a sentence still running at
+    // the window's end is longer than the cut, even if the window ends in
+    // spaces (trimming those would hide that it runs on).
+    let mut cut = false;
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
+    for line in lines.by_ref() {
         if chars > 0 {
             body.push(' ');
             chars += 1;
         }
-        for c in line.chars().take(LOOK.saturating_sub(chars)) {
+        let mut line_chars = line.chars();
+        for c in line_chars.by_ref().take(LOOK.saturating_sub(chars)) {
             body.push(c);
             chars += 1;
         }
         if chars >= LOOK {
+            cut = line_chars.next().is_some();
             break;
         }
     }
-    let body = body.trim();
+    cut = cut || lines.next().is_some();
+    let body = if cut { body.as_str() } else { body.trim_end() };
     if body.is_empty() {
         return None;
     }
@@ -163,6 +172,19 @@ mod tests {
             context: None,
         };
         assert_eq!(HeuristicContexts::new(&doc).context(&chunk), "Guide. Guide > Setup. Install it first.");
+    }
+
+    #[test]
+    fn a_sentence_running_on_past_the_window_in_spaces_is_still_cut() {
+        // 300 characters, spaces up to and past the window's end, then the
+        // full stop: the sentence is longer than the cut, so it ends in "…".
+        let text = format!("{}     .", "a".repeat(300));
+        assert_eq!(first_sentence(&text), Some(format!("{}…", "a".repeat(300))));
+        assert_eq!(first_sentence(&text), reference_first_sentence(&text));
+        // The same sentence with nothing after the spaces is not cut.
+        let text = format!("{}     ", "a".repeat(300));
+        assert_eq!(first_sentence(&text), Some("a".repeat(300)));
+        assert_eq!(first_sentence(&text), reference_first_sentence(&text));
     }
 
     /// The definitions before contexts were made per document: the section
