@@ -19,6 +19,9 @@
 #                    campaign builds `http`), without asking cargo first
 # New corpus inputs go to fuzz/corpus/<target>/ (only the seed-* files there
 # are committed); crashes, timeouts and OOMs to fuzz/artifacts/<target>/.
+# Each target's run is added to the ledger fuzz/artifacts/ledger.tsv (date,
+# commit, target, wall and CPU seconds, executions, coverage, findings), which
+# scripts/fuzz-hours.sh sums to run targets up to a CPU-time goal.
 # Exits 1 when any target found something.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -82,6 +85,7 @@ for t in "${TARGETS[@]}"; do
     # Fork mode with -ignore_*: a crash, timeout or OOM is saved and the
     # campaign goes on, instead of stopping at the first one.
     cpu_file="fuzz/artifacts/$t.cpu"
+    started=$(date +%s)
     set +e
     # /usr/bin/time: the CPU seconds of libFuzzer and its forked jobs.
     /usr/bin/time -f '%U %S' -o "$cpu_file" nice -n "$NICE" "$BIN_DIR/$t" "$corpus" \
@@ -104,6 +108,11 @@ for t in "${TARGETS[@]}"; do
     # libFuzzer's fork mode exits 0 when it ran its time (findings are
     # counted above); anything else means it did not run as asked.
     [ "$rc" != 0 ] && broken_any=1
+    ledger=fuzz/artifacts/ledger.tsv
+    [ -s "$ledger" ] || printf 'date\tcommit\ttarget\twall_s\tcpu_s\texecutions\tedges\tfeatures\tcorpus\toom/timeout/crash\tnew_inputs\trc\n' >"$ledger"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+        "$(git rev-parse --short HEAD 2>/dev/null || echo '?')" "$t" "$(($(date +%s) - started))" "${cpu:-?}" \
+        "${execs:-?}" "${cov:-?}" "${ft:-?}" "${corp:-?}" "${otc:-?}" "$new" "$rc" >>"$ledger"
     summary+=("$(printf '%-9s %7s %12s %7s %8s %6s %17s %10s %4s' "$t" "${cpu:-?}" "${execs:-?}" "${cov:-?}" \
         "${ft:-?}" "${corp:-?}" "${otc:-?}" "$new" "$rc")")
 done
