@@ -47,6 +47,28 @@ def passages(data, n):
     return chosen[:n]
 
 
+# The CPU features the kernels choose by (crates/models/src/kernels.rs).
+WATCHED_FLAGS = ["avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"]
+
+
+def cpu_info():
+    """The CPU's model name and flags, from /proc/cpuinfo (Linux)."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown CPU":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return model, flags
+
+
+cpu_model, cpu_flags = cpu_info()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -76,17 +98,24 @@ def main():
         path = os.path.join(tmp, "texts.json")
         json.dump(texts, open(path, "w"))
         rows, vectors = {}, {}
-        for dtype in ["f32"] + ([] if args.no_int8 else ["int8"]):
+        runs = [("f32", "f32", {})]
+        if not args.no_int8:
+            runs.append(("int8", "int8", {}))
+            if "amx_int8" in cpu_flags:
+                # The same int8 run with the AMX kernel off: AVX-512 VNNI.
+                runs.append(("int8, AMX off (VNNI)", "int8", {"DATAFACTORY_CPU_AMX": "0"}))
+        for name, dtype, env in runs:
             out = subprocess.run([binary, "embed", args.model, path, "32", dtype],
-                                 check=True, capture_output=True, text=True)
-            rows[dtype] = json.loads(out.stdout.strip().splitlines()[-1])
-            vectors[dtype] = np.fromfile(f"{path}.{dtype}.vectors.f32", dtype=np.float32).reshape(len(texts), -1)
+                                 check=True, capture_output=True, text=True, env={**os.environ, **env})
+            rows[name] = json.loads(out.stdout.strip().splitlines()[-1])
+            vectors[name] = np.fromfile(f"{path}.{dtype}.vectors.f32", dtype=np.float32).reshape(len(texts), -1)
 
     def cosine(a, b):
         return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
     st_rate = len(texts) / st_secs
-    print(f"{len(texts)} passages of 150-250 words, batch 32, {args.threads} threads, CPU\n")
+    print(f"{len(texts)} passages of 150-250 words, batch 32, {args.threads} threads, CPU: {cpu_model}")
+    print(f"CPU features: {' '.join(f for f in WATCHED_FLAGS if f in cpu_flags) or 'none of ' + ' '.join(WATCHED_FLAGS)}\n")
     print("| engine | passages/s | seconds | ratio |")
     print("|---|---|---|---|")
     print(f"| sentence-transformers f32 (torch {torch.__version__}) | {st_rate:.1f} | {st_secs:.1f} | 1.00 |")
@@ -95,10 +124,10 @@ def main():
               f"{row['passages_per_second'] / st_rate:.2f} |")
     cos = cosine(vectors["f32"], theirs)
     print(f"\ncosine DataFactory f32 vs sentence-transformers: min {cos.min():.6f}, mean {cos.mean():.6f}")
-    if "int8" in vectors:
+    for run in [r for r in vectors if r != "f32"]:
         for name, ref in [("DataFactory f32", vectors["f32"]), ("sentence-transformers", theirs)]:
-            cos = cosine(vectors["int8"], ref)
-            print(f"cosine DataFactory int8 vs {name}: min {cos.min():.6f}, mean {cos.mean():.6f}")
+            cos = cosine(vectors[run], ref)
+            print(f"cosine DataFactory {run} vs {name}: min {cos.min():.6f}, mean {cos.mean():.6f}")
 
 
 if __name__ == "__main__":

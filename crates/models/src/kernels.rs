@@ -3,8 +3,9 @@
 //! - [`Int8Linear`]: a linear layer whose weights are quantised to int8 per
 //!   output channel at load time and whose inputs are quantised to u8 per
 //!   row at run time (asymmetric: min to max); the products are summed
-//!   exactly in i32 (AVX-512 VNNI
-//!   when the CPU has it, plain Rust otherwise, with the same results) and
+//!   exactly in i32 (AMX-INT8 tiles on Intel Xeon from Sapphire Rapids on,
+//!   AVX-512 VNNI on other CPUs that have it, plain Rust otherwise, all with
+//!   the same sums; AMX and VNNI share one epilogue, so the same floats) and
 //!   scaled back to f32 with the bias, the residual and the activation fused
 //!   into the same pass.
 //! - [`bias_epilogue`]: bias + residual + activation after an f32 matmul, one
@@ -498,15 +499,37 @@ impl Int8Linear {
     /// `act(x Wᵀ + b [+ residual])` for `x` `[m, k]` row-major; `residual` is
     /// `[m, n]`. Rows run in parallel on rayon's pool.
     pub(crate) fn forward(&self, x: &[f32], residual: Option<&[f32]>, act: Epilogue) -> Vec<f32> {
-        self.forward_with(x, residual, act, vnni_available())
+        self.forward_with(x, residual, act, self.best_kernel())
     }
 
+    /// The fastest kernel this CPU runs for this layer's shape.
+    pub(crate) fn best_kernel(&self) -> Int8Kernel {
+        if amx_available() && self.amx_fits() {
+            return Int8Kernel::Amx;
+        }
+        if vnni_available() {
+            Int8Kernel::Vnni
+        } else {
+            Int8Kernel::Scalar
+        }
+    }
+
+    /// Whether the AMX kernel takes this shape: features in whole steps of
+    /// 64 (one tile row of bytes) and channel blocks in pairs (two weight
+    /// tiles per step), as every layer of the BERT and XLM-RoBERTa models has.
+    pub(crate) fn amx_fits(&self) -> bool {
+        self.groups.is_multiple_of(16) && self.blocks.is_multiple_of(2)
+    }
+
+    /// As [`Int8Linear::forward`], with the kernel given (the caller checks
+    /// that the CPU runs it: [`vnni_available`], [`amx_available`] and
+    /// [`Int8Linear::amx_fits`]; the tests run every kernel a CPU has).
     pub(crate) fn forward_with(
         &self,
         x: &[f32],
         residual: Option<&[f32]>,
         act: Epilogue,
-        vnni: bool,
+        kernel: Int8Kernel,
     ) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
         assert_eq!(x.len() % k, 0, "input is not [m, k]");
@@ -519,24 +542,25 @@ impl Int8Linear {
         out.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(t, out)| {
             let r0 = t * ROWS_PER_TASK;
             let rows = out.len() / n;
-            let mut qa = vec![0u8; rows * stride];
+            // AMX multiplies whole tiles of 16 rows, two at a time: the rows
+            // past the task's are zeros, and their sums are not stored.
+            let padded = if kernel == Int8Kernel::Amx { rows.next_multiple_of(32) } else { rows };
+            let mut qa = vec![0u8; padded * stride];
             let mut sa = vec![(0f32, 0f32); rows];
             quantize_rows(&x[r0 * k..(r0 + rows) * k], k, &mut qa, stride, &mut sa);
             let residual = residual.map(|res| &res[r0 * n..(r0 + rows) * n]);
-            #[cfg(target_arch = "x86_64")]
-            if vnni {
-                // SAFETY: `vnni` is true only when `vnni_available()` said so
-                // (or a test passed it after checking the same); `qa` holds
-                // `rows` rows of `stride` bytes, `out` and `residual` `rows`
-                // rows of `n` floats, as `matmul_vnni` requires.
-                unsafe { self.matmul_vnni(&qa, &sa, rows, out, residual) };
-                if act == Epilogue::GeluErf {
-                    gelu_erf(out);
-                }
-                return;
+            match kernel {
+                // SAFETY (both arms): the caller chose the kernel after
+                // checking that the CPU runs it (and, for AMX, that the
+                // shape fits); `qa` holds `padded` rows of `stride` bytes,
+                // `sa` `rows` pairs, `out` and `residual` `rows` rows of `n`
+                // floats, as the kernels require.
+                #[cfg(target_arch = "x86_64")]
+                Int8Kernel::Vnni => unsafe { self.matmul_vnni(&qa, &sa, rows, out, residual) },
+                #[cfg(target_arch = "x86_64")]
+                Int8Kernel::Amx => unsafe { self.matmul_amx(&qa, &sa, rows, out, residual) },
+                _ => self.matmul_scalar(&qa, &sa, rows, out, residual),
             }
-            let _ = vnni;
-            self.matmul_scalar(&qa, &sa, rows, out, residual);
             if act == Epilogue::GeluErf {
                 gelu_erf(out);
             }
@@ -582,6 +606,33 @@ impl Int8Linear {
                 }
             }
         }
+    }
+}
+
+/// The integer matrix product of an [`Int8Linear`]; all three give the same
+/// sums, and VNNI and AMX the same floats (one epilogue).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Int8Kernel {
+    /// Plain Rust, any CPU.
+    Scalar,
+    /// AVX-512 VNNI (`vpdpbusd`): 16 channels × 4 features per instruction.
+    Vnni,
+    /// AMX-INT8 (`tdpbusd`): a 16 × 16 tile of sums over 64 features per
+    /// instruction, on Intel Xeon from Sapphire Rapids on.
+    Amx,
+}
+
+/// Whether the CPU and the kernel let this process run the AMX-INT8 kernel
+/// (see [`Int8Kernel::Amx`]); `DATAFACTORY_CPU_AMX=0` turns it off (to
+/// compare with VNNI on the same machine).
+pub(crate) fn amx_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -725,32 +776,236 @@ mod vnni {
                     }
                 }
             }
-            let n = self.n;
             for v in 0..NV {
-                let c = (b0 + v) * 16;
-                // Channels c..c+16 exist in the padded per-channel arrays;
-                // only the first `valid` are real and written.
-                let valid = (n - c).min(16);
-                let mask: __mmask16 = if valid == 16 { 0xffff } else { (1u16 << valid) - 1 };
-                let sums = _mm512_loadu_ps(self.sums.as_ptr().add(c));
-                let scale = _mm512_loadu_ps(self.scales.as_ptr().add(c));
-                let bias = _mm512_loadu_ps(self.bias.as_ptr().add(c));
+                let channels = Channels::load(self, (b0 + v) * 16);
                 for (i, acc) in acc.iter().enumerate() {
-                    let row = r0 + i;
-                    let (row_scale, row_min) = sa[row];
-                    let dot = _mm512_fmadd_ps(
-                        _mm512_cvtepi32_ps(acc[v]),
-                        _mm512_set1_ps(row_scale),
-                        _mm512_mul_ps(_mm512_set1_ps(row_min), sums),
-                    );
-                    let mut y = _mm512_fmadd_ps(dot, scale, bias);
-                    if let Some(res) = residual {
-                        let rv = _mm512_maskz_loadu_ps(mask, res.as_ptr().add(row * n + c));
-                        y = _mm512_add_ps(y, rv);
-                    }
-                    _mm512_mask_storeu_ps(out.as_mut_ptr().add(row * n + c), mask, y);
+                    self.store_row(&channels, acc[v], r0 + i, sa, out, residual);
                 }
             }
+        }
+
+        /// Row `row`'s outputs for `channels` from their i32 sums `acc`:
+        /// `sw · (scale · acc + min · Σw) + bias [+ residual]`, only the real
+        /// channels written. One epilogue for the VNNI and AMX kernels, so
+        /// they give the same floats.
+        ///
+        /// # Safety
+        /// AVX-512F; `row < sa.len()`, and `out` (and `residual`) hold row
+        /// `row` of `n` floats.
+        #[target_feature(enable = "avx512f")]
+        #[inline]
+        pub(super) unsafe fn store_row(
+            &self,
+            channels: &Channels,
+            acc: __m512i,
+            row: usize,
+            sa: &[(f32, f32)],
+            out: &mut [f32],
+            residual: Option<&[f32]>,
+        ) {
+            let (n, c, mask) = (self.n, channels.c, channels.mask);
+            let (row_scale, row_min) = sa[row];
+            let dot = _mm512_fmadd_ps(
+                _mm512_cvtepi32_ps(acc),
+                _mm512_set1_ps(row_scale),
+                _mm512_mul_ps(_mm512_set1_ps(row_min), channels.sums),
+            );
+            let mut y = _mm512_fmadd_ps(dot, channels.scale, channels.bias);
+            if let Some(res) = residual {
+                let rv = _mm512_maskz_loadu_ps(mask, res.as_ptr().add(row * n + c));
+                y = _mm512_add_ps(y, rv);
+            }
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(row * n + c), mask, y);
+        }
+    }
+
+    /// Channels `c..c+16` of a layer: their weight scales, weight sums and
+    /// biases (the padded per-channel arrays hold all 16), and which of them
+    /// are real (`mask`: the first `n - c`).
+    pub(super) struct Channels {
+        c: usize,
+        mask: __mmask16,
+        sums: __m512,
+        scale: __m512,
+        bias: __m512,
+    }
+
+    impl Channels {
+        /// # Safety
+        /// AVX-512F; `c` is a multiple of 16 below the layer's `n`.
+        #[target_feature(enable = "avx512f")]
+        #[inline]
+        pub(super) unsafe fn load(layer: &Int8Linear, c: usize) -> Channels {
+            let valid = (layer.n - c).min(16);
+            let mask: __mmask16 = if valid == 16 { 0xffff } else { (1u16 << valid) - 1 };
+            Channels {
+                c,
+                mask,
+                sums: _mm512_loadu_ps(layer.sums.as_ptr().add(c)),
+                scale: _mm512_loadu_ps(layer.scales.as_ptr().add(c)),
+                bias: _mm512_loadu_ps(layer.bias.as_ptr().add(c)),
+            }
+        }
+    }
+}
+
+/// AMX-INT8: the same sums as the VNNI kernel, a 16 × 16 tile of them per
+/// instruction. The tile instructions are written in inline assembly (stable
+/// Rust has no AMX intrinsics); the packed weights already have the layout a
+/// weight tile wants (16 rows of 4 features × 16 channels, 64 bytes apart).
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use super::vnni::Channels;
+    use super::Int8Linear;
+    use std::arch::asm;
+    use std::arch::x86_64::*;
+    use std::sync::OnceLock;
+
+    /// CPUID says AMX-TILE and AMX-INT8, the AVX-512 epilogue can run, and
+    /// Linux grants this process the tile data state (`arch_prctl(
+    /// ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, once, for all its threads;
+    /// without it the first tile instruction would kill the process).
+    pub(super) fn available() -> bool {
+        static AVAILABLE: OnceLock<bool> = OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            if std::env::var("DATAFACTORY_CPU_AMX").is_ok_and(|v| v == "0") {
+                return false;
+            }
+            // SAFETY: CPUID leaf 7 exists on every x86-64 CPU AVX-512 runs on
+            // (checked first); reading it has no effect.
+            #[allow(unused_unsafe)]
+            let edx = unsafe { __cpuid_count(7, 0) }.edx;
+            let cpu = edx & (1 << 24) != 0 && edx & (1 << 25) != 0;
+            cpu && super::vnni_available() && request_tile_data()
+        })
+    }
+
+    /// `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`: 0 when granted.
+    fn request_tile_data() -> bool {
+        const SYS_ARCH_PRCTL: i64 = 158;
+        const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+        const XFEATURE_XTILEDATA: i64 = 18;
+        let ret: i64;
+        // SAFETY: a system call that only changes this process's permission
+        // to use the AMX state; it reads and writes no memory of ours.
+        unsafe {
+            asm!(
+                "syscall",
+                inlateout("rax") SYS_ARCH_PRCTL => ret,
+                in("rdi") ARCH_REQ_XCOMP_PERM,
+                in("rsi") XFEATURE_XTILEDATA,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        ret == 0
+    }
+
+    impl Int8Linear {
+        /// As [`Int8Linear::matmul_vnni`], with tiles: rows 32 at a time
+        /// (two A tiles), channels 32 at a time (two B tiles), four
+        /// accumulator tiles, 64 features per step.
+        ///
+        /// # Safety
+        /// [`available`] returned true and [`Int8Linear::amx_fits`]; `qa`
+        /// holds `rows` rounded up to 32 rows of `groups * 4` bytes, `sa`
+        /// `rows` pairs, `out` (and `residual`) `rows * n` floats.
+        pub(super) unsafe fn matmul_amx(
+            &self,
+            qa: &[u8],
+            sa: &[(f32, f32)],
+            rows: usize,
+            out: &mut [f32],
+            residual: Option<&[f32]>,
+        ) {
+            let groups = self.groups;
+            let stride = groups * 4;
+            let padded = rows.next_multiple_of(32);
+            assert!(self.amx_fits());
+            assert!(qa.len() >= padded * stride && sa.len() >= rows && out.len() >= rows * self.n);
+            if let Some(r) = residual {
+                assert!(r.len() >= rows * self.n);
+            }
+            // Palette 1; all eight tiles 16 rows of 64 bytes: tmm0-3 the
+            // i32 sums (16 × 16), tmm4-5 rows of u8 inputs (16 × 64), tmm6-7
+            // weights (16 groups of 4 features × 16 channels).
+            let mut config = [0u8; 64];
+            config[0] = 1;
+            for t in 0..8 {
+                config[16 + 2 * t] = 64;
+                config[48 + t] = 16;
+            }
+            // The four tiles' sums as stored: [32 rows][32 channels].
+            let mut sums = [0i32; 32 * 32];
+            // SAFETY: a valid palette-1 configuration (64 bytes).
+            unsafe { asm!("ldtilecfg [{}]", in(reg) config.as_ptr(), options(nostack, readonly)) };
+            for r in (0..padded).step_by(32) {
+                for b in (0..self.blocks).step_by(2) {
+                    // SAFETY (the three blocks): tiles configured above; every
+                    // load reads 16 rows of 64 bytes inside `qa` (rows r..r+32
+                    // < padded, features g0*4..g0*4+64 ≤ stride) or inside
+                    // `packed` (blocks b, b+1 < blocks, groups g0..g0+16 ≤
+                    // groups); the stores write 32 × 32 i32 into `sums`.
+                    unsafe {
+                        asm!(
+                            "tilezero tmm0",
+                            "tilezero tmm1",
+                            "tilezero tmm2",
+                            "tilezero tmm3",
+                            options(nostack, nomem)
+                        );
+                        for g0 in (0..groups).step_by(16) {
+                            let a0 = qa.as_ptr().add(r * stride + g0 * 4);
+                            let w0 = self.packed.as_ptr().add((b * groups + g0) * 64);
+                            asm!(
+                                "tileloadd tmm4, [{a0} + {stride}]",
+                                "tileloadd tmm5, [{a1} + {stride}]",
+                                "tileloadd tmm6, [{w0} + {wstride}]",
+                                "tileloadd tmm7, [{w1} + {wstride}]",
+                                "tdpbusd tmm0, tmm4, tmm6",
+                                "tdpbusd tmm1, tmm4, tmm7",
+                                "tdpbusd tmm2, tmm5, tmm6",
+                                "tdpbusd tmm3, tmm5, tmm7",
+                                a0 = in(reg) a0,
+                                a1 = in(reg) a0.add(16 * stride),
+                                w0 = in(reg) w0,
+                                w1 = in(reg) w0.add(groups * 64),
+                                stride = in(reg) stride,
+                                wstride = in(reg) 64usize,
+                                options(nostack, readonly),
+                            );
+                        }
+                        let s = sums.as_mut_ptr() as *mut u8;
+                        asm!(
+                            "tilestored [{s0} + {row}], tmm0",
+                            "tilestored [{s1} + {row}], tmm1",
+                            "tilestored [{s2} + {row}], tmm2",
+                            "tilestored [{s3} + {row}], tmm3",
+                            s0 = in(reg) s,
+                            s1 = in(reg) s.add(64),
+                            s2 = in(reg) s.add(16 * 128),
+                            s3 = in(reg) s.add(16 * 128 + 64),
+                            row = in(reg) 128usize,
+                            options(nostack),
+                        );
+                    }
+                    // SAFETY: AVX-512F (`available`); channels b*16 and
+                    // (b+1)*16 lie in the padded per-channel arrays; rows
+                    // r+i < rows are inside `sa`, `out` and `residual`.
+                    unsafe {
+                        let channels = [Channels::load(self, b * 16), Channels::load(self, (b + 1) * 16)];
+                        for i in 0..(rows - r).min(32) {
+                            for (v, channels) in channels.iter().enumerate() {
+                                let acc = _mm512_loadu_si512(sums.as_ptr().add(i * 32 + v * 16) as *const _);
+                                self.store_row(channels, acc, r + i, sa, out, residual);
+                            }
+                        }
+                    }
+                }
+            }
+            // SAFETY: gives the tile state back (no memory touched).
+            unsafe { asm!("tilerelease", options(nostack, nomem)) };
         }
     }
 }
@@ -886,14 +1141,26 @@ mod tests {
     fn int8_linear_is_close_to_f32_and_kernels_agree() {
         // Odd sizes: padding of features (k % 4) and channels (n % 16), and
         // a row count that is not a multiple of the tile or the task.
-        for &(m, k, n) in &[(70, 37, 50), (9, 384, 48), (130, 64, 16), (1, 5, 3)] {
+        // The last four fit the AMX kernel (features in 64s, channel blocks
+        // in pairs): rows 1, 33, 70 and 130 leave the 32-row tiles part full,
+        // 50 channels the last block.
+        for &(m, k, n) in &[
+            (70, 37, 50),
+            (9, 384, 48),
+            (130, 64, 16),
+            (1, 5, 3),
+            (70, 128, 96),
+            (33, 64, 32),
+            (1, 384, 64),
+            (130, 256, 50),
+        ] {
             let mut seed = (m * 31 + k * 7 + n) as u64;
             let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed) * 0.1).collect();
             let bias: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
             let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
             let res: Vec<f32> = (0..m * n).map(|_| lcg(&mut seed)).collect();
             let lin = Int8Linear::new(&w, Some(&bias), n, k);
-            let scalar = lin.forward_with(&x, Some(&res), Epilogue::GeluErf, false);
+            let scalar = lin.forward_with(&x, Some(&res), Epilogue::GeluErf, Int8Kernel::Scalar);
             let mut exact = vec![0f32; m * n];
             for r in 0..m {
                 for c in 0..n {
@@ -905,15 +1172,44 @@ mod tests {
             let err = scalar.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(err < 0.02 * (k as f32).sqrt() * 0.1, "m={m} k={k} n={n}: error {err}");
             if vnni_available() {
-                let fast = lin.forward_with(&x, Some(&res), Epilogue::GeluErf, true);
+                let fast = lin.forward_with(&x, Some(&res), Epilogue::GeluErf, Int8Kernel::Vnni);
                 let diff = fast.iter().zip(&scalar).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(diff < 1e-5, "m={m} k={k} n={n}: VNNI and scalar differ by {diff}");
-                let plain = lin.forward_with(&x, None, Epilogue::None, true);
-                let plain_scalar = lin.forward_with(&x, None, Epilogue::None, false);
+                let plain = lin.forward_with(&x, None, Epilogue::None, Int8Kernel::Vnni);
+                let plain_scalar = lin.forward_with(&x, None, Epilogue::None, Int8Kernel::Scalar);
                 let diff = plain.iter().zip(&plain_scalar).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(diff < 1e-5, "VNNI and scalar differ by {diff} without residual");
+                if amx_available() && lin.amx_fits() {
+                    // The same integer sums through the same epilogue: the
+                    // same floats, bit for bit.
+                    let tiles = lin.forward_with(&x, Some(&res), Epilogue::GeluErf, Int8Kernel::Amx);
+                    assert_eq!(tiles, fast, "m={m} k={k} n={n}: AMX and VNNI differ");
+                    let tiles = lin.forward_with(&x, None, Epilogue::None, Int8Kernel::Amx);
+                    assert_eq!(tiles, plain, "m={m} k={k} n={n}: AMX and VNNI differ without residual");
+                }
             }
         }
+    }
+
+    /// Which shapes the AMX kernel takes, and that a CPU with AMX uses it
+    /// for them (this machine's CPU is printed, so a run says what it tested).
+    #[test]
+    fn amx_kernel_is_chosen_where_it_fits() {
+        let layer = |k: usize, n: usize| Int8Linear::new(&vec![0.5; n * k], None, n, k);
+        assert!(layer(384, 1536).amx_fits() && layer(1024, 4096).amx_fits() && layer(64, 17).amx_fits());
+        assert!(!layer(37, 64).amx_fits() && !layer(384, 16).amx_fits() && !layer(96, 64).amx_fits());
+        let (amx, vnni) = (amx_available(), vnni_available());
+        eprintln!("this CPU: AMX-INT8 {amx}, AVX-512 VNNI {vnni}");
+        let expected = if amx {
+            Int8Kernel::Amx
+        } else if vnni {
+            Int8Kernel::Vnni
+        } else {
+            Int8Kernel::Scalar
+        };
+        assert_eq!(layer(384, 1536).best_kernel(), expected);
+        let expected = if vnni { Int8Kernel::Vnni } else { Int8Kernel::Scalar };
+        assert_eq!(layer(37, 64).best_kernel(), expected);
     }
 
     #[test]
