@@ -74,7 +74,8 @@ def main():
     ap.add_argument("model")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--no-int8", action="store_true", help="skip DataFactory's int8 run")
+    ap.add_argument("--no-int8", action="store_true", help="skip DataFactory's int8 runs")
+    ap.add_argument("--no-bf16", action="store_true", help="skip DataFactory's bf16 run (CPUs with AMX-BF16)")
     args = ap.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     texts = passages(os.path.join(root, "tests", "data"), args.n)
@@ -104,6 +105,9 @@ def main():
             if "amx_int8" in cpu_flags:
                 # The same int8 run with the AMX kernel off: AVX-512 VNNI.
                 runs.append(("int8, AMX off (VNNI)", "int8", {"DATAFACTORY_CPU_AMX": "0"}))
+        if "amx_bf16" in cpu_flags and not args.no_bf16:
+            # Linear layers in bf16 on AMX tiles (elsewhere candle's bf16, slow on CPUs).
+            runs.append(("bf16 (AMX)", "bf16", {}))
         for name, dtype, env in runs:
             out = subprocess.run([binary, "embed", args.model, path, "32", dtype],
                                  check=True, capture_output=True, text=True, env={**os.environ, **env})

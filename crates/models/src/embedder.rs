@@ -12,7 +12,7 @@
 //! into batches bounded by `batch_size` texts and `batch_tokens` padded tokens,
 //! so little compute goes to padding; results come back in the caller's order.
 
-use crate::encoder::{Encoder, EncoderConfig};
+use crate::encoder::{bf16_amx_available, Encoder, EncoderConfig, Linears};
 use crate::pooling::Pooling;
 use crate::resolve::{resolve_model, ModelFiles};
 use crate::sparse::{collect_weights, SparseHead};
@@ -76,7 +76,7 @@ impl LoadedModel {
         sparse: bool,
         device: &Device,
         dtype: DType,
-        int8: bool,
+        linears: Linears,
     ) -> Result<LoadedModel, EmbedError> {
         let unavailable =
             |what: &str, e: candle_core::Error| EmbedError::Unavailable(format!("cannot load {what}: {e}"));
@@ -85,9 +85,9 @@ impl LoadedModel {
             .map_err(|e| unavailable(&weights.display().to_string(), e))?;
         let mut encoder = Encoder::load(vb, config)
             .map_err(|e| unavailable(&format!("the encoder from {}", weights.display()), e))?;
-        if int8 {
-            encoder.quantize_int8().map_err(|e| unavailable("the encoder in int8", e))?;
-        }
+        encoder
+            .use_linears(linears)
+            .map_err(|e| unavailable(&format!("the encoder with {linears:?} linear layers"), e))?;
         let sparse = match (&files.sparse_linear, sparse) {
             (Some(path), true) => Some(
                 SparseHead::load(path, config.hidden_size, device)
@@ -163,7 +163,7 @@ impl CandleEmbedder {
             .and_then(|c| c.architecture().map(|_| c))
             .map_err(|e| EmbedError::Unavailable(format!("{}: {e}", files.config.display())))?;
         let device = select_device(&config.device, "embedding")?;
-        let (dtype, int8) = select_dtype(&config.dtype, &device, "embedding")?;
+        let (dtype, linears) = select_dtype(&config.dtype, &device, "embedding")?;
 
         // The effective limit: the configuration, the position table, and the
         // length the sentence-transformers model was set up for.
@@ -206,7 +206,7 @@ impl CandleEmbedder {
             .collect();
 
         let pooling = Pooling::from_file(files.pooling_config.as_deref()).map_err(EmbedError::Unavailable)?;
-        let model = LoadedModel::load(&files, &encoder_config, config.sparse, &device, dtype, int8)?;
+        let model = LoadedModel::load(&files, &encoder_config, config.sparse, &device, dtype, linears)?;
         crate::gpu::keep_cache(&device);
         if config.sparse && model.sparse.is_none() {
             tracing::debug!(model = %files.name, "no sparse_linear.pt: dense vectors only");
@@ -227,7 +227,7 @@ impl CandleEmbedder {
             dir = %files.dir.display(),
             device = ?device,
             ?dtype,
-            int8,
+            ?linears,
             pooling = %pooling.name(),
             max_length,
             sparse = model.sparse.is_some(),
@@ -293,7 +293,14 @@ impl CandleEmbedder {
             |model| self.forward(model, ids),
             || {
                 let sparse = self.model.sparse.is_some();
-                LoadedModel::load(&self.files, &self.encoder_config, sparse, &Device::Cpu, DType::F32, false)
+                LoadedModel::load(
+                    &self.files,
+                    &self.encoder_config,
+                    sparse,
+                    &Device::Cpu,
+                    DType::F32,
+                    Linears::F32,
+                )
             },
             EmbedError::Runtime,
         )
@@ -459,15 +466,22 @@ pub(crate) fn select_device(name: &str, section: &str) -> Result<Device, EmbedEr
     }
 }
 
-/// The dtype the model loads in, and whether its linear layers then run in
-/// int8 (`"int8"`: CPU only, f32 everywhere else); `name` is `<section>.dtype`.
-pub(crate) fn select_dtype(name: &str, device: &Device, section: &str) -> Result<(DType, bool), EmbedError> {
+/// The dtype the model loads in, and how its linear layers multiply: in
+/// int8 (`"int8"`: CPU only), in bf16 on AMX tiles (`"bf16"` on a CPU with
+/// AMX-BF16: f32 tensors, the matmuls' inputs rounded to bf16; candle's bf16
+/// on other devices), f32 everywhere else; `name` is `<section>.dtype`.
+pub(crate) fn select_dtype(
+    name: &str,
+    device: &Device,
+    section: &str,
+) -> Result<(DType, Linears), EmbedError> {
     match name {
-        "auto" if device.is_cuda() => Ok((DType::F16, false)),
-        "auto" | "f32" => Ok((DType::F32, false)),
-        "f16" => Ok((DType::F16, false)),
-        "bf16" => Ok((DType::BF16, false)),
-        "int8" if device.is_cpu() => Ok((DType::F32, true)),
+        "auto" if device.is_cuda() => Ok((DType::F16, Linears::F32)),
+        "auto" | "f32" => Ok((DType::F32, Linears::F32)),
+        "f16" => Ok((DType::F16, Linears::F32)),
+        "bf16" if device.is_cpu() && bf16_amx_available() => Ok((DType::F32, Linears::Bf16Amx)),
+        "bf16" => Ok((DType::BF16, Linears::F32)),
+        "int8" if device.is_cpu() => Ok((DType::F32, Linears::Int8)),
         "int8" => Err(EmbedError::Unavailable(format!(
             "{section}.dtype = \"int8\" runs on the CPU only; set {section}.device to \"cpu\" \
              or choose f16, bf16 or f32 for the GPU"
@@ -554,9 +568,11 @@ mod tests {
         assert!(select_device("cpu", "embedding").unwrap().is_cpu());
         assert!(select_device("auto", "embedding").is_ok());
         assert!(select_device("tpu", "rerank").unwrap_err().to_string().contains("rerank.device"));
-        assert_eq!(select_dtype("auto", &Device::Cpu, "embedding").unwrap(), (DType::F32, false));
-        assert_eq!(select_dtype("bf16", &Device::Cpu, "embedding").unwrap(), (DType::BF16, false));
-        assert_eq!(select_dtype("int8", &Device::Cpu, "embedding").unwrap(), (DType::F32, true));
+        assert_eq!(select_dtype("auto", &Device::Cpu, "embedding").unwrap(), (DType::F32, Linears::F32));
+        let bf16 =
+            if bf16_amx_available() { (DType::F32, Linears::Bf16Amx) } else { (DType::BF16, Linears::F32) };
+        assert_eq!(select_dtype("bf16", &Device::Cpu, "embedding").unwrap(), bf16);
+        assert_eq!(select_dtype("int8", &Device::Cpu, "embedding").unwrap(), (DType::F32, Linears::Int8));
         assert!(select_dtype("int4", &Device::Cpu, "embedding").is_err());
         if !candle_core::utils::cuda_is_available() {
             let e = select_device("cuda", "embedding").unwrap_err().to_string();

@@ -20,7 +20,7 @@
 //! attention mask is added inside the softmax ([`crate::kernels`]); with
 //! [`Encoder::quantize_int8`] the linear layers run in int8 (AVX-512 VNNI).
 
-use crate::kernels::{self, Epilogue, Int8Linear};
+use crate::kernels::{self, Bf16Linear, Epilogue, Int8Linear};
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Module, Result, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
@@ -151,25 +151,50 @@ fn cpu_f32(xs: &Tensor) -> bool {
     xs.device().is_cpu() && xs.dtype() == DType::F32
 }
 
-/// A linear layer: candle's, with a fused f32 epilogue on the CPU, or int8.
+/// How an encoder's linear layers multiply on the CPU (f32 tensors): with
+/// candle's f32 matmul, in int8 ([`Int8Linear`]) or in bf16 on AMX tiles
+/// ([`Bf16Linear`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Linears {
+    F32,
+    Int8,
+    Bf16Amx,
+}
+
+/// A linear layer's own CPU kernel, in place of candle's matmul.
+enum LinearKernel {
+    Int8(Int8Linear),
+    Bf16(Bf16Linear),
+}
+
+/// A linear layer: candle's, with a fused f32 epilogue on the CPU, or one
+/// of our kernels.
 struct Dense {
     linear: Linear,
-    int8: Option<Int8Linear>,
+    kernel: Option<LinearKernel>,
     /// For the stage profile ([`crate::profile`]).
     name: &'static str,
 }
 
 impl Dense {
     fn new(linear: Linear, name: &'static str) -> Dense {
-        Dense { linear, int8: None, name }
+        Dense { linear, kernel: None, name }
     }
 
-    fn quantize_int8(&mut self) -> Result<()> {
+    /// Makes the layer's kernel for `linears` from its weights (none: f32).
+    fn use_linears(&mut self, linears: Linears) -> Result<()> {
+        if linears == Linears::F32 {
+            self.kernel = None;
+            return Ok(());
+        }
         let w = self.linear.weight();
         let (n, k) = w.dims2()?;
         let weight = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let bias = self.linear.bias().map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?;
-        self.int8 = Some(Int8Linear::new(&weight, bias.as_deref(), n, k));
+        self.kernel = Some(match linears {
+            Linears::Int8 => LinearKernel::Int8(Int8Linear::new(&weight, bias.as_deref(), n, k)),
+            _ => LinearKernel::Bf16(Bf16Linear::new(&weight, bias.as_deref(), n, k)),
+        });
         Ok(())
     }
 
@@ -177,7 +202,7 @@ impl Dense {
     fn forward(&self, xs: &Tensor, residual: Option<&Tensor>, act: Option<Activation>) -> Result<Tensor> {
         let fused = matches!(act, None | Some(Activation::GeluErf));
         let bias = self.linear.bias();
-        if !cpu_f32(xs) || !fused || bias.is_none() && self.int8.is_none() {
+        if !cpu_f32(xs) || !fused || bias.is_none() && self.kernel.is_none() {
             // candle's Linear, step by step (one 2-D matmul, then the bias).
             let (dev, name) = (xs.device(), self.name);
             let (b, l, k) = xs.dims3()?;
@@ -207,8 +232,13 @@ impl Dense {
                 None => Ok(f(None)),
             }
         };
-        let out = match &self.int8 {
-            Some(q) => kernels::f32_slice(&xs, |x| with_residual(&|r| q.forward(x, r, epilogue)))??,
+        let out = match &self.kernel {
+            Some(LinearKernel::Int8(q)) => {
+                kernels::f32_slice(&xs, |x| with_residual(&|r| q.forward(x, r, epilogue)))??
+            }
+            Some(LinearKernel::Bf16(l)) => {
+                kernels::f32_slice(&xs, |x| with_residual(&|r| l.forward(x, r, epilogue)))??
+            }
             None => {
                 let y = xs.reshape((b * l, k))?.matmul(&self.linear.weight().t()?)?;
                 let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?.unwrap_or_default();
@@ -395,11 +425,11 @@ impl Layer {
         crate::profile::stage(out.device(), "output", "layer_norm", || self.output_norm.forward(&out))
     }
 
-    fn quantize_int8(&mut self) -> Result<()> {
+    fn use_linears(&mut self, linears: Linears) -> Result<()> {
         for dense in
             [&mut self.attention.qkv, &mut self.attention.output, &mut self.intermediate, &mut self.output]
         {
-            dense.quantize_int8()?;
+            dense.use_linears(linears)?;
         }
         Ok(())
     }
@@ -418,7 +448,7 @@ pub struct Encoder {
     layers: Vec<Layer>,
     device: Device,
     dtype: DType,
-    int8: bool,
+    linears: Linears,
 }
 
 /// Prefixes under which checkpoints store the encoder (`BertModel` saves
@@ -471,7 +501,7 @@ impl Encoder {
             layers,
             device: vb.device().clone(),
             dtype: vb.dtype(),
-            int8: false,
+            linears: Linears::F32,
         })
     }
 
@@ -493,22 +523,39 @@ impl Encoder {
 
     /// Runs the linear layers in int8 from now on: weights quantised per
     /// output channel, inputs per token at run time, products summed in i32
-    /// (AVX-512 VNNI where the CPU has it). CPU and f32 only; embeddings,
-    /// attention and layer norms stay f32.
+    /// (AMX-INT8 or AVX-512 VNNI where the CPU has them). CPU and f32 only;
+    /// embeddings, attention and layer norms stay f32.
     pub fn quantize_int8(&mut self) -> Result<()> {
-        if !self.device.is_cpu() || self.dtype != DType::F32 {
-            candle_core::bail!("int8 runs on the CPU in f32 only");
+        self.use_linears(Linears::Int8)
+    }
+
+    /// Runs the linear layers with `linears` from now on (CPU and f32 only;
+    /// embeddings, attention and layer norms stay f32). `Bf16Amx` needs a
+    /// CPU with AMX-BF16 ([`bf16_amx_available`]).
+    pub fn use_linears(&mut self, linears: Linears) -> Result<()> {
+        if linears != Linears::F32 && (!self.device.is_cpu() || self.dtype != DType::F32) {
+            candle_core::bail!("{linears:?} linear layers run on the CPU in f32 only");
+        }
+        if linears == Linears::Bf16Amx && !bf16_amx_available() {
+            candle_core::bail!(
+                "bf16 linear layers need a CPU with AMX-BF16 (Intel Xeon from Sapphire Rapids on)"
+            );
         }
         for layer in &mut self.layers {
-            layer.quantize_int8()?;
+            layer.use_linears(linears)?;
         }
-        self.int8 = true;
+        self.linears = linears;
         Ok(())
+    }
+
+    /// How the linear layers multiply ([`Encoder::use_linears`]).
+    pub fn linears(&self) -> Linears {
+        self.linears
     }
 
     /// Whether [`Encoder::quantize_int8`] was applied.
     pub fn is_int8(&self) -> bool {
-        self.int8
+        self.linears == Linears::Int8
     }
 
     /// Pads token sequences (special tokens already added) to the longest one
@@ -587,4 +634,10 @@ impl Encoder {
         };
         self.embeddings_norm.forward(&hidden)
     }
+}
+
+/// Whether this CPU (and the kernel) run bf16 linear layers on AMX tiles
+/// ([`Linears::Bf16Amx`]).
+pub fn bf16_amx_available() -> bool {
+    kernels::amx_bf16_available()
 }

@@ -628,12 +628,157 @@ pub(crate) enum Int8Kernel {
 pub(crate) fn amx_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        amx::available()
+        amx::int8_available()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
     }
+}
+
+/// Whether the CPU and the kernel let this process run [`Bf16Linear`]
+/// (AMX-BF16); `DATAFACTORY_CPU_AMX=0` turns it off.
+pub(crate) fn amx_bf16_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        amx::bf16_available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A linear layer `y = x Wᵀ + b` in bf16 on AMX tiles (`tdpbf16ps`): W
+/// rounded to bf16 once at load, each input row when it runs, the products
+/// summed in f32; bias, residual and activation in f32 as on the f32 path.
+/// For `dtype = "bf16"` on CPUs with AMX-BF16 (Intel Xeon from Sapphire
+/// Rapids on), where it is several times faster than f32 at a cosine to the
+/// f32 embeddings given in docs/BENCHMARKS.md.
+pub(crate) struct Bf16Linear {
+    /// Output channels.
+    n: usize,
+    /// Input features.
+    k: usize,
+    /// `k` rounded up to 32 (one tile row of bf16).
+    kp: usize,
+    /// Channels in blocks of 16, rounded up to pairs (two weight tiles a step).
+    blocks: usize,
+    /// `[blocks][kp / 2 pairs][16 channels][2 features]` as bf16 bits: a
+    /// block's two features of 16 channels lie in 64 consecutive bytes, a
+    /// weight tile's row. Padding is 0.
+    packed: Vec<u16>,
+    /// `n` biases (0 without a bias).
+    bias: Vec<f32>,
+}
+
+impl Bf16Linear {
+    /// Rounds `weight` (`[n, k]` row-major) to bf16 and packs it.
+    pub(crate) fn new(weight: &[f32], bias: Option<&[f32]>, n: usize, k: usize) -> Bf16Linear {
+        assert_eq!(weight.len(), n * k, "weight is not [n, k]");
+        let kp = k.next_multiple_of(32);
+        let blocks = n.div_ceil(16).next_multiple_of(2);
+        let mut packed = vec![0u16; blocks * kp * 16];
+        for c in 0..n {
+            let (block, lane) = (c / 16, c % 16);
+            for (j, &w) in weight[c * k..(c + 1) * k].iter().enumerate() {
+                packed[(block * kp / 2 + j / 2) * 32 + lane * 2 + j % 2] = bf16_bits(w);
+            }
+        }
+        let bias = bias.map_or_else(|| vec![0.0; n], <[f32]>::to_vec);
+        Bf16Linear { n, k, kp, blocks, packed, bias }
+    }
+
+    /// `act(x Wᵀ + b [+ residual])` for `x` `[m, k]` row-major; `residual`
+    /// is `[m, n]`. Rows run in parallel on rayon's pool.
+    ///
+    /// On AMX-BF16 when the CPU has it, else in plain Rust (the same sums
+    /// in another order: correct everywhere, but slower than f32; the
+    /// embedder makes this layer only where AMX-BF16 runs).
+    pub(crate) fn forward(&self, x: &[f32], residual: Option<&[f32]>, act: Epilogue) -> Vec<f32> {
+        self.forward_with(x, residual, act, amx_bf16_available())
+    }
+
+    /// As [`Bf16Linear::forward`], on AMX or not (`amx` only where
+    /// [`amx_bf16_available`]: the tests run both).
+    pub(crate) fn forward_with(
+        &self,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        act: Epilogue,
+        amx: bool,
+    ) -> Vec<f32> {
+        assert!(!amx || amx_bf16_available(), "AMX-BF16 is not available");
+        let (n, k, kp) = (self.n, self.k, self.kp);
+        assert_eq!(x.len() % k, 0, "input is not [m, k]");
+        let m = x.len() / k;
+        if let Some(r) = residual {
+            assert_eq!(r.len(), m * n, "residual is not [m, n]");
+        }
+        let mut out = vec![0f32; m * n];
+        out.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(t, out)| {
+            let r0 = t * ROWS_PER_TASK;
+            let rows = out.len() / n;
+            // Whole tiles of 16 rows, two at a time: the rows past the
+            // task's are zeros, their sums not stored.
+            let mut a = vec![0u16; rows.next_multiple_of(32) * kp];
+            for (x, a) in x[r0 * k..(r0 + rows) * k].chunks_exact(k).zip(a.chunks_exact_mut(kp)) {
+                for (a, &x) in a.iter_mut().zip(x) {
+                    *a = bf16_bits(x);
+                }
+            }
+            let residual = residual.map(|res| &res[r0 * n..(r0 + rows) * n]);
+            #[cfg(target_arch = "x86_64")]
+            if amx {
+                // SAFETY: AMX-BF16 asserted above; `a` holds `rows` rounded
+                // up to 32 rows of `kp` bf16, `out` and `residual` `rows * n`
+                // floats.
+                unsafe { self.matmul_amx(&a, rows, out, residual) };
+            } else {
+                self.matmul_scalar(&a, rows, out, residual);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            self.matmul_scalar(&a, rows, out, residual);
+            if act == Epilogue::GeluErf {
+                gelu_erf(out);
+            }
+        });
+        out
+    }
+}
+
+impl Bf16Linear {
+    /// The portable kernel: each output the f32 sum of the bf16 products.
+    fn matmul_scalar(&self, a: &[u16], rows: usize, out: &mut [f32], residual: Option<&[f32]>) {
+        let (n, k, kp) = (self.n, self.k, self.kp);
+        for r in 0..rows {
+            for c in 0..n {
+                let (block, lane) = (c / 16, c % 16);
+                let mut sum = 0f32;
+                for j in 0..k {
+                    let w = self.packed[(block * kp / 2 + j / 2) * 32 + lane * 2 + j % 2];
+                    sum += bf16_value(a[r * kp + j]) * bf16_value(w);
+                }
+                out[r * n + c] = sum + self.bias[c] + residual.map_or(0.0, |res| res[r * n + c]);
+            }
+        }
+    }
+}
+
+/// The f32 value of bf16 bits.
+#[inline(always)]
+fn bf16_value(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
+}
+
+/// `x` rounded to the nearest bf16 (ties to even), as its bits; NaN stays NaN.
+#[inline(always)]
+fn bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
 }
 
 /// Whether the CPU runs the AVX-512 VNNI kernel.
@@ -849,35 +994,52 @@ mod vnni {
     }
 }
 
-/// AMX-INT8: the same sums as the VNNI kernel, a 16 × 16 tile of them per
-/// instruction. The tile instructions are written in inline assembly (stable
-/// Rust has no AMX intrinsics); the packed weights already have the layout a
-/// weight tile wants (16 rows of 4 features × 16 channels, 64 bytes apart).
+/// AMX: tiles of sums per instruction, for [`Int8Linear`] (AMX-INT8,
+/// `tdpbusd`: the same sums as the VNNI kernel) and [`Bf16Linear`] (AMX-BF16,
+/// `tdpbf16ps`). The tile instructions are written in inline assembly
+/// (stable Rust has no AMX intrinsics); the packed weights already have the
+/// layout a weight tile wants (16 rows of 4 int8 or 2 bf16 features × 16
+/// channels, 64 bytes apart). Both kernels take rows 32 at a time (two input
+/// tiles) and channels 32 at a time (two weight tiles) into four tiles of
+/// sums, 64 bytes of features per step.
 #[cfg(target_arch = "x86_64")]
 mod amx {
     use super::vnni::Channels;
-    use super::Int8Linear;
+    use super::{Bf16Linear, Int8Linear};
     use std::arch::asm;
     use std::arch::x86_64::*;
     use std::sync::OnceLock;
 
-    /// CPUID says AMX-TILE and AMX-INT8, the AVX-512 epilogue can run, and
-    /// Linux grants this process the tile data state (`arch_prctl(
-    /// ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, once, for all its threads;
-    /// without it the first tile instruction would kill the process).
-    pub(super) fn available() -> bool {
-        static AVAILABLE: OnceLock<bool> = OnceLock::new();
-        *AVAILABLE.get_or_init(|| {
-            if std::env::var("DATAFACTORY_CPU_AMX").is_ok_and(|v| v == "0") {
-                return false;
+    /// Which AMX parts this process can use: CPUID says AMX-TILE (and
+    /// AMX-INT8 / AMX-BF16), the AVX-512 epilogue can run, and Linux grants
+    /// this process the tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+    /// XFEATURE_XTILEDATA)`, once, for all its threads; without it the first
+    /// tile instruction would kill the process). `DATAFACTORY_CPU_AMX=0`
+    /// says none (to compare with the kernels without AMX on one machine).
+    fn parts() -> (bool, bool) {
+        static PARTS: OnceLock<(bool, bool)> = OnceLock::new();
+        *PARTS.get_or_init(|| {
+            if std::env::var("DATAFACTORY_CPU_AMX").is_ok_and(|v| v == "0") || !super::vnni_available() {
+                return (false, false);
             }
-            // SAFETY: CPUID leaf 7 exists on every x86-64 CPU AVX-512 runs on
-            // (checked first); reading it has no effect.
+            // SAFETY: reading CPUID leaf 7 has no effect (every CPU with
+            // AVX-512, checked above, has the leaf).
             #[allow(unused_unsafe)]
             let edx = unsafe { __cpuid_count(7, 0) }.edx;
-            let cpu = edx & (1 << 24) != 0 && edx & (1 << 25) != 0;
-            cpu && super::vnni_available() && request_tile_data()
+            let (tile, bf16, int8) = (edx & (1 << 24) != 0, edx & (1 << 22) != 0, edx & (1 << 25) != 0);
+            if !tile || !(bf16 || int8) || !request_tile_data() {
+                return (false, false);
+            }
+            (int8, bf16)
         })
+    }
+
+    pub(super) fn int8_available() -> bool {
+        parts().0
+    }
+
+    pub(super) fn bf16_available() -> bool {
+        parts().1
     }
 
     /// `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`: 0 when granted.
@@ -902,15 +1064,99 @@ mod amx {
         ret == 0
     }
 
+    /// Loads the tile configuration: palette 1, all eight tiles 16 rows of
+    /// 64 bytes (tmm0-3 sums, 16 × 16 of i32 or f32; tmm4-5 input rows;
+    /// tmm6-7 weights).
+    ///
+    /// # Safety
+    /// A part of AMX is available ([`parts`]); pair with [`release`].
+    #[inline(always)]
+    unsafe fn configure() {
+        let mut config = [0u8; 64];
+        config[0] = 1;
+        for t in 0..8 {
+            config[16 + 2 * t] = 64;
+            config[48 + t] = 16;
+        }
+        // SAFETY: a valid palette-1 configuration of 64 bytes.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) config.as_ptr(), options(nostack, readonly)) };
+    }
+
+    /// # Safety
+    /// After [`configure`].
+    #[inline(always)]
+    unsafe fn release() {
+        // SAFETY: gives the tile state back; no memory touched.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+
+    /// # Safety
+    /// After [`configure`].
+    #[inline(always)]
+    unsafe fn zero_sums() {
+        // SAFETY: tiles configured; no memory touched.
+        unsafe {
+            asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem))
+        };
+    }
+
+    /// Stores the four tiles of sums as `[32 rows][32 channels]` of 4 bytes.
+    ///
+    /// # Safety
+    /// After [`configure`]; `to` points at 32 × 32 × 4 writable bytes.
+    #[inline(always)]
+    unsafe fn store_sums(to: *mut u8) {
+        // SAFETY: each store writes 16 rows of 64 bytes, 128 bytes apart,
+        // inside the 4 KiB at `to`.
+        unsafe {
+            asm!(
+                "tilestored [{s0} + {row}], tmm0",
+                "tilestored [{s1} + {row}], tmm1",
+                "tilestored [{s2} + {row}], tmm2",
+                "tilestored [{s3} + {row}], tmm3",
+                s0 = in(reg) to,
+                s1 = in(reg) to.add(64),
+                s2 = in(reg) to.add(16 * 128),
+                s3 = in(reg) to.add(16 * 128 + 64),
+                row = in(reg) 128usize,
+                options(nostack),
+            )
+        };
+    }
+
+    /// One step of 64 bytes of features: input tiles at `a` and `a + 16
+    /// rows` (`stride` bytes a row), weight tiles at `w` and `w + w_next`
+    /// (64 bytes a row), added into the four tiles of sums; `$op` is the
+    /// tile product (`tdpbusd` or `tdpbf16ps`).
+    macro_rules! step {
+        ($op:literal, $a:expr, $stride:expr, $w:expr, $w_next:expr) => {
+            asm!(
+                "tileloadd tmm4, [{a0} + {stride}]",
+                "tileloadd tmm5, [{a1} + {stride}]",
+                "tileloadd tmm6, [{w0} + {wstride}]",
+                "tileloadd tmm7, [{w1} + {wstride}]",
+                concat!($op, " tmm0, tmm4, tmm6"),
+                concat!($op, " tmm1, tmm4, tmm7"),
+                concat!($op, " tmm2, tmm5, tmm6"),
+                concat!($op, " tmm3, tmm5, tmm7"),
+                a0 = in(reg) $a,
+                a1 = in(reg) $a.add(16 * $stride),
+                w0 = in(reg) $w,
+                w1 = in(reg) $w.add($w_next),
+                stride = in(reg) $stride,
+                wstride = in(reg) 64usize,
+                options(nostack, readonly),
+            )
+        };
+    }
+
     impl Int8Linear {
-        /// As [`Int8Linear::matmul_vnni`], with tiles: rows 32 at a time
-        /// (two A tiles), channels 32 at a time (two B tiles), four
-        /// accumulator tiles, 64 features per step.
+        /// As [`Int8Linear::matmul_vnni`], with AMX-INT8 tiles.
         ///
         /// # Safety
-        /// [`available`] returned true and [`Int8Linear::amx_fits`]; `qa`
-        /// holds `rows` rounded up to 32 rows of `groups * 4` bytes, `sa`
-        /// `rows` pairs, `out` (and `residual`) `rows * n` floats.
+        /// [`int8_available`] and [`Int8Linear::amx_fits`]; `qa` holds `rows`
+        /// rounded up to 32 rows of `groups * 4` bytes, `sa` `rows` pairs,
+        /// `out` (and `residual`) `rows * n` floats.
         pub(super) unsafe fn matmul_amx(
             &self,
             qa: &[u8],
@@ -927,73 +1173,24 @@ mod amx {
             if let Some(r) = residual {
                 assert!(r.len() >= rows * self.n);
             }
-            // Palette 1; all eight tiles 16 rows of 64 bytes: tmm0-3 the
-            // i32 sums (16 × 16), tmm4-5 rows of u8 inputs (16 × 64), tmm6-7
-            // weights (16 groups of 4 features × 16 channels).
-            let mut config = [0u8; 64];
-            config[0] = 1;
-            for t in 0..8 {
-                config[16 + 2 * t] = 64;
-                config[48 + t] = 16;
-            }
-            // The four tiles' sums as stored: [32 rows][32 channels].
             let mut sums = [0i32; 32 * 32];
-            // SAFETY: a valid palette-1 configuration (64 bytes).
-            unsafe { asm!("ldtilecfg [{}]", in(reg) config.as_ptr(), options(nostack, readonly)) };
-            for r in (0..padded).step_by(32) {
-                for b in (0..self.blocks).step_by(2) {
-                    // SAFETY (the three blocks): tiles configured above; every
-                    // load reads 16 rows of 64 bytes inside `qa` (rows r..r+32
-                    // < padded, features g0*4..g0*4+64 ≤ stride) or inside
-                    // `packed` (blocks b, b+1 < blocks, groups g0..g0+16 ≤
-                    // groups); the stores write 32 × 32 i32 into `sums`.
-                    unsafe {
-                        asm!(
-                            "tilezero tmm0",
-                            "tilezero tmm1",
-                            "tilezero tmm2",
-                            "tilezero tmm3",
-                            options(nostack, nomem)
-                        );
+            // SAFETY (the blocks below): the caller checked AMX-INT8; every
+            // load reads 16 rows of 64 bytes inside `qa` (rows r..r+32 ≤
+            // padded, features g0*4..g0*4+64 ≤ stride) or inside `packed`
+            // (blocks b, b+1 < blocks, groups g0..g0+16 ≤ groups); the
+            // epilogue runs on AVX-512F (checked with AMX) for channels in
+            // the padded per-channel arrays and rows r+i < rows.
+            unsafe {
+                configure();
+                for r in (0..padded).step_by(32) {
+                    for b in (0..self.blocks).step_by(2) {
+                        zero_sums();
                         for g0 in (0..groups).step_by(16) {
-                            let a0 = qa.as_ptr().add(r * stride + g0 * 4);
-                            let w0 = self.packed.as_ptr().add((b * groups + g0) * 64);
-                            asm!(
-                                "tileloadd tmm4, [{a0} + {stride}]",
-                                "tileloadd tmm5, [{a1} + {stride}]",
-                                "tileloadd tmm6, [{w0} + {wstride}]",
-                                "tileloadd tmm7, [{w1} + {wstride}]",
-                                "tdpbusd tmm0, tmm4, tmm6",
-                                "tdpbusd tmm1, tmm4, tmm7",
-                                "tdpbusd tmm2, tmm5, tmm6",
-                                "tdpbusd tmm3, tmm5, tmm7",
-                                a0 = in(reg) a0,
-                                a1 = in(reg) a0.add(16 * stride),
-                                w0 = in(reg) w0,
-                                w1 = in(reg) w0.add(groups * 64),
-                                stride = in(reg) stride,
-                                wstride = in(reg) 64usize,
-                                options(nostack, readonly),
-                            );
+                            let a = qa.as_ptr().add(r * stride + g0 * 4);
+                            let w = self.packed.as_ptr().add((b * groups + g0) * 64);
+                            step!("tdpbusd", a, stride, w, groups * 64);
                         }
-                        let s = sums.as_mut_ptr() as *mut u8;
-                        asm!(
-                            "tilestored [{s0} + {row}], tmm0",
-                            "tilestored [{s1} + {row}], tmm1",
-                            "tilestored [{s2} + {row}], tmm2",
-                            "tilestored [{s3} + {row}], tmm3",
-                            s0 = in(reg) s,
-                            s1 = in(reg) s.add(64),
-                            s2 = in(reg) s.add(16 * 128),
-                            s3 = in(reg) s.add(16 * 128 + 64),
-                            row = in(reg) 128usize,
-                            options(nostack),
-                        );
-                    }
-                    // SAFETY: AVX-512F (`available`); channels b*16 and
-                    // (b+1)*16 lie in the padded per-channel arrays; rows
-                    // r+i < rows are inside `sa`, `out` and `residual`.
-                    unsafe {
+                        store_sums(sums.as_mut_ptr() as *mut u8);
                         let channels = [Channels::load(self, b * 16), Channels::load(self, (b + 1) * 16)];
                         for i in 0..(rows - r).min(32) {
                             for (v, channels) in channels.iter().enumerate() {
@@ -1003,9 +1200,75 @@ mod amx {
                         }
                     }
                 }
+                release();
             }
-            // SAFETY: gives the tile state back (no memory touched).
-            unsafe { asm!("tilerelease", options(nostack, nomem)) };
+        }
+    }
+
+    impl Bf16Linear {
+        /// `out = a Wᵀ + bias [+ residual]` for `rows` rows of bf16 inputs.
+        ///
+        /// # Safety
+        /// [`bf16_available`]; `a` holds `rows` rounded up to 32 rows of `kp`
+        /// bf16, `out` (and `residual`) `rows * n` floats.
+        pub(super) unsafe fn matmul_amx(
+            &self,
+            a: &[u16],
+            rows: usize,
+            out: &mut [f32],
+            residual: Option<&[f32]>,
+        ) {
+            let (n, kp) = (self.n, self.kp);
+            let stride = kp * 2;
+            let block_bytes = kp / 2 * 64;
+            let padded = rows.next_multiple_of(32);
+            assert!(a.len() >= padded * kp && out.len() >= rows * n);
+            if let Some(r) = residual {
+                assert!(r.len() >= rows * n);
+            }
+            let weights = self.packed.as_ptr() as *const u8;
+            let inputs = a.as_ptr() as *const u8;
+            let mut sums = [0f32; 32 * 32];
+            // SAFETY (the block below): the caller checked AMX-BF16; every
+            // load reads 16 rows of 64 bytes inside `a` (rows r..r+32 ≤
+            // padded, bytes 2s..2s+64 ≤ stride) or inside `packed` (blocks
+            // b, b+1 < blocks, pairs s/2..s/2+16 ≤ kp/2).
+            unsafe {
+                configure();
+                for r in (0..padded).step_by(32) {
+                    for b in (0..self.blocks).step_by(2) {
+                        zero_sums();
+                        for s in (0..kp).step_by(32) {
+                            let a = inputs.add(r * stride + s * 2);
+                            let w = weights.add(b * block_bytes + s / 2 * 64);
+                            step!("tdpbf16ps", a, stride, w, block_bytes);
+                        }
+                        store_sums(sums.as_mut_ptr() as *mut u8);
+                        let (c0, c1) = (b * 16, ((b + 2) * 16).min(n));
+                        for i in 0..(rows - r).min(32) {
+                            let row = (r + i) * n;
+                            let sums = &sums[i * 32..i * 32 + (c1 - c0)];
+                            let out = &mut out[row + c0..row + c1];
+                            let bias = &self.bias[c0..c1];
+                            match residual {
+                                Some(res) => {
+                                    for (((o, s), b), x) in
+                                        out.iter_mut().zip(sums).zip(bias).zip(&res[row + c0..row + c1])
+                                    {
+                                        *o = s + b + x;
+                                    }
+                                }
+                                None => {
+                                    for ((o, s), b) in out.iter_mut().zip(sums).zip(bias) {
+                                        *o = s + b;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                release();
+            }
         }
     }
 }
@@ -1187,6 +1450,72 @@ mod tests {
                     let tiles = lin.forward_with(&x, None, Epilogue::None, Int8Kernel::Amx);
                     assert_eq!(tiles, plain, "m={m} k={k} n={n}: AMX and VNNI differ without residual");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        assert_eq!(bf16_value(bf16_bits(1.0)), 1.0);
+        assert_eq!(bf16_value(bf16_bits(-2.5)), -2.5);
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties to even (1);
+        // a hair above it rounds up.
+        assert_eq!(bf16_value(bf16_bits(1.0 + 1.0 / 256.0)), 1.0);
+        assert_eq!(
+            bf16_value(bf16_bits(f32::from_bits((1.0f32 + 1.0 / 256.0).to_bits() + 1))),
+            1.0 + 1.0 / 128.0
+        );
+        // 1 + 3·2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: to even (up).
+        assert_eq!(bf16_value(bf16_bits(1.0 + 3.0 / 256.0)), 1.0 + 1.0 / 64.0);
+        assert_eq!(bf16_value(bf16_bits(f32::MAX)), f32::INFINITY);
+        assert!(bf16_value(bf16_bits(f32::NAN)).is_nan());
+        assert_eq!(bf16_value(bf16_bits(f32::NEG_INFINITY)), f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn bf16_linear_sums_the_rounded_products_and_kernels_agree() {
+        let amx = amx_bf16_available();
+        eprintln!("this CPU: AMX-BF16 {amx}");
+        for &(m, k, n) in &[(70, 37, 50), (33, 384, 64), (1, 5, 3), (130, 64, 16), (9, 96, 40)] {
+            let mut seed = (m * 17 + k * 5 + n) as u64;
+            let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed) * 0.1).collect();
+            let bias: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+            let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
+            let res: Vec<f32> = (0..m * n).map(|_| lcg(&mut seed)).collect();
+            let lin = Bf16Linear::new(&w, Some(&bias), n, k);
+            let round = |v: f32| bf16_value(bf16_bits(v)) as f64;
+            let mut exact = vec![0f32; m * n];
+            let mut unrounded = vec![0f32; m * n];
+            for r in 0..m {
+                for c in 0..n {
+                    let dot: f64 = (0..k).map(|j| round(x[r * k + j]) * round(w[c * k + j])).sum();
+                    exact[r * n + c] = (dot + bias[c] as f64 + res[r * n + c] as f64) as f32;
+                    let dot: f32 = (0..k).map(|j| x[r * k + j] * w[c * k + j]).sum();
+                    unrounded[r * n + c] = dot + bias[c] + res[r * n + c];
+                }
+            }
+            gelu_erf(&mut exact);
+            gelu_erf(&mut unrounded);
+            let max_diff =
+                |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let scalar = lin.forward_with(&x, Some(&res), Epilogue::GeluErf, false);
+            // Only the order of the f32 additions differs from the exact sum.
+            let err = max_diff(&scalar, &exact);
+            assert!(err < 1e-5 * k as f32, "m={m} k={k} n={n}: scalar off the rounded products by {err}");
+            // And rounding to bf16 costs about 2^-9 of each product.
+            let err = max_diff(&scalar, &unrounded);
+            assert!(err < 0.01, "m={m} k={k} n={n}: bf16 off f32 by {err}");
+            if amx {
+                let tiles = lin.forward_with(&x, Some(&res), Epilogue::GeluErf, true);
+                let err = max_diff(&tiles, &exact);
+                assert!(err < 1e-5 * k as f32, "m={m} k={k} n={n}: AMX off the rounded products by {err}");
+                let plain = lin.forward_with(&x, None, Epilogue::None, true);
+                let plain_scalar = lin.forward_with(&x, None, Epilogue::None, false);
+                let err = max_diff(&plain, &plain_scalar);
+                assert!(
+                    err < 1e-5 * k as f32,
+                    "m={m} k={k} n={n}: AMX and scalar differ by {err} without residual"
+                );
             }
         }
     }

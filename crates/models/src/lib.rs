@@ -36,7 +36,7 @@ pub mod sparse;
 
 pub use datafactory_core::{EmbedError, Embedder, Embedding, InputKind};
 pub use embedder::{load_embedder, CandleEmbedder, EmbedderStats, ModelTokenCounter};
-pub use encoder::{Architecture, Encoder, EncoderConfig, EncoderInput};
+pub use encoder::{bf16_amx_available, Architecture, Encoder, EncoderConfig, EncoderInput, Linears};
 pub use pooling::{Pooling, PoolingMode};
 pub use reranker::{load_reranker, CandleReranker};
 pub use resolve::{

@@ -21,7 +21,7 @@
 //! special tokens included, fits `max_length` (default 512).
 
 use crate::embedder::{open_weights, plan_batches, select_device, select_dtype, Counters, CpuFallback};
-use crate::encoder::{Architecture, Encoder, EncoderConfig};
+use crate::encoder::{Architecture, Encoder, EncoderConfig, Linears};
 use crate::resolve::{resolve_request, HubEnvironment, ModelFiles, ModelRequest};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
@@ -98,7 +98,7 @@ impl LoadedModel {
         config: &EncoderConfig,
         device: &Device,
         dtype: DType,
-        int8: bool,
+        linears: Linears,
     ) -> Result<LoadedModel, RerankError> {
         let weights = &files.weights;
         let unavailable = |what: &str, e: candle_core::Error| {
@@ -106,9 +106,9 @@ impl LoadedModel {
         };
         let vb = open_weights(weights, dtype, device).map_err(|e| unavailable("the weights", e))?;
         let mut encoder = Encoder::load(vb.clone(), config).map_err(|e| unavailable("the encoder", e))?;
-        if int8 {
-            encoder.quantize_int8().map_err(|e| unavailable("the encoder in int8", e))?;
-        }
+        encoder
+            .use_linears(linears)
+            .map_err(|e| unavailable(&format!("the encoder with {linears:?} linear layers"), e))?;
         let head = ClassifierHead::load(&vb, encoder.architecture(), config.hidden_size)
             .map_err(|e| unavailable("the classification head", e))?;
         Ok(LoadedModel { encoder, head })
@@ -177,7 +177,7 @@ impl CandleReranker {
             .and_then(|c| c.architecture().map(|_| c))
             .map_err(|e| RerankError::Unavailable(format!("{}: {e}", files.config.display())))?;
         let device = select_device(&config.device, "rerank").map_err(unavailable)?;
-        let (dtype, int8) = select_dtype(&config.dtype, &device, "rerank").map_err(unavailable)?;
+        let (dtype, linears) = select_dtype(&config.dtype, &device, "rerank").map_err(unavailable)?;
 
         let tokenizer_bytes = std::fs::read(&files.tokenizer).map_err(|e| {
             RerankError::Unavailable(format!("cannot read {}: {e}", files.tokenizer.display()))
@@ -204,14 +204,14 @@ impl CandleReranker {
         }
         .min(max_length - pair_specials - 1);
 
-        let model = LoadedModel::load(&files, &encoder_config, &device, dtype, int8)?;
+        let model = LoadedModel::load(&files, &encoder_config, &device, dtype, linears)?;
         let model_id = format!("{};max={max_length};query_max={query_max_length}", files.name);
         tracing::info!(
             model = %files.name,
             dir = %files.dir.display(),
             device = ?device,
             ?dtype,
-            int8,
+            ?linears,
             max_length,
             query_max_length,
             "reranker model loaded"
@@ -309,7 +309,7 @@ impl CandleReranker {
             (pairs.len(), pairs.iter().map(|p| p.len()).max().unwrap_or(0)),
             &self.model,
             |model| self.forward(model, pairs),
-            || LoadedModel::load(&self.files, &self.encoder_config, &Device::Cpu, DType::F32, false),
+            || LoadedModel::load(&self.files, &self.encoder_config, &Device::Cpu, DType::F32, Linears::F32),
             RerankError::Runtime,
         )
     }
