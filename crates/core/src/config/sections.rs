@@ -94,8 +94,10 @@ pub struct EmbeddingConfig {
     pub allow_download: bool,
     /// `cpu`, `cuda` (the first visible GPU; pin it with CUDA_VISIBLE_DEVICES), or `auto`.
     pub device: String,
-    /// `auto` (f32 on CPU, f16 on GPU), `f32`, `f16`, `bf16`, or `int8` (CPU
-    /// only: the encoder's linear layers in int8, AVX-512 VNNI where available).
+    /// `auto` (f32 on CPU, f16 on GPU), `f32`, `f16`, `bf16` (on a CPU with
+    /// AMX-BF16: the linear layers in bf16 on AMX tiles, the rest in f32), or
+    /// `int8` (CPU only: the encoder's linear layers in int8, AMX-INT8 or
+    /// AVX-512 VNNI where available).
     pub dtype: String,
     /// Tokens per passage; longer passages are truncated.
     pub max_length: usize,
