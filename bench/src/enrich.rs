@@ -690,7 +690,19 @@ fn run(
             );
         }
     }
-    assert!(out.iter().all(|o| o.complete), "every chunk got an LLM context");
+    // A chunk without an LLM context (the server failed, or its answer was
+    // refused as no context: a base model's echo) still cost the server its
+    // prompt; the counts and the time stand, and the report says how many.
+    let without = out.iter().filter(|o| !o.complete).count();
+    if without > 0 {
+        println!(
+            "({schedule}: {without} of {} documents without an LLM context for every chunk: {} chunks fell \
+             back to the heuristic, {} of them because the answer was no context)",
+            out.len(),
+            summary.chunks.fallback,
+            summary.chunks.unusable
+        );
+    }
     Outcome {
         evaluated: summary.endpoints.iter().map(|e| e.evaluated_tokens).sum(),
         cached: summary.endpoints.iter().map(|e| e.cached_tokens).sum(),
