@@ -531,6 +531,15 @@ impl Int8Linear {
         act: Epilogue,
         kernel: Int8Kernel,
     ) -> Vec<f32> {
+        // Without the CPU's support (or Linux's permission for the tile
+        // state, which `amx_available` asks for) these kernels die of SIGILL.
+        match kernel {
+            Int8Kernel::Amx => {
+                assert!(amx_available() && self.amx_fits(), "the AMX-INT8 kernel cannot run here")
+            }
+            Int8Kernel::Vnni => assert!(vnni_available(), "the VNNI kernel cannot run here"),
+            Int8Kernel::Scalar => {}
+        }
         let (n, k) = (self.n, self.k);
         assert_eq!(x.len() % k, 0, "input is not [m, k]");
         let m = x.len() / k;
