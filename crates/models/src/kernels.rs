@@ -541,40 +541,28 @@ impl Int8Linear {
             Int8Kernel::Scalar => {}
         }
         let (n, k) = (self.n, self.k);
-        assert_eq!(x.len() % k, 0, "input is not [m, k]");
-        let m = x.len() / k;
-        if let Some(r) = residual {
-            assert_eq!(r.len(), m * n, "residual is not [m, n]");
-        }
-        let mut out = vec![0f32; m * n];
         let stride = self.groups * 4;
-        out.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(t, out)| {
-            let r0 = t * ROWS_PER_TASK;
+        rows_in_tasks(x, k, n, residual, act, |x, out, residual| {
             let rows = out.len() / n;
             // AMX multiplies whole tiles of 16 rows, two at a time: the rows
             // past the task's are zeros, and their sums are not stored.
             let padded = if kernel == Int8Kernel::Amx { rows.next_multiple_of(32) } else { rows };
             let mut qa = vec![0u8; padded * stride];
             let mut sa = vec![(0f32, 0f32); rows];
-            quantize_rows(&x[r0 * k..(r0 + rows) * k], k, &mut qa, stride, &mut sa);
-            let residual = residual.map(|res| &res[r0 * n..(r0 + rows) * n]);
+            quantize_rows(x, k, &mut qa, stride, &mut sa);
             match kernel {
-                // SAFETY (both arms): the caller chose the kernel after
-                // checking that the CPU runs it (and, for AMX, that the
-                // shape fits); `qa` holds `padded` rows of `stride` bytes,
-                // `sa` `rows` pairs, `out` and `residual` `rows` rows of `n`
-                // floats, as the kernels require.
+                // SAFETY (both arms): checked above that the CPU runs the
+                // kernel (and, for AMX, that the shape fits); `qa` holds
+                // `padded` rows of `stride` bytes, `sa` `rows` pairs, `out`
+                // and `residual` `rows` rows of `n` floats, as the kernels
+                // require.
                 #[cfg(target_arch = "x86_64")]
                 Int8Kernel::Vnni => unsafe { self.matmul_vnni(&qa, &sa, rows, out, residual) },
                 #[cfg(target_arch = "x86_64")]
                 Int8Kernel::Amx => unsafe { self.matmul_amx(&qa, &sa, rows, out, residual) },
                 _ => self.matmul_scalar(&qa, &sa, rows, out, residual),
             }
-            if act == Epilogue::GeluErf {
-                gelu_erf(out);
-            }
-        });
-        out
+        })
     }
 
     /// The portable kernel: the same integer sums as the VNNI one, then the
@@ -719,24 +707,16 @@ impl Bf16Linear {
     ) -> Vec<f32> {
         assert!(!amx || amx_bf16_available(), "AMX-BF16 is not available");
         let (n, k, kp) = (self.n, self.k, self.kp);
-        assert_eq!(x.len() % k, 0, "input is not [m, k]");
-        let m = x.len() / k;
-        if let Some(r) = residual {
-            assert_eq!(r.len(), m * n, "residual is not [m, n]");
-        }
-        let mut out = vec![0f32; m * n];
-        out.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(t, out)| {
-            let r0 = t * ROWS_PER_TASK;
+        rows_in_tasks(x, k, n, residual, act, |x, out, residual| {
             let rows = out.len() / n;
             // Whole tiles of 16 rows, two at a time: the rows past the
             // task's are zeros, their sums not stored.
             let mut a = vec![0u16; rows.next_multiple_of(32) * kp];
-            for (x, a) in x[r0 * k..(r0 + rows) * k].chunks_exact(k).zip(a.chunks_exact_mut(kp)) {
+            for (x, a) in x.chunks_exact(k).zip(a.chunks_exact_mut(kp)) {
                 for (a, &x) in a.iter_mut().zip(x) {
                     *a = bf16_bits(x);
                 }
             }
-            let residual = residual.map(|res| &res[r0 * n..(r0 + rows) * n]);
             #[cfg(target_arch = "x86_64")]
             if amx {
                 // SAFETY: AMX-BF16 asserted above; `a` holds `rows` rounded
@@ -748,12 +728,36 @@ impl Bf16Linear {
             }
             #[cfg(not(target_arch = "x86_64"))]
             self.matmul_scalar(&a, rows, out, residual);
-            if act == Epilogue::GeluErf {
-                gelu_erf(out);
-            }
-        });
-        out
+        })
     }
+}
+
+/// `act(y)` for a linear layer's `y` (`[m, n]`) over `x` (`[m, k]`), in
+/// parallel tasks of [`ROWS_PER_TASK`] rows on rayon's pool: `task(x_rows,
+/// out_rows, residual_rows)` writes a task's rows of `y` (bias and residual
+/// included), then the activation runs on them.
+fn rows_in_tasks(
+    x: &[f32],
+    k: usize,
+    n: usize,
+    residual: Option<&[f32]>,
+    act: Epilogue,
+    task: impl Fn(&[f32], &mut [f32], Option<&[f32]>) + Sync,
+) -> Vec<f32> {
+    assert_eq!(x.len() % k, 0, "input is not [m, k]");
+    let m = x.len() / k;
+    if let Some(r) = residual {
+        assert_eq!(r.len(), m * n, "residual is not [m, n]");
+    }
+    let mut out = vec![0f32; m * n];
+    out.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(t, out)| {
+        let (r0, rows) = (t * ROWS_PER_TASK, out.len() / n);
+        task(&x[r0 * k..(r0 + rows) * k], out, residual.map(|res| &res[r0 * n..(r0 + rows) * n]));
+        if act == Epilogue::GeluErf {
+            gelu_erf(out);
+        }
+    });
+    out
 }
 
 impl Bf16Linear {
