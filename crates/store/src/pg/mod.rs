@@ -27,11 +27,13 @@ use search::*;
 pub use text::text_search_config;
 use text::*;
 
-use crate::search::{fuse, plan, primary, Plan, Ranked, Retriever};
+use crate::search::{
+    best_per_chunk, collapse, fuse, more_candidates, plan, primary, set_duplicates, Plan, Ranked, Retriever,
+};
 use crate::{
     indexed_context, now_ms, words, ClaimedJob, CollectionStats, CommitOutcome, DocumentDetail, DocumentInfo,
-    DocumentKey, DocumentPage, DocumentQuery, DocumentSummary, Fleet, FleetNode, IndexStats, JobRecord,
-    Result, SearchHit, SearchRequest, SearchResults, StageScores, Stats, StoreError, StoredChunk,
+    DocumentKey, DocumentPage, DocumentQuery, DocumentSummary, Duplicate, Fleet, FleetNode, IndexStats,
+    JobRecord, Result, SearchHit, SearchRequest, SearchResults, StageScores, Stats, StoreError, StoredChunk,
     VectorOptions, VectorStats,
 };
 use datafactory_core::config::StoreConfig;
@@ -138,6 +140,9 @@ impl PgStore {
                 return Ok(());
             };
             tx.batch_execute(sql)?;
+            if version + 1 == TEXT_HASH_VERSION {
+                fill_text_hashes(&mut tx)?;
+            }
             tx.execute("DELETE FROM schema_version", &[])?;
             tx.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&(version + 1)])?;
             tx.commit()?;
@@ -214,10 +219,12 @@ impl PgStore {
         }
         tx.batch_execute(&format!(
             "CREATE TABLE embeddings (
-                 key       bigserial PRIMARY KEY,
-                 chunk_id  text NOT NULL UNIQUE REFERENCES chunks(id) ON DELETE CASCADE,
-                 dense     halfvec({dims}) NOT NULL,
-                 sparse    sparsevec
+                 key             bigserial PRIMARY KEY,
+                 chunk_id        text NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+                 window_ordinal  integer NOT NULL DEFAULT 0,
+                 dense           halfvec({dims}) NOT NULL,
+                 sparse          sparsevec,
+                 UNIQUE (chunk_id, window_ordinal)
              );
              CREATE INDEX embeddings_dense ON embeddings USING hnsw (dense halfvec_cosine_ops)
                  WITH (m = {m}, ef_construction = {ef});",
