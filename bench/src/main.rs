@@ -357,6 +357,7 @@ fn search_during_ingest(args: &[String]) -> Result<()> {
         title_boost: 0.5,
         heading_boost: 0.8,
         filter: None,
+        collapse: false,
     };
     let period = std::time::Duration::from_millis(10);
     // Open loop: latency from the due time, not from when the search could start.

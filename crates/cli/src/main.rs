@@ -129,6 +129,10 @@ enum Command {
     Stats {
         #[arg(long)]
         json: bool,
+        /// Near-duplicate threshold: passages whose word 3-shingles have at
+        /// least this Jaccard similarity (estimated by MinHash; 0.5 to 1).
+        #[arg(long, default_value_t = datafactory_store::NEAR_THRESHOLD, value_parser = parse_near_threshold)]
+        near_threshold: f64,
     },
     /// Evaluate retrieval on a question set: ingest it into a fresh temporary
     /// store with the configured pipeline, run its queries, report Pass@k,
@@ -683,9 +687,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         | Command::Config { action: ConfigCommand::Init { .. } } => {
             unreachable!("handled before the configuration is read")
         }
-        Command::Stats { json } => {
+        Command::Stats { json, near_threshold } => {
             let store = open_store(&config)?;
             let stats = store.stats()?;
+            let duplicates = store.duplicate_report(near_threshold)?;
             // The embedding model the store's vectors were made with, if any.
             let vectors = store.vector_options();
             // On PostgreSQL, the fleet sharing the store: its nodes and queue.
@@ -696,12 +701,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 let mut v = serde_json::to_value(&stats)?;
                 v["embedding_model"] = vectors.as_ref().map(|o| o.model.clone()).into();
+                v["duplicates"] = serde_json::to_value(&duplicates)?;
                 if let Some(f) = &fleet {
                     v["fleet"] = serde_json::to_value(f)?;
                 }
                 output::print_json(&v)?;
             } else {
                 output::print_stats(&stats, vectors.as_ref());
+                output::print_duplicates(&duplicates);
                 if let Some(f) = &fleet {
                     output::print_fleet(f);
                 }
@@ -930,5 +937,15 @@ impl IngestObserver for Progress {
             let n = self.contexts.fetch_add(items, std::sync::atomic::Ordering::Relaxed) + items;
             self.bar.set_message(format!("enrichment: {n} chunks"));
         }
+    }
+}
+
+/// `stats --near-threshold`: a similarity between 0.5 and 1.
+fn parse_near_threshold(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.5..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("must be between 0.5 and 1, is {v}"))
     }
 }

@@ -114,6 +114,13 @@ pub fn print_hits(hits: &[SearchHit], took: Duration) {
             println!("    page {p}");
         }
         println!("    {}", one_line(&h.text, 300));
+        if !h.duplicates.is_empty() {
+            let named: Vec<String> =
+                h.duplicates.iter().map(|d| format!("{} [{}]", d.title, d.source)).collect();
+            let more = (h.duplicate_count as usize).saturating_sub(h.duplicates.len());
+            let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+            println!("    also in: {}{more}", named.join("; "));
+        }
     }
     println!("{} result(s) in {:.1} ms", hits.len(), took.as_secs_f64() * 1000.0);
 }
@@ -191,6 +198,18 @@ pub fn print_stats(s: &Stats, vectors: Option<&datafactory_store::VectorOptions>
             println!("  - {p}");
         }
     }
+}
+
+/// Exact and near-duplicate passages (`datafactory stats`).
+pub fn print_duplicates(d: &datafactory_store::DuplicateReport) {
+    println!(
+        "duplicates  {} passages in {} chunks; {} held by several chunks ({} extra copies, collapsed at search)",
+        d.passages, d.chunks, d.exact_groups, d.exact_copies
+    );
+    println!(
+        "near dups   {} pairs of passages in {} groups ({} passages): word 3-shingles at least {} alike (MinHash)",
+        d.near_pairs, d.near_groups, d.near_passages, d.near_threshold
+    );
 }
 
 /// The nodes sharing a PostgreSQL store and its job queue.

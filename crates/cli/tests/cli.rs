@@ -322,6 +322,53 @@ fn the_rust_book_is_ingested_and_searchable() {
     // 20 chunks.)
     let v = run_json(datafactory(&data).args(["search", "--json", "-k", "50", "translations"]), 0);
     assert!(v["results"].as_array().unwrap().len() < 40, "sidebar text seems indexed");
+
+    // Every chapter is also in print.html: a passage comes back once, naming
+    // its other copies; with collapsing off the copies take places of their own.
+    let distinct = |v: &Value| -> (usize, usize) {
+        let hits = v["results"].as_array().unwrap();
+        let texts: std::collections::HashSet<String> = hits
+            .iter()
+            .map(|h| {
+                h["text"].as_str().unwrap().split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+            })
+            .collect();
+        (hits.len(), texts.len())
+    };
+    let v = run_json(datafactory(&data).args(["search", "--json", "-k", "10", "borrow checker"]), 0);
+    assert_eq!(distinct(&v), (10, 10), "{v:#}");
+    let named: Vec<&str> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|h| h["duplicates"].as_array().into_iter().flatten())
+        .map(|d| d["source"].as_str().unwrap())
+        .collect();
+    assert!(named.iter().any(|s| s.ends_with("print.html")), "{named:?}");
+    let v = run_json(
+        datafactory(&data).env("DATAFACTORY_SEARCH__COLLAPSE_DUPLICATES", "false").args([
+            "search",
+            "--json",
+            "-k",
+            "10",
+            "borrow checker",
+        ]),
+        0,
+    );
+    let (hits, passages) = distinct(&v);
+    assert!(hits == 10 && passages < 10, "copies expected without collapsing: {passages} passages");
+    assert!(v["results"].as_array().unwrap().iter().all(|h| h.get("duplicates").is_none()));
+    let out = run(datafactory(&data).args(["search", "borrow checker"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("    also in: "));
+    // stats counts them, and the near-duplicates at the default threshold.
+    let stats = run_json(datafactory(&data).args(["stats", "--json"]), 0);
+    let d = &stats["duplicates"];
+    assert!(d["exact_groups"].as_u64().unwrap() > 100, "{d:#}");
+    assert!(d["passages"].as_u64().unwrap() < d["chunks"].as_u64().unwrap(), "{d:#}");
+    assert_eq!(d["near_threshold"], 0.8);
+    assert!(d["near_pairs"].as_u64().unwrap() > 0, "{d:#}");
+    let out = run(datafactory(&data).args(["stats", "--near-threshold", "0.3"]));
+    assert!(!out.status.success(), "0.3 is below the allowed 0.5");
 }
 
 #[test]

@@ -116,7 +116,10 @@ fn paraphrases_find_paragraphs_that_share_no_word_with_them() {
 
     let stats = run_json(datafactory(&data).args(["stats", "--json"]), 0);
     assert_eq!(stats["consistent"], true, "{stats:#}");
-    assert_eq!(stats["vector_index"]["vectors"], stats["chunks"]);
+    assert_eq!(stats["embedded_chunks"], stats["chunks"]);
+    // A chunk whose header and text run past the model's 256 tokens has a
+    // vector per window (2 such chunks of 285 here).
+    assert!(stats["vector_index"]["vectors"].as_u64() >= stats["chunks"].as_u64(), "{stats:#}");
     assert_eq!(stats["vector_index"]["dimensions"], 384);
 
     // Re-ingest with the same model: nothing to embed again.

@@ -70,8 +70,22 @@ pub trait Embedder: Send + Sync {
     fn max_input_tokens(&self) -> usize;
     /// Whether `embed` fills `Embedding::sparse`.
     fn produces_sparse(&self) -> bool;
-    /// Embeds texts; the result is in the order of `texts`.
+    /// Embeds texts; the result is in the order of `texts`. A text longer
+    /// than the model's input is truncated.
     fn embed(&self, texts: &[&str], kind: InputKind) -> Result<Vec<Embedding>, EmbedError>;
+    /// The most vectors [`Embedder::embed_passages`] gives one passage
+    /// (1: it truncates, as `embed` does).
+    fn max_windows(&self) -> usize {
+        1
+    }
+    /// Embeds passages whole: per text, in the order of `texts`, one vector
+    /// per window of the model's input over the text's tokens (the first
+    /// window is what `embed` reads; each next one overlaps the one before),
+    /// at most [`Embedder::max_windows`]. The default reads the first window
+    /// only (`embed`).
+    fn embed_passages(&self, texts: &[&str]) -> Result<Vec<Vec<Embedding>>, EmbedError> {
+        Ok(self.embed(texts, InputKind::Passage)?.into_iter().map(|e| vec![e]).collect())
+    }
     /// Counts tokens with the model's own tokenizer (for the chunker's budget).
     fn token_counter(&self) -> Arc<dyn TokenCounter>;
     /// Hands memory cached between batches back to the device (a GPU's

@@ -528,7 +528,7 @@ fn ingest(
                     .collect();
                 let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
                 let t = Instant::now();
-                let v = e.embed(&refs, InputKind::Passage)?;
+                let v = e.embed_passages(&refs)?;
                 embedding_seconds += t.elapsed().as_secs_f64();
                 Some(v.into_iter())
             }
@@ -537,7 +537,7 @@ fn ingest(
         for (key, doc, chunks) in group {
             let embeddings: Option<Vec<_>> =
                 vectors.as_mut().map(|v| v.by_ref().take(chunks.len()).collect());
-            store.commit_document(key, doc, chunks, embeddings.as_deref())?;
+            store.commit_windows(key, doc, chunks, embeddings.as_deref())?;
         }
         observer.advance(chunks_in_group);
     }
@@ -638,22 +638,30 @@ impl QueryScores {
         let mut units = Vec::with_capacity(hits.len());
         let mut documents = Vec::with_capacity(hits.len());
         for hit in hits {
-            let Some(&doc) = ids.get(&hit.document_id) else {
-                units.push(Vec::new());
-                documents.push(Vec::new());
-                continue;
-            };
-            units.push(
-                q.relevant
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, j)| {
-                        j.document == doc && j.span.is_none_or(|(s, e)| hit.start < e && s < hit.end)
-                    })
-                    .map(|(u, _)| u)
-                    .collect(),
-            );
-            documents.push(golden_documents.iter().position(|&g| g == doc).into_iter().collect());
+            // A collapsed hit stands for every chunk holding its passage.
+            let holders = std::iter::once((hit.document_id.as_str(), hit.start, hit.end))
+                .chain(hit.duplicates.iter().map(|d| (d.document_id.as_str(), d.start, d.end)));
+            let mut found_units = Vec::new();
+            let mut found_documents = Vec::new();
+            for (document_id, start, end) in holders {
+                let Some(&doc) = ids.get(document_id) else { continue };
+                found_units.extend(
+                    q.relevant
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, j)| {
+                            j.document == doc && j.span.is_none_or(|(s, e)| start < e && s < end)
+                        })
+                        .map(|(u, _)| u),
+                );
+                found_documents.extend(golden_documents.iter().position(|&g| g == doc));
+            }
+            found_units.sort_unstable();
+            found_units.dedup();
+            found_documents.sort_unstable();
+            found_documents.dedup();
+            units.push(found_units);
+            documents.push(found_documents);
         }
         let grades: Vec<f64> = q.relevant.iter().map(|j| j.grade).collect();
         for &k in ks {

@@ -55,10 +55,10 @@ impl Committer<'_> {
     pub(crate) fn commit(
         &mut self,
         p: &Prepared,
-        embeddings: Option<&[Embedding]>,
+        embeddings: Option<&[Vec<Embedding>]>,
     ) -> Result<(), IngestError> {
         let started = Instant::now();
-        let outcome = self.store.commit_document(&p.key, &p.document, &p.chunks, embeddings)?;
+        let outcome = self.store.commit_windows(&p.key, &p.document, &p.chunks, embeddings)?;
         self.observer.phase_progress(Phase::Storage, 1, started.elapsed().as_secs_f64());
         let s = &mut self.summary;
         match outcome {

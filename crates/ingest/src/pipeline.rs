@@ -65,11 +65,17 @@ impl Pipeline {
         });
         let enricher = Arc::new(Enricher::from_config(&config.enrichment));
         let fingerprint = format!(
-            "parser-v{};{};embedding={}{};analysis={}{}{}",
+            "parser-v{};{};embedding={}{}{};analysis={}{}{}",
             datafactory_parse::PARSER_VERSION,
             chunker.fingerprint(),
             embedder.as_ref().map_or("none", |e| e.model_id()),
             if embedder.is_some() && config.embedding.include_headings { ";headings" } else { "" },
+            // Windows over a long chunk's text (one vector each) change its vectors.
+            embedder
+                .as_ref()
+                .filter(|e| e.max_windows() > 1)
+                .map(|e| format!(";windows={}", e.max_windows()))
+                .unwrap_or_default(),
             analyzer.id(),
             if config.analysis.follow_plan { ";follow_plan" } else { "" },
             enricher.fingerprint().map(|f| format!(";context={f}")).unwrap_or_default(),

@@ -148,6 +148,8 @@ mod tests {
             context: None,
             context_kind: None,
             highlights: Vec::new(),
+            duplicates: Vec::new(),
+            duplicate_count: 0,
         }
     }
 

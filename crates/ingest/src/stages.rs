@@ -37,7 +37,8 @@ pub(crate) enum Staged {
 /// why they could not be made.
 pub(crate) struct Embedded {
     pub(crate) pending: Pending,
-    pub(crate) embeddings: Result<Option<Vec<Embedding>>, String>,
+    /// Per chunk, its vectors: one per window of its text.
+    pub(crate) embeddings: Result<Option<Vec<Vec<Embedding>>>, String>,
 }
 
 /// Chunks the enrichment stage gathers for one enrichment call with an LLM:
@@ -199,7 +200,7 @@ pub(crate) const EARLY_BATCH_CHUNKS: usize = 32;
 #[derive(Default)]
 pub(crate) struct EarlyVectors {
     pub(crate) todo: Vec<(u64, usize, String)>,
-    pub(crate) done: HashMap<(u64, usize), (String, Embedding)>,
+    pub(crate) done: HashMap<(u64, usize), (String, Vec<Embedding>)>,
 }
 
 impl EarlyVectors {
@@ -218,7 +219,7 @@ impl EarlyVectors {
         let todo = std::mem::take(&mut self.todo);
         let started = Instant::now();
         let refs: Vec<&str> = todo.iter().map(|t| t.2.as_str()).collect();
-        match embedder.embed(&refs, InputKind::Passage) {
+        match embedder.embed_passages(&refs) {
             Ok(vectors) => {
                 let seconds = started.elapsed().as_secs_f64();
                 part.embedding.seconds += seconds;
@@ -239,7 +240,7 @@ impl EarlyVectors {
 
     /// The early vector of a chunk if it was made from `text` (its final
     /// embedding text); forgets the chunk either way.
-    pub(crate) fn take(&mut self, seq: u64, chunk: usize, text: &str) -> Option<Embedding> {
+    pub(crate) fn take(&mut self, seq: u64, chunk: usize, text: &str) -> Option<Vec<Embedding>> {
         self.done.remove(&(seq, chunk)).filter(|(t, _)| t == text).map(|(_, v)| v)
     }
 }
@@ -321,13 +322,13 @@ pub(crate) fn embed(
     part: &mut IngestSummary,
     pending: &[Pending],
     early: &mut EarlyVectors,
-) -> Result<Vec<Option<Vec<Embedding>>>, String> {
+) -> Result<Vec<Option<Vec<Vec<Embedding>>>>, String> {
     let Some(embedder) = &pipeline.embedder else {
         return Ok(pending.iter().map(|_| None).collect());
     };
     early.drop_waiting(&pending.iter().map(|p| p.seq).collect::<Vec<_>>());
     // Per chunk, its early vector or its place among the texts to embed now.
-    let mut slots: Vec<Result<Embedding, usize>> = Vec::new();
+    let mut slots: Vec<Result<Vec<Embedding>, usize>> = Vec::new();
     let mut texts = Vec::new();
     for p in pending {
         let Some(prepared) = &p.prepared else { continue };
@@ -342,11 +343,11 @@ pub(crate) fn embed(
             }
         }
     }
-    let mut fresh: Vec<Option<Embedding>> = Vec::new();
+    let mut fresh: Vec<Option<Vec<Embedding>>> = Vec::new();
     if !texts.is_empty() {
         let started = Instant::now();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let vectors = embedder.embed(&refs, InputKind::Passage).map_err(|e| e.to_string())?;
+        let vectors = embedder.embed_passages(&refs).map_err(|e| e.to_string())?;
         let seconds = started.elapsed().as_secs_f64();
         part.embedding.seconds += seconds;
         observer.phase_progress(Phase::Embedding, texts.len(), seconds);

@@ -35,7 +35,7 @@ pub mod resolve;
 pub mod sparse;
 
 pub use datafactory_core::{EmbedError, Embedder, Embedding, InputKind};
-pub use embedder::{load_embedder, CandleEmbedder, EmbedderStats, ModelTokenCounter};
+pub use embedder::{load_embedder, window_overlap, CandleEmbedder, EmbedderStats, ModelTokenCounter};
 pub use encoder::{bf16_amx_available, Architecture, Encoder, EncoderConfig, EncoderInput, Linears};
 pub use pooling::{Pooling, PoolingMode};
 pub use reranker::{load_reranker, CandleReranker};

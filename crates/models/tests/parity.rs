@@ -157,3 +157,29 @@ fn all_minilm_bf16_stays_close_to_f32() {
         assert!(cosine(&a.dense, &b.dense) > floor);
     }
 }
+
+/// With the real model and tokenizer: a passage longer than its 256 tokens
+/// is read whole, in windows of 254 tokens of text sharing 63 (a new window
+/// every 191 tokens); the first window is what `embed` reads, and a sentence
+/// only at the end, invisible to the truncated vector, is found by its window.
+#[test]
+fn all_minilm_reads_a_long_passage_in_windows() {
+    let e = CandleEmbedder::load(&common::config_for(&model_dir())).unwrap();
+    assert_eq!(e.max_windows(), 8);
+    let filler = "Knead the dough for ten minutes, then let it rise in a warm place until it has doubled. ";
+    let mut text = filler.repeat(30);
+    text.push_str("The lighthouse keeper repaired the foghorn on the rocky island before the storm.");
+    let tokens = e.token_counter().count(&text);
+    assert!(tokens > 600, "{tokens}");
+    let windows = e.embed_passages(&[&text]).unwrap().remove(0);
+    assert_eq!(windows.len(), (1 + (tokens - 254).div_ceil(191)).min(8), "{tokens} tokens");
+    let truncated = e.embed(&[&text], InputKind::Passage).unwrap().remove(0);
+    assert!(cosine(&windows[0].dense, &truncated.dense) > 0.99999);
+    let query =
+        e.embed(&["who repaired the foghorn at the lighthouse?"], InputKind::Query).unwrap().remove(0);
+    let first = cosine(&query.dense, &windows[0].dense);
+    let best = windows.iter().map(|w| cosine(&query.dense, &w.dense)).fold(f32::MIN, f32::max);
+    let last = cosine(&query.dense, &windows.last().unwrap().dense);
+    assert_eq!(best, last, "the last window holds the sentence");
+    assert!(best > first + 0.2, "best window {best}, truncated {first}");
+}

@@ -217,3 +217,64 @@ fn unsupported_models_and_devices_are_reported() {
     let e = CandleEmbedder::load(&config_for(&dir)).err().unwrap().to_string();
     assert!(e.contains("model_type \"llama\" is not supported"), "{e}");
 }
+
+/// A passage longer than the model's input gets one vector per window of
+/// its tokens, overlapping by a quarter, at most `max_windows`; the first
+/// window is what `embed` reads; a passage that fits gets `embed`'s vector.
+#[test]
+fn long_passages_are_embedded_in_overlapping_windows() {
+    let tmp = tempfile::tempdir().unwrap();
+    for dir in [tiny_bert(&tmp.path().join("bert"), "mean"), tiny_xlmr(&tmp.path().join("xlmr"))] {
+        let e = load(&dir, |c| {
+            c.max_length = 32;
+            c.max_windows = 16;
+        });
+        assert_eq!(e.max_windows(), 16);
+        let words: Vec<&str> = common::WORDS.iter().cycle().take(200).copied().collect();
+        let long = words.join(" ");
+        let tokens = e.token_counter().count(&long);
+        // 30 tokens of text per window (32 less [CLS] and [SEP]), 7 shared
+        // with the window before: a new window every 23 tokens.
+        assert_eq!(datafactory_models::window_overlap(32, 2), 7);
+        let expected = 1 + (tokens - 30).div_ceil(23);
+        assert!(expected > 2, "the text must need several windows ({tokens} tokens)");
+        let before = e.stats().tokens;
+        let got = e.embed_passages(&[&long, "the cat"]).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].len(), expected.min(16), "{tokens} tokens");
+        assert_eq!(got[1].len(), 1, "a passage that fits has one window");
+        let spent = e.stats().tokens - before;
+        assert_eq!(
+            spent as usize,
+            tokens + 7 * (expected - 1) + 2 * expected + 4,
+            "overlaps read twice, specials in each window"
+        );
+        let first = e.embed(&[&long, "the cat"], InputKind::Passage).unwrap();
+        assert_close(&got[0][..1], &first[..1], 1e-5, "the first window is the truncated text");
+        assert_close(&got[1], &first[1..], 1e-5, "a short passage");
+        for w in &got[0] {
+            assert!((norm(&w.dense) - 1.0).abs() < 1e-5);
+        }
+        assert!(
+            cosine(&got[0][0].dense, &got[0][expected - 1].dense) < 0.9999,
+            "windows read different text"
+        );
+
+        // The cap: only the first windows.
+        let capped = load(&dir, |c| {
+            c.max_length = 32;
+            c.max_windows = 2;
+        });
+        let two = capped.embed_passages(&[&long]).unwrap();
+        assert_eq!(two[0].len(), 2);
+        assert_close(&two[0], &got[0][..2], 1e-5, "the first two windows");
+        // One window: truncation, as before windows.
+        let one = load(&dir, |c| {
+            c.max_length = 32;
+            c.max_windows = 1;
+        });
+        let truncated = one.embed_passages(&[&long]).unwrap();
+        assert_eq!(truncated[0].len(), 1);
+        assert_close(&truncated[0], &first[..1], 1e-5, "max_windows 1 truncates");
+    }
+}

@@ -188,7 +188,21 @@ function hitCard(hit, rank, maxima, compared) {
       ? el("p", { class: "context" }, badge(hit.context_kind === "llm" ? "LLM context" : "heuristic context", hit.context_kind || ""), " ", hit.context)
       : null,
     compared ? el("p", { class: "other" }, compared[1] ? `#${compared[1]} in ${compared[0]}` : `not in ${compared[0]}'s results`) : null,
+    duplicatesLine(hit),
   );
+}
+
+/** The other documents holding the same passage (a collapsed duplicate), each a link to its chunk. */
+function duplicatesLine(hit) {
+  const dups = hit.duplicates || [];
+  if (!dups.length) return null;
+  const links = [];
+  for (const d of dups) {
+    if (links.length) links.push(", ");
+    links.push(el("a", { href: `#/documents/${encodeURIComponent(d.document_id)}?chunk=${encodeURIComponent(d.chunk_id)}` }, d.title || d.source));
+  }
+  const more = (hit.duplicate_count || dups.length) - dups.length;
+  return el("p", { class: "duplicates" }, `Also in ${hit.duplicate_count || dups.length}: `, ...links, more > 0 ? ` and ${more} more` : "");
 }
 
 function scores(hit, maxima) {

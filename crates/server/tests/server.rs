@@ -482,6 +482,7 @@ async fn answers_match_the_generated_schemas() {
         "JobEntry",
         "RerankReport",
         "ErrorBody",
+        "Duplicate",
     ] {
         assert!(spec["components"]["schemas"][name].is_object(), "schema {name} missing");
         assert!(text.contains(&format!("#/components/schemas/{name}")), "{name} never referred to");
@@ -508,8 +509,32 @@ async fn answers_match_the_generated_schemas() {
         c.get(s.url(&format!("/jobs/{job_id}"))).send().await.unwrap().json().await.unwrap();
     check_answer(&spec, "/jobs/{id}", "get", 200, &finished);
 
+    // The same passage in a second document: one hit, naming the other.
+    let r = c
+        .post(s.url("/ingest?wait=true"))
+        .json(
+            &json!({"text": "# Lemurs\n\nLemurs live on Madagascar and eat fruit.", "title": "Lemurs again",
+                      "id": "lemurs-copy", "metadata": {"topic": "animals"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     let get: Value = c.get(s.url("/search?q=lemurs&mode=hybrid")).send().await.unwrap().json().await.unwrap();
     assert!(!get["results"].as_array().unwrap().is_empty(), "{get:#}");
+    let lemurs: Vec<&Value> = get["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["text"].as_str().unwrap().contains("Madagascar"))
+        .collect();
+    assert_eq!(lemurs.len(), 1, "the passage once: {get:#}");
+    let top = lemurs[0];
+    assert_eq!(top["duplicate_count"], 1, "{get:#}");
+    let other = &top["duplicates"][0];
+    assert_ne!(other["document_id"], top["document_id"]);
+    let titles = [top["title"].as_str().unwrap(), other["title"].as_str().unwrap()];
+    assert!(titles.contains(&"Lemurs") && titles.contains(&"Lemurs again"), "{titles:?}");
     check_answer(&spec, "/search", "get", 200, &get);
     let post: Value = post_json(
         &c,

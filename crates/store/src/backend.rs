@@ -102,6 +102,19 @@ impl Store {
         dispatch!(self, s => s.commit_document(key, doc, chunks, embeddings))
     }
 
+    /// [`Store::commit_document`] with any number of vectors per chunk: one
+    /// per window of its text, first first (at least one each); the chunk is
+    /// scored by its best window.
+    pub fn commit_windows(
+        &self,
+        key: &DocumentKey,
+        doc: &Document,
+        chunks: &[Chunk],
+        windows: Option<&[Vec<Embedding>]>,
+    ) -> Result<CommitOutcome> {
+        dispatch!(self, s => s.commit_windows(key, doc, chunks, windows))
+    }
+
     /// Makes every committed document searchable by words (embedded: commits
     /// the word index; PostgreSQL: nothing to do).
     pub fn flush(&self) -> Result<()> {
@@ -191,6 +204,13 @@ impl Store {
     /// How many LLM answers the store keeps.
     pub fn llm_context_count(&self) -> Result<u64> {
         dispatch!(self, s => s.llm_context_count())
+    }
+
+    /// Exact duplicates (chunks with the same normalised text) and near
+    /// duplicates (estimated Jaccard similarity of word 3-shingles at least
+    /// `near_threshold`) among all chunks.
+    pub fn duplicate_report(&self, near_threshold: f64) -> Result<crate::DuplicateReport> {
+        dispatch!(self, s => s.duplicate_report(near_threshold))
     }
 
     /// Counts, and whether the indexes agree with the truth.

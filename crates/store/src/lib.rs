@@ -29,6 +29,7 @@
 //! not hold up searches.
 
 mod backend;
+mod dedup;
 mod jobs;
 mod pg;
 mod pg_tls;
@@ -43,6 +44,10 @@ pub mod words;
 mod writes;
 
 pub use backend::Store;
+pub use dedup::{
+    decode_minhash, encode_minhash, minhash, near_duplicates, passage_hash, similarity, DuplicateReport,
+    NEAR_THRESHOLD,
+};
 pub use pg::{text_search_config, PG_SCHEMA_VERSION, VECTOR_RECHECK_INTERVAL};
 pub use records::*;
 pub use vectors::VectorOptions;
@@ -446,15 +451,24 @@ fn summary_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DocumentSummary> 
 pub(crate) fn check_commit(
     key: &DocumentKey,
     chunks: &[Chunk],
-    embeddings: Option<&[Embedding]>,
+    windows: Option<&[Vec<Embedding>]>,
 ) -> Result<()> {
     datafactory_core::config::validate_collection(&key.collection).map_err(StoreError::Invalid)?;
-    match embeddings {
+    match windows {
         Some(e) if e.len() != chunks.len() => {
             Err(StoreError::Invalid(format!("{} embeddings for {} chunks", e.len(), chunks.len())))
         }
+        Some(e) if e.iter().any(Vec::is_empty) => {
+            Err(StoreError::Invalid("a chunk with no vector (every chunk needs one window at least)".into()))
+        }
         _ => Ok(()),
     }
+}
+
+/// One vector per chunk as a window list (`commit_document`'s embeddings for
+/// `commit_windows`).
+pub(crate) fn single_windows(embeddings: Option<&[Embedding]>) -> Option<Vec<Vec<Embedding>>> {
+    embeddings.map(|e| e.iter().map(|e| vec![e.clone()]).collect())
 }
 
 fn parse_json_list(s: &str) -> Vec<String> {

@@ -155,6 +155,19 @@ impl EmbeddedStore {
     }
 
     /// Counts in SQLite and in the word index, and whether they agree.
+    /// Exact and near-duplicate passages among all chunks (reads every
+    /// chunk's hashes: for `datafactory stats`, not for a health check).
+    pub fn duplicate_report(&self, near_threshold: f64) -> Result<crate::DuplicateReport> {
+        let db = self.reader()?;
+        let mut q = db.prepare("SELECT COALESCE(text_hash, id), minhash FROM chunks")?;
+        let chunks: Vec<(String, Option<Vec<u32>>)> = q
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get::<_, Option<Vec<u8>>>(1)?.map(|b| crate::decode_minhash(&b))))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(crate::near_duplicates(&chunks, near_threshold))
+    }
+
     pub fn stats(&self) -> Result<Stats> {
         self.words.reload()?;
         let latest = self.latest_change()?;
@@ -171,7 +184,10 @@ impl EmbeddedStore {
             [],
             |r| r.get(0),
         )?;
-        let embedded: i64 = db.query_row("SELECT COUNT(*) FROM embeddings", [], |r| r.get(0))?;
+        let (embedded, windows): (i64, i64) =
+            db.query_row("SELECT COUNT(DISTINCT chunk_id), COUNT(*) FROM embeddings", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
         drop(db);
         let mut problems = Vec::new();
         let vector_index = self.vector_index().map(|v| VectorStats {
@@ -187,11 +203,11 @@ impl EmbeddedStore {
                     "vector index is at change {}, SQLite at {latest} (a writer is running, or the next start repairs it)",
                     v.applied_change
                 ));
-            } else if v.vectors != embedded as u64 {
-                problems.push(format!("vector index holds {} vectors, SQLite {embedded}", v.vectors));
+            } else if v.vectors != windows as u64 {
+                problems.push(format!("vector index holds {} vectors, SQLite {windows}", v.vectors));
             }
-        } else if embedded > 0 {
-            problems.push(format!("SQLite holds {embedded} embeddings but there is no vector index"));
+        } else if windows > 0 {
+            problems.push(format!("SQLite holds {windows} embeddings but there is no vector index"));
         }
         if applied != latest {
             problems.push(format!(

@@ -53,6 +53,11 @@ pub struct SearchRequest<'a> {
     pub heading_boost: f32,
     /// Only chunks of documents that pass this filter.
     pub filter: Option<&'a SearchFilter>,
+    /// Return a passage held by several chunks (the same `passage_hash`)
+    /// once, at its best rank, naming the others (`SearchHit::duplicates`);
+    /// more candidates are taken until `top_k` distinct passages come back
+    /// or the retrievers run out.
+    pub collapse: bool,
 }
 
 impl<'a> SearchRequest<'a> {
@@ -80,6 +85,7 @@ impl<'a> SearchRequest<'a> {
             title_boost: settings.title_boost,
             heading_boost: settings.heading_boost,
             filter: None,
+            collapse: settings.collapse_duplicates,
         }
     }
 }
@@ -177,6 +183,7 @@ impl<'a> WordQuery<'a> {
             title_boost: self.title_boost,
             heading_boost: self.heading_boost,
             filter: None,
+            collapse: false,
         }
     }
 }
@@ -212,6 +219,32 @@ pub struct SearchHit {
     /// lower-cased, accents folded; no stemming), whatever the search mode.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub highlights: Vec<[usize; 2]>,
+    /// The other chunks holding the same passage (the same text once white
+    /// space is collapsed and case folded), in the search's scope (its
+    /// collection and filter), each with its document: the search returns
+    /// the passage once, at its best rank (`search.collapse_duplicates`).
+    /// At most 100 are listed; `duplicate_count` says how many there are.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub duplicates: Vec<Duplicate>,
+    /// How many other chunks hold the passage (0: none, or not collapsed).
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub duplicate_count: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Another chunk holding a hit's passage.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Duplicate {
+    pub chunk_id: String,
+    pub document_id: String,
+    pub title: String,
+    pub source: String,
+    /// Character offsets of the chunk in its document, as `start`/`end` of a hit.
+    pub start: usize,
+    pub end: usize,
 }
 
 /// What is known of a stored document besides its content.
@@ -336,7 +369,8 @@ pub struct Stats {
     pub chunks: u64,
     pub collections: Vec<CollectionStats>,
     pub word_index: IndexStats,
-    /// Chunks with an embedding in SQLite.
+    /// Chunks with an embedding in SQLite (a chunk longer than the model's
+    /// input has several vectors, one per window: `vector_index.vectors`).
     pub embedded_chunks: u64,
     /// Absent when the store has no vectors.
     #[serde(skip_serializing_if = "Option::is_none")]

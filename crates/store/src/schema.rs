@@ -94,7 +94,40 @@ CREATE TABLE llm_contexts (
     PRIMARY KEY (document_hash, chunk_hash, model, template)
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- Several vectors per chunk: one per window of a chunk longer than the
+-- model's input (window_ordinal 0 is the first, the only one before). The
+-- table is rebuilt (SQLite cannot drop the UNIQUE on chunk_id): every row
+-- and key kept, and the AUTOINCREMENT high-water mark with them, so no key
+-- is ever reused.
+CREATE TABLE embeddings_v4 (
+    key             INTEGER PRIMARY KEY AUTOINCREMENT,
+    chunk_id        TEXT NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+    window_ordinal  INTEGER NOT NULL DEFAULT 0,
+    dense           BLOB NOT NULL,
+    sparse          BLOB,
+    UNIQUE (chunk_id, window_ordinal)
+);
+INSERT INTO embeddings_v4 (key, chunk_id, window_ordinal, dense, sparse)
+    SELECT key, chunk_id, 0, dense, sparse FROM embeddings;
+DELETE FROM sqlite_sequence WHERE name = 'embeddings_v4';
+INSERT INTO sqlite_sequence (name, seq)
+    SELECT 'embeddings_v4', seq FROM sqlite_sequence WHERE name = 'embeddings';
+DROP TABLE embeddings;
+ALTER TABLE embeddings_v4 RENAME TO embeddings;
+-- The hash of the chunk's normalised text (`passage_hash`): the same
+-- passage in several chunks is found by it (filled for older rows by
+-- `migrate_to` right after this step).
+ALTER TABLE chunks ADD COLUMN text_hash TEXT;
+CREATE INDEX chunks_by_text_hash ON chunks(text_hash);
+-- Its MinHash signature over word 3-shingles (`minhash`; NULL for a short passage):
+-- near-duplicates, counted by `datafactory stats`.
+ALTER TABLE chunks ADD COLUMN minhash BLOB;
+"#,
 ];
+
+/// The migration after which chunks' text hashes are filled in code.
+const TEXT_HASH_VERSION: i64 = 4;
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -113,7 +146,27 @@ pub fn migrate_to(db: &mut Connection, target: i64) -> rusqlite::Result<()> {
             return Ok(());
         };
         tx.execute_batch(sql)?;
+        if version + 1 == TEXT_HASH_VERSION {
+            fill_text_hashes(&tx)?;
+        }
         tx.pragma_update(None, "user_version", version + 1)?;
         tx.commit()?;
     }
+}
+
+/// Fills `chunks.text_hash` and `minhash` where the hash is missing (chunks stored before them).
+fn fill_text_hashes(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    let missing: Vec<(String, String)> = tx
+        .prepare("SELECT id, text FROM chunks WHERE text_hash IS NULL")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut update = tx.prepare("UPDATE chunks SET text_hash = ?2, minhash = ?3 WHERE id = ?1")?;
+    for (id, text) in missing {
+        update.execute(rusqlite::params![
+            id,
+            crate::passage_hash(&text),
+            crate::minhash(&text).map(|s| crate::encode_minhash(&s))
+        ])?;
+    }
+    Ok(())
 }

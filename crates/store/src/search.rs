@@ -5,7 +5,7 @@
 use crate::sparse::SparseIndex;
 use crate::vectors::decode_sparse;
 use crate::{
-    parse_json_list, EmbeddedStore, Result, SearchFilter, SearchHit, SearchMode, SearchRequest,
+    parse_json_list, Duplicate, EmbeddedStore, Result, SearchFilter, SearchHit, SearchMode, SearchRequest,
     SearchResults, StageScores,
 };
 use datafactory_core::config::FusionMethod;
@@ -109,8 +109,9 @@ pub(crate) fn plan(req: &SearchRequest<'_>, has_vectors: bool) -> std::result::R
 
 /// Fuses the retrievers' lists (each best first) as `req.fusion` says:
 /// every chunk's stage scores and, when fusing, the fused score; the best
-/// `top_k` by the primary score, ties by chunk id. One definition for both
-/// backends.
+/// `top_k` by the primary score, ties by chunk id (all of them when the
+/// search collapses duplicates: the caller cuts after collapsing). One
+/// definition for both backends.
 ///
 /// - `rrf`: Σ weight / (rrf_k + rank).
 /// - `minmax`, `zscore`, `dbsf`: Σ weight × the retriever's score normalised
@@ -160,7 +161,9 @@ pub(crate) fn fuse(
     }
     let mut ranked: Vec<(String, StageScores)> = scored.into_iter().collect();
     ranked.sort_by(|a, b| primary(&b.1).total_cmp(&primary(&a.1)).then_with(|| a.0.cmp(&b.0)));
-    ranked.truncate(req.top_k);
+    if !req.collapse {
+        ranked.truncate(req.top_k);
+    }
     ranked
 }
 
@@ -235,6 +238,55 @@ impl Normaliser {
     }
 }
 
+/// The most other chunks a hit lists in `duplicates`.
+pub(crate) const MAX_DUPLICATES_LISTED: usize = 100;
+
+/// How much deeper than the plan's depth a collapsing search goes, at most.
+const MAX_DEPTH_FACTOR: usize = 16;
+
+/// Keeps the best-ranked chunk of each passage (chunks with the same text
+/// hash; a chunk without one is its own), in rank order.
+pub(crate) fn collapse(
+    ranked: Vec<(String, StageScores)>,
+    hashes: &HashMap<String, String>,
+) -> Vec<(String, StageScores)> {
+    let mut seen: HashSet<&str> = HashSet::new();
+    ranked.into_iter().filter(|(c, _)| hashes.get(c).is_none_or(|h| seen.insert(h.as_str()))).collect()
+}
+
+/// Whether a collapsed search must take more candidates: fewer than `top_k`
+/// distinct passages, a retriever that may have more (it filled its depth),
+/// and room to go deeper. Doubles `depth` when so.
+pub(crate) fn more_candidates(
+    req: &SearchRequest<'_>,
+    lists: &[(Retriever, f32, Ranked)],
+    passages: usize,
+    depth: &mut usize,
+) -> bool {
+    let first = req.candidates.max(req.top_k).max(1);
+    let more = passages < req.top_k
+        && lists.iter().any(|(_, _, l)| l.len() >= *depth)
+        && *depth < first.saturating_mul(MAX_DEPTH_FACTOR);
+    if more {
+        *depth = depth.saturating_mul(2);
+    }
+    more
+}
+
+/// Each chunk once, at its first (best) place: a chunk's windows are its
+/// vectors, and it scores as its best window.
+pub(crate) fn best_per_chunk(hits: Ranked) -> Ranked {
+    let mut seen: HashSet<String> = HashSet::with_capacity(hits.len());
+    hits.into_iter().filter(|(c, _)| seen.insert(c.clone())).collect()
+}
+
+/// Sets a hit's duplicates (all found, the first `MAX_DUPLICATES_LISTED` listed).
+pub(crate) fn set_duplicates(hit: &mut SearchHit, mut found: Vec<Duplicate>) {
+    hit.duplicate_count = found.len() as u32;
+    found.truncate(MAX_DUPLICATES_LISTED);
+    hit.duplicates = found;
+}
+
 /// The score a hit is ranked by: fused, else the one retriever's.
 pub(crate) fn primary(s: &StageScores) -> f32 {
     s.fused.or(s.words).or(s.dense).or(s.sparse).unwrap_or(0.0)
@@ -267,56 +319,145 @@ impl EmbeddedStore {
         };
         let allowed_docs: Option<Vec<String>> = allowed.as_ref().map(|(d, _)| d.iter().cloned().collect());
 
-        let mut lists: Vec<(Retriever, f32, Ranked)> = Vec::new();
-        for &(r, w) in &wanted {
-            let list = match r {
-                Retriever::Words => self.words.search(
-                    req.text,
-                    req.collection,
-                    allowed_docs.as_deref(),
-                    depth,
-                    req.title_boost,
-                    req.heading_boost,
-                )?,
-                Retriever::Dense => {
-                    let v = vectors.as_ref().expect("checked above");
-                    let query = &req.embedding.expect("checked above").dense;
-                    let hits = match (&allowed, req.collection) {
-                        (Some((_, keys)), _) => v.search(query, depth, Some(&|k: u64| keys.contains(&k)))?,
-                        (None, Some(c)) => self.with_key_collections(|map| {
-                            let keep = |k: u64| map.get(&k).is_some_and(|x| &**x == c);
-                            v.search(query, depth, Some(&keep))
-                        })??,
-                        (None, None) => v.search(query, depth, None)?,
-                    };
-                    self.chunk_ids_of(hits)?
-                }
-                Retriever::Sparse => {
-                    let query = &req.embedding.expect("checked above").sparse;
-                    self.ensure_sparse()?;
-                    let hits = {
-                        let sparse = self.sparse.read().unwrap_or_else(|p| p.into_inner());
-                        let index = sparse.as_ref().expect("built above");
-                        match (&allowed, req.collection) {
-                            (Some((_, keys)), _) => {
-                                index.search(query, depth, Some(&|k: u64| keys.contains(&k)))
-                            }
+        let mut depth = depth;
+        let (lists, ranked, hashes) = loop {
+            let mut lists: Vec<(Retriever, f32, Ranked)> = Vec::new();
+            for &(r, w) in &wanted {
+                let list = match r {
+                    Retriever::Words => self.words.search(
+                        req.text,
+                        req.collection,
+                        allowed_docs.as_deref(),
+                        depth,
+                        req.title_boost,
+                        req.heading_boost,
+                    )?,
+                    Retriever::Dense => {
+                        let v = vectors.as_ref().expect("checked above");
+                        let query = &req.embedding.expect("checked above").dense;
+                        self.best_windows(depth, v.len(), |count| match (&allowed, req.collection) {
+                            (Some((_, keys)), _) => v.search(query, count, Some(&|k: u64| keys.contains(&k))),
                             (None, Some(c)) => self.with_key_collections(|map| {
                                 let keep = |k: u64| map.get(&k).is_some_and(|x| &**x == c);
-                                index.search(query, depth, Some(&keep))
+                                v.search(query, count, Some(&keep))
                             })?,
-                            (None, None) => index.search(query, depth, None),
-                        }
-                    };
-                    self.chunk_ids_of(hits)?
-                }
-            };
-            lists.push((r, w, list));
+                            (None, None) => v.search(query, count, None),
+                        })?
+                    }
+                    Retriever::Sparse => {
+                        let query = &req.embedding.expect("checked above").sparse;
+                        self.ensure_sparse()?;
+                        self.best_windows(depth, usize::MAX, |count| {
+                            let sparse = self.sparse.read().unwrap_or_else(|p| p.into_inner());
+                            let index = sparse.as_ref().expect("built above");
+                            Ok(match (&allowed, req.collection) {
+                                (Some((_, keys)), _) => {
+                                    index.search(query, count, Some(&|k: u64| keys.contains(&k)))
+                                }
+                                (None, Some(c)) => self.with_key_collections(|map| {
+                                    let keep = |k: u64| map.get(&k).is_some_and(|x| &**x == c);
+                                    index.search(query, count, Some(&keep))
+                                })?,
+                                (None, None) => index.search(query, count, None),
+                            })
+                        })?
+                    }
+                };
+                lists.push((r, w, list));
+            }
+            let ranked = fuse(req, &lists, fusing);
+            if !req.collapse {
+                break (lists, ranked, HashMap::new());
+            }
+            let hashes = self.text_hashes(ranked.iter().map(|(c, _)| c.as_str()))?;
+            let ranked = collapse(ranked, &hashes);
+            if !more_candidates(req, &lists, ranked.len(), &mut depth) {
+                break (lists, ranked, hashes);
+            }
+        };
+        let mut ranked = ranked;
+        ranked.truncate(req.top_k);
+        let mut hits = self.hydrate(ranked, primary)?;
+        if req.collapse {
+            self.name_duplicates(&mut hits, &hashes, req.collection, allowed.as_ref().map(|a| &a.0))?;
         }
-
-        let ranked = fuse(req, &lists, fusing);
-        let hits = self.hydrate(ranked, primary)?;
         Ok(SearchResults { retrievers: lists.iter().map(|l| l.0.name()).collect(), hits, notes })
+    }
+
+    /// A retriever's vector hits as chunks, each at its best window: asks
+    /// `search` for `depth` vectors, then for more while windows of the same
+    /// chunks leave fewer than `depth` chunks and there are more (`size`: the
+    /// vectors there are, at most).
+    fn best_windows(
+        &self,
+        depth: usize,
+        size: usize,
+        mut search: impl FnMut(usize) -> Result<Vec<(u64, f32)>>,
+    ) -> Result<Ranked> {
+        let mut count = depth;
+        loop {
+            let hits = search(count)?;
+            let found = hits.len();
+            let mut ranked = best_per_chunk(self.chunk_ids_of(hits)?);
+            if ranked.len() >= depth || found < count || count >= size {
+                ranked.truncate(depth);
+                return Ok(ranked);
+            }
+            count = count.saturating_mul(2);
+        }
+    }
+
+    /// The text hashes of these chunks (chunks stored without one are left out).
+    fn text_hashes<'a>(&self, chunks: impl Iterator<Item = &'a str>) -> Result<HashMap<String, String>> {
+        let db = self.reader()?;
+        let mut q = db.prepare_cached("SELECT text_hash FROM chunks WHERE id = ?1")?;
+        let mut out = HashMap::new();
+        for c in chunks {
+            if let Some(Some(h)) = q.query_row([c], |r| r.get::<_, Option<String>>(0)).optional()? {
+                out.insert(c.to_string(), h);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fills each hit's `duplicates`: the other chunks with its passage, in
+    /// the search's scope.
+    fn name_duplicates(
+        &self,
+        hits: &mut [SearchHit],
+        hashes: &HashMap<String, String>,
+        collection: Option<&str>,
+        allowed: Option<&HashSet<String>>,
+    ) -> Result<()> {
+        let db = self.reader()?;
+        let mut q = db.prepare_cached(
+            "SELECT c.id, c.document_id, d.title, d.source, c.char_start, c.char_end
+             FROM chunks c JOIN documents d ON d.id = c.document_id
+             WHERE c.text_hash = ?1 AND (?2 IS NULL OR d.collection = ?2)
+             ORDER BY d.source, c.document_id, c.ordinal",
+        )?;
+        for hit in hits {
+            let Some(hash) = hashes.get(&hit.chunk_id) else { continue };
+            let rows = q.query_map(rusqlite::params![hash, collection], |r| {
+                Ok(Duplicate {
+                    chunk_id: r.get(0)?,
+                    document_id: r.get(1)?,
+                    title: r.get(2)?,
+                    source: r.get(3)?,
+                    start: r.get::<_, i64>(4)? as usize,
+                    end: r.get::<_, i64>(5)? as usize,
+                })
+            })?;
+            let mut found = Vec::new();
+            for d in rows {
+                let d = d?;
+                if d.chunk_id != hit.chunk_id && allowed.is_none_or(|a| a.contains(&d.document_id)) {
+                    found.push(d);
+                }
+            }
+            set_duplicates(hit, found);
+        }
+        Ok(())
     }
 
     /// The ids of the documents (in `collection`, if given) that pass `filter`.
@@ -413,6 +554,8 @@ impl EmbeddedStore {
                         context_kind: context.as_ref().map(|c| c.kind),
                         context: context.map(|c| c.text),
                         highlights: Vec::new(),
+                        duplicates: Vec::new(),
+                        duplicate_count: 0,
                     })
                 })
                 .optional()?;

@@ -241,6 +241,7 @@ fn request<'a>(
         title_boost: 0.5,
         heading_boost: 0.8,
         filter: None,
+        collapse: false,
     }
 }
 
@@ -527,7 +528,127 @@ fn a_version_2_store_migrates_to_version_3() {
     let db = rusqlite::Connection::open(dir.path().join("datafactory.sqlite3")).unwrap();
     let v: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert_eq!(v, crate::schema::SCHEMA_VERSION);
-    assert_eq!(v, 3);
+    assert_eq!(v, 4);
+}
+
+/// A store written before windows and text hashes (version 3: one vector
+/// per chunk, `chunk_id` unique) opens: every vector and key kept, the
+/// vector index rebuilt from them, text hashes filled, so its copies
+/// collapse; keys go on above the highest ever given, and new chunks get
+/// several windows.
+#[test]
+fn a_store_from_before_windows_opens_and_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut db = rusqlite::Connection::open(dir.path().join("datafactory.sqlite3")).unwrap();
+        crate::schema::migrate_to(&mut db, 3).unwrap();
+        db.execute_batch(
+            "INSERT INTO collections VALUES ('c', 0);
+             INSERT INTO meta VALUES ('embedding_model', 'm');
+             INSERT INTO documents VALUES ('d1', 'c', 'one.txt', NULL, 'One', 'text', 'h1', 'p', '{}', 'x', '[]', 4, 1, 0, 0);
+             INSERT INTO documents VALUES ('d2', 'c', 'two.txt', NULL, 'Two', 'text', 'h2', 'p', '{}', 'x', '[]', 4, 1, 0, 0);
+             INSERT INTO chunks (id, document_id, ordinal, heading_path, text, char_start, char_end, page, token_count)
+                 VALUES ('k1', 'd1', 0, '[]', 'Shared  passage about pears', 0, 27, NULL, 4),
+                        ('k2', 'd2', 0, '[]', 'shared passage ABOUT pears', 0, 26, NULL, 4),
+                        ('k3', 'd2', 1, '[]', 'Apples only', 27, 38, NULL, 2);
+             INSERT INTO changes (document_id, op, at) VALUES ('d1', 'add', 0), ('d2', 'add', 0);",
+        )
+        .unwrap();
+        let mut insert = db
+            .prepare("INSERT INTO embeddings (key, chunk_id, dense, sparse) VALUES (?1, ?2, ?3, NULL)")
+            .unwrap();
+        for (key, chunk, dir) in [(1, "k1", 0), (2, "k2", 1), (5, "k3", 2), (7, "gone", 3)] {
+            if chunk == "gone" {
+                // A key given once and deleted since: never to be given again.
+                db.execute(
+                    "INSERT INTO chunks VALUES ('gone', 'd2', 2, '[]', 'gone', 0, 1, NULL, 1, NULL)",
+                    [],
+                )
+                .unwrap();
+            }
+            insert.execute(rusqlite::params![key, chunk, vectors::encode_dense(&axis(dir))]).unwrap();
+        }
+        drop(insert);
+        db.execute_batch("DELETE FROM embeddings WHERE key = 7; DELETE FROM chunks WHERE id = 'gone';")
+            .unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let db = rusqlite::Connection::open(dir.path().join("datafactory.sqlite3")).unwrap();
+    let rows: Vec<(i64, String, i64)> = db
+        .prepare("SELECT key, chunk_id, window_ordinal FROM embeddings ORDER BY key")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(rows, [(1, "k1".into(), 0), (2, "k2".into(), 0), (5, "k3".into(), 0)]);
+    let hashes: Vec<Option<String>> = db
+        .prepare("SELECT text_hash FROM chunks ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(hashes[0].as_deref(), Some(passage_hash("Shared  passage about pears").as_str()));
+    assert_eq!(hashes[0], hashes[1], "the same passage once normalised");
+    assert_ne!(hashes[1], hashes[2]);
+
+    // The vectors are searched (the index rebuilt from SQLite), and the copies collapse.
+    let q = Embedding { dense: axis(1), sparse: vec![] };
+    let settings = datafactory_core::config::SearchConfig::default();
+    let req =
+        SearchRequest { embedding: Some(&q), ..SearchRequest::new("", SearchMode::Dense, 2, &settings) };
+    let results = store.search(&req).unwrap();
+    let hits = results.hits;
+    assert_eq!(
+        hits.iter().map(|h| h.chunk_id.as_str()).collect::<Vec<_>>(),
+        ["k2", "k3"],
+        "{:?}",
+        results.notes
+    );
+    assert_eq!(hits[0].duplicate_count, 1);
+    assert_eq!(hits[0].duplicates[0].chunk_id, "k1");
+    assert!(store.stats().unwrap().consistent, "{:?}", store.stats().unwrap().problems);
+
+    // New vectors: keys above the highest ever given (7), several per chunk.
+    let doc = document("three.txt", "long text");
+    let chunks = vec![Chunk {
+        ordinal: 0,
+        heading_path: vec![],
+        text: "long text".into(),
+        start: 0,
+        end: 9,
+        page: None,
+        token_count: 2,
+        context: None,
+    }];
+    let key = DocumentKey {
+        id: document_id("c", "three.txt"),
+        collection: "c".into(),
+        source: "three.txt".into(),
+        content_hash: "h3".into(),
+        pipeline: "p".into(),
+        byte_size: 9,
+    };
+    let windows = vec![vec![
+        Embedding { dense: axis(3), sparse: vec![] },
+        Embedding { dense: axis(2), sparse: vec![] },
+    ]];
+    store.commit_windows(&key, &doc, &chunks, Some(&windows)).unwrap();
+    let new_keys: Vec<i64> = db
+        .prepare("SELECT key FROM embeddings WHERE chunk_id <> 'k1' AND chunk_id <> 'k2' AND chunk_id <> 'k3' ORDER BY key")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(new_keys, [8, 9]);
+    let q = Embedding { dense: axis(3), sparse: vec![] };
+    let req =
+        SearchRequest { embedding: Some(&q), ..SearchRequest::new("", SearchMode::Dense, 1, &settings) };
+    assert_eq!(store.search(&req).unwrap().hits[0].source, "three.txt");
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.embedded_chunks, stats.vector_index.unwrap().vectors), (4, 5));
 }
 
 /// Whether a write transaction is open on the database (seen from another

@@ -65,7 +65,20 @@ impl EmbeddedStore {
         chunks: &[Chunk],
         embeddings: Option<&[Embedding]>,
     ) -> Result<CommitOutcome> {
-        check_commit(key, chunks, embeddings)?;
+        self.commit_windows(key, doc, chunks, single_windows(embeddings).as_deref())
+    }
+
+    /// [`EmbeddedStore::commit_document`] with any number of vectors per
+    /// chunk (one per window of its text, first first; at least one each).
+    pub fn commit_windows(
+        &self,
+        key: &DocumentKey,
+        doc: &Document,
+        chunks: &[Chunk],
+        windows: Option<&[Vec<Embedding>]>,
+    ) -> Result<CommitOutcome> {
+        check_commit(key, chunks, windows)?;
+        let embeddings = windows;
         let mut guard = self.writer()?;
         let state = guard.as_mut().expect("writer taken above");
         let vectors = self.vector_index();
@@ -127,11 +140,12 @@ impl EmbeddedStore {
         let mut vector_keys = Vec::new();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO chunks (id, document_id, ordinal, heading_path, text, char_start, char_end, page, token_count, context)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO chunks (id, document_id, ordinal, heading_path, text, char_start, char_end, page, token_count, context, text_hash, minhash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
-            let mut insert_embedding =
-                tx.prepare_cached("INSERT INTO embeddings (chunk_id, dense, sparse) VALUES (?1, ?2, ?3)")?;
+            let mut insert_embedding = tx.prepare_cached(
+                "INSERT INTO embeddings (chunk_id, window_ordinal, dense, sparse) VALUES (?1, ?2, ?3, ?4)",
+            )?;
             for (i, c) in chunks.iter().enumerate() {
                 let id = chunk_id(&key.id, c.ordinal, &c.text);
                 insert.execute(params![
@@ -145,10 +159,17 @@ impl EmbeddedStore {
                     c.page,
                     c.token_count,
                     c.context.as_ref().map(serde_json::to_string).transpose()?,
+                    crate::passage_hash(&c.text),
+                    crate::minhash(&c.text).map(|s| crate::encode_minhash(&s)),
                 ])?;
-                if let Some(e) = embeddings.map(|e| &e[i]) {
+                for (w, e) in embeddings.map_or(&[][..], |e| &e[i]).iter().enumerate() {
                     let sparse = (!e.sparse.is_empty()).then(|| vectors::encode_sparse(&e.sparse));
-                    insert_embedding.execute(params![id, vectors::encode_dense(&e.dense), sparse])?;
+                    insert_embedding.execute(params![
+                        id,
+                        w as i64,
+                        vectors::encode_dense(&e.dense),
+                        sparse
+                    ])?;
                     vector_keys.push(tx.last_insert_rowid() as u64);
                 }
                 ids.push(id);
@@ -166,13 +187,14 @@ impl EmbeddedStore {
         // SQLite has it; now the derived indexes.
         let collection: Arc<str> = Arc::from(key.collection.as_str());
         self.forget_keys(&removed_keys);
-        if let (Some(v), Some(e)) = (&vectors, embeddings) {
+        let flat: Option<Vec<&Embedding>> = embeddings.map(|e| e.iter().flatten().collect());
+        if let (Some(v), Some(e)) = (&vectors, &flat) {
             let added = (|| -> Result<()> {
                 for k in &removed_keys {
                     v.remove(*k)?;
                 }
                 v.reserve_for(vector_keys.len())?;
-                for (k, e) in vector_keys.iter().zip(e) {
+                for (k, e) in vector_keys.iter().zip(e.iter()) {
                     v.add(*k, &e.dense)?;
                 }
                 Ok(())
@@ -231,7 +253,7 @@ impl EmbeddedStore {
     }
 
     /// Keeps the in-memory sparse index and key map (if built) current.
-    pub(crate) fn remember_keys(&self, keys: &[u64], embeddings: &[Embedding], collection: &Arc<str>) {
+    pub(crate) fn remember_keys(&self, keys: &[u64], embeddings: &[&Embedding], collection: &Arc<str>) {
         if let Some(map) = self.key_collections.write().unwrap_or_else(|p| p.into_inner()).as_mut() {
             for k in keys {
                 map.insert(*k, collection.clone());

@@ -114,6 +114,8 @@ contract!(
     consistent_after_a_killed_writer,
     listings_for_the_console,
     words_are_stemmed_by_language,
+    long_chunks_score_by_their_best_window,
+    duplicates_collapse_across_documents,
 );
 
 // ---- fixtures ----
@@ -231,6 +233,7 @@ fn request<'a>(text: &'a str, e: &'a Embedding, mode: SearchMode) -> SearchReque
         title_boost: 0.5,
         heading_boost: 0.8,
         filter: None,
+        collapse: false,
     }
 }
 
@@ -736,4 +739,149 @@ fn postgres_tls_is_required_when_asked() {
     .err()
     .expect("refused");
     assert!(err.to_string().contains("ca_file") || err.to_string().contains("TLS"), "{err}");
+}
+
+/// A one-chunk document whose chunk has one vector per window.
+fn put_windows(store: &Store, source: &str, body: &str, windows: Vec<Embedding>) {
+    let doc = document(source, body);
+    let chunks = vec![Chunk {
+        ordinal: 0,
+        heading_path: vec![],
+        text: body.to_string(),
+        start: 0,
+        end: body.chars().count(),
+        page: None,
+        token_count: 4,
+        context: None,
+    }];
+    store.commit_windows(&key("c", source, body, "p"), &doc, &chunks, Some(&[windows])).unwrap();
+}
+
+fn long_chunks_score_by_their_best_window(place: &Place) {
+    let store = place.open();
+    store.enable_vectors(&vector_options("model-a")).unwrap();
+    let window = |axis: usize, tilt: f32, token: u32, weight: f32| Embedding {
+        dense: vector(axis, tilt),
+        sparse: vec![(token, weight)],
+    };
+    // long.txt: its first window along axis 0, its second along axis 3.
+    put_windows(&store, "long.txt", "a long chunk", vec![window(0, 0.0, 500, 1.0), window(3, 0.0, 501, 2.0)]);
+    put_windows(&store, "near.txt", "near axis three", vec![window(3, 0.3, 501, 1.5)]);
+    put_windows(&store, "other.txt", "something else", vec![window(1, 0.0, 502, 1.0)]);
+    store.flush().unwrap();
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.embedded_chunks, stats.vector_index.as_ref().unwrap().vectors), (3, 4));
+    assert!(stats.consistent, "{stats:?}");
+
+    // Found by its second window, once, with that window's score.
+    let q = Embedding { dense: vector(3, 0.0), sparse: vec![(501, 1.0)] };
+    let dense = store.search(&SearchRequest { top_k: 3, ..request("", &q, SearchMode::Dense) }).unwrap();
+    assert_eq!(sources(&dense.hits), ["long.txt", "near.txt", "other.txt"]);
+    assert!(dense.hits[0].scores.dense.unwrap() > 0.99);
+    // By its first window too.
+    let q0 = Embedding { dense: vector(0, 0.0), sparse: vec![(500, 1.0)] };
+    let dense = store.search(&SearchRequest { top_k: 1, ..request("", &q0, SearchMode::Dense) }).unwrap();
+    assert_eq!(sources(&dense.hits), ["long.txt"]);
+    // Sparse: the best window's product.
+    let sparse = store.search(&request("", &q, SearchMode::Sparse)).unwrap();
+    assert_eq!(sources(&sparse.hits), ["long.txt", "near.txt"]);
+    assert!((sparse.hits[0].scores.sparse.unwrap() - 2.0).abs() < 1e-3, "{:?}", sparse.hits[0].scores);
+
+    // Windows do not take the places of other chunks: five chunks of six
+    // windows each, all near the query; top 3 are three chunks.
+    for i in 0..5 {
+        let windows = (0..6).map(|w| window(3, 0.01 * (i * 6 + w) as f32 + 0.4, 600, 1.0)).collect();
+        put_windows(&store, &format!("many{i}.txt"), &format!("many {i}"), windows);
+    }
+    store.flush().unwrap();
+    let q_many = Embedding { dense: vector(3, 0.4), sparse: vec![(600, 1.0)] };
+    for mode in [SearchMode::Dense, SearchMode::Sparse] {
+        let hits = store.search(&SearchRequest { top_k: 3, ..request("", &q_many, mode) }).unwrap().hits;
+        let distinct: BTreeSet<String> = sources(&hits).into_iter().collect();
+        assert_eq!((hits.len(), distinct.len()), (3, 3), "{mode:?}: {:?}", sources(&hits));
+    }
+
+    // Deleted with all its windows; a reopened store still finds by windows.
+    assert!(store.delete_document(&document_id("c", "long.txt")).unwrap());
+    store.flush().unwrap();
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.embedded_chunks, stats.vector_index.as_ref().unwrap().vectors), (7, 2 + 30));
+    assert!(stats.consistent, "{stats:?}");
+    drop(store);
+    let store = place.open();
+    let dense = store.search(&SearchRequest { top_k: 1, ..request("", &q, SearchMode::Dense) }).unwrap();
+    assert_eq!(sources(&dense.hits), ["near.txt"]);
+    let dense = store.search(&SearchRequest { top_k: 1, ..request("", &q_many, SearchMode::Dense) }).unwrap();
+    assert!(sources(&dense.hits)[0].starts_with("many"));
+    assert!(store.stats().unwrap().consistent);
+}
+
+fn duplicates_collapse_across_documents(place: &Place) {
+    let store = place.open();
+    let passage = "The borrow checker enforces the ownership rules at compile time.";
+    put(&store, "book", "ch04.html", passage);
+    // The same passage, other white space and case.
+    put(&store, "book", "print.html", "the  BORROW checker enforces\nthe ownership rules at compile time.");
+    put(&store, "book", "ch10.html", "Lifetimes make sure that every reference is valid: a borrow may not outlive its owner, whatever the scope.");
+    put(&store, "other", "copy.txt", passage);
+    store.flush().unwrap();
+    let q = Embedding::default();
+    let words = |collapse: bool, collection: Option<&'static str>, top_k: usize| {
+        let req = SearchRequest {
+            collapse,
+            collection,
+            top_k,
+            ..request("borrow checker", &q, SearchMode::Lexical)
+        };
+        store.search(&req).unwrap().hits
+    };
+
+    // Without collapsing, copies take the first places.
+    let plain = words(false, None, 3);
+    assert_eq!(plain.len(), 3);
+    assert!(plain.iter().all(|h| h.duplicates.is_empty() && h.duplicate_count == 0));
+    assert!(!sources(&plain).contains(&"ch10.html".to_string()), "{:?}", sources(&plain));
+
+    // Collapsed: the passage once, naming the others; the next passage fills the second place.
+    let hits = words(true, None, 2);
+    assert_eq!(hits.len(), 2, "{:?}", sources(&hits));
+    assert_eq!(hits[1].source, "ch10.html");
+    let top = &hits[0];
+    assert_eq!(top.duplicate_count, 2);
+    let mut holders: Vec<&str> = top.duplicates.iter().map(|d| d.source.as_str()).collect();
+    holders.push(&top.source);
+    holders.sort();
+    assert_eq!(holders, ["ch04.html", "copy.txt", "print.html"]);
+    for d in &top.duplicates {
+        assert_ne!(d.chunk_id, top.chunk_id);
+        assert_eq!((d.start, d.end > 0), (0, true));
+        assert!(!d.title.is_empty() && !d.document_id.is_empty());
+    }
+    assert!(hits[1].duplicates.is_empty());
+
+    // In one collection, only its copies are named.
+    let in_book = words(true, Some("book"), 5);
+    assert_eq!(in_book.len(), 2);
+    assert_eq!(in_book[0].duplicate_count, 1);
+    assert!(in_book[0].duplicates.iter().all(|d| d.source != "copy.txt"));
+
+    // Hybrid and a document filter go through the same collapse.
+    let filter = SearchFilter {
+        document_ids: vec![document_id("book", "ch04.html"), document_id("other", "copy.txt")],
+        ..Default::default()
+    };
+    let req = SearchRequest {
+        collapse: true,
+        filter: Some(&filter),
+        ..request("borrow checker", &q, SearchMode::Hybrid)
+    };
+    let filtered = store.search(&req).unwrap().hits;
+    assert_eq!(filtered.len(), 1, "{:?}", sources(&filtered));
+    assert_eq!(filtered[0].duplicate_count, 1);
+
+    // Deleting a copy: no longer named.
+    assert!(store.delete_document(&document_id("book", "print.html")).unwrap());
+    store.flush().unwrap();
+    let hits = words(true, None, 2);
+    assert_eq!(hits[0].duplicate_count, 1);
 }

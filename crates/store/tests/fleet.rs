@@ -359,6 +359,7 @@ fn a_node_sees_vectors_another_node_enabled() {
             title_boost: 0.5,
             heading_boost: 0.8,
             filter: None,
+            collapse: false,
         })
         .unwrap();
     assert!(results.notes.is_empty(), "{:?}", results.notes);

@@ -99,8 +99,13 @@ pub struct EmbeddingConfig {
     /// `int8` (CPU only: the encoder's linear layers in int8, AMX-INT8 or
     /// AVX-512 VNNI where available).
     pub dtype: String,
-    /// Tokens per passage; longer passages are truncated.
+    /// Tokens per passage window (the model's input, special tokens included).
     pub max_length: usize,
+    /// Windows per passage at most: a passage longer than the model's input
+    /// gets one vector per window of `max_length` tokens, each overlapping the
+    /// one before by a quarter, and is scored by its best window; what lies
+    /// past the last window is not embedded. 1: truncate (one vector).
+    pub max_windows: usize,
     /// Texts per batch at most.
     pub batch_size: usize,
     /// Padded tokens per batch at most (batch size × longest text).
@@ -154,6 +159,10 @@ pub struct SearchConfig {
     pub weight_dense: f32,
     /// 0 leaves the sparse retriever out of hybrid search.
     pub weight_sparse: f32,
+    /// Return a passage found in several chunks (the same text once
+    /// normalised: white space collapsed, lower-cased) once, naming the
+    /// other chunks and documents that hold it (`duplicates`).
+    pub collapse_duplicates: bool,
 }
 
 /// How hybrid search combines its retrievers' ranked lists (`search.fusion`).
@@ -500,6 +509,7 @@ impl Default for EmbeddingConfig {
             device: "auto".to_string(),
             dtype: "auto".to_string(),
             max_length: 512,
+            max_windows: 8,
             batch_size: 32,
             batch_tokens: 16_384,
             sparse: true,
@@ -527,6 +537,7 @@ impl Default for SearchConfig {
             weight_words: 0.5,
             weight_dense: 0.5,
             weight_sparse: 0.0,
+            collapse_duplicates: true,
         }
     }
 }

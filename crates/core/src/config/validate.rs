@@ -121,6 +121,12 @@ impl Config {
                 format!("must be between 8 and 8192, is {}", e.max_length),
             );
         }
+        if e.max_windows == 0 || e.max_windows > 256 {
+            return invalid(
+                "embedding.max_windows",
+                format!("must be between 1 and 256, is {}", e.max_windows),
+            );
+        }
         if e.batch_size == 0 {
             return invalid("embedding.batch_size", "must be at least 1");
         }

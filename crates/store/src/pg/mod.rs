@@ -27,11 +27,13 @@ use search::*;
 pub use text::text_search_config;
 use text::*;
 
-use crate::search::{fuse, plan, primary, Plan, Ranked, Retriever};
+use crate::search::{
+    best_per_chunk, collapse, fuse, more_candidates, plan, primary, set_duplicates, Plan, Ranked, Retriever,
+};
 use crate::{
     indexed_context, now_ms, words, ClaimedJob, CollectionStats, CommitOutcome, DocumentDetail, DocumentInfo,
-    DocumentKey, DocumentPage, DocumentQuery, DocumentSummary, Fleet, FleetNode, IndexStats, JobRecord,
-    Result, SearchHit, SearchRequest, SearchResults, StageScores, Stats, StoreError, StoredChunk,
+    DocumentKey, DocumentPage, DocumentQuery, DocumentSummary, Duplicate, Fleet, FleetNode, IndexStats,
+    JobRecord, Result, SearchHit, SearchRequest, SearchResults, StageScores, Stats, StoreError, StoredChunk,
     VectorOptions, VectorStats,
 };
 use datafactory_core::config::StoreConfig;
@@ -138,6 +140,9 @@ impl PgStore {
                 return Ok(());
             };
             tx.batch_execute(sql)?;
+            if version + 1 == TEXT_HASH_VERSION {
+                fill_text_hashes(&mut tx)?;
+            }
             tx.execute("DELETE FROM schema_version", &[])?;
             tx.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&(version + 1)])?;
             tx.commit()?;
@@ -214,10 +219,12 @@ impl PgStore {
         }
         tx.batch_execute(&format!(
             "CREATE TABLE embeddings (
-                 key       bigserial PRIMARY KEY,
-                 chunk_id  text NOT NULL UNIQUE REFERENCES chunks(id) ON DELETE CASCADE,
-                 dense     halfvec({dims}) NOT NULL,
-                 sparse    sparsevec
+                 key             bigserial PRIMARY KEY,
+                 chunk_id        text NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+                 window_ordinal  integer NOT NULL DEFAULT 0,
+                 dense           halfvec({dims}) NOT NULL,
+                 sparse          sparsevec,
+                 UNIQUE (chunk_id, window_ordinal)
              );
              CREATE INDEX embeddings_dense ON embeddings USING hnsw (dense halfvec_cosine_ops)
                  WITH (m = {m}, ef_construction = {ef});",
@@ -265,5 +272,151 @@ mod tests {
         assert_eq!(text_search_config(Some("eng")), "english");
         assert_eq!(text_search_config(Some("xyz")), "simple");
         assert_eq!(text_search_config(None), "simple");
+    }
+
+    /// A PostgreSQL store written before windows and text hashes (schema 2:
+    /// one vector per chunk, `chunk_id` unique) opens: its vectors kept, the
+    /// text hashes filled, so its copies collapse, and new chunks get
+    /// several windows. Runs where `DATAFACTORY_TEST_POSTGRES` names a
+    /// database (under CI it must).
+    #[test]
+    fn a_store_from_before_windows_opens_and_keeps_everything() {
+        let url = match std::env::var("DATAFACTORY_TEST_POSTGRES") {
+            Ok(u) if !u.is_empty() => u,
+            _ => {
+                assert!(
+                    !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
+                    "DATAFACTORY_TEST_POSTGRES is not set: under CI the PostgreSQL tests must run"
+                );
+                eprintln!("not run on PostgreSQL (set DATAFACTORY_TEST_POSTGRES)");
+                return;
+            }
+        };
+        let schema = "unit_pg_before_windows";
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        client
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE EXTENSION IF NOT EXISTS vector;
+                 CREATE SCHEMA {schema}; SET search_path TO {schema}, public;
+                 CREATE TABLE schema_version (version bigint NOT NULL);"
+            ))
+            .unwrap();
+        for sql in &MIGRATIONS[..2] {
+            client.batch_execute(sql).unwrap();
+        }
+        let options = VectorOptions {
+            model: "m".into(),
+            dimensions: 4,
+            quantization: "f16".into(),
+            connectivity: 16,
+            expansion_add: 64,
+            expansion_search: 32,
+            exact_below: 1000,
+        };
+        client
+            .batch_execute(
+                "INSERT INTO schema_version VALUES (2);
+                 CREATE TABLE embeddings (
+                     key       bigserial PRIMARY KEY,
+                     chunk_id  text NOT NULL UNIQUE REFERENCES chunks(id) ON DELETE CASCADE,
+                     dense     halfvec(4) NOT NULL,
+                     sparse    sparsevec
+                 );
+                 CREATE INDEX embeddings_dense ON embeddings USING hnsw (dense halfvec_cosine_ops);
+                 INSERT INTO collections VALUES ('c', 0);
+                 INSERT INTO text_searches VALUES ('simple');
+                 INSERT INTO documents VALUES
+                     ('d1', 'c', 'one.txt', NULL, 'One', 'text', 'h1', 'p', '{}', 'x', '[]', 4, 1, 'simple', 0, 0),
+                     ('d2', 'c', 'two.txt', NULL, 'Two', 'text', 'h2', 'p', '{}', 'x', '[]', 4, 1, 'simple', 0, 0);
+                 INSERT INTO chunks VALUES
+                     ('k1', 'd1', 0, '[]', 'Shared  passage about pears', 0, 27, NULL, 4, NULL, 'simple',
+                      to_tsvector('simple', 'shared passage about pears')),
+                     ('k2', 'd2', 0, '[]', 'shared passage ABOUT pears', 0, 26, NULL, 4, NULL, 'simple',
+                      to_tsvector('simple', 'shared passage about pears')),
+                     ('k3', 'd2', 1, '[]', 'Apples only', 27, 38, NULL, 2, NULL, 'simple',
+                      to_tsvector('simple', 'apples only'));
+                 INSERT INTO embeddings (chunk_id, dense) VALUES
+                     ('k1', '[1, 0.01, 0.01, 0.01]'), ('k2', '[0.01, 1, 0.01, 0.01]'), ('k3', '[0.01, 0.01, 1, 0.01]');",
+            )
+            .unwrap();
+        client
+            .execute(
+                "INSERT INTO meta VALUES ('vectors', $1), ('embedding_model', 'm')",
+                &[&serde_json::to_string(&options).unwrap()],
+            )
+            .unwrap();
+        let store = PgStore::open(&StoreConfig {
+            backend: "postgres".into(),
+            url: url.clone(),
+            schema: schema.into(),
+            ..StoreConfig::default()
+        })
+        .unwrap();
+        let version: i64 = client.query_one("SELECT version FROM schema_version", &[]).unwrap().get(0);
+        assert_eq!(version, PG_SCHEMA_VERSION);
+        let hashes: Vec<Option<String>> = client
+            .query("SELECT text_hash FROM chunks ORDER BY id", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(hashes[0].as_deref(), Some(crate::passage_hash("shared passage about pears").as_str()));
+        assert_eq!(hashes[0], hashes[1]);
+        assert_ne!(hashes[1], hashes[2]);
+
+        // The old vectors are searched, and the copies collapse.
+        let q = Embedding { dense: vec![0.01, 1.0, 0.01, 0.01], sparse: vec![] };
+        let settings = datafactory_core::config::SearchConfig::default();
+        let req = SearchRequest {
+            embedding: Some(&q),
+            ..SearchRequest::new("", crate::SearchMode::Dense, 2, &settings)
+        };
+        let hits = store.search(&req).unwrap().hits;
+        assert_eq!(hits.iter().map(|h| h.chunk_id.as_str()).collect::<Vec<_>>(), ["k2", "k3"]);
+        assert_eq!(hits[0].duplicate_count, 1);
+        assert_eq!(hits[0].duplicates[0].chunk_id, "k1");
+
+        // New chunks get several windows.
+        let text = "long text";
+        let doc = Document {
+            title: "three".into(),
+            format: Format::Text,
+            text: text.into(),
+            sections: vec![],
+            metadata: Default::default(),
+            external_id: None,
+        };
+        let chunks = vec![Chunk {
+            ordinal: 0,
+            heading_path: vec![],
+            text: text.into(),
+            start: 0,
+            end: 9,
+            page: None,
+            token_count: 2,
+            context: None,
+        }];
+        let key = DocumentKey {
+            id: "d3".into(),
+            collection: "c".into(),
+            source: "three.txt".into(),
+            content_hash: "h3".into(),
+            pipeline: "p".into(),
+            byte_size: 9,
+        };
+        let windows = vec![vec![
+            Embedding { dense: vec![0.01, 0.01, 0.01, 1.0], sparse: vec![] },
+            Embedding { dense: vec![0.01, 0.01, 1.0, 0.01], sparse: vec![] },
+        ]];
+        store.commit_windows(&key, &doc, &chunks, Some(&windows)).unwrap();
+        let q = Embedding { dense: vec![0.01, 0.01, 0.01, 1.0], sparse: vec![] };
+        let req = SearchRequest {
+            embedding: Some(&q),
+            ..SearchRequest::new("", crate::SearchMode::Dense, 1, &settings)
+        };
+        assert_eq!(store.search(&req).unwrap().hits[0].source, "three.txt");
+        let stats = store.stats().unwrap();
+        assert_eq!((stats.embedded_chunks, stats.vector_index.unwrap().vectors), (4, 5));
+        client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).unwrap();
     }
 }

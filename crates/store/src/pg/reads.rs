@@ -129,6 +129,17 @@ impl PgStore {
 
     /// Counts, read in one snapshot. The word "index" is a column of the
     /// chunks and the vectors a table: both always agree with the chunks.
+    /// Exact and near-duplicate passages among all chunks.
+    pub fn duplicate_report(&self, near_threshold: f64) -> Result<crate::DuplicateReport> {
+        let mut conn = self.conn()?;
+        let chunks: Vec<(String, Option<Vec<u32>>)> = conn
+            .query("SELECT COALESCE(text_hash, id), minhash FROM chunks", &[])?
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, Option<&[u8]>>(1).map(crate::decode_minhash)))
+            .collect();
+        Ok(crate::near_duplicates(&chunks, near_threshold))
+    }
+
     pub fn stats(&self) -> Result<Stats> {
         let vectors = self.vector_options();
         let mut conn = self.conn()?;
@@ -138,9 +149,12 @@ impl PgStore {
         let documents: i64 = tx.query_one("SELECT COUNT(*) FROM documents", &[])?.get(0);
         let chunks: i64 = tx.query_one("SELECT COUNT(*) FROM chunks", &[])?.get(0);
         let collections = collection_counts(&mut tx)?;
-        let embedded: i64 = match &vectors {
-            Some(_) => tx.query_one("SELECT COUNT(*) FROM embeddings", &[])?.get(0),
-            None => 0,
+        let (embedded, windows): (i64, i64) = match &vectors {
+            Some(_) => {
+                let r = tx.query_one("SELECT COUNT(DISTINCT chunk_id), COUNT(*) FROM embeddings", &[])?;
+                (r.get(0), r.get(1))
+            }
+            None => (0, 0),
         };
         tx.commit()?;
         Ok(Stats {
@@ -152,7 +166,7 @@ impl PgStore {
             vector_index: vectors.map(|v| VectorStats {
                 model: v.model,
                 dimensions: v.dimensions,
-                vectors: embedded as u64,
+                vectors: windows as u64,
                 applied_change: latest,
                 saved_change: latest,
             }),

@@ -113,6 +113,47 @@ CREATE TABLE nodes (
     running_job  text
 );
 "#,
+    r#"
+-- The hash of the chunk's normalised text (`passage_hash`): the same
+-- passage in several chunks is found by it (filled for older rows by
+-- `fill_text_hashes` right after this step).
+ALTER TABLE chunks ADD COLUMN text_hash text;
+CREATE INDEX chunks_by_text_hash ON chunks (text_hash);
+-- Its MinHash signature over word 3-shingles (NULL for a short passage): near-duplicates.
+ALTER TABLE chunks ADD COLUMN minhash bytea;
+-- Several vectors per chunk: one per window of a chunk longer than the
+-- model's input (window_ordinal 0 the first, the only one before). The
+-- embeddings table exists once vectors were enabled.
+DO $$
+BEGIN
+    IF to_regclass('embeddings') IS NOT NULL THEN
+        ALTER TABLE embeddings ADD COLUMN window_ordinal integer NOT NULL DEFAULT 0;
+        ALTER TABLE embeddings DROP CONSTRAINT embeddings_chunk_id_key;
+        ALTER TABLE embeddings ADD CONSTRAINT embeddings_chunk_id_window_ordinal_key
+            UNIQUE (chunk_id, window_ordinal);
+    END IF;
+END
+$$;
+"#,
 ];
+
+/// The migration after which chunks' text hashes are filled in code.
+pub(crate) const TEXT_HASH_VERSION: i64 = 3;
+
+/// Fills `chunks.text_hash` where it is missing (chunks stored before it).
+pub(crate) fn fill_text_hashes(tx: &mut postgres::Transaction<'_>) -> Result<(), postgres::Error> {
+    let rows = tx.query("SELECT id, text FROM chunks WHERE text_hash IS NULL", &[])?;
+    let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let hashes: Vec<String> = rows.iter().map(|r| crate::passage_hash(r.get::<_, &str>(1))).collect();
+    let sims: Vec<Option<Vec<u8>>> =
+        rows.iter().map(|r| crate::minhash(r.get::<_, &str>(1)).map(|s| crate::encode_minhash(&s))).collect();
+    tx.execute(
+        "UPDATE chunks SET text_hash = t.hash, minhash = t.sig
+         FROM unnest($1::text[], $2::text[], $3::bytea[]) AS t(id, hash, sig)
+         WHERE chunks.id = t.id",
+        &[&ids, &hashes, &sims],
+    )?;
+    Ok(())
+}
 
 pub const PG_SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

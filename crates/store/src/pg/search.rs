@@ -37,35 +37,59 @@ impl PgStore {
             }
             None => None,
         };
-        let mut lists: Vec<(Retriever, f32, Ranked)> = Vec::new();
-        for &(r, w) in &wanted {
-            let list = match r {
-                Retriever::Words => self.words(&mut tx, req, allowed.as_deref(), depth)?,
-                Retriever::Dense => {
-                    let options = vectors.as_ref().expect("checked by plan");
-                    let query = &req.embedding.expect("checked by plan").dense;
-                    if query.len() != options.dimensions {
-                        return Err(StoreError::Invalid(format!(
-                            "query vector has {} dimensions, the index {}",
-                            query.len(),
-                            options.dimensions
-                        )));
+        let mut depth = depth;
+        let (lists, ranked, hashes) = loop {
+            let mut lists: Vec<(Retriever, f32, Ranked)> = Vec::new();
+            for &(r, w) in &wanted {
+                let list = match r {
+                    Retriever::Words => self.words(&mut tx, req, allowed.as_deref(), depth)?,
+                    Retriever::Dense => {
+                        let options = vectors.as_ref().expect("checked by plan");
+                        let query = &req.embedding.expect("checked by plan").dense;
+                        if query.len() != options.dimensions {
+                            return Err(StoreError::Invalid(format!(
+                                "query vector has {} dimensions, the index {}",
+                                query.len(),
+                                options.dimensions
+                            )));
+                        }
+                        let filtered = req.collection.is_some() || allowed.is_some();
+                        if filtered && self.iterative_scan {
+                            tx.batch_execute("SET LOCAL hnsw.iterative_scan = strict_order")?;
+                        }
+                        dense(&mut tx, req, options, query, allowed.as_deref(), depth)?
                     }
-                    let filtered = req.collection.is_some() || allowed.is_some();
-                    if filtered && self.iterative_scan {
-                        tx.batch_execute("SET LOCAL hnsw.iterative_scan = strict_order")?;
+                    Retriever::Sparse => {
+                        let query = &req.embedding.expect("checked by plan").sparse;
+                        sparse(&mut tx, req, query, allowed.as_deref(), depth)?
                     }
-                    dense(&mut tx, req, options, query, allowed.as_deref(), depth)?
-                }
-                Retriever::Sparse => {
-                    let query = &req.embedding.expect("checked by plan").sparse;
-                    sparse(&mut tx, req, query, allowed.as_deref(), depth)?
-                }
-            };
-            lists.push((r, w, list));
+                };
+                lists.push((r, w, list));
+            }
+            let ranked = fuse(req, &lists, fusing);
+            if !req.collapse {
+                break (lists, ranked, HashMap::new());
+            }
+            let ids: Vec<&str> = ranked.iter().map(|(c, _)| c.as_str()).collect();
+            let hashes: HashMap<String, String> = tx
+                .query(
+                    "SELECT id, text_hash FROM chunks WHERE id = ANY($1) AND text_hash IS NOT NULL",
+                    &[&ids],
+                )?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            let ranked = collapse(ranked, &hashes);
+            if !more_candidates(req, &lists, ranked.len(), &mut depth) {
+                break (lists, ranked, hashes);
+            }
+        };
+        let mut ranked = ranked;
+        ranked.truncate(req.top_k);
+        let mut hits = hydrate(&mut tx, ranked)?;
+        if req.collapse {
+            name_duplicates(&mut tx, &mut hits, &hashes, req.collection, allowed.as_deref())?;
         }
-        let ranked = fuse(req, &lists, fusing);
-        let hits = hydrate(&mut tx, ranked)?;
         tx.commit()?;
         Ok(SearchResults { retrievers: lists.iter().map(|l| l.0.name()).collect(), hits, notes })
     }
@@ -138,24 +162,35 @@ pub(crate) fn dense(
     if depth == 0 {
         return Ok(Vec::new());
     }
-    let ef = options.expansion_search.max(depth).min(1000);
-    tx.batch_execute(&format!("SET LOCAL hnsw.ef_search = {ef}"))?;
     let q = HalfVector::from_f32_slice(query);
-    let rows = if req.collection.is_none() && allowed.is_none() {
-        tx.query(
-            "SELECT chunk_id, 1 - (dense <=> $1) FROM embeddings ORDER BY dense <=> $1 LIMIT $2",
-            &[&q, &(depth as i64)],
-        )?
-    } else {
-        tx.query(
-            "SELECT e.chunk_id, 1 - (e.dense <=> $1) FROM embeddings e
-             JOIN chunks c ON c.id = e.chunk_id JOIN documents d ON d.id = c.document_id
-             WHERE ($3::text IS NULL OR d.collection = $3) AND ($4::text[] IS NULL OR c.document_id = ANY($4))
-             ORDER BY e.dense <=> $1 LIMIT $2",
-            &[&q, &(depth as i64), &req.collection, &allowed],
-        )?
-    };
-    Ok(rows.iter().map(|r| (r.get(0), r.get::<_, f64>(1) as f32)).collect())
+    // Windows of one chunk are rows of their own: ask for more rows while
+    // they leave fewer than `depth` chunks and there may be more.
+    let mut count = depth;
+    loop {
+        let ef = options.expansion_search.max(count).min(1000);
+        tx.batch_execute(&format!("SET LOCAL hnsw.ef_search = {ef}"))?;
+        let rows = if req.collection.is_none() && allowed.is_none() {
+            tx.query(
+                "SELECT chunk_id, 1 - (dense <=> $1) FROM embeddings ORDER BY dense <=> $1 LIMIT $2",
+                &[&q, &(count as i64)],
+            )?
+        } else {
+            tx.query(
+                "SELECT e.chunk_id, 1 - (e.dense <=> $1) FROM embeddings e
+                 JOIN chunks c ON c.id = e.chunk_id JOIN documents d ON d.id = c.document_id
+                 WHERE ($3::text IS NULL OR d.collection = $3) AND ($4::text[] IS NULL OR c.document_id = ANY($4))
+                 ORDER BY e.dense <=> $1 LIMIT $2",
+                &[&q, &(count as i64), &req.collection, &allowed],
+            )?
+        };
+        let found = rows.len();
+        let mut ranked = best_per_chunk(rows.iter().map(|r| (r.get(0), r.get::<_, f64>(1) as f32)).collect());
+        if ranked.len() >= depth || found < count {
+            ranked.truncate(depth);
+            return Ok(ranked);
+        }
+        count = count.saturating_mul(2);
+    }
 }
 
 /// The chunks with the largest inner product of sparse weights (exact).
@@ -171,11 +206,11 @@ pub(crate) fn sparse(
     }
     let q = sparse_vector(query);
     let rows = tx.query(
-        "SELECT e.chunk_id, -(e.sparse <#> $1) AS score FROM embeddings e
+        "SELECT e.chunk_id, max(-(e.sparse <#> $1)) AS score FROM embeddings e
          JOIN chunks c ON c.id = e.chunk_id JOIN documents d ON d.id = c.document_id
          WHERE e.sparse IS NOT NULL AND ($3::text IS NULL OR d.collection = $3)
            AND ($4::text[] IS NULL OR c.document_id = ANY($4))
-         ORDER BY score DESC, e.chunk_id LIMIT $2",
+         GROUP BY e.chunk_id ORDER BY score DESC, e.chunk_id LIMIT $2",
         &[&q, &(depth as i64), &req.collection, &allowed],
     )?;
     // Chunks sharing no token with the query score 0: not a match.
@@ -184,6 +219,41 @@ pub(crate) fn sparse(
         .map(|r| (r.get::<_, String>(0), r.get::<_, f64>(1) as f32))
         .filter(|(_, s)| *s > 0.0)
         .collect())
+}
+
+/// Fills each hit's `duplicates`: the other chunks with its passage, in
+/// the search's scope, in the same snapshot.
+pub(crate) fn name_duplicates(
+    tx: &mut Transaction<'_>,
+    hits: &mut [SearchHit],
+    hashes: &HashMap<String, String>,
+    collection: Option<&str>,
+    allowed: Option<&[String]>,
+) -> Result<()> {
+    for hit in hits {
+        let Some(hash) = hashes.get(&hit.chunk_id) else { continue };
+        let rows = tx.query(
+            "SELECT c.id, c.document_id, d.title, d.source, c.char_start, c.char_end
+             FROM chunks c JOIN documents d ON d.id = c.document_id
+             WHERE c.text_hash = $1 AND c.id <> $2 AND ($3::text IS NULL OR d.collection = $3)
+               AND ($4::text[] IS NULL OR c.document_id = ANY($4))
+             ORDER BY d.source, c.document_id, c.ordinal",
+            &[hash, &hit.chunk_id, &collection, &allowed],
+        )?;
+        let found = rows
+            .iter()
+            .map(|r| Duplicate {
+                chunk_id: r.get(0),
+                document_id: r.get(1),
+                title: r.get(2),
+                source: r.get(3),
+                start: r.get::<_, i64>(4) as usize,
+                end: r.get::<_, i64>(5) as usize,
+            })
+            .collect();
+        set_duplicates(hit, found);
+    }
+    Ok(())
 }
 
 /// Reads the ranked chunks in the same snapshot; chunks gone are dropped.
@@ -221,6 +291,8 @@ pub(crate) fn hydrate(
             context_kind: context.as_ref().map(|c| c.kind),
             context: context.map(|c| c.text),
             highlights: Vec::new(),
+            duplicates: Vec::new(),
+            duplicate_count: 0,
         });
     }
     Ok(out)

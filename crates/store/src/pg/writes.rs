@@ -23,6 +23,18 @@ impl PgStore {
         chunks: &[Chunk],
         embeddings: Option<&[Embedding]>,
     ) -> Result<CommitOutcome> {
+        self.commit_windows(key, doc, chunks, crate::single_windows(embeddings).as_deref())
+    }
+
+    /// [`PgStore::commit_document`] with any number of vectors per chunk
+    /// (one per window of its text, first first; at least one each).
+    pub fn commit_windows(
+        &self,
+        key: &DocumentKey,
+        doc: &Document,
+        chunks: &[Chunk],
+        embeddings: Option<&[Vec<Embedding>]>,
+    ) -> Result<CommitOutcome> {
         crate::check_commit(key, chunks, embeddings)?;
         if embeddings.is_some() && self.vector_options().is_none() {
             return Err(StoreError::Invalid(
@@ -94,7 +106,11 @@ impl PgStore {
         let mut contexts = Vec::with_capacity(n);
         let mut heading_words = Vec::with_capacity(n);
         let mut body_words = Vec::with_capacity(n);
+        let mut hashes = Vec::with_capacity(n);
+        let mut sims = Vec::with_capacity(n);
         for c in chunks {
+            hashes.push(crate::passage_hash(&c.text));
+            sims.push(crate::minhash(&c.text).map(|s| crate::encode_minhash(&s)));
             ids.push(chunk_id(&key.id, c.ordinal, &c.text));
             ordinals.push(c.ordinal as i32);
             headings.push(serde_json::to_value(&c.heading_path)?);
@@ -114,16 +130,17 @@ impl PgStore {
         }
         tx.execute(
             "INSERT INTO chunks (id, document_id, ordinal, heading_path, text, char_start, char_end, page,
-                 token_count, context, text_search, words)
+                 token_count, context, text_search, words, text_hash, minhash)
              SELECT t.id, $2, t.ordinal, t.heading, t.text, t.char_start, t.char_end, t.page, t.tokens,
                  t.context, $3::text,
                  setweight(to_tsvector($3::text::regconfig, $4), 'A')
                  || setweight(to_tsvector($3::text::regconfig, t.heading_words), 'B')
-                 || setweight(to_tsvector($3::text::regconfig, t.body_words), 'D')
+                 || setweight(to_tsvector($3::text::regconfig, t.body_words), 'D'),
+                 t.text_hash, t.minhash
              FROM unnest($1::text[], $5::int4[], $6::jsonb[], $7::text[], $8::int8[], $9::int8[], $10::int4[],
-                         $11::int4[], $12::jsonb[], $13::text[], $14::text[])
+                         $11::int4[], $12::jsonb[], $13::text[], $14::text[], $15::text[], $16::bytea[])
                   AS t(id, ordinal, heading, text, char_start, char_end, page, tokens, context, heading_words,
-                       body_words)",
+                       body_words, text_hash, minhash)",
             &[
                 &ids,
                 &key.id,
@@ -139,17 +156,28 @@ impl PgStore {
                 &contexts,
                 &heading_words,
                 &body_words,
+                &hashes,
+                &sims,
             ],
         )?;
         if let Some(embeddings) = embeddings {
-            let dense: Vec<HalfVector> =
-                embeddings.iter().map(|e| HalfVector::from_f32_slice(&e.dense)).collect();
-            let sparse: Vec<Option<SparseVector>> =
-                embeddings.iter().map(|e| (!e.sparse.is_empty()).then(|| sparse_vector(&e.sparse))).collect();
+            // One row per window: its chunk, its place, its vectors.
+            let mut chunk_ids = Vec::new();
+            let mut places = Vec::new();
+            let mut dense = Vec::new();
+            let mut sparse = Vec::new();
+            for (id, windows) in ids.iter().zip(embeddings) {
+                for (w, e) in windows.iter().enumerate() {
+                    chunk_ids.push(id.as_str());
+                    places.push(w as i32);
+                    dense.push(HalfVector::from_f32_slice(&e.dense));
+                    sparse.push((!e.sparse.is_empty()).then(|| sparse_vector(&e.sparse)));
+                }
+            }
             tx.execute(
-                "INSERT INTO embeddings (chunk_id, dense, sparse)
-                 SELECT * FROM unnest($1::text[], $2::halfvec[], $3::sparsevec[])",
-                &[&ids, &dense, &sparse],
+                "INSERT INTO embeddings (chunk_id, window_ordinal, dense, sparse)
+                 SELECT * FROM unnest($1::text[], $2::int4[], $3::halfvec[], $4::sparsevec[])",
+                &[&chunk_ids, &places, &dense, &sparse],
             )?;
         }
         tx.execute("SELECT nextval('changes')", &[])?;
