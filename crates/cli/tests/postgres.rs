@@ -180,7 +180,13 @@ fn both_backends_find_the_same_paragraphs() {
         }
     }
     let stats = run_json(store("postgres").args(["stats", "--json"]), 0);
-    assert_eq!(stats["vector_index"]["vectors"], stats["chunks"], "{stats:#}");
+    // Every chunk embedded; a chunk longer than MiniLM's 256 tokens (2 of
+    // XQuAD's, with their header) has a vector per window, so more vectors.
+    assert_eq!(stats["embedded_chunks"], stats["chunks"], "{stats:#}");
+    assert!(
+        stats["vector_index"]["vectors"].as_u64().unwrap() >= stats["chunks"].as_u64().unwrap(),
+        "{stats:#}"
+    );
     assert_eq!(stats["vector_index"]["dimensions"], 384);
     for (i, kind) in ["embedded", "postgres"].iter().enumerate() {
         eprintln!(
