@@ -49,16 +49,16 @@ fn model_dir() -> PathBuf {
     );
 }
 
+/// sentence-transformers' vectors and token counts for the test texts.
+fn golden() -> Golden {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/parity/minilm_golden.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 #[test]
 fn all_minilm_matches_sentence_transformers() {
     let dir = model_dir();
-    let golden: Golden = serde_json::from_str(
-        &std::fs::read_to_string(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/parity/minilm_golden.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let golden = golden();
     let mut config = common::config_for(&dir);
     config.batch_size = 8;
     let e = CandleEmbedder::load(&config).unwrap();
@@ -85,13 +85,7 @@ fn all_minilm_matches_sentence_transformers() {
 #[test]
 fn all_minilm_int8_stays_close_to_f32() {
     let dir = model_dir();
-    let golden: Golden = serde_json::from_str(
-        &std::fs::read_to_string(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/parity/minilm_golden.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let golden = golden();
     let mut config = common::config_for(&dir);
     config.batch_size = 8;
     let f32_embedder = CandleEmbedder::load(&config).unwrap();
@@ -124,13 +118,7 @@ fn all_minilm_int8_stays_close_to_f32() {
 #[test]
 fn all_minilm_bf16_stays_close_to_f32() {
     let dir = model_dir();
-    let golden: Golden = serde_json::from_str(
-        &std::fs::read_to_string(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/parity/minilm_golden.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let golden = golden();
     let mut config = common::config_for(&dir);
     config.batch_size = 8;
     let f32_embedder = CandleEmbedder::load(&config).unwrap();
