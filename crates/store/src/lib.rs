@@ -30,6 +30,7 @@
 
 mod backend;
 mod dedup;
+pub mod distance;
 mod jobs;
 mod pg;
 mod pg_tls;

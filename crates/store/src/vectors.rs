@@ -1,4 +1,10 @@
-//! The dense vector index: HNSW in usearch, cosine distance.
+//! The dense vector index: HNSW in usearch, cosine similarity.
+//!
+//! Vectors are stored at unit length and ranked by inner product, which for
+//! unit vectors is their cosine, in one sum instead of three; on CPUs with
+//! AVX-512 the inner product is our own kernel ([`crate::distance`]). `i8`
+//! storage keeps usearch's cosine, whose quantisation scales each vector to
+//! its own range.
 //!
 //! Derived from SQLite (which keeps every f32 vector in `embeddings`), keyed by
 //! `embeddings.key`. The index file and a small state file live in
@@ -22,7 +28,7 @@ pub struct VectorOptions {
     /// The embedding model's id: vectors of different models never mix.
     pub model: String,
     pub dimensions: usize,
-    /// `f16`, `f32` or `i8`.
+    /// `f16`, `bf16`, `f32` or `i8`.
     pub quantization: String,
     pub connectivity: usize,
     pub expansion_add: usize,
@@ -35,7 +41,15 @@ pub struct VectorOptions {
 struct State {
     options: VectorOptions,
     applied_change: i64,
+    /// How vectors are stored and compared ([`LAYOUT`]); an index saved
+    /// with another layout (0: before it was recorded) is rebuilt from
+    /// SQLite when opened.
+    #[serde(default)]
+    layout: u32,
 }
+
+/// 1: unit vectors, inner product (0: raw vectors, cosine).
+const LAYOUT: u32 = 1;
 
 pub struct VectorIndex {
     dir: PathBuf,
@@ -58,14 +72,22 @@ pub struct VectorIndex {
     saved_change: std::sync::RwLock<i64>,
     /// Last change included in memory (≥ saved).
     applied_change: std::sync::RwLock<i64>,
+    /// Vectors are scaled to unit length before they are added or searched
+    /// (inner product); false for `i8` (cosine).
+    unit: bool,
+}
+
+fn unit_vectors(o: &VectorOptions) -> bool {
+    o.quantization != "i8"
 }
 
 fn usearch_options(o: &VectorOptions) -> IndexOptions {
     IndexOptions {
         dimensions: o.dimensions,
-        metric: MetricKind::Cos,
+        metric: if unit_vectors(o) { MetricKind::IP } else { MetricKind::Cos },
         quantization: match o.quantization.as_str() {
             "f32" => ScalarKind::F32,
+            "bf16" => ScalarKind::BF16,
             "i8" => ScalarKind::I8,
             _ => ScalarKind::F16,
         },
@@ -78,6 +100,40 @@ fn usearch_options(o: &VectorOptions) -> IndexOptions {
 
 /// Searches the index serves at once: the cores, at least 4. More would not
 /// run faster on these cores; fewer would queue searches behind each other.
+/// Replaces usearch's builtin inner product by ours where the CPU runs it
+/// (see [`crate::distance`]); usearch resets the metric when it loads an
+/// index, so this follows every load. usearch's distance is `1 - a·b`.
+fn use_our_kernels(index: &mut usearch::Index, o: &VectorOptions) {
+    use crate::distance::{self, Kernels};
+    let kernels = Kernels::detect();
+    let d = o.dimensions;
+    // SAFETY (each closure): usearch calls the metric with two vectors of
+    // the index's scalar kind and `d` dimensions, and `kernels` says the CPU
+    // has the instructions.
+    match o.quantization.as_str() {
+        "f32" if kernels.avx512 => {
+            index.change_metric::<f32>(Box::new(move |a, b| 1.0 - unsafe { distance::dot_f32(a, b, d) }))
+        }
+        "f16" if kernels.avx512 => index.change_metric::<usearch::f16>(Box::new(move |a, b| {
+            1.0 - unsafe { distance::dot_f16(a.cast(), b.cast(), d) }
+        })),
+        "bf16" if kernels.avx512_bf16 => index.change_metric::<usearch::f16>(Box::new(move |a, b| {
+            1.0 - unsafe { distance::dot_bf16(a.cast(), b.cast(), d) }
+        })),
+        _ => {}
+    }
+}
+
+/// `v` at unit length (a zero vector stays zero).
+fn unit(v: &[f32]) -> std::borrow::Cow<'_, [f32]> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm == 0.0 || !norm.is_finite() || (norm - 1.0).abs() < 1e-6 {
+        std::borrow::Cow::Borrowed(v)
+    } else {
+        std::borrow::Cow::Owned(v.iter().map(|x| x / norm).collect())
+    }
+}
+
 fn search_contexts() -> usize {
     std::thread::available_parallelism().map_or(4, |n| n.get()).max(4)
 }
@@ -126,7 +182,7 @@ impl VectorIndex {
     pub fn open(dir: &Path, options: &VectorOptions) -> Result<VectorIndex, StoreError> {
         std::fs::create_dir_all(dir)?;
         let mut applied = 0;
-        let index = usearch::Index::new(&usearch_options(options)).map_err(index_error)?;
+        let mut index = usearch::Index::new(&usearch_options(options)).map_err(index_error)?;
         if let Ok(bytes) = std::fs::read(Self::state_path(dir)) {
             let state: State = serde_json::from_slice(&bytes)?;
             if state.options.model != options.model || state.options.dimensions != options.dimensions {
@@ -136,7 +192,8 @@ impl VectorIndex {
                 });
             }
             let same_build = state.options.quantization == options.quantization
-                && state.options.connectivity == options.connectivity;
+                && state.options.connectivity == options.connectivity
+                && state.layout == LAYOUT;
             let path = Self::index_path(dir);
             if same_build && path.exists() {
                 match index.load(&path.to_string_lossy()) {
@@ -148,6 +205,7 @@ impl VectorIndex {
             }
             index.change_expansion_search(options.expansion_search);
         }
+        use_our_kernels(&mut index, options);
         reserve(&index, index.capacity().max(index.size()).max(1024))?;
         Ok(VectorIndex {
             dir: dir.to_path_buf(),
@@ -158,6 +216,7 @@ impl VectorIndex {
             context_freed: Condvar::new(),
             saved_change: std::sync::RwLock::new(applied),
             applied_change: std::sync::RwLock::new(applied),
+            unit: unit_vectors(options),
         })
     }
 
@@ -233,6 +292,7 @@ impl VectorIndex {
                 self.options.dimensions
             )));
         }
+        let vector = if self.unit { unit(vector) } else { std::borrow::Cow::Borrowed(vector) };
         let index = self.write_after_searches();
         let result = (|| {
             if index.contains(key) {
@@ -241,7 +301,7 @@ impl VectorIndex {
             if index.size() + 1 > index.capacity() {
                 reserve(&index, (index.capacity() * 2).max(1024))?;
             }
-            index.add(key, vector).map_err(index_error)
+            index.add(key, &vector).map_err(index_error)
         })();
         drop(index);
         result
@@ -288,6 +348,8 @@ impl VectorIndex {
                 self.options.dimensions
             )));
         }
+        let query = if self.unit { unit(query) } else { std::borrow::Cow::Borrowed(query) };
+        let query = &*query;
         let _context = self.search_context();
         let index = self.read();
         let size = index.size();
@@ -321,7 +383,7 @@ impl VectorIndex {
         index.save(&tmp_index.to_string_lossy()).map_err(index_error)?;
         drop(index);
         std::fs::File::open(&tmp_index)?.sync_all()?;
-        let state = State { options: self.options.clone(), applied_change };
+        let state = State { options: self.options.clone(), applied_change, layout: LAYOUT };
         let tmp_state = self.dir.join("state.json.tmp");
         std::fs::write(&tmp_state, serde_json::to_vec_pretty(&state)?)?;
         std::fs::File::open(&tmp_state)?.sync_all()?;
@@ -395,6 +457,70 @@ mod tests {
         let mut i8 = options();
         i8.quantization = "i8".into();
         assert_eq!(VectorIndex::open(dir.path(), &i8).unwrap().applied_change(), 0);
+    }
+
+    /// Vectors of any length are ranked and scored by cosine similarity in
+    /// every storage kind, by the graph and by the exact search, before and
+    /// after a reopen (unit vectors and inner product since layout 1).
+    #[test]
+    fn every_quantization_scores_cosine_of_unnormalised_vectors() {
+        let d = 40;
+        let vector = |i: u64| -> Vec<f32> {
+            (0..d).map(|j| ((i * 37 + j * 11) % 23) as f32 - 11.0 + (i % 5) as f32 * 3.0).collect()
+        };
+        let cosine = |a: &[f32], b: &[f32]| {
+            let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            dot / (n(a) * n(b))
+        };
+        let query: Vec<f32> = vector(7).iter().enumerate().map(|(j, x)| 5.0 * x + j as f32 * 0.1).collect();
+        for (quantization, tolerance) in [("f32", 1e-5), ("f16", 2e-3), ("bf16", 2e-2), ("i8", 5e-2)] {
+            for exact_below in [0, 1000] {
+                let dir = tempfile::tempdir().unwrap();
+                let o = VectorOptions {
+                    dimensions: d as usize,
+                    quantization: quantization.into(),
+                    exact_below,
+                    ..options()
+                };
+                let index = VectorIndex::open(dir.path(), &o).unwrap();
+                for i in 0..300 {
+                    index.add(i, &vector(i)).unwrap();
+                }
+                index.save(1).unwrap();
+                for index in [index, VectorIndex::open(dir.path(), &o).unwrap()] {
+                    let hits = index.search(&query, 5, None).unwrap();
+                    assert_eq!(hits.len(), 5, "{quantization}");
+                    assert!(hits.iter().any(|(k, _)| *k == 7), "{quantization}: {hits:?}");
+                    for (k, score) in &hits {
+                        let want = cosine(&query, &vector(*k));
+                        assert!(
+                            (score - want).abs() < tolerance,
+                            "{quantization} exact_below={exact_below}: key {k} scored {score}, cosine {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// An index saved before vectors were stored at unit length (a state
+    /// file without `layout`) is not loaded: it is rebuilt from SQLite.
+    #[test]
+    fn an_index_of_the_old_layout_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = VectorIndex::open(dir.path(), &options()).unwrap();
+        index.add(1, &[3.0, 0.0, 0.0, 0.0]).unwrap();
+        index.save(5).unwrap();
+        assert_eq!(VectorIndex::open(dir.path(), &options()).unwrap().applied_change(), 5);
+        let path = VectorIndex::state_path(dir.path());
+        let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(state["layout"], LAYOUT);
+        state.as_object_mut().unwrap().remove("layout");
+        std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+        let reopened = VectorIndex::open(dir.path(), &options()).unwrap();
+        assert_eq!(reopened.applied_change(), 0);
+        assert_eq!(reopened.len(), 0);
     }
 
     /// Many more searches at once than the machine has cores (the service

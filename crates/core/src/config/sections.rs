@@ -309,7 +309,7 @@ pub struct AnalysisConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VectorConfig {
-    /// Storage of vectors in the index: `f16` (default), `f32` or `i8`.
+    /// Storage of vectors in the index: `f16` (default), `bf16`, `f32` or `i8`.
     /// SQLite always keeps the f32 vectors, so the index can be rebuilt.
     pub quantization: String,
     /// HNSW graph degree (M).

@@ -224,10 +224,10 @@ impl Config {
         if self.search.candidates == 0 || self.search.candidates > 10_000 {
             return invalid("search.candidates", "must be between 1 and 10000");
         }
-        if !matches!(self.vectors.quantization.as_str(), "f16" | "f32" | "i8") {
+        if !matches!(self.vectors.quantization.as_str(), "f16" | "bf16" | "f32" | "i8") {
             return invalid(
                 "vectors.quantization",
-                format!("must be f16, f32 or i8, is {:?}", self.vectors.quantization),
+                format!("must be f16, bf16, f32 or i8, is {:?}", self.vectors.quantization),
             );
         }
         if self.vectors.connectivity < 2 {
