@@ -16,7 +16,8 @@
 //!   close it), but its overlap equals its chunk size, which the schema
 //!   cannot forbid and our check does: heuristics again;
 //! - with the quote and `0` favoured it is a valid verdict: route `llm`;
-//! - a server too slow for the timeout, and a killed one, fall back too;
+//! - a server whose one slot stays busy past the timeout, and a killed one,
+//!   fall back too;
 //! - the real Gemma 3 270M (base) completes a verdict through the grammar,
 //!   which our check judges.
 //!
@@ -150,17 +151,49 @@ fn a_valid_verdict_from_the_real_server_is_taken_and_a_killed_server_falls_back(
     assert_fell_back(&a, &doc, &[&address, "Connection refused"]);
 }
 
+/// Sends a completion that runs to the end of the server's context (end of
+/// text ignored) and returns once the server's only slot is working on it,
+/// so every later request waits. The connection is kept open by the caller.
+fn occupy_the_slot(server_url: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let address = server_url.trim_start_matches("http://");
+    let body = r#"{"prompt":"a","n_predict":-1,"ignore_eos":true}"#;
+    let mut busy = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        busy,
+        "POST /completion HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    for _ in 0..200 {
+        let mut probe = std::net::TcpStream::connect(address).unwrap();
+        write!(probe, "GET /slots HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        let _ = probe.read_to_string(&mut answer);
+        if answer.contains("\"is_processing\":true") {
+            return busy;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("llama-server at {server_url} never reported its slot busy on /slots");
+}
+
 #[test]
 fn a_real_server_slower_than_the_timeout_falls_back() {
     let Some(tools) = tools() else { return };
     let _turn = serial();
     let doc = handbook();
-    // Unbiased, the answer runs to the end of a 16k context: seconds of
-    // generation, against a one-second timeout.
+    // The server's one slot is busy with a completion that runs to the end
+    // of a 64k context, so the analyzer's request waits past its one-second
+    // timeout. (Before, the analyzer's own answer was relied on to be slow;
+    // since the schema bounds `reason`, the grammar can close it in under a
+    // second, and it sometimes did.)
     // The outcome, not a duration: no verdict taken, the fallback names the timeout.
-    let server = llama_server(&tools, 16384, &["--no-jinja"]);
+    let server = llama_server(&tools, 65536, &["--no-jinja"]);
+    let busy = occupy_the_slot(&server.url);
     let a = analyzer(&server.url, 1).analyze(&doc);
     assert_fell_back(&a, &doc, &["timed out"]);
+    drop(busy);
     drop(server);
 }
 
