@@ -138,6 +138,9 @@ can 60 "launcher" && {
   code=$?
   tail -30 "$OUT/launcher.log"
   echo "{\"launcher_exit_code\": $code}" | tee -a "$S"
+  # If launcher.sh ran out of time before its `down`, stop the services here.
+  [ -f "$OUT/launcher/deploy/deploy.toml" ] &&
+    timeout 30 "$G/bin/datafactory" down --file "$OUT/launcher/deploy/deploy.toml" >>"$OUT/launcher.log" 2>&1
 }
 
 step "7. ingest and hybrid search on the GPU (dense + sparse)"

@@ -66,7 +66,11 @@ def main():
         v = vecs.astype(np.float32)
         for spec in args.ours:
             name, path = spec.split("=", 1)
-            ours = np.fromfile(path, dtype=np.float32).reshape(len(texts), -1)
+            try:
+                ours = np.fromfile(path, dtype=np.float32).reshape(len(texts), -1)
+            except (OSError, ValueError) as e:  # that DataFactory run failed
+                out[f"min_cosine_vs_datafactory_{name}"] = f"no vectors: {e}"
+                continue
             cos = (ours * v).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(v, axis=1))
             out[f"min_cosine_vs_datafactory_{name}"] = float(cos.min())
             out[f"mean_cosine_vs_datafactory_{name}"] = float(cos.mean())

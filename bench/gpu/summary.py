@@ -63,7 +63,8 @@ def main():
             note = " (FUSED KERNELS NOT LOADED)" if "fused-not-loaded" in t else ""
             lines.append(f"  {dtype} {batch}: {fmt(fu)} | {fmt(ca)} | {fmt(st)} | {ratio(fu)} | {ratio(ca)}{note}")
             if agree.get((dtype, batch)):
-                lines.append("      agreement: " + ", ".join(f"{k} {v:.6g}" for k, v in agree[(dtype, batch)].items()))
+                lines.append("      agreement: " + ", ".join(
+                    f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in agree[(dtype, batch)].items()))
     lat = []
     for r in rs:
         q = r.get("query_latency")
