@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Prepares the GPU check on a machine without a GPU: builds DataFactory with
-# the `cuda` feature and the GPU tests, and writes the benchmark passages,
-# all into .gpu/ (ignored by git), which then travels to the GPU machine.
+# the `cuda` feature (our kernels, crates/models/kernels/*.cu, are compiled
+# to PTX by the models crate's build.rs with the same nvcc) and the GPU
+# tests, and writes the benchmark passages, pairs and queries, all into .gpu/
+# (ignored by git), which then travels to the GPU machine.
 #
 # Needs CUDA 13.0's nvcc, headers and libraries. Without a toolkit, the
 # PyPI wheels make one (no root, no driver needed to build):
@@ -47,4 +49,16 @@ strip .gpu/bin/*
 tar -C .gpu -cf - bin | xz -T2 --lzma2=preset=9,dict=256MiB >.gpu/bin.tar.xz
 python3 -c 'import json, sys; sys.path.insert(0, "bench"); import embed; json.dump(embed.passages("tests/data", 1000), open(".gpu/passages.json", "w"))'
 python3 -c 'import json, sys; sys.path.insert(0, "bench"); import rerank; json.dump(rerank.pairs("tests/data", 1000), open(".gpu/pairs.json", "w"))'
+# 200 one-sentence queries (XQuAD's first English questions) for the single-query latency.
+python3 -c 'import json; d = json.load(open("tests/data/xquad/xquad.en.json"))["data"]
+q = [x["question"] for a in d for p in a["paragraphs"] for x in p["qas"]][:200]
+assert len(q) == 200; json.dump(q, open(".gpu/queries.json", "w"))'
+# Our kernels' PTX (compute_80) must assemble for the H100/H200 (sm_90).
+for ptx in $(ls -t "$CARGO_TARGET_DIR"/release/build/datafactory-models-*/out/encoder.ptx | head -1); do
+  echo "ptxas -arch=sm_90 $ptx ($(stat -c %s "$ptx") bytes)"
+  ptxas -arch=sm_90 -o /dev/null "$ptx"
+done
 ls -la .gpu .gpu/bin
+# What the device tool carries: the tracked files and these four (64 MiB at most in all).
+echo "to carry: $(du -cb .gpu/bin.tar.xz .gpu/passages.json .gpu/pairs.json .gpu/queries.json | tail -1 | cut -f1) bytes" \
+  "+ tracked files $(git ls-files -z | du --files0-from=- -cb 2>/dev/null | tail -1 | cut -f1) bytes"

@@ -37,6 +37,70 @@ fn repeats() -> usize {
     std::env::var("DATAFACTORY_BENCH_REPEATS").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1)
 }
 
+/// The padded tokens a batch may hold in `embed` and `rerank`:
+/// DATAFACTORY_BENCH_BATCH_TOKENS, default BATCH x 512, so that BATCH texts
+/// of up to 512 tokens really make one batch (the configuration's default of
+/// 16,384 would cut a batch of 128 passages of 330 tokens to 49), as they do
+/// in sentence-transformers, which has no such bound.
+fn batch_tokens(batch: usize) -> usize {
+    std::env::var("DATAFACTORY_BENCH_BATCH_TOKENS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(batch * 512)
+        .max(512)
+}
+
+/// Whether the fused CUDA kernels are switched on and loaded on `device`
+/// (`DATAFACTORY_CUDA_FUSED`), for the report: `{"switch": the variable,
+/// "active": bool}`; `null` without the `cuda` feature or on the CPU.
+fn fused_kernels(device: &candle_core::Device) -> serde_json::Value {
+    #[cfg(feature = "cuda")]
+    if device.is_cuda() {
+        return serde_json::json!({
+            "switch": std::env::var("DATAFACTORY_CUDA_FUSED").ok(),
+            "active": datafactory_models::cuda_kernels::active(device, candle_core::DType::F32),
+        });
+    }
+    let _ = device;
+    serde_json::Value::Null
+}
+
+/// The `p`-th percentile (0-100) of `v`, by the nearest rank.
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * s.len() as f64).ceil() as usize;
+    s[rank.clamp(1, s.len()) - 1]
+}
+
+/// DATAFACTORY_BENCH_QUERIES=QUERIES.json (a JSON list of strings): embeds
+/// each query alone, as a search does, after 10 untimed ones; the latency in
+/// milliseconds (p50, p90, mean) of each call, tokenising included.
+fn query_latency(embedder: &datafactory_models::CandleEmbedder) -> Result<serde_json::Value> {
+    let Ok(path) = std::env::var("DATAFACTORY_BENCH_QUERIES") else { return Ok(serde_json::Value::Null) };
+    let queries: Vec<String> =
+        serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("read {path}"))?)
+            .with_context(|| format!("{path}: expected a JSON list of strings"))?;
+    for q in queries.iter().take(10) {
+        embedder.embed(&[q.as_str()], datafactory_core::InputKind::Query)?;
+    }
+    let mut ms = Vec::with_capacity(queries.len());
+    for q in &queries {
+        let started = Instant::now();
+        embedder.embed(&[q.as_str()], datafactory_core::InputKind::Query)?;
+        ms.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(serde_json::json!({
+        "queries": ms.len(),
+        "p50_ms": percentile(&ms, 50.0),
+        "p90_ms": percentile(&ms, 90.0),
+        "mean_ms": ms.iter().sum::<f64>() / ms.len().max(1) as f64,
+    }))
+}
+
 fn read_f32(path: &Path) -> Result<Vec<f32>> {
     let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
     Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
@@ -125,6 +189,8 @@ fn vectors(args: &[String]) -> Result<()> {
 /// TEXTS.json.DTYPE.vectors.f32 for the cosine check. On a GPU it also
 /// reports the device's memory after the run and after
 /// `release_cached_memory`, and how many batches fell back to the CPU.
+/// With DATAFACTORY_BENCH_QUERIES it also times single queries
+/// ([`query_latency`]).
 fn embed(args: &[String]) -> Result<()> {
     let (model, texts_path, batch) = match args {
         [model, texts, batch, ..] if args.len() <= 5 => (model, texts, batch),
@@ -133,11 +199,13 @@ fn embed(args: &[String]) -> Result<()> {
     let dtype = args.get(3).map_or("f32", String::as_str);
     let device = args.get(4).map_or("cpu", String::as_str);
     let texts: Vec<String> = serde_json::from_slice(&std::fs::read(texts_path)?)?;
+    let batch: usize = batch.parse()?;
     let config = datafactory_core::config::EmbeddingConfig {
         model: model.clone(),
         allow_download: false,
         device: device.into(),
-        batch_size: batch.parse()?,
+        batch_size: batch,
+        batch_tokens: batch_tokens(batch),
         dtype: dtype.to_string(),
         sparse: false,
         ..Default::default()
@@ -155,6 +223,7 @@ fn embed(args: &[String]) -> Result<()> {
         all_seconds.push(started.elapsed().as_secs_f64());
     }
     let secs = all_seconds.iter().copied().fold(f64::INFINITY, f64::min);
+    let latency = query_latency(&embedder)?;
     let memory_after_run = datafactory_models::gpu::memory(embedder.device());
     let released = embedder.release_cached_memory();
     let memory_after_release = datafactory_models::gpu::memory(embedder.device());
@@ -167,11 +236,15 @@ fn embed(args: &[String]) -> Result<()> {
             "engine": "datafactory/candle",
             "dtype": dtype,
             "device": device,
+            "fused_kernels": fused_kernels(embedder.device()),
             "model": embedder.model_id(),
             "texts": texts.len(),
+            "batch": batch,
+            "batch_tokens": config.batch_tokens,
             "seconds": secs,
             "all_seconds": all_seconds,
             "passages_per_second": texts.len() as f64 / secs,
+            "query_latency": latency,
             "load_seconds": load,
             "tokens": stats.tokens,
             "padded_tokens": stats.padded_tokens,
@@ -199,11 +272,13 @@ fn rerank(args: &[String]) -> Result<()> {
     };
     let pairs: Vec<(String, String)> = serde_json::from_slice(&std::fs::read(pairs_path)?)
         .with_context(|| format!("{pairs_path}: expected a JSON list of [query, passage]"))?;
+    let batch: usize = batch.parse()?;
     let config = datafactory_core::config::RerankConfig {
         model: model.clone(),
         allow_download: false,
         device: device.to_string(),
-        batch_size: batch.parse()?,
+        batch_size: batch,
+        batch_tokens: batch_tokens(batch),
         dtype: dtype.to_string(),
         ..Default::default()
     };
@@ -229,9 +304,11 @@ fn rerank(args: &[String]) -> Result<()> {
             "engine": "datafactory/candle",
             "dtype": dtype,
             "device": device,
+            "fused_kernels": fused_kernels(reranker.device()),
             "model": datafactory_core::Reranker::model_id(&reranker),
             "pairs": pairs.len(),
             "batch": config.batch_size,
+            "batch_tokens": config.batch_tokens,
             "seconds": secs,
             "all_seconds": all_seconds,
             "pairs_per_second": pairs.len() as f64 / secs,

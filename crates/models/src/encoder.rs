@@ -19,6 +19,11 @@
 //! layers' bias, residual and GELU run as one pass after the matmul and the
 //! attention mask is added inside the softmax ([`crate::kernels`]); with
 //! [`Encoder::quantize_int8`] the linear layers run in int8 (AVX-512 VNNI).
+//! On a CUDA device (the `cuda` feature) the same steps run as our fused
+//! kernels after cuBLAS's matrix products ([`crate::cuda_kernels`]: bias and
+//! activation in one pass, bias + residual + layer norm in one pass, the Q/K/V
+//! bias and head split in one pass, the length-masked softmax in place, the
+//! heads merged back in one pass), unless `DATAFACTORY_CUDA_FUSED=0`.
 
 use crate::kernels::{self, Bf16Linear, Epilogue, Int8Linear};
 use candle_core::{CpuStorage, DType, Device, InplaceOp2, Layout, Module, Result, Tensor};
@@ -151,6 +156,55 @@ fn cpu_f32(xs: &Tensor) -> bool {
     xs.device().is_cpu() && xs.dtype() == DType::F32
 }
 
+/// Whether our fused CUDA kernels ([`crate::cuda_kernels`]) apply to a
+/// tensor: on a CUDA device, switched on, and loaded.
+fn gpu_fused(xs: &Tensor) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        crate::cuda_kernels::active(xs.device(), xs.dtype())
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = xs;
+        false
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn fused_act(act: Option<Activation>) -> crate::cuda_kernels::Act {
+    use crate::cuda_kernels::Act;
+    match act {
+        None => Act::None,
+        Some(Activation::GeluErf) => Act::GeluErf,
+        Some(Activation::GeluTanh) => Act::GeluTanh,
+        Some(Activation::Relu) => Act::Relu,
+    }
+}
+
+/// A layer norm over `dense`'s output plus a residual, with the dense
+/// layer's bias, the norm's weight and the norm's bias in one `[3, n]`
+/// tensor for the fused CUDA kernel (made on CUDA devices only).
+struct AddNorm {
+    norm: LayerNorm,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    params: Option<Tensor>,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    eps: f32,
+}
+
+impl AddNorm {
+    fn new(norm: LayerNorm, dense: &Dense, eps: f64) -> Result<AddNorm> {
+        let params = match (dense.linear.bias(), norm.bias()) {
+            (Some(b), Some(nb)) if b.device().is_cuda() => {
+                let n = b.dim(0)?;
+                Some(Tensor::cat(&[b, norm.weight(), nb], 0)?.reshape((3, n))?.contiguous()?)
+            }
+            _ => None,
+        };
+        Ok(AddNorm { norm, params, eps: eps as f32 })
+    }
+}
+
 /// How an encoder's linear layers multiply on the CPU (f32 tensors): with
 /// candle's f32 matmul, in int8 ([`Int8Linear`]) or in bf16 on AMX tiles
 /// ([`Bf16Linear`]).
@@ -198,18 +252,51 @@ impl Dense {
         Ok(())
     }
 
+    /// `xs Wᵀ` for `xs` `[b, l, k]` (cuBLAS on a GPU), without the bias.
+    fn matmul(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, l, k) = xs.dims3()?;
+        let w = self.linear.weight();
+        crate::profile::stage(xs.device(), self.name, "matmul", || {
+            xs.contiguous()?.reshape((b * l, k))?.matmul(&w.t()?)?.reshape((b, l, ()))
+        })
+    }
+
+    /// `norm(xs Wᵀ + b + residual)`: on a CUDA device the bias, the residual
+    /// and the layer norm are one fused kernel after the matmul.
+    fn forward_add_norm(&self, xs: &Tensor, residual: &Tensor, norm: &AddNorm) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if let (Some(params), None) = (&norm.params, &self.kernel) {
+            if gpu_fused(xs) {
+                let out = self.matmul(xs)?;
+                let residual = residual.contiguous()?;
+                crate::profile::stage(xs.device(), self.name, "bias_residual_layer_norm", || {
+                    crate::cuda_kernels::bias_residual_layer_norm(&out, &residual, params, norm.eps)
+                })?;
+                return Ok(out);
+            }
+        }
+        let out = self.forward(xs, Some(residual), None)?;
+        crate::profile::stage(out.device(), self.name, "layer_norm", || norm.norm.forward(&out))
+    }
+
     /// `act(xs Wᵀ + b [+ residual])` for `xs` `[b, l, k]`.
     fn forward(&self, xs: &Tensor, residual: Option<&Tensor>, act: Option<Activation>) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if let (None, None, Some(bias)) = (residual, &self.kernel, self.linear.bias()) {
+            if gpu_fused(xs) {
+                let out = self.matmul(xs)?;
+                crate::profile::stage(xs.device(), self.name, "bias_act", || {
+                    crate::cuda_kernels::bias_act(&out, bias, fused_act(act))
+                })?;
+                return Ok(out);
+            }
+        }
         let fused = matches!(act, None | Some(Activation::GeluErf));
         let bias = self.linear.bias();
         if !cpu_f32(xs) || !fused || bias.is_none() && self.kernel.is_none() {
             // candle's Linear, step by step (one 2-D matmul, then the bias).
             let (dev, name) = (xs.device(), self.name);
-            let (b, l, k) = xs.dims3()?;
-            let w = self.linear.weight();
-            let mut out = crate::profile::stage(dev, name, "matmul", || {
-                xs.contiguous()?.reshape((b * l, k))?.matmul(&w.t()?)?.reshape((b, l, ()))
-            })?;
+            let mut out = self.matmul(xs)?;
             if let Some(bias) = bias {
                 out = crate::profile::stage(dev, name, "bias", || out.broadcast_add(bias))?;
             }
@@ -307,7 +394,7 @@ struct SelfAttention {
     /// the query rows are pre-scaled by `1/sqrt(head_dim)`.
     qkv: Dense,
     output: Dense,
-    output_norm: LayerNorm,
+    output_norm: AddNorm,
     heads: usize,
     head_dim: usize,
 }
@@ -333,13 +420,36 @@ impl SelfAttention {
         );
         let ov = vb.pp("output");
         let output = Dense::new(candle_nn::linear(hidden, hidden, ov.pp("dense"))?, "attention_output");
-        let output_norm = candle_nn::layer_norm(hidden, config.layer_norm_eps, ov.pp("LayerNorm"))?;
+        let output_norm = AddNorm::new(
+            candle_nn::layer_norm(hidden, config.layer_norm_eps, ov.pp("LayerNorm"))?,
+            &output,
+            config.layer_norm_eps,
+        )?;
         Ok(SelfAttention { qkv, output, output_norm, heads, head_dim })
     }
 
-    fn forward(&self, hidden: &Tensor, attention_bias: &Tensor) -> Result<Tensor> {
+    /// `lengths` (`[b]` u32 on the device) is given when the fused CUDA
+    /// kernels run ([`gpu_fused`]); then the mask is taken from it.
+    fn forward(&self, hidden: &Tensor, attention_bias: &Tensor, lengths: Option<&Tensor>) -> Result<Tensor> {
         let (b, l, h) = hidden.dims3()?;
         let dtype = hidden.dtype();
+        #[cfg(feature = "cuda")]
+        if let (Some(lengths), Some(bias), None) = (lengths, self.qkv.linear.bias(), &self.qkv.kernel) {
+            use crate::cuda_kernels as cu;
+            let dev = hidden.device();
+            let qkv = self.qkv.matmul(hidden)?; // [b, l, 3 * hidden], no bias yet
+            let qkv = crate::profile::stage(dev, "attention", "split_heads", || {
+                cu::qkv_split(&qkv, bias, self.heads)
+            })?;
+            let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?); // [b, heads, l, head_dim]
+            let scores = crate::profile::stage(dev, "attention", "scores", || q.matmul(&k.t()?))?;
+            crate::profile::stage(dev, "attention", "mask_softmax", || cu::masked_softmax(&scores, lengths))?;
+            let context =
+                crate::profile::stage(dev, "attention", "context", || cu::merge_heads(&scores.matmul(&v)?))?;
+            return self.output.forward_add_norm(&context, hidden, &self.output_norm);
+        }
+        #[cfg(not(feature = "cuda"))]
+        let _ = lengths;
         if cpu_f32(hidden) && attention_bias.is_contiguous() && matches!(self.head_dim, 32 | 64) {
             // One pass per sequence over the fused projections' output.
             let qkv = self.qkv.forward(hidden, None, None)?;
@@ -351,8 +461,7 @@ impl SelfAttention {
                 })
             })??;
             let context = kernels::f32_tensor(context, (b, l, h))?;
-            let out = self.output.forward(&context, Some(hidden), None)?;
-            return self.output_norm.forward(&out);
+            return self.output.forward_add_norm(&context, hidden, &self.output_norm);
         }
         let dev = hidden.device();
         let qkv = self.qkv.forward(hidden, None, None)?;
@@ -379,8 +488,7 @@ impl SelfAttention {
                 .transpose(1, 2)?
                 .reshape((b, l, h))
         })?;
-        let out = self.output.forward(&context, Some(hidden), None)?;
-        crate::profile::stage(dev, "attention_output", "layer_norm", || self.output_norm.forward(&out))
+        self.output.forward_add_norm(&context, hidden, &self.output_norm)
     }
 }
 
@@ -389,12 +497,25 @@ struct Layer {
     intermediate: Dense,
     activation: Activation,
     output: Dense,
-    output_norm: LayerNorm,
+    output_norm: AddNorm,
 }
 
 impl Layer {
     fn load(vb: VarBuilder, config: &EncoderConfig) -> Result<Layer> {
         let act = activation(&config.hidden_act).map_err(candle_core::Error::msg)?;
+        let output = Dense::new(
+            candle_nn::linear(config.intermediate_size, config.hidden_size, vb.pp("output").pp("dense"))?,
+            "output",
+        );
+        let output_norm = AddNorm::new(
+            candle_nn::layer_norm(
+                config.hidden_size,
+                config.layer_norm_eps,
+                vb.pp("output").pp("LayerNorm"),
+            )?,
+            &output,
+            config.layer_norm_eps,
+        )?;
         Ok(Layer {
             attention: SelfAttention::load(vb.pp("attention"), config)?,
             intermediate: Dense::new(
@@ -406,23 +527,15 @@ impl Layer {
                 "intermediate",
             ),
             activation: act,
-            output: Dense::new(
-                candle_nn::linear(config.intermediate_size, config.hidden_size, vb.pp("output").pp("dense"))?,
-                "output",
-            ),
-            output_norm: candle_nn::layer_norm(
-                config.hidden_size,
-                config.layer_norm_eps,
-                vb.pp("output").pp("LayerNorm"),
-            )?,
+            output,
+            output_norm,
         })
     }
 
-    fn forward(&self, hidden: &Tensor, attention_bias: &Tensor) -> Result<Tensor> {
-        let attended = self.attention.forward(hidden, attention_bias)?;
+    fn forward(&self, hidden: &Tensor, attention_bias: &Tensor, lengths: Option<&Tensor>) -> Result<Tensor> {
+        let attended = self.attention.forward(hidden, attention_bias, lengths)?;
         let inner = self.intermediate.forward(&attended, None, Some(self.activation))?;
-        let out = self.output.forward(&inner, Some(&attended), None)?;
-        crate::profile::stage(out.device(), "output", "layer_norm", || self.output_norm.forward(&out))
+        self.output.forward_add_norm(&inner, &attended, &self.output_norm)
     }
 
     fn use_linears(&mut self, linears: Linears) -> Result<()> {
@@ -618,8 +731,21 @@ impl Encoder {
         let _launch = crate::gpu::launch_scope(input.input_ids.device());
         let dev = input.input_ids.device();
         let mut hidden = crate::profile::stage(dev, "embeddings", "all", || self.embed(input))?;
+        // The fused CUDA kernels mask by the sequences' lengths (the batch is
+        // right-padded), not by the additive mask.
+        let lengths = if gpu_fused(&hidden) {
+            if input.lengths.len() != hidden.dim(0)?
+                || input.lengths.iter().any(|&n| n > hidden.dim(1).unwrap_or(0))
+            {
+                candle_core::bail!("the input's lengths do not match its padded batch");
+            }
+            let lengths: Vec<u32> = input.lengths.iter().map(|&n| n as u32).collect();
+            Some(Tensor::from_vec(lengths, input.lengths.len(), dev)?)
+        } else {
+            None
+        };
         for layer in &self.layers {
-            hidden = layer.forward(&hidden, &input.attention_bias)?;
+            hidden = layer.forward(&hidden, &input.attention_bias, lengths.as_ref())?;
         }
         Ok(hidden)
     }

@@ -24,6 +24,8 @@
 //! cross-encoder behind the core crate's `Reranker` trait ([`load_reranker`]),
 //! with the same resolution, batching, devices and fallback.
 
+#[cfg(feature = "cuda")]
+pub mod cuda_kernels;
 pub mod embedder;
 pub mod encoder;
 pub mod gpu;

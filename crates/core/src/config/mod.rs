@@ -99,8 +99,9 @@ impl Config {
         // `[server]` section's keys have a `SERVER__` prefix), the launcher's
         // deployment file, where NVML is (`DATAFACTORY_NVML_LIBRARY`) and the
         // state file the launcher gives the services it starts
-        // (`DATAFACTORY_LAUNCHER_STATE`), stage profiling, and the test
-        // suite's `DATAFACTORY_TEST_*` paths.
+        // (`DATAFACTORY_LAUNCHER_STATE`), stage profiling, the encoder's
+        // kernel switches (`DATAFACTORY_CPU_AMX`, `DATAFACTORY_CUDA_FUSED`),
+        // and the test suite's `DATAFACTORY_TEST_*` paths.
         let env = env.split("__").ignore(&[
             "config",
             "log",
@@ -110,6 +111,8 @@ impl Config {
             "nvml_library",
             "launcher_state",
             "profile_stages",
+            "cpu_amx",
+            "cuda_fused",
         ]);
         let env = env.filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"));
         let config: Config = figment
@@ -165,6 +168,8 @@ mod tests {
             ("DATAFACTORY_PROGTEST_PROFILE_STAGES", "1"),
             ("DATAFACTORY_PROGTEST_NVML_LIBRARY", "/opt/nvidia/libnvidia-ml.so.1"),
             ("DATAFACTORY_PROGTEST_LAUNCHER_STATE", "/srv/deploy/state.json"),
+            ("DATAFACTORY_PROGTEST_CPU_AMX", "0"),
+            ("DATAFACTORY_PROGTEST_CUDA_FUSED", "0"),
             ("DATAFACTORY_PROGTEST_TEST_MINILM", "/models/minilm"),
             ("DATAFACTORY_PROGTEST_SERVER__MAX_BODY_BYTES", "12345"),
         ];
