@@ -45,6 +45,12 @@ if [ "$#" -lt 3 ]; then
 fi
 goal=$1 slice=$2
 shift 2
+# With the scheduler's autogroups (kernel.sched_autogroup_enabled = 1), nice
+# only orders processes within one session; lowering this session's group
+# too makes the fuzzers take only the CPU other sessions leave idle.
+if [ -w /proc/self/autogroup ]; then
+    echo "${FUZZ_NICE:-19}" >/proc/self/autogroup 2>/dev/null || true
+fi
 while true; do
     next="" least=""
     for t in "$@"; do
