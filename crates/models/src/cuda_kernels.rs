@@ -156,6 +156,28 @@ fn same_dtype(a: &CudaStorage, b: &CudaStorage, op: &str) -> Result<()> {
     Ok(())
 }
 
+/// Runs `$call` with `T` the element type of `$storage`: f32, f16 or bf16,
+/// the dtypes the kernels exist in; any other fails naming `$op`.
+macro_rules! by_dtype {
+    ($storage:expr, $op:expr, |$t:ident| $call:expr) => {
+        match &$storage.slice {
+            CudaStorageSlice::F32(_) => {
+                type $t = f32;
+                $call
+            }
+            CudaStorageSlice::F16(_) => {
+                type $t = half::f16;
+                $call
+            }
+            CudaStorageSlice::BF16(_) => {
+                type $t = half::bf16;
+                $call
+            }
+            _ => bail!("{}: no fused CUDA kernel for {:?}", $op, $storage.dtype()),
+        }
+    };
+}
+
 // ---------------------------------------------------------------- bias + act
 
 struct BiasAct(Act);
@@ -202,12 +224,7 @@ impl InplaceOp2 for BiasAct {
     fn cuda_fwd(&self, y: &mut CudaStorage, yl: &Layout, bias: &CudaStorage, bl: &Layout) -> Result<()> {
         same_dtype(y, bias, "bias_act")?;
         let dev = y.device.clone();
-        match &y.slice {
-            CudaStorageSlice::F32(_) => self.go::<f32>(&dev, y, yl, bias, bl),
-            CudaStorageSlice::F16(_) => self.go::<half::f16>(&dev, y, yl, bias, bl),
-            CudaStorageSlice::BF16(_) => self.go::<half::bf16>(&dev, y, yl, bias, bl),
-            _ => bail!("bias_act: no fused CUDA kernel for {:?}", y.dtype()),
-        }
+        by_dtype!(y, "bias_act", |T| self.go::<T>(&dev, y, yl, bias, bl))
     }
 }
 
@@ -294,12 +311,7 @@ impl InplaceOp3 for BiasResidualLayerNorm {
         same_dtype(y, residual, op)?;
         same_dtype(y, params, op)?;
         let dev = y.device.clone();
-        match &y.slice {
-            CudaStorageSlice::F32(_) => self.go::<f32>(&dev, y, yl, residual, rl, params, pl),
-            CudaStorageSlice::F16(_) => self.go::<half::f16>(&dev, y, yl, residual, rl, params, pl),
-            CudaStorageSlice::BF16(_) => self.go::<half::bf16>(&dev, y, yl, residual, rl, params, pl),
-            _ => bail!("{op}: no fused CUDA kernel for {:?}", y.dtype()),
-        }
+        by_dtype!(y, op, |T| self.go::<T>(&dev, y, yl, residual, rl, params, pl))
     }
 }
 
@@ -371,12 +383,7 @@ impl CustomOp2 for QkvSplit {
     ) -> Result<(CudaStorage, Shape)> {
         same_dtype(qkv, bias, "qkv_split")?;
         let dev = qkv.device.clone();
-        match &qkv.slice {
-            CudaStorageSlice::F32(_) => self.go::<f32>(&dev, qkv, ql, bias, bl),
-            CudaStorageSlice::F16(_) => self.go::<half::f16>(&dev, qkv, ql, bias, bl),
-            CudaStorageSlice::BF16(_) => self.go::<half::bf16>(&dev, qkv, ql, bias, bl),
-            _ => bail!("qkv_split: no fused CUDA kernel for {:?}", qkv.dtype()),
-        }
+        by_dtype!(qkv, "qkv_split", |T| self.go::<T>(&dev, qkv, ql, bias, bl))
     }
 }
 
@@ -440,12 +447,7 @@ impl InplaceOp2 for LengthMaskedSoftmax {
             bail!("masked_softmax: lengths must be u32, not {:?}", lengths.dtype());
         }
         let dev = s.device.clone();
-        match &s.slice {
-            CudaStorageSlice::F32(_) => self.go::<f32>(&dev, s, sl, lengths, ll),
-            CudaStorageSlice::F16(_) => self.go::<half::f16>(&dev, s, sl, lengths, ll),
-            CudaStorageSlice::BF16(_) => self.go::<half::bf16>(&dev, s, sl, lengths, ll),
-            _ => bail!("masked_softmax: no fused CUDA kernel for {:?}", s.dtype()),
-        }
+        by_dtype!(s, "masked_softmax", |T| self.go::<T>(&dev, s, sl, lengths, ll))
     }
 }
 
@@ -497,12 +499,7 @@ impl CustomOp1 for MergeHeads {
     }
     fn cuda_fwd(&self, ctx: &CudaStorage, cl: &Layout) -> Result<(CudaStorage, Shape)> {
         let dev = ctx.device.clone();
-        match &ctx.slice {
-            CudaStorageSlice::F32(_) => self.go::<f32>(&dev, ctx, cl),
-            CudaStorageSlice::F16(_) => self.go::<half::f16>(&dev, ctx, cl),
-            CudaStorageSlice::BF16(_) => self.go::<half::bf16>(&dev, ctx, cl),
-            _ => bail!("merge_heads: no fused CUDA kernel for {:?}", ctx.dtype()),
-        }
+        by_dtype!(ctx, "merge_heads", |T| self.go::<T>(&dev, ctx, cl))
     }
 }
 

@@ -128,6 +128,17 @@ fn cached_gpu_memory_is_released_after_a_job() {
     assert_eq!(embed(&e, &texts).len(), texts.len());
 }
 
+/// The reranker's configuration for the model in `dir` on `device` in `dtype`.
+fn rerank_config(dir: &std::path::Path, device: &str, dtype: &str) -> datafactory_core::config::RerankConfig {
+    datafactory_core::config::RerankConfig {
+        model: dir.to_str().unwrap().to_string(),
+        allow_download: false,
+        device: device.to_string(),
+        dtype: dtype.to_string(),
+        ..Default::default()
+    }
+}
+
 #[test]
 fn the_cross_encoder_on_cuda_matches_the_cpu() {
     let _gpu = GPU.lock().unwrap_or_else(|e| e.into_inner());
@@ -135,13 +146,7 @@ fn the_cross_encoder_on_cuda_matches_the_cpu() {
     let dir = tiny_xlmr_reranker(&tmp.path().join("reranker"), 1);
     let texts = sample_texts();
     let pairs: Vec<(&str, &str)> = texts.iter().map(|t| ("search the index", t.as_str())).collect();
-    let config = |device: &str, dtype: &str| datafactory_core::config::RerankConfig {
-        model: dir.to_str().unwrap().to_string(),
-        allow_download: false,
-        device: device.to_string(),
-        dtype: dtype.to_string(),
-        ..Default::default()
-    };
+    let config = |device: &str, dtype: &str| rerank_config(&dir, device, dtype);
     let reference =
         datafactory_models::CandleReranker::load(&config("cpu", "f32")).unwrap().score_pairs(&pairs).unwrap();
     for dtype in ["f32", "f16", "bf16"] {
@@ -445,13 +450,7 @@ fn the_fused_cross_encoder_matches_candle_ops_and_the_cpu() {
     let dir = tiny_xlmr_reranker(&tmp.path().join("reranker"), 1);
     let texts = sample_texts();
     let pairs: Vec<(&str, &str)> = texts.iter().map(|t| ("search the index", t.as_str())).collect();
-    let config = |device: &str, dtype: &str| datafactory_core::config::RerankConfig {
-        model: dir.to_str().unwrap().to_string(),
-        allow_download: false,
-        device: device.to_string(),
-        dtype: dtype.to_string(),
-        ..Default::default()
-    };
+    let config = |device: &str, dtype: &str| rerank_config(&dir, device, dtype);
     let score = |device: &str, dtype: &str| {
         datafactory_models::CandleReranker::load(&config(device, dtype)).unwrap().score_pairs(&pairs).unwrap()
     };

@@ -63,6 +63,22 @@ pub use avx512::{dot_bf16, dot_f16, dot_f32};
 mod avx512 {
     use std::arch::x86_64::*;
 
+    /// A mask of the first `left` lanes (all 32 when `left` >= 32); the
+    /// 16-lane loads take its low half.
+    fn first_lanes(left: usize) -> u32 {
+        if left >= 32 {
+            u32::MAX
+        } else {
+            (1u32 << left) - 1
+        }
+    }
+
+    /// The sum of the four accumulators' lanes.
+    #[target_feature(enable = "avx512f")]
+    fn sum(acc: [__m512; 4]) -> f32 {
+        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+    }
+
     /// `a · b` in f32 over `n` values.
     ///
     /// # Safety
@@ -80,13 +96,13 @@ mod avx512 {
             i += 64;
         }
         while i < n {
-            let mask: __mmask16 = if n - i >= 16 { 0xffff } else { (1u16 << (n - i)) - 1 };
+            let mask = first_lanes(n - i) as __mmask16;
             let x = _mm512_maskz_loadu_ps(mask, a.add(i));
             let y = _mm512_maskz_loadu_ps(mask, b.add(i));
             acc[0] = _mm512_fmadd_ps(x, y, acc[0]);
             i += 16;
         }
-        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+        sum(acc)
     }
 
     /// `a · b` over `n` IEEE half-precision values, converted to f32 and
@@ -108,13 +124,13 @@ mod avx512 {
             i += 64;
         }
         while i < n {
-            let mask: __mmask16 = if n - i >= 16 { 0xffff } else { (1u16 << (n - i)) - 1 };
+            let mask = first_lanes(n - i) as __mmask16;
             let x = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, a.add(i) as *const i16));
             let y = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, b.add(i) as *const i16));
             acc[0] = _mm512_fmadd_ps(x, y, acc[0]);
             i += 16;
         }
-        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+        sum(acc)
     }
 
     /// `a · b` over `n` bfloat16 values with AVX512-BF16's pairwise
@@ -137,13 +153,13 @@ mod avx512 {
             i += 128;
         }
         while i < n {
-            let mask: __mmask32 = if n - i >= 32 { u32::MAX } else { (1u32 << (n - i)) - 1 };
+            let mask: __mmask32 = first_lanes(n - i);
             let x: __m512bh = std::mem::transmute(_mm512_maskz_loadu_epi16(mask, a.add(i) as *const i16));
             let y: __m512bh = std::mem::transmute(_mm512_maskz_loadu_epi16(mask, b.add(i) as *const i16));
             acc[0] = _mm512_dpbf16_ps(acc[0], x, y);
             i += 32;
         }
-        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+        sum(acc)
     }
 }
 

@@ -16,6 +16,7 @@
 
 use crate::StoreError;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -72,9 +73,6 @@ pub struct VectorIndex {
     saved_change: std::sync::RwLock<i64>,
     /// Last change included in memory (≥ saved).
     applied_change: std::sync::RwLock<i64>,
-    /// Vectors are scaled to unit length before they are added or searched
-    /// (inner product); false for `i8` (cosine).
-    unit: bool,
 }
 
 fn unit_vectors(o: &VectorOptions) -> bool {
@@ -125,12 +123,12 @@ fn use_our_kernels(index: &mut usearch::Index, o: &VectorOptions) {
 }
 
 /// `v` at unit length (a zero vector stays zero).
-fn unit(v: &[f32]) -> std::borrow::Cow<'_, [f32]> {
+fn unit(v: &[f32]) -> Cow<'_, [f32]> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if norm == 0.0 || !norm.is_finite() || (norm - 1.0).abs() < 1e-6 {
-        std::borrow::Cow::Borrowed(v)
+        Cow::Borrowed(v)
     } else {
-        std::borrow::Cow::Owned(v.iter().map(|x| x / norm).collect())
+        Cow::Owned(v.iter().map(|x| x / norm).collect())
     }
 }
 
@@ -216,11 +214,20 @@ impl VectorIndex {
             context_freed: Condvar::new(),
             saved_change: std::sync::RwLock::new(applied),
             applied_change: std::sync::RwLock::new(applied),
-            unit: unit_vectors(options),
         })
     }
 
     /// A free search context, waiting for one if need be.
+    /// `v` as the index compares it: at unit length, except in `i8`
+    /// (cosine).
+    fn as_stored<'v>(&self, v: &'v [f32]) -> Cow<'v, [f32]> {
+        if unit_vectors(&self.options) {
+            unit(v)
+        } else {
+            Cow::Borrowed(v)
+        }
+    }
+
     fn search_context(&self) -> SearchContext<'_> {
         let mut free = self.free_contexts.lock().unwrap_or_else(|p| p.into_inner());
         while *free == 0 {
@@ -292,7 +299,7 @@ impl VectorIndex {
                 self.options.dimensions
             )));
         }
-        let vector = if self.unit { unit(vector) } else { std::borrow::Cow::Borrowed(vector) };
+        let vector = self.as_stored(vector);
         let index = self.write_after_searches();
         let result = (|| {
             if index.contains(key) {
@@ -348,8 +355,7 @@ impl VectorIndex {
                 self.options.dimensions
             )));
         }
-        let query = if self.unit { unit(query) } else { std::borrow::Cow::Borrowed(query) };
-        let query = &*query;
+        let query = &*self.as_stored(query);
         let _context = self.search_context();
         let index = self.read();
         let size = index.size();
