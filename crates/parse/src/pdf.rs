@@ -94,12 +94,15 @@ fn install_quiet_panic_hook() {
 fn extract_pages(bytes: &[u8]) -> Result<Vec<String>, ParseError> {
     install_quiet_panic_hook();
     IN_PDF_EXTRACT.with(|f| f.set(true));
-    let result = catch_unwind(AssertUnwindSafe(|| pdf_extract::extract_text_from_mem_by_pages(bytes)));
+    let result = catch_unwind(AssertUnwindSafe(|| text_by_pages(bytes)));
     IN_PDF_EXTRACT.with(|f| f.set(false));
     match result {
         Ok(Ok(pages)) => Ok(pages),
-        Ok(Err(e)) => {
-            let detail = e.to_string();
+        Ok(Err(ReadError::PageTreeCycle)) => Err(ParseError::Corrupt {
+            format: Format::Pdf,
+            detail: "a page's /Parent chain loops back on itself".to_string(),
+        }),
+        Ok(Err(ReadError::Reader(detail))) => {
             if detail.to_ascii_lowercase().contains("decrypt")
                 || detail.to_ascii_lowercase().contains("password")
             {
@@ -121,6 +124,58 @@ fn extract_pages(bytes: &[u8]) -> Result<Vec<String>, ParseError> {
             })
         }
     }
+}
+
+enum ReadError {
+    PageTreeCycle,
+    Reader(String),
+}
+
+/// pdf-extract's `extract_text_from_mem_by_pages`, with the page tree
+/// checked first: pdf-extract looks up a page's inherited attributes
+/// (`/Resources`, `/MediaBox`) by following `/Parent` until one has them, and
+/// a chain that loops back (found by fuzzing) kept it going forever.
+fn text_by_pages(bytes: &[u8]) -> Result<Vec<String>, ReadError> {
+    let reader = |e: &dyn std::fmt::Display| ReadError::Reader(e.to_string());
+    let mut doc = pdf_extract::Document::load_mem(bytes).map_err(|e| reader(&e))?;
+    if doc.is_encrypted() {
+        doc.decrypt("").map_err(|e| reader(&e))?;
+    }
+    check_page_tree(&doc)?;
+    let mut pages = Vec::new();
+    for page in 1.. {
+        let mut text = String::new();
+        let done =
+            pdf_extract::output_doc_page(&doc, &mut pdf_extract::PlainTextOutput::new(&mut text), page);
+        if done.is_err() {
+            break; // as pdf-extract: the pages up to the first it cannot read
+        }
+        pages.push(text);
+    }
+    Ok(pages)
+}
+
+/// Fails if any page's `/Parent` chain comes back to an object it passed.
+/// Objects already seen to end the chain are not walked again, so the check
+/// is linear in the page tree.
+fn check_page_tree(doc: &pdf_extract::Document) -> Result<(), ReadError> {
+    let mut ends = std::collections::HashSet::new();
+    for (_, page) in doc.get_pages() {
+        let mut path = Vec::new();
+        let mut at = page;
+        while !ends.contains(&at) {
+            if path.contains(&at) {
+                return Err(ReadError::PageTreeCycle);
+            }
+            path.push(at);
+            match doc.get_dictionary(at).and_then(|d| d.get(b"Parent")).and_then(|p| p.as_reference()) {
+                Ok(parent) => at = parent,
+                Err(_) => break,
+            }
+        }
+        ends.extend(path);
+    }
+    Ok(())
 }
 
 /// Refuses a PDF whose Flate and LZW streams (images aside) decompress to
@@ -318,6 +373,66 @@ fn tidy_page(page: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A PDF of one page whose `/Parent` is `parent` (the page itself or
+    /// the page tree) and that has no `/Resources` of its own, so a reader
+    /// looks for them up the chain.
+    fn one_page_pdf(page_is_own_parent: bool) -> Vec<u8> {
+        use pdf_extract::{Dictionary, Document, Object, Stream};
+        let mut doc = Document::with_version("1.4");
+        let (pages_id, page_id, content_id) = (doc.new_object_id(), doc.new_object_id(), doc.new_object_id());
+        let content = b"BT /F1 12 Tf 72 700 Td (Hello from one page) Tj ET".to_vec();
+        doc.objects.insert(content_id, Object::Stream(Stream::new(Dictionary::new(), content)));
+        let mut page = Dictionary::new();
+        page.set("Type", Object::Name(b"Page".to_vec()));
+        page.set("Parent", Object::Reference(if page_is_own_parent { page_id } else { pages_id }));
+        page.set("MediaBox", Object::Array([0, 0, 612, 792].map(Object::Integer).to_vec()));
+        page.set("Contents", Object::Reference(content_id));
+        doc.objects.insert(page_id, Object::Dictionary(page));
+        let mut font = Dictionary::new();
+        font.set("Type", Object::Name(b"Font".to_vec()));
+        font.set("Subtype", Object::Name(b"Type1".to_vec()));
+        font.set("BaseFont", Object::Name(b"Helvetica".to_vec()));
+        let mut fonts = Dictionary::new();
+        fonts.set("F1", Object::Dictionary(font));
+        let mut resources = Dictionary::new();
+        resources.set("Font", Object::Dictionary(fonts));
+        let mut pages = Dictionary::new();
+        pages.set("Type", Object::Name(b"Pages".to_vec()));
+        pages.set("Kids", Object::Array(vec![Object::Reference(page_id)]));
+        pages.set("Count", Object::Integer(1));
+        pages.set("Resources", Object::Dictionary(resources));
+        doc.objects.insert(pages_id, Object::Dictionary(pages));
+        let catalog_id = doc.new_object_id();
+        let mut catalog = Dictionary::new();
+        catalog.set("Type", Object::Name(b"Catalog".to_vec()));
+        catalog.set("Pages", Object::Reference(pages_id));
+        doc.objects.insert(catalog_id, Object::Dictionary(catalog));
+        doc.trailer.set("Root", Object::Reference(catalog_id));
+        let mut bytes = Vec::new();
+        doc.save_to(&mut bytes).unwrap();
+        bytes
+    }
+
+    /// A page that is its own parent (found by fuzzing: pdf-extract followed
+    /// the chain for ever) is a corrupt PDF, said at once; the same page
+    /// under its page tree reads as before.
+    #[test]
+    fn a_page_tree_that_loops_is_corrupt_not_a_hang() {
+        let opts = ParseOptions::default();
+        let good = parse(&one_page_pdf(false), None, &opts).unwrap();
+        assert!(good.text.contains("Hello from one page"), "{:?}", good.text);
+        // On its own thread, so that a regression fails here (a hang guard,
+        // not a speed check) instead of hanging the test run.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(parse(&one_page_pdf(true), None, &opts));
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(120)).expect("the looping PDF still hangs") {
+            Err(ParseError::Corrupt { detail, .. }) => assert!(detail.contains("/Parent"), "{detail}"),
+            other => panic!("expected a corrupt PDF, got {other:?}"),
+        }
+    }
 
     #[test]
     fn tidy_collapses_spaces_and_blank_lines() {
