@@ -136,10 +136,10 @@ enum ReadError {
 /// (`/Resources`, `/MediaBox`) by following `/Parent` until one has them, and
 /// a chain that loops back (found by fuzzing) kept it going forever.
 fn text_by_pages(bytes: &[u8]) -> Result<Vec<String>, ReadError> {
-    let reader = |e: &dyn std::fmt::Display| ReadError::Reader(e.to_string());
-    let mut doc = pdf_extract::Document::load_mem(bytes).map_err(|e| reader(&e))?;
+    let reader = |e: pdf_extract::Error| ReadError::Reader(e.to_string());
+    let mut doc = pdf_extract::Document::load_mem(bytes).map_err(reader)?;
     if doc.is_encrypted() {
-        doc.decrypt("").map_err(|e| reader(&e))?;
+        doc.decrypt("").map_err(reader)?;
     }
     check_page_tree(&doc)?;
     let mut pages = Vec::new();
