@@ -16,8 +16,9 @@
 //! For speed: the query, key and value projections are fused into one matmul,
 //! the `1/sqrt(head_dim)` scale is folded into the query weights at load time,
 //! and layer norm uses candle's fused kernel. On the CPU in f32, the linear
-//! layers' bias, residual and GELU run as one pass after the matmul and the
-//! attention mask is added inside the softmax ([`crate::kernels`]); with
+//! layers' matmul adds onto the bias and residual and the GELU runs in place
+//! after it, and attention runs per sequence in register tiles with the mask
+//! added inside the softmax ([`crate::kernels`]); with
 //! [`Encoder::quantize_int8`] the linear layers run in int8 (AVX-512 VNNI).
 //! On a CUDA device (the `cuda` feature) the same steps run as our fused
 //! kernels after cuBLAS's matrix products ([`crate::cuda_kernels`]: bias and
@@ -327,11 +328,13 @@ impl Dense {
                 kernels::f32_slice(&xs, |x| with_residual(&|r| l.forward(x, r, epilogue)))??
             }
             None => {
-                let y = xs.reshape((b * l, k))?.matmul(&self.linear.weight().t()?)?;
                 let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?.unwrap_or_default();
-                kernels::f32_slice(&y, |y| {
-                    with_residual(&|r| kernels::bias_epilogue(y, n, &bias, r, epilogue))
-                })??
+                let w = self.linear.weight().contiguous()?;
+                kernels::f32_slice(&xs, |x| {
+                    kernels::f32_slice(&w, |w| {
+                        with_residual(&|r| kernels::linear_f32(x, k, w, &bias, r, epilogue))
+                    })
+                })???
             }
         };
         kernels::f32_tensor(out, (b, l, n))

@@ -8,11 +8,17 @@
 //!   the same sums; AMX and VNNI share one epilogue, so the same floats) and
 //!   scaled back to f32 with the bias, the residual and the activation fused
 //!   into the same pass.
-//! - [`bias_epilogue`]: bias + residual + activation after an f32 matmul, one
-//!   pass instead of candle's two or three.
+//! - [`linear_f32`]: an f32 linear layer as one gemm call that adds the
+//!   product onto the bias and residual already in the output (no zeroed
+//!   buffer, no separate bias pass), the GELU after it in place.
+//! - [`attention`]: self-attention per sequence, in register tiles of four
+//!   queries (scores against transposed keys, softmax, context), every
+//!   head's keys and values gathered in one pass.
 //! - [`masked_softmax`]: the attention mask added and the softmax taken in one
-//!   pass over the scores.
-//! - [`gelu_erf`]: the exact GELU on a branch-free erf the compiler vectorises.
+//!   pass over the scores (the generic path for other head sizes).
+//! - [`gelu_erf`]: the exact GELU on a branch-free erf (explicit AVX-512 with
+//!   fused multiply-adds where the CPU has it; the compiler vectorises the
+//!   portable form elsewhere).
 //!
 //! Everything here works on plain slices; [`f32_slice`] and [`f32_tensor`]
 //! move between them and candle tensors without copying.
@@ -74,48 +80,6 @@ macro_rules! multiversion {
             body($($arg),*)
         }
     };
-}
-
-multiversion!(add_bias_rows(x: &[f32], out: &mut [f32], n: usize, bias: &[f32], residual: Option<&[f32]>) {
-    match residual {
-        Some(residual) => {
-            for ((o, x), r) in out.chunks_exact_mut(n).zip(x.chunks_exact(n)).zip(residual.chunks_exact(n)) {
-                for (((o, x), b), r) in o.iter_mut().zip(x).zip(bias).zip(r) {
-                    *o = x + b + r;
-                }
-            }
-        }
-        None => {
-            for (o, x) in out.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
-                for ((o, x), b) in o.iter_mut().zip(x).zip(bias) {
-                    *o = x + b;
-                }
-            }
-        }
-    }
-});
-
-/// `y = act(x + bias [+ residual])` for `x` `[rows, n]` row-major: the
-/// epilogue of an f32 matmul, one pass over memory.
-pub(crate) fn bias_epilogue(
-    x: &[f32],
-    n: usize,
-    bias: &[f32],
-    residual: Option<&[f32]>,
-    act: Epilogue,
-) -> Vec<f32> {
-    assert_eq!(bias.len(), n);
-    let mut out = vec![0f32; x.len()];
-    let chunk = ROWS_PER_TASK * n;
-    out.par_chunks_mut(chunk).enumerate().for_each(|(t, out)| {
-        let range = t * chunk..t * chunk + out.len();
-        let residual = residual.map(|r| &r[range.clone()]);
-        add_bias_rows(&x[range], out, n, bias, residual);
-        if act == Epilogue::GeluErf {
-            gelu_erf(out);
-        }
-    });
-    out
 }
 
 /// Softmax over the last dimension of `scores` (`[b, heads, l, len]`), with
@@ -211,195 +175,409 @@ fn attention_sequence_avx512<const D: usize>(qkv: &[f32], mask: &[f32], heads: u
     attention_sequence_body::<D>(qkv, mask, heads, out)
 }
 
+/// Query rows per tile of [`attention_sequence_body`]: each key (scores)
+/// and each value row (context) loaded from L1 serves this many queries.
+const QUERY_TILE: usize = 4;
+
 #[inline(always)]
 fn attention_sequence_body<const D: usize>(qkv: &[f32], mask: &[f32], heads: usize, out: &mut [f32]) {
     let len = mask.len();
     let h = heads * D;
-    // Keys transposed, `[D][lp]`, and the mask, padded to whole blocks of
-    // 16 keys; padding keys are 0 and masked out.
+    // Every head's keys transposed, `[heads][D][lp]`, and values, `[heads]
+    // [len][D]`, gathered in one pass over the tokens (a pass per head
+    // would fetch each token's row again for every head); keys and mask are
+    // padded to whole blocks of 16 keys, padding keys 0 and masked out.
     let lp = len.div_ceil(16) * 16;
-    let mut kt = vec![0f32; D * lp];
-    let mut v = vec![0f32; len * D];
-    let mut m = vec![f32::MIN; lp];
-    m[..len].copy_from_slice(mask);
-    let mut scores = vec![0f32; lp];
-    for head in 0..heads {
-        for (j, token) in qkv.chunks_exact(3 * h).enumerate() {
-            let key = &token[h + head * D..h + (head + 1) * D];
+    let mut kt = vec![0f32; heads * D * lp];
+    let mut v = vec![0f32; heads * len * D];
+    for (j, token) in qkv.chunks_exact(3 * h).enumerate() {
+        for (kt, key) in kt.chunks_exact_mut(D * lp).zip(token[h..2 * h].chunks_exact(D)) {
             for (d, k) in key.iter().enumerate() {
                 kt[d * lp + j] = *k;
             }
-            v[j * D..(j + 1) * D].copy_from_slice(&token[2 * h + head * D..2 * h + (head + 1) * D]);
         }
-        // Loops below are simple axpy forms over contiguous slices, which
-        // the loop vectoriser handles (register-tiled arrays were left scalar).
-        for t in 0..len {
-            let q = &qkv[t * 3 * h + head * D..t * 3 * h + (head + 1) * D];
-            let row = &mut scores[..lp];
-            row.copy_from_slice(&m);
-            if !avx512::scores(q, &kt, row) {
-                for (d, &qd) in q.iter().enumerate() {
-                    for (s, k) in row.iter_mut().zip(&kt[d * lp..(d + 1) * lp]) {
-                        *s += qd * k;
+        for (head, value) in token[2 * h..].chunks_exact(D).enumerate() {
+            v[(head * len + j) * D..(head * len + j + 1) * D].copy_from_slice(value);
+        }
+    }
+    let mut m = vec![f32::MIN; lp];
+    m[..len].copy_from_slice(mask);
+    let mut scores = vec![0f32; QUERY_TILE * lp];
+    let mut inv = [0f32; QUERY_TILE];
+    for head in 0..heads {
+        let kt = &kt[head * D * lp..(head + 1) * D * lp];
+        let v = &v[head * len * D..(head + 1) * len * D];
+        let mut t = 0;
+        while t < len {
+            let rows = QUERY_TILE.min(len - t);
+            // The tile's queries: row r starts at q[r * 3h].
+            let q = &qkv[t * 3 * h + head * D..(t + rows - 1) * 3 * h + (head + 1) * D];
+            let tile = &mut scores[..rows * lp];
+            for row in tile.chunks_exact_mut(lp) {
+                row.copy_from_slice(&m);
+            }
+            if !avx512::scores::<D>(q, 3 * h, kt, tile) {
+                for (r, row) in tile.chunks_exact_mut(lp).enumerate() {
+                    for (d, &qd) in q[r * 3 * h..r * 3 * h + D].iter().enumerate() {
+                        for (s, k) in row.iter_mut().zip(&kt[d * lp..(d + 1) * lp]) {
+                            *s += qd * k;
+                        }
                     }
                 }
             }
-            // Softmax (padding keys give exp(MIN - max) ≈ 0).
-            let mut max = [f32::NEG_INFINITY; 16];
-            for c in row.chunks_exact(16) {
-                for x in 0..16 {
-                    max[x] = max[x].max(c[x]);
+            // Softmax (padding keys give exp(MIN - max) ≈ 0), unnormalised:
+            // the context is scaled by 1/sum instead.
+            for (row, inv) in tile.chunks_exact_mut(lp).zip(&mut inv) {
+                if let Some(i) = avx512::softmax_unnormalised(row) {
+                    *inv = i;
+                    continue;
                 }
-            }
-            let max = max.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let mut sums = [0f32; 16];
-            for c in row.chunks_exact_mut(16) {
-                for x in 0..16 {
-                    c[x] = exp(c[x] - max);
-                    sums[x] += c[x];
+                let mut max = [f32::NEG_INFINITY; 16];
+                for c in row.chunks_exact(16) {
+                    for x in 0..16 {
+                        max[x] = max[x].max(c[x]);
+                    }
                 }
+                let max = max.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let mut sums = [0f32; 16];
+                for c in row.chunks_exact_mut(16) {
+                    for x in 0..16 {
+                        c[x] = exp(c[x] - max);
+                        sums[x] += c[x];
+                    }
+                }
+                *inv = 1.0 / sums.iter().sum::<f32>();
             }
-            let inv = 1.0 / sums.iter().sum::<f32>();
-            let o: &mut [f32; D] = (&mut out[t * h + head * D..t * h + (head + 1) * D]).try_into().unwrap();
-            *o = [0f32; D];
-            if !avx512::context(&row[..len], &v, o) {
-                for (j, vj) in v.chunks_exact(D).enumerate() {
-                    let p = row[j];
-                    for (o, v) in o.iter_mut().zip(vj) {
-                        *o += p * v;
+            let o = &mut out[t * h + head * D..(t + rows - 1) * h + (head + 1) * D];
+            if !avx512::context::<D>(tile, lp, len, v, o, h) {
+                for (r, p) in tile.chunks_exact(lp).enumerate() {
+                    let o = &mut o[r * h..r * h + D];
+                    o.fill(0.0);
+                    for (j, vj) in v.chunks_exact(D).enumerate() {
+                        for (o, v) in o.iter_mut().zip(vj) {
+                            *o += p[j] * v;
+                        }
                     }
                 }
             }
-            for o in o.iter_mut() {
-                *o *= inv;
+            for (r, inv) in inv.iter().enumerate().take(rows) {
+                for o in &mut o[r * h..r * h + D] {
+                    *o *= inv;
+                }
             }
+            t += rows;
         }
     }
 }
 
-/// Explicit AVX-512 inner loops of [`attention_sequence_body`] (the
-/// compiler left them scalar); each returns false, doing nothing, where the
-/// CPU lacks AVX-512F or the shapes do not fit.
+/// Explicit AVX-512 tiles of [`attention_sequence_body`] (the compiler left
+/// the loops scalar, then untiled); each returns false, doing nothing, where
+/// the CPU lacks AVX-512F or the shapes do not fit. A tile is up to
+/// [`QUERY_TILE`] query rows; full tiles keep 16 accumulators in registers.
 mod avx512 {
-    /// `row[j] += Σ_d q[d] · kt[d][j]` for `kt` `[q.len()][row.len()]`,
-    /// `row.len()` a multiple of 16.
+    /// For each query row r of the tile, `s[r][j] += Σ_d q[r][d] · kt[d][j]`:
+    /// `q` holds the rows `qs` apart (D values each), `kt` is `[D][lp]` and
+    /// `s` is `[rows][lp]`, `lp` a multiple of 16.
     #[inline(always)]
-    pub(super) fn scores(q: &[f32], kt: &[f32], row: &mut [f32]) -> bool {
+    pub(super) fn scores<const D: usize>(q: &[f32], qs: usize, kt: &[f32], s: &mut [f32]) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if row.len().is_multiple_of(16)
-            && kt.len() == q.len() * row.len()
-            && std::arch::is_x86_feature_detected!("avx512f")
         {
-            // SAFETY: AVX-512F is present (checked) and the shapes are as
-            // `scores_avx512` requires (checked).
-            unsafe { scores_avx512(q, kt, row) };
-            return true;
+            let lp = kt.len() / D;
+            let rows = s.len() / lp.max(1);
+            if lp > 0
+                && lp.is_multiple_of(16)
+                && kt.len() == D * lp
+                && s.len() == rows * lp
+                && (1..=super::QUERY_TILE).contains(&rows)
+                && q.len() == (rows - 1) * qs + D
+                && std::arch::is_x86_feature_detected!("avx512f")
+            {
+                // SAFETY: AVX-512F is present (checked) and the shapes are as
+                // the tile functions require (checked).
+                unsafe {
+                    if rows == super::QUERY_TILE {
+                        scores_tile::<D, { super::QUERY_TILE }>(
+                            q.as_ptr(),
+                            qs,
+                            kt.as_ptr(),
+                            lp,
+                            s.as_mut_ptr(),
+                        );
+                    } else {
+                        for r in 0..rows {
+                            scores_tile::<D, 1>(
+                                q.as_ptr().add(r * qs),
+                                qs,
+                                kt.as_ptr(),
+                                lp,
+                                s.as_mut_ptr().add(r * lp),
+                            );
+                        }
+                    }
+                }
+                return true;
+            }
         }
-        let _ = (q, kt, row);
+        let _ = (q, qs, kt, s);
         false
     }
 
-    /// `o += Σ_j p[j] · v[j]` for `v` `[p.len()][o.len()]`, `o.len()` 16 to
-    /// 64 in steps of 16.
+    /// For each row r of the tile, `o[r] = Σ_{j < len} p[r][j] · v[j]`: `p`
+    /// is `[rows][lp]`, `v` `[len][D]`, and `o` holds the rows `os` apart;
+    /// D is 16 to 64 in steps of 16.
     #[inline(always)]
-    pub(super) fn context(p: &[f32], v: &[f32], o: &mut [f32]) -> bool {
+    pub(super) fn context<const D: usize>(
+        p: &[f32],
+        lp: usize,
+        len: usize,
+        v: &[f32],
+        o: &mut [f32],
+        os: usize,
+    ) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if o.len().is_multiple_of(16)
-            && (16..=64).contains(&o.len())
-            && v.len() >= p.len() * o.len()
-            && std::arch::is_x86_feature_detected!("avx512f")
         {
-            // SAFETY: AVX-512F is present (checked) and the shapes are as
-            // `context_avx512` requires (checked).
-            unsafe { context_avx512(p, v, o) };
-            return true;
+            let rows = p.len() / lp.max(1);
+            if D.is_multiple_of(16)
+                && (16..=64).contains(&D)
+                && len <= lp
+                && p.len() == rows * lp
+                && (1..=super::QUERY_TILE).contains(&rows)
+                && v.len() >= len * D
+                && o.len() == (rows - 1) * os + D
+                && std::arch::is_x86_feature_detected!("avx512f")
+            {
+                // SAFETY: AVX-512F is present (checked) and the shapes are as
+                // the tile functions require (checked).
+                unsafe {
+                    if rows == super::QUERY_TILE {
+                        context_tile::<D, { super::QUERY_TILE }>(
+                            p.as_ptr(),
+                            lp,
+                            len,
+                            v.as_ptr(),
+                            o.as_mut_ptr(),
+                            os,
+                        );
+                    } else {
+                        for r in 0..rows {
+                            context_tile::<D, 1>(
+                                p.as_ptr().add(r * lp),
+                                lp,
+                                len,
+                                v.as_ptr(),
+                                o.as_mut_ptr().add(r * os),
+                                os,
+                            );
+                        }
+                    }
+                }
+                return true;
+            }
         }
-        let _ = (p, v, o);
+        let _ = (p, lp, len, v, o, os);
         false
+    }
+
+    /// `row[j] = exp(row[j] - max(row))`, returning `1 / Σ row` (the
+    /// softmax, left unnormalised); `row.len()` a multiple of 16.
+    #[inline(always)]
+    pub(super) fn softmax_unnormalised(row: &mut [f32]) -> Option<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if !row.is_empty() && row.len().is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F is present and the length a multiple of 16
+            // (checked).
+            return Some(unsafe { softmax_unnormalised_avx512(row) });
+        }
+        let _ = row;
+        None
     }
 
     /// # Safety
-    /// AVX-512F; `row.len().is_multiple_of(16)`, `kt.len() == q.len() * row.len()`.
+    /// AVX-512F; `row.len()` a non-zero multiple of 16.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn scores_avx512(q: &[f32], kt: &[f32], row: &mut [f32]) {
+    unsafe fn softmax_unnormalised_avx512(row: &mut [f32]) -> f32 {
         use std::arch::x86_64::*;
-        let lp = row.len();
-        let mut jb = 0;
-        // Four blocks of 16 keys at a time: four independent FMA chains hide
-        // the FMA latency (one chain alone waits on it every step).
-        while jb + 64 <= lp {
-            // In bounds: jb + 64 ≤ lp, and d * lp + jb + 64 ≤ kt.len().
-            let mut acc = [_mm512_setzero_ps(); 4];
-            for (i, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm512_loadu_ps(row.as_ptr().add(jb + 16 * i));
+        let p = row.as_mut_ptr();
+        let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
+        for i in (0..row.len()).step_by(16) {
+            max = _mm512_max_ps(max, _mm512_loadu_ps(p.add(i)));
+        }
+        let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+        let mut sum = _mm512_setzero_ps();
+        for i in (0..row.len()).step_by(16) {
+            let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), max));
+            _mm512_storeu_ps(p.add(i), e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        1.0 / _mm512_reduce_add_ps(sum)
+    }
+
+    /// [`super::gelu_erf`] on whole blocks of 16 lanes, [`super::erf`]'s
+    /// formula with fused multiply-adds; returns how many leading values it
+    /// did (0 without AVX-512F).
+    #[inline(always)]
+    pub(super) fn gelu_erf(xs: &mut [f32]) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F is present (checked).
+            unsafe { gelu_erf_avx512(xs) };
+            return xs.len() / 16 * 16;
+        }
+        let _ = xs;
+        0
+    }
+
+    /// # Safety
+    /// AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn gelu_erf_avx512(xs: &mut [f32]) {
+        use std::arch::x86_64::*;
+        for c in xs.chunks_exact_mut(16) {
+            let x = _mm512_loadu_ps(c.as_ptr());
+            let z = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+            let a = _mm512_abs_ps(z);
+            let t = _mm512_div_ps(
+                _mm512_set1_ps(1.0),
+                _mm512_fmadd_ps(_mm512_set1_ps(super::ERF_P), a, _mm512_set1_ps(1.0)),
+            );
+            let mut poly = _mm512_set1_ps(super::ERF_A[4]);
+            for c in [super::ERF_A[3], super::ERF_A[2], super::ERF_A[1], super::ERF_A[0]] {
+                poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(c));
             }
-            for (d, &qd) in q.iter().enumerate() {
-                let qv = _mm512_set1_ps(qd);
-                let k = kt.as_ptr().add(d * lp + jb);
+            poly = _mm512_mul_ps(poly, t);
+            // erf(|z|) = 1 - poly · e^(-z²), then z's sign; gelu = x/2 · (1 + erf).
+            let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(a, a)));
+            let erf_abs = _mm512_fnmadd_ps(poly, e, _mm512_set1_ps(1.0));
+            let sign = _mm512_and_si512(_mm512_castps_si512(z), _mm512_set1_epi32(i32::MIN));
+            let erf = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(erf_abs), sign));
+            let half_x = _mm512_mul_ps(x, _mm512_set1_ps(0.5));
+            _mm512_storeu_ps(c.as_mut_ptr(), _mm512_fmadd_ps(half_x, erf, half_x));
+        }
+    }
+
+    /// [`super::exp`] on 16 lanes: the same range reduction and polynomial,
+    /// with fused multiply-adds, and 2ⁿ applied by `vscalefps`.
+    ///
+    /// # Safety
+    /// AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) unsafe fn exp16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0)), _mm512_set1_ps(-87.0));
+        // Round to nearest, exceptions suppressed.
+        let n = _mm512_roundscale_ps::<0x08>(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(super::LN2_HI), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(super::LN2_LO), r);
+        let mut p = _mm512_set1_ps(1.0 / 720.0);
+        for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        _mm512_scalef_ps(p, n)
+    }
+
+    /// # Safety
+    /// AVX-512F; `q` readable at `r * qs + d` and `s` writable at `r * lp +
+    /// j` for r < R, d < D, j < lp; `kt` readable at `d * lp + j`; `lp` a
+    /// multiple of 16.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn scores_tile<const D: usize, const R: usize>(
+        q: *const f32,
+        qs: usize,
+        kt: *const f32,
+        lp: usize,
+        s: *mut f32,
+    ) {
+        use std::arch::x86_64::*;
+        let mut jb = 0;
+        // Four blocks of 16 keys by R rows: 4R independent FMA chains, and
+        // each key vector loaded once for the R rows.
+        while jb + 64 <= lp {
+            let mut acc = [[_mm512_setzero_ps(); 4]; R];
+            for (r, acc) in acc.iter_mut().enumerate() {
                 for (i, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k.add(16 * i)), *acc);
+                    *acc = _mm512_loadu_ps(s.add(r * lp + jb + 16 * i));
                 }
             }
-            for (i, acc) in acc.iter().enumerate() {
-                _mm512_storeu_ps(row.as_mut_ptr().add(jb + 16 * i), *acc);
+            for d in 0..D {
+                let k = kt.add(d * lp + jb);
+                let kv = [0, 1, 2, 3].map(|i| _mm512_loadu_ps(k.add(16 * i)));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let qv = _mm512_set1_ps(*q.add(r * qs + d));
+                    for (acc, kv) in acc.iter_mut().zip(kv) {
+                        *acc = _mm512_fmadd_ps(qv, kv, *acc);
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (i, acc) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(s.add(r * lp + jb + 16 * i), *acc);
+                }
             }
             jb += 64;
         }
         while jb < lp {
-            // In bounds: jb + 16 ≤ lp, and d * lp + jb + 16 ≤ kt.len().
-            let mut acc = _mm512_loadu_ps(row.as_ptr().add(jb));
-            for (d, &qd) in q.iter().enumerate() {
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(qd), _mm512_loadu_ps(kt.as_ptr().add(d * lp + jb)), acc);
+            let mut acc = [_mm512_setzero_ps(); R];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_loadu_ps(s.add(r * lp + jb));
             }
-            _mm512_storeu_ps(row.as_mut_ptr().add(jb), acc);
+            for d in 0..D {
+                let kv = _mm512_loadu_ps(kt.add(d * lp + jb));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(*q.add(r * qs + d)), kv, *acc);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                _mm512_storeu_ps(s.add(r * lp + jb), *acc);
+            }
             jb += 16;
         }
     }
 
     /// # Safety
-    /// AVX-512F; `o.len()` is 16, 32, 48 or 64; `v.len() ≥ p.len() * o.len()`.
+    /// AVX-512F; D is 16, 32, 48 or 64; `p` readable at `r * lp + j` for r <
+    /// R, j < len; `v` readable at `j * D + d`; `o` writable at `r * os + d`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn context_avx512(p: &[f32], v: &[f32], o: &mut [f32]) {
+    unsafe fn context_tile<const D: usize, const R: usize>(
+        p: *const f32,
+        lp: usize,
+        len: usize,
+        v: *const f32,
+        o: *mut f32,
+        os: usize,
+    ) {
         use std::arch::x86_64::*;
-        let d = o.len();
-        let nv = d / 16;
-        // Even and odd keys in separate accumulators: twice the independent
-        // FMA chains.
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut acc2 = [_mm512_setzero_ps(); 4];
-        let pairs = p.len() / 2;
-        for jj in 0..pairs {
-            let j = 2 * jj;
-            let p0 = _mm512_set1_ps(p[j]);
-            let p1 = _mm512_set1_ps(p[j + 1]);
-            for i in 0..nv {
-                // In bounds: (j + 1) * d + i * 16 + 16 ≤ p.len() * d ≤ v.len().
-                acc[i] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v.as_ptr().add(j * d + i * 16)), acc[i]);
-                acc2[i] = _mm512_fmadd_ps(p1, _mm512_loadu_ps(v.as_ptr().add((j + 1) * d + i * 16)), acc2[i]);
+        let nv = D / 16;
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        for j in 0..len {
+            let mut vv = [_mm512_setzero_ps(); 4];
+            for (i, vv) in vv.iter_mut().enumerate().take(nv) {
+                *vv = _mm512_loadu_ps(v.add(j * D + 16 * i));
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let pv = _mm512_set1_ps(*p.add(r * lp + j));
+                for (acc, vv) in acc.iter_mut().zip(vv).take(nv) {
+                    *acc = _mm512_fmadd_ps(pv, vv, *acc);
+                }
             }
         }
-        if p.len() % 2 == 1 {
-            let j = p.len() - 1;
-            let pv = _mm512_set1_ps(p[j]);
-            for (i, acc) in acc.iter_mut().enumerate().take(nv) {
-                *acc = _mm512_fmadd_ps(pv, _mm512_loadu_ps(v.as_ptr().add(j * d + i * 16)), *acc);
+        for (r, acc) in acc.iter().enumerate() {
+            for (i, acc) in acc.iter().enumerate().take(nv) {
+                _mm512_storeu_ps(o.add(r * os + 16 * i), *acc);
             }
-        }
-        for (a, b) in acc.iter_mut().zip(&acc2) {
-            *a = _mm512_add_ps(*a, *b);
-        }
-        for (i, acc) in acc.iter().enumerate().take(nv) {
-            let out = o.as_mut_ptr().add(i * 16);
-            _mm512_storeu_ps(out, _mm512_add_ps(_mm512_loadu_ps(out), *acc));
         }
     }
 }
 
 /// The exact GELU, `x/2 · (1 + erf(x/√2))`, in place.
 pub(crate) fn gelu_erf(xs: &mut [f32]) {
-    gelu_erf_slice(xs)
+    let done = avx512::gelu_erf(xs);
+    gelu_erf_slice(&mut xs[done..])
 }
 
 multiversion!(gelu_erf_slice(xs: &mut [f32]) {
@@ -408,37 +586,46 @@ multiversion!(gelu_erf_slice(xs: &mut [f32]) {
     }
 });
 
+/// The constants of Abramowitz & Stegun 7.1.26 ([`erf`]).
+const ERF_P: f32 = 0.327_591_1;
+const ERF_A: [f32; 5] = [0.254_829_6, -0.284_496_74, 1.421_413_8, -1.453_152, 1.061_405_4];
+
 /// erf by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7, about
 /// one f32 ulp near 1), branch-free so that loops over it vectorise.
 #[inline(always)]
 pub(crate) fn erf(x: f32) -> f32 {
-    const P: f32 = 0.327_591_1;
-    const A1: f32 = 0.254_829_6;
-    const A2: f32 = -0.284_496_74;
-    const A3: f32 = 1.421_413_8;
-    const A4: f32 = -1.453_152;
-    const A5: f32 = 1.061_405_4;
+    let [a1, a2, a3, a4, a5] = ERF_A;
     let a = x.abs();
-    let t = 1.0 / (1.0 + P * a);
-    let poly = t * (A1 + t * (A2 + t * (A3 + t * (A4 + t * A5))));
+    let t = 1.0 / (1.0 + ERF_P * a);
+    let poly = t * (a1 + t * (a2 + t * (a3 + t * (a4 + t * a5))));
     let y = 1.0 - poly * exp(-(a * a));
     y.copysign(x)
 }
+
+/// ln 2 split in two for [`exp`]'s range reduction: `LN2_HI` has few
+/// mantissa bits, so `n · LN2_HI` is exact for the n that occur.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
 
 /// e^x for x ≤ 88 (below -87 it returns about 1e-38 instead of smaller
 /// values or 0): 2^n by the exponent bits times a degree-6 Taylor polynomial
 /// on |r| ≤ ln2/2 (relative error about 1.2e-7). Branch-free.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 · 2²³: adding it rounds x·log2(e) to an integer (ties to even)
+    // held in the low mantissa bits, with no float-to-int conversion, whose
+    // saturating `as` form the compiler leaves scalar.
+    const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
+    let z = x * std::f32::consts::LOG2_E + ROUND;
+    let n = z - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    // n is in [-126, 127]: n + 127 is a valid biased exponent.
-    f32::from_bits(((n as i32 + 127) as u32) << 23) * p
+    // z's mantissa is 2²² + n, n in [-126, 127]: shifted left by 23 it
+    // leaves n in the exponent field (two's complement, wrapping), and
+    // n + 127 is a valid biased exponent.
+    f32::from_bits((z.to_bits() << 23).wrapping_add(127 << 23)) * p
 }
 
 /// A linear layer `y = x Wᵀ + b` with W in int8 (symmetric, one scale per
@@ -542,7 +729,7 @@ impl Int8Linear {
         }
         let (n, k) = (self.n, self.k);
         let stride = self.groups * 4;
-        rows_in_tasks(x, k, n, residual, act, |x, out, residual| {
+        rows_in_tasks(x, k, n, ROWS_PER_TASK, residual, act, |x, out, residual| {
             let rows = out.len() / n;
             // AMX multiplies whole tiles of 16 rows, two at a time: the rows
             // past the task's are zeros, and their sums are not stored.
@@ -707,7 +894,7 @@ impl Bf16Linear {
     ) -> Vec<f32> {
         assert!(!amx || amx_bf16_available(), "AMX-BF16 is not available");
         let (n, k, kp) = (self.n, self.k, self.kp);
-        rows_in_tasks(x, k, n, residual, act, |x, out, residual| {
+        rows_in_tasks(x, k, n, ROWS_PER_TASK, residual, act, |x, out, residual| {
             let rows = out.len() / n;
             // Whole tiles of 16 rows, two at a time: the rows past the
             // task's are zeros, their sums not stored.
@@ -733,13 +920,15 @@ impl Bf16Linear {
 }
 
 /// `act(y)` for a linear layer's `y` (`[m, n]`) over `x` (`[m, k]`), in
-/// parallel tasks of [`ROWS_PER_TASK`] rows on rayon's pool: `task(x_rows,
+/// parallel tasks of `rows_per_task` rows on rayon's pool: `task(x_rows,
 /// out_rows, residual_rows)` writes a task's rows of `y` (bias and residual
-/// included), then the activation runs on them.
+/// included) over zeros, then the activation runs on them while they are
+/// still in the core's cache.
 fn rows_in_tasks(
     x: &[f32],
     k: usize,
     n: usize,
+    rows_per_task: usize,
     residual: Option<&[f32]>,
     act: Epilogue,
     task: impl Fn(&[f32], &mut [f32], Option<&[f32]>) + Sync,
@@ -749,17 +938,113 @@ fn rows_in_tasks(
     if let Some(r) = residual {
         assert_eq!(r.len(), m * n, "residual is not [m, n]");
     }
-    let mut out = vec![0f32; m * n];
-    out.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(t, out)| {
-        let (r0, rows) = (t * ROWS_PER_TASK, out.len() / n);
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    out.spare_capacity_mut()[..m * n].par_chunks_mut(rows_per_task * n).enumerate().for_each(|(t, out)| {
+        for o in out.iter_mut() {
+            o.write(0.0);
+        }
+        // SAFETY: every element of `out` was just written; MaybeUninit<f32>
+        // and f32 have the same layout.
+        let out = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), out.len()) };
+        let (r0, rows) = (t * rows_per_task, out.len() / n);
         task(&x[r0 * k..(r0 + rows) * k], out, residual.map(|res| &res[r0 * n..(r0 + rows) * n]));
         if act == Epilogue::GeluErf {
             gelu_erf(out);
         }
     });
+    // SAFETY: the tasks above covered all m * n elements (the chunks tile
+    // `[..m * n]`) and wrote each one.
+    unsafe { out.set_len(m * n) };
     out
 }
 
+/// `act(x Wᵀ + bias [+ residual])` in f32 for `x` `[m, k]` and `w` `[n, k]`
+/// (`bias` `[n]`, or empty for none): the output is first filled with the
+/// bias and residual in parallel tasks, then one gemm call (on rayon's pool,
+/// so that each block of W is packed once for all rows) adds the product
+/// onto it, then the activation runs in place. No zeroed output, no separate
+/// bias pass over a second buffer.
+pub(crate) fn linear_f32(
+    x: &[f32],
+    k: usize,
+    w: &[f32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    act: Epilogue,
+) -> Vec<f32> {
+    assert!(k > 0 && w.len().is_multiple_of(k), "weight is not [n, k]");
+    assert!(x.len().is_multiple_of(k), "input is not [m, k]");
+    let (m, n) = (x.len() / k, w.len() / k);
+    assert!(bias.is_empty() || bias.len() == n, "bias is not [n]");
+    if let Some(r) = residual {
+        assert_eq!(r.len(), m * n, "residual is not [m, n]");
+    }
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    let chunk = ROWS_PER_TASK * n;
+    out.spare_capacity_mut()[..m * n].par_chunks_mut(chunk).enumerate().for_each(|(t, out)| {
+        let residual = residual.map(|r| &r[t * chunk..t * chunk + out.len()]);
+        fill_rows(out, n, bias, residual);
+    });
+    // SAFETY: the chunks tile `[..m * n]` and fill_rows wrote every element.
+    unsafe { out.set_len(m * n) };
+    let threads = rayon::current_num_threads();
+    // SAFETY: `out` is [m, n] row-major (row stride n), `x` [m, k] row-major
+    // (row stride k), and Wᵀ is read from `w` [n, k] as [k, n] with row
+    // stride 1 and column stride k: every index gemm forms is in bounds.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None },
+        )
+    }
+    if act == Epilogue::GeluErf {
+        out.par_chunks_mut(chunk).for_each(gelu_erf);
+    }
+    out
+}
+
+multiversion!(fill_rows(out: &mut [std::mem::MaybeUninit<f32>], n: usize, bias: &[f32], residual: Option<&[f32]>) {
+    let zeros;
+    let bias = if bias.is_empty() {
+        zeros = vec![0f32; n];
+        &zeros[..]
+    } else {
+        bias
+    };
+    match residual {
+        Some(residual) => {
+            for (o, r) in out.chunks_exact_mut(n).zip(residual.chunks_exact(n)) {
+                for ((o, b), r) in o.iter_mut().zip(bias).zip(r) {
+                    o.write(b + r);
+                }
+            }
+        }
+        None => {
+            for o in out.chunks_exact_mut(n) {
+                for (o, b) in o.iter_mut().zip(bias) {
+                    o.write(*b);
+                }
+            }
+        }
+    }
+});
 impl Bf16Linear {
     /// The portable kernel: each output the f32 sum of the bf16 products.
     fn matmul_scalar(&self, a: &[u16], rows: usize, out: &mut [f32], residual: Option<&[f32]>) {
@@ -1305,6 +1590,37 @@ mod tests {
             x += 0.0137;
         }
         assert!(worst_exp < 5e-7, "exp relative error {worst_exp}");
+        // The AVX-512 form used by the attention softmax, where the CPU has it.
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            let xs: Vec<f32> = (0..12_768).map(|i| -87.0 + i as f32 * 0.0137).collect(); // up to 87.9
+            let mut worst = 0f64;
+            for c in xs.chunks_exact(16) {
+                let mut got = [0f32; 16];
+                // SAFETY: AVX-512F is present (checked); 16 lanes in and out.
+                unsafe {
+                    use std::arch::x86_64::*;
+                    _mm512_storeu_ps(got.as_mut_ptr(), avx512::exp16(_mm512_loadu_ps(c.as_ptr())));
+                }
+                for (x, g) in c.iter().zip(got) {
+                    let want = (*x as f64).exp();
+                    worst = worst.max(((g as f64 - want) / want).abs());
+                }
+            }
+            assert!(worst < 5e-7, "exp16 relative error {worst}");
+            // A masked score (MASK_VALUE below the row's maximum) is 0, or
+            // next to it, never NaN.
+            let mut masked = [0f32; 16];
+            // SAFETY: as above.
+            unsafe {
+                use std::arch::x86_64::*;
+                _mm512_storeu_ps(
+                    masked.as_mut_ptr(),
+                    avx512::exp16(_mm512_set1_ps(crate::encoder::MASK_VALUE)),
+                );
+            }
+            assert!(masked.iter().all(|m| (0.0..1e-37).contains(m)), "{masked:?}");
+        }
         // erf against the series/continued fraction in f64 via libm-free
         // reference: erf(x) = 2/sqrt(pi) * sum ... (Taylor, |x| ≤ 3).
         let erf64 = |x: f64| -> f64 {
@@ -1331,6 +1647,22 @@ mod tests {
         assert!((g[1] - 0.841_344_8).abs() < 1e-6 && (g[2] + 0.158_655_3).abs() < 1e-6);
         assert_eq!(g[3], 30.0);
         assert_eq!(g[4], -0.0);
+        // A slice long enough for the 16-lane path (AVX-512) and a remainder
+        // for the scalar one, against erf in f64; ±30 at both ends.
+        let mut xs: Vec<f32> = (0..1003).map(|i| -4.2 + i as f32 * 0.0084).collect();
+        xs[0] = -30.0;
+        xs[1002] = 30.0;
+        let mut g = xs.clone();
+        gelu_erf(&mut g);
+        for (x, g) in xs.iter().zip(&g) {
+            let x = *x as f64;
+            let want = if x.abs() > 5.0 {
+                x.max(0.0)
+            } else {
+                0.5 * x * (1.0 + erf64(x / std::f64::consts::SQRT_2))
+            };
+            assert!((*g as f64 - want).abs() < 2e-6 * x.abs().max(1.0), "gelu({x}) = {g}, want {want}");
+        }
     }
 
     #[test]
@@ -1392,9 +1724,12 @@ mod tests {
 
     #[test]
     fn attention_matches_the_definition() {
-        // Lengths that are not multiples of 16 keys or 4 query rows; the
-        // second sequence is padded (masked) after 13 tokens.
-        for &(b, len, heads) in &[(2usize, 21usize, 3usize), (1, 4, 2), (3, 40, 1)] {
+        // Lengths that are and are not multiples of 16 and 64 keys or of 4
+        // query rows, and length 1; the second sequence is padded (masked)
+        // after 13 tokens.
+        for &(b, len, heads) in
+            &[(2usize, 21usize, 3usize), (1, 4, 2), (3, 40, 1), (2, 83, 2), (1, 1, 2), (2, 64, 1)]
+        {
             let mut seed = (b * 100 + len) as u64;
             for d in [32, 64] {
                 let qkv: Vec<f32> = (0..b * len * 3 * heads * d).map(|_| lcg(&mut seed)).collect();
@@ -1409,6 +1744,47 @@ mod tests {
                 let want = attention_reference(&qkv, &mask, b, len, heads, d);
                 let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(err < 1e-5, "b={b} len={len} heads={heads} d={d}: error {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn f32_linear_matches_the_definition() {
+        // Rows that are and are not a multiple of the fill task (64), odd
+        // features and channels, one row; with and without bias, residual
+        // and GELU.
+        for &(m, k, n) in &[(70usize, 37usize, 50usize), (1, 5, 3), (130, 384, 96), (64, 16, 1152)] {
+            let mut seed = (m * 131 + k * 17 + n) as u64;
+            let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed) * 0.1).collect();
+            let bias: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+            let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
+            let res: Vec<f32> = (0..m * n).map(|_| lcg(&mut seed)).collect();
+            for (with_bias, residual, act) in [
+                (true, Some(&res[..]), Epilogue::GeluErf),
+                (true, None, Epilogue::None),
+                (false, Some(&res[..]), Epilogue::None),
+                (false, None, Epilogue::GeluErf),
+            ] {
+                let b = if with_bias { &bias[..] } else { &[][..] };
+                let got = linear_f32(&x, k, &w, b, residual, act);
+                let mut want = vec![0f32; m * n];
+                for r in 0..m {
+                    for c in 0..n {
+                        let dot: f64 = (0..k).map(|j| x[r * k + j] as f64 * w[c * k + j] as f64).sum();
+                        let extra =
+                            b.get(c).copied().unwrap_or(0.0) + residual.map_or(0.0, |res| res[r * n + c]);
+                        want[r * n + c] = (dot + extra as f64) as f32;
+                    }
+                }
+                if act == Epilogue::GeluErf {
+                    gelu_erf(&mut want);
+                }
+                let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(
+                    err < 1e-5,
+                    "m={m} k={k} n={n} bias={with_bias} residual={}: error {err}",
+                    residual.is_some()
+                );
             }
         }
     }
@@ -1552,12 +1928,5 @@ mod tests {
         assert_eq!(layer(384, 1536).best_kernel(), expected);
         let expected = if vnni { Int8Kernel::Vnni } else { Int8Kernel::Scalar };
         assert_eq!(layer(37, 64).best_kernel(), expected);
-    }
-
-    #[test]
-    fn bias_epilogue_adds_and_activates() {
-        let x = vec![1.0, -2.0, 0.5, 3.0];
-        let out = bias_epilogue(&x, 2, &[1.0, 1.0], Some(&[0.0, 1.0, 0.0, -1.0]), Epilogue::None);
-        assert_eq!(out, vec![2.0, 0.0, 1.5, 3.0]);
     }
 }
