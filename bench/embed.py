@@ -10,9 +10,10 @@ DataFactory / sentence-transformers, plus the lowest cosine between the two
 engines' vectors for the same passage. DataFactory also runs with
 `embedding.dtype = "int8"` (linear layers in int8; AVX-512 VNNI where the CPU
 has it), compared by speed with sentence-transformers and by cosine with
-both engines' f32 vectors.
+both engines' f32 vectors. With `--repeats N` every engine runs N times, the
+engines taking turns, and the median rate is the figure (each run is listed).
 
-    python3 bench/embed.py MODEL_DIR [--threads 2] [--n 1000] [--no-int8]
+    python3 bench/embed.py MODEL_DIR [--threads 2] [--n 1000] [--repeats 1] [--no-int8]
 
 Needs sentence-transformers (pip; it brings torch) and builds
 target/release/datafactory-bench.
@@ -75,6 +76,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--no-int8", action="store_true", help="skip DataFactory's int8 runs")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of every engine, in turn (median reported)")
     ap.add_argument("--no-bf16", action="store_true", help="skip DataFactory's bf16 run (CPUs with AMX-BF16)")
     args = ap.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,41 +93,48 @@ def main():
     torch.set_num_threads(args.threads)
     st = SentenceTransformer(args.model, device="cpu")
     st.encode(texts[:32], batch_size=32)
-    t = time.perf_counter()
-    theirs = st.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
-    st_secs = time.perf_counter() - t
 
+    runs = [("f32", "f32", {})]
+    if not args.no_int8:
+        runs.append(("int8", "int8", {}))
+        if "amx_int8" in cpu_flags:
+            # The same int8 run with the AMX kernel off: AVX-512 VNNI.
+            runs.append(("int8, AMX off (VNNI)", "int8", {"DATAFACTORY_CPU_AMX": "0"}))
+    if "amx_bf16" in cpu_flags and not args.no_bf16:
+        # Linear layers in bf16 on AMX tiles (elsewhere candle's bf16, slow on CPUs).
+        runs.append(("bf16 (AMX)", "bf16", {}))
+    # Rates per engine, one per repeat; the engines take turns within each
+    # repeat, so a slow spell of a shared machine falls on all of them.
+    rates = {"st": [], **{name: [] for name, _, _ in runs}}
+    vectors = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "texts.json")
         json.dump(texts, open(path, "w"))
-        rows, vectors = {}, {}
-        runs = [("f32", "f32", {})]
-        if not args.no_int8:
-            runs.append(("int8", "int8", {}))
-            if "amx_int8" in cpu_flags:
-                # The same int8 run with the AMX kernel off: AVX-512 VNNI.
-                runs.append(("int8, AMX off (VNNI)", "int8", {"DATAFACTORY_CPU_AMX": "0"}))
-        if "amx_bf16" in cpu_flags and not args.no_bf16:
-            # Linear layers in bf16 on AMX tiles (elsewhere candle's bf16, slow on CPUs).
-            runs.append(("bf16 (AMX)", "bf16", {}))
-        for name, dtype, env in runs:
-            out = subprocess.run([binary, "embed", args.model, path, "32", dtype],
-                                 check=True, capture_output=True, text=True, env={**os.environ, **env})
-            rows[name] = json.loads(out.stdout.strip().splitlines()[-1])
-            vectors[name] = np.fromfile(f"{path}.{dtype}.vectors.f32", dtype=np.float32).reshape(len(texts), -1)
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            theirs = st.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+            rates["st"].append(len(texts) / (time.perf_counter() - t))
+            for name, dtype, env in runs:
+                out = subprocess.run([binary, "embed", args.model, path, "32", dtype],
+                                     check=True, capture_output=True, text=True, env={**os.environ, **env})
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                rates[name].append(row["passages_per_second"])
+                vectors[name] = np.fromfile(f"{path}.{dtype}.vectors.f32", dtype=np.float32).reshape(len(texts), -1)
 
     def cosine(a, b):
         return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
-    st_rate = len(texts) / st_secs
+    st_rate = float(np.median(rates["st"]))
+    each = lambda r: ", ".join(f"{x:.1f}" for x in r)
     print(f"{len(texts)} passages of 150-250 words, batch 32, {args.threads} threads, CPU: {cpu_model}")
-    print(f"CPU features: {' '.join(f for f in WATCHED_FLAGS if f in cpu_flags) or 'none of ' + ' '.join(WATCHED_FLAGS)}\n")
-    print("| engine | passages/s | seconds | ratio |")
+    print(f"CPU features: {' '.join(f for f in WATCHED_FLAGS if f in cpu_flags) or 'none of ' + ' '.join(WATCHED_FLAGS)}")
+    print(f"{args.repeats} repeat(s), engines in turn; passages/s is the median\n")
+    print("| engine | passages/s | each repeat | ratio |")
     print("|---|---|---|---|")
-    print(f"| sentence-transformers f32 (torch {torch.__version__}) | {st_rate:.1f} | {st_secs:.1f} | 1.00 |")
-    for dtype, row in rows.items():
-        print(f"| DataFactory (candle) {dtype} | {row['passages_per_second']:.1f} | {row['seconds']:.1f} | "
-              f"{row['passages_per_second'] / st_rate:.2f} |")
+    print(f"| sentence-transformers f32 (torch {torch.__version__}) | {st_rate:.1f} | {each(rates['st'])} | 1.00 |")
+    for name, _, _ in runs:
+        rate = float(np.median(rates[name]))
+        print(f"| DataFactory (candle) {name} | {rate:.1f} | {each(rates[name])} | {rate / st_rate:.2f} |")
     cos = cosine(vectors["f32"], theirs)
     print(f"\ncosine DataFactory f32 vs sentence-transformers: min {cos.min():.6f}, mean {cos.mean():.6f}")
     for run in [r for r in vectors if r != "f32"]:

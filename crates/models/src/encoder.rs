@@ -189,7 +189,9 @@ struct AddNorm {
     norm: LayerNorm,
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     params: Option<Tensor>,
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    /// On the CPU: gamma and beta as f32, for the layer norm fused into the
+    /// linear layer's epilogue ([`Epilogue::LayerNorm`]).
+    cpu: Option<(Vec<f32>, Vec<f32>)>,
     eps: f32,
 }
 
@@ -202,7 +204,14 @@ impl AddNorm {
             }
             _ => None,
         };
-        Ok(AddNorm { norm, params, eps: eps as f32 })
+        let cpu = match norm.bias() {
+            Some(beta) if norm.weight().device().is_cpu() => {
+                let f32s = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec1::<f32>();
+                Some((f32s(norm.weight())?, f32s(beta)?))
+            }
+            _ => None,
+        };
+        Ok(AddNorm { norm, params, cpu, eps: eps as f32 })
     }
 }
 
@@ -276,6 +285,12 @@ impl Dense {
                 return Ok(out);
             }
         }
+        if let Some((gamma, beta)) = &norm.cpu {
+            let epilogue = Epilogue::LayerNorm { gamma, beta, eps: norm.eps };
+            if let Some(out) = self.forward_cpu(xs, Some(residual), epilogue)? {
+                return Ok(out);
+            }
+        }
         let out = self.forward(xs, Some(residual), None)?;
         crate::profile::stage(out.device(), self.name, "layer_norm", || norm.norm.forward(&out))
     }
@@ -292,10 +307,19 @@ impl Dense {
                 return Ok(out);
             }
         }
-        let fused = matches!(act, None | Some(Activation::GeluErf));
-        let bias = self.linear.bias();
-        if !cpu_f32(xs) || !fused || bias.is_none() && self.kernel.is_none() {
+        let epilogue = match act {
+            None => Some(Epilogue::None),
+            Some(Activation::GeluErf) => Some(Epilogue::GeluErf),
+            Some(_) => None,
+        };
+        if let Some(epilogue) = epilogue {
+            if let Some(out) = self.forward_cpu(xs, residual, epilogue)? {
+                return Ok(out);
+            }
+        }
+        {
             // candle's Linear, step by step (one 2-D matmul, then the bias).
+            let bias = self.linear.bias();
             let (dev, name) = (xs.device(), self.name);
             let mut out = self.matmul(xs)?;
             if let Some(bias) = bias {
@@ -304,12 +328,26 @@ impl Dense {
             if let Some(r) = residual {
                 out = crate::profile::stage(dev, name, "residual", || out + r)?;
             }
-            return match act {
+            match act {
                 Some(act) => crate::profile::stage(dev, name, "activation", || act.apply(&out)),
                 None => Ok(out),
-            };
+            }
         }
-        let epilogue = if act.is_some() { Epilogue::GeluErf } else { Epilogue::None };
+    }
+
+    /// `epilogue(xs Wᵀ + b [+ residual])` by our CPU kernels, for f32
+    /// tensors on the CPU; `None` where they do not apply (another device
+    /// or dtype, or an f32 layer without bias).
+    fn forward_cpu(
+        &self,
+        xs: &Tensor,
+        residual: Option<&Tensor>,
+        epilogue: Epilogue<'_>,
+    ) -> Result<Option<Tensor>> {
+        let bias = self.linear.bias();
+        if !cpu_f32(xs) || bias.is_none() && self.kernel.is_none() {
+            return Ok(None);
+        }
         let (b, l, k) = xs.dims3()?;
         let n = self.linear.weight().dim(0)?;
         let xs = xs.contiguous()?;
@@ -337,7 +375,7 @@ impl Dense {
                 })???
             }
         };
-        kernels::f32_tensor(out, (b, l, n))
+        kernels::f32_tensor(out, (b, l, n)).map(Some)
     }
 }
 

@@ -47,13 +47,30 @@ pub(crate) fn f32_tensor<S: Into<Shape>>(data: Vec<f32>, shape: S) -> Result<Ten
     Tensor::from_vec(data, shape, &Device::Cpu)
 }
 
-/// The activation fused into a linear layer's epilogue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Epilogue {
-    /// Bias only (plus the residual when given).
+/// What a linear layer's epilogue does after the bias (and the residual,
+/// when given), on rows `[.., n]` in place.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Epilogue<'a> {
+    /// Nothing more.
     None,
-    /// The exact GELU after the bias.
+    /// The exact GELU.
     GeluErf,
+    /// Layer norm over each row: `(y - mean) / √(var + eps) · gamma + beta`.
+    LayerNorm { gamma: &'a [f32], beta: &'a [f32], eps: f32 },
+}
+
+impl Epilogue<'_> {
+    /// Runs the epilogue on whole rows of `n` values.
+    pub(crate) fn apply(&self, rows: &mut [f32], n: usize) {
+        match *self {
+            Epilogue::None => {}
+            Epilogue::GeluErf => gelu_erf(rows),
+            Epilogue::LayerNorm { gamma, beta, eps } => {
+                assert!(gamma.len() == n && beta.len() == n, "layer norm parameters are not [n]");
+                layer_norm_rows(rows, n, gamma, beta, eps)
+            }
+        }
+    }
 }
 
 /// Runs `$body` (an expression over the given slices) compiled for AVX-512F
@@ -81,6 +98,34 @@ macro_rules! multiversion {
         }
     };
 }
+
+multiversion!(layer_norm_rows(rows: &mut [f32], n: usize, gamma: &[f32], beta: &[f32], eps: f32) {
+    // Two passes (mean, then squared deviations) in 16 partial sums each:
+    // vectorised, and no cancellation as in E[x²] - E[x]².
+    for row in rows.chunks_exact_mut(n) {
+        let mut acc = [0f32; 16];
+        let mut chunks = row.chunks_exact(16);
+        for c in &mut chunks {
+            for j in 0..16 {
+                acc[j] += c[j];
+            }
+        }
+        let mean = (acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()) / n as f32;
+        let mut acc = [0f32; 16];
+        let mut chunks = row.chunks_exact(16);
+        for c in &mut chunks {
+            for j in 0..16 {
+                acc[j] += (c[j] - mean) * (c[j] - mean);
+            }
+        }
+        let tail: f32 = chunks.remainder().iter().map(|x| (x - mean) * (x - mean)).sum();
+        let var = (acc.iter().sum::<f32>() + tail) / n as f32;
+        let rstd = 1.0 / (var + eps).sqrt();
+        for ((x, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+            *x = (*x - mean) * rstd * g + b;
+        }
+    }
+});
 
 /// Softmax over the last dimension of `scores` (`[b, heads, l, len]`), with
 /// the additive mask `bias` (`[b, len]`) added first; in place.
@@ -685,7 +730,7 @@ impl Int8Linear {
 
     /// `act(x Wᵀ + b [+ residual])` for `x` `[m, k]` row-major; `residual` is
     /// `[m, n]`. Rows run in parallel on rayon's pool.
-    pub(crate) fn forward(&self, x: &[f32], residual: Option<&[f32]>, act: Epilogue) -> Vec<f32> {
+    pub(crate) fn forward(&self, x: &[f32], residual: Option<&[f32]>, act: Epilogue<'_>) -> Vec<f32> {
         self.forward_with(x, residual, act, self.best_kernel())
     }
 
@@ -715,7 +760,7 @@ impl Int8Linear {
         &self,
         x: &[f32],
         residual: Option<&[f32]>,
-        act: Epilogue,
+        act: Epilogue<'_>,
         kernel: Int8Kernel,
     ) -> Vec<f32> {
         // Without the CPU's support (or Linux's permission for the tile
@@ -879,7 +924,7 @@ impl Bf16Linear {
     /// On AMX-BF16 when the CPU has it, else in plain Rust (the same sums
     /// in another order: correct everywhere, but slower than f32; the
     /// embedder makes this layer only where AMX-BF16 runs).
-    pub(crate) fn forward(&self, x: &[f32], residual: Option<&[f32]>, act: Epilogue) -> Vec<f32> {
+    pub(crate) fn forward(&self, x: &[f32], residual: Option<&[f32]>, act: Epilogue<'_>) -> Vec<f32> {
         self.forward_with(x, residual, act, amx_bf16_available())
     }
 
@@ -889,7 +934,7 @@ impl Bf16Linear {
         &self,
         x: &[f32],
         residual: Option<&[f32]>,
-        act: Epilogue,
+        act: Epilogue<'_>,
         amx: bool,
     ) -> Vec<f32> {
         assert!(!amx || amx_bf16_available(), "AMX-BF16 is not available");
@@ -930,7 +975,7 @@ fn rows_in_tasks(
     n: usize,
     rows_per_task: usize,
     residual: Option<&[f32]>,
-    act: Epilogue,
+    act: Epilogue<'_>,
     task: impl Fn(&[f32], &mut [f32], Option<&[f32]>) + Sync,
 ) -> Vec<f32> {
     assert_eq!(x.len() % k, 0, "input is not [m, k]");
@@ -948,9 +993,7 @@ fn rows_in_tasks(
         let out = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), out.len()) };
         let (r0, rows) = (t * rows_per_task, out.len() / n);
         task(&x[r0 * k..(r0 + rows) * k], out, residual.map(|res| &res[r0 * n..(r0 + rows) * n]));
-        if act == Epilogue::GeluErf {
-            gelu_erf(out);
-        }
+        act.apply(out, n);
     });
     // SAFETY: the tasks above covered all m * n elements (the chunks tile
     // `[..m * n]`) and wrote each one.
@@ -970,7 +1013,7 @@ pub(crate) fn linear_f32(
     w: &[f32],
     bias: &[f32],
     residual: Option<&[f32]>,
-    act: Epilogue,
+    act: Epilogue<'_>,
 ) -> Vec<f32> {
     assert!(k > 0 && w.len().is_multiple_of(k), "weight is not [n, k]");
     assert!(x.len().is_multiple_of(k), "input is not [m, k]");
@@ -1014,8 +1057,8 @@ pub(crate) fn linear_f32(
             if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None },
         )
     }
-    if act == Epilogue::GeluErf {
-        out.par_chunks_mut(chunk).for_each(gelu_erf);
+    if act != Epilogue::None {
+        out.par_chunks_mut(chunk).for_each(|rows| act.apply(rows, n));
     }
     out
 }
@@ -1753,17 +1796,23 @@ mod tests {
         // Rows that are and are not a multiple of the fill task (64), odd
         // features and channels, one row; with and without bias, residual
         // and GELU.
-        for &(m, k, n) in &[(70usize, 37usize, 50usize), (1, 5, 3), (130, 384, 96), (64, 16, 1152)] {
+        for &(m, k, n) in
+            &[(70usize, 37usize, 50usize), (1, 5, 3), (130, 384, 96), (64, 16, 1152), (1100, 24, 40)]
+        {
             let mut seed = (m * 131 + k * 17 + n) as u64;
             let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed) * 0.1).collect();
             let bias: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
             let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
             let res: Vec<f32> = (0..m * n).map(|_| lcg(&mut seed)).collect();
+            let gamma: Vec<f32> = (0..n).map(|_| 1.0 + lcg(&mut seed) * 0.5).collect();
+            let beta: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+            let norm = Epilogue::LayerNorm { gamma: &gamma, beta: &beta, eps: 1e-12 };
             for (with_bias, residual, act) in [
                 (true, Some(&res[..]), Epilogue::GeluErf),
                 (true, None, Epilogue::None),
                 (false, Some(&res[..]), Epilogue::None),
                 (false, None, Epilogue::GeluErf),
+                (true, Some(&res[..]), norm),
             ] {
                 let b = if with_bias { &bias[..] } else { &[][..] };
                 let got = linear_f32(&x, k, &w, b, residual, act);
@@ -1779,10 +1828,22 @@ mod tests {
                 if act == Epilogue::GeluErf {
                     gelu_erf(&mut want);
                 }
+                if act == norm && n == 1 {
+                    continue; // one feature: the normalised value is 0/0
+                }
+                if act == norm {
+                    for row in want.chunks_exact_mut(n) {
+                        let mean = row.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+                        let var = row.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+                        for ((x, g), b) in row.iter_mut().zip(&gamma).zip(&beta) {
+                            *x = ((*x as f64 - mean) / (var + 1e-12).sqrt() * *g as f64 + *b as f64) as f32;
+                        }
+                    }
+                }
                 let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(
                     err < 1e-5,
-                    "m={m} k={k} n={n} bias={with_bias} residual={}: error {err}",
+                    "m={m} k={k} n={n} bias={with_bias} residual={} {act:?}: error {err}",
                     residual.is_some()
                 );
             }
