@@ -36,6 +36,8 @@ import argparse, json, os, random, subprocess, sys, tempfile, time
 
 import numpy as np
 
+from embed import cpu_model  # the CPU's model name, from /proc/cpuinfo
+
 
 def pairs(data, n, per_query=10, seed=7):
     paragraphs = []
@@ -136,7 +138,7 @@ def main():
 
     rate = {k: len(data) / v for k, v in best.items()}
     print(f"{len(data)} query-passage pairs (XQuAD en, {min(lengths)}-{max(lengths)} tokens, "
-          f"mean {np.mean(lengths):.0f}), batch {args.batch}, {args.threads} threads, CPU, best of "
+          f"mean {np.mean(lengths):.0f}), batch {args.batch}, {args.threads} threads, CPU: {cpu_model}, best of "
           f"{args.rounds} rounds; all-MiniLM-L6-v2 + random one-logit head\n")
     print("| engine | pairs/s | seconds | ratio | ratio vs pre-sorted |")
     print("|---|---|---|---|---|")
