@@ -74,8 +74,10 @@ impl Epilogue<'_> {
 }
 
 /// Runs `$body` (an expression over the given slices) compiled for AVX-512F
-/// when the CPU has it, so that its loops vectorise 16 wide, and as plain
-/// code otherwise.
+/// when the CPU has it (and [`avx512_enabled`]), so that its loops vectorise
+/// 16 wide, else for AVX2 and FMA (8 wide) where the CPU has them, else as
+/// plain code. The tiers compute the same values: Rust never fuses a
+/// multiply and an add on its own, and the partial sums keep their order.
 macro_rules! multiversion {
     ($name:ident ( $($arg:ident : $ty:ty),* ) $body:block) => {
         fn $name($($arg: $ty),*) {
@@ -87,10 +89,20 @@ macro_rules! multiversion {
                 fn avx512($($arg: $ty),*) {
                     body($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
+                if avx512_enabled() {
                     // SAFETY: the CPU has AVX-512F, checked just above;
                     // `avx512` only compiles the same safe body for it.
                     unsafe { avx512($($arg),*) };
+                    return;
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                if avx2_available() {
+                    // SAFETY: the CPU has AVX2 and FMA, checked just above;
+                    // `avx2` only compiles the same safe body for them.
+                    unsafe { avx2($($arg),*) };
                     return;
                 }
             }
@@ -205,12 +217,25 @@ pub(crate) fn attention<const D: usize>(
 
 fn attention_sequence<const D: usize>(qkv: &[f32], mask: &[f32], heads: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
+    if avx512_enabled() {
         // SAFETY: the CPU has AVX-512F, checked just above; the function
         // only compiles the same safe body for it.
         unsafe { attention_sequence_avx512::<D>(qkv, mask, heads, out) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if avx2_available() {
+        // SAFETY: the CPU has AVX2 and FMA, checked just above; the
+        // function only compiles the same safe body for them.
+        unsafe { attention_sequence_avx2::<D>(qkv, mask, heads, out) };
+        return;
+    }
+    attention_sequence_body::<D>(qkv, mask, heads, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn attention_sequence_avx2<const D: usize>(qkv: &[f32], mask: &[f32], heads: usize, out: &mut [f32]) {
     attention_sequence_body::<D>(qkv, mask, heads, out)
 }
 
@@ -296,13 +321,16 @@ fn attention_sequence_body<const D: usize>(qkv: &[f32], mask: &[f32], heads: usi
             let o = &mut out[t * h + head * D..(t + rows - 1) * h + (head + 1) * D];
             if !avx512::context::<D>(tile, lp, len, v, o, h) {
                 for (r, p) in tile.chunks_exact(lp).enumerate() {
-                    let o = &mut o[r * h..r * h + D];
-                    o.fill(0.0);
-                    for (j, vj) in v.chunks_exact(D).enumerate() {
-                        for (o, v) in o.iter_mut().zip(vj) {
-                            *o += p[j] * v;
+                    // Summed in a local array of D lanes, which the compiler
+                    // keeps in vector registers (summed into `o` in place,
+                    // it turned the loops around into scalar sums).
+                    let mut acc = [0f32; D];
+                    for (&pj, vj) in p.iter().zip(v.chunks_exact(D)) {
+                        for (a, v) in acc.iter_mut().zip(vj) {
+                            *a += pj * v;
                         }
                     }
+                    o[r * h..r * h + D].copy_from_slice(&acc);
                 }
             }
             for (r, inv) in inv.iter().enumerate().take(rows) {
@@ -335,7 +363,7 @@ mod avx512 {
                 && s.len() == rows * lp
                 && (1..=super::QUERY_TILE).contains(&rows)
                 && q.len() == (rows - 1) * qs + D
-                && std::arch::is_x86_feature_detected!("avx512f")
+                && super::avx512_enabled()
             {
                 // SAFETY: AVX-512F is present (checked) and the shapes are as
                 // the tile functions require (checked).
@@ -389,7 +417,7 @@ mod avx512 {
                 && (1..=super::QUERY_TILE).contains(&rows)
                 && v.len() >= len * D
                 && o.len() == (rows - 1) * os + D
-                && std::arch::is_x86_feature_detected!("avx512f")
+                && super::avx512_enabled()
             {
                 // SAFETY: AVX-512F is present (checked) and the shapes are as
                 // the tile functions require (checked).
@@ -428,7 +456,7 @@ mod avx512 {
     #[inline(always)]
     pub(super) fn softmax_unnormalised(row: &mut [f32]) -> Option<f32> {
         #[cfg(target_arch = "x86_64")]
-        if !row.is_empty() && row.len().is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
+        if !row.is_empty() && row.len().is_multiple_of(16) && super::avx512_enabled() {
             // SAFETY: AVX-512F is present and the length a multiple of 16
             // (checked).
             return Some(unsafe { softmax_unnormalised_avx512(row) });
@@ -464,7 +492,7 @@ mod avx512 {
     #[inline(always)]
     pub(super) fn gelu_erf(xs: &mut [f32]) -> usize {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if super::avx512_enabled() {
             // SAFETY: AVX-512F is present (checked).
             unsafe { gelu_erf_avx512(xs) };
             return xs.len() / 16 * 16;
@@ -1126,9 +1154,42 @@ fn bf16_bits(x: f32) -> u16 {
 pub(crate) fn vnni_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
+        avx512_enabled()
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the AVX-512 kernels run: the CPU has AVX-512F and
+/// `DATAFACTORY_CPU_AVX512=0` does not turn them off (that setting runs, on
+/// one machine, what CPUs without AVX-512 run: the AVX2 tier, no VNNI, no
+/// AMX; gemm picks its own kernels regardless).
+pub(crate) fn avx512_enabled() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && !std::env::var("DATAFACTORY_CPU_AVX512").is_ok_and(|v| v == "0")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the CPU has AVX2 and FMA: the tier the portable kernels are
+/// compiled for where AVX-512 is missing or off (AMD EPYC before Zen 4,
+/// Intel from Haswell on).
+pub(crate) fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -1789,6 +1850,25 @@ mod tests {
                 assert!(err < 1e-5, "b={b} len={len} heads={heads} d={d}: error {err}");
             }
         }
+    }
+
+    /// The kernels' tests again in a child process with
+    /// `DATAFACTORY_CPU_AVX512=0`: on a CPU with AVX-512 this runs the AVX2
+    /// tier (and the int8 and bf16 layers' portable kernels), as CPUs
+    /// without AVX-512 do; elsewhere it repeats what already ran.
+    #[test]
+    fn the_kernel_tests_pass_without_avx512() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["kernels::tests::", "--skip", "without_avx512", "--test-threads", "2"])
+            .env("DATAFACTORY_CPU_AVX512", "0")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        let passed = text
+            .lines()
+            .find_map(|l| l.strip_prefix("test result: ok. ")?.split(' ').next()?.parse::<usize>().ok());
+        assert!(passed.is_some_and(|n| n >= 5), "{text}");
     }
 
     #[test]
