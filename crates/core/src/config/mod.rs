@@ -100,7 +100,8 @@ impl Config {
         // deployment file, where NVML is (`DATAFACTORY_NVML_LIBRARY`) and the
         // state file the launcher gives the services it starts
         // (`DATAFACTORY_LAUNCHER_STATE`), stage profiling, the encoder's
-        // kernel switches (`DATAFACTORY_CPU_AMX`, `DATAFACTORY_CUDA_FUSED`),
+        // kernel switches (`DATAFACTORY_CPU_AMX`, `DATAFACTORY_CPU_AVX512`,
+        // `DATAFACTORY_CUDA_FUSED`),
         // and the test suite's `DATAFACTORY_TEST_*` paths.
         let env = env.split("__").ignore(&[
             "config",
@@ -112,6 +113,7 @@ impl Config {
             "launcher_state",
             "profile_stages",
             "cpu_amx",
+            "cpu_avx512",
             "cuda_fused",
         ]);
         let env = env.filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"));
@@ -169,6 +171,7 @@ mod tests {
             ("DATAFACTORY_PROGTEST_NVML_LIBRARY", "/opt/nvidia/libnvidia-ml.so.1"),
             ("DATAFACTORY_PROGTEST_LAUNCHER_STATE", "/srv/deploy/state.json"),
             ("DATAFACTORY_PROGTEST_CPU_AMX", "0"),
+            ("DATAFACTORY_PROGTEST_CPU_AVX512", "0"),
             ("DATAFACTORY_PROGTEST_CUDA_FUSED", "0"),
             ("DATAFACTORY_PROGTEST_TEST_MINILM", "/models/minilm"),
             ("DATAFACTORY_PROGTEST_SERVER__MAX_BODY_BYTES", "12345"),
