@@ -12,7 +12,10 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".to_string());
     let commit = git_commit(Path::new(&dir)).unwrap_or_else(|| "unknown".to_string());
-    println!("cargo:rustc-env=DATAFACTORY_GIT_COMMIT={commit}");
+    // Not `DATAFACTORY_…`: `cargo run` also puts these variables in the
+    // program's environment, where every `DATAFACTORY_` name is read as a
+    // configuration key (and an unknown one refused).
+    println!("cargo:rustc-env=DF_BUILD_GIT_COMMIT={commit}");
 
     // Cargo sets CARGO_FEATURE_<NAME> for each enabled feature of this crate.
     let mut features: Vec<String> = std::env::vars()
@@ -22,7 +25,7 @@ fn main() {
         .collect();
     features.sort();
     let features = if features.is_empty() { "none".to_string() } else { features.join(",") };
-    println!("cargo:rustc-env=DATAFACTORY_FEATURES={features}");
+    println!("cargo:rustc-env=DF_BUILD_FEATURES={features}");
 }
 
 /// `git` in `dir`: its trimmed output when it succeeds and says something.

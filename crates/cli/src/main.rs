@@ -32,9 +32,9 @@ pub(crate) const EXIT_SOME_FAILED: u8 = 3;
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
-    env!("DATAFACTORY_GIT_COMMIT"),
+    env!("DF_BUILD_GIT_COMMIT"),
     ", features: ",
-    env!("DATAFACTORY_FEATURES"),
+    env!("DF_BUILD_FEATURES"),
     ")"
 );
 

@@ -89,3 +89,23 @@ fn stats_names_the_model_the_store_was_built_with() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("model       {name} (384 dimensions)")), "{text}");
 }
+
+/// `cargo run` puts the variables build.rs gives rustc into the program's
+/// environment as well, and the README's first command runs the binary that
+/// way: none of them may be read as configuration (a `DATAFACTORY_` name
+/// would be, and refused as an unknown field).
+#[test]
+fn the_build_script_variables_are_not_configuration() {
+    let build = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("build.rs")).unwrap();
+    let names: Vec<&str> =
+        build.split("cargo:rustc-env=").skip(1).filter_map(|s| s.split('=').next()).collect();
+    assert!(names.len() >= 2, "{names:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = datafactory(&tmp.path().join("data"));
+    cmd.arg("config").arg("show");
+    for name in &names {
+        cmd.env(name, "x");
+    }
+    let out = run(&mut cmd);
+    assert_eq!(out.status.code(), Some(0), "{names:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
