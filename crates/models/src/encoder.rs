@@ -317,21 +317,18 @@ impl Dense {
                 return Ok(out);
             }
         }
-        {
-            // candle's Linear, step by step (one 2-D matmul, then the bias).
-            let bias = self.linear.bias();
-            let (dev, name) = (xs.device(), self.name);
-            let mut out = self.matmul(xs)?;
-            if let Some(bias) = bias {
-                out = crate::profile::stage(dev, name, "bias", || out.broadcast_add(bias))?;
-            }
-            if let Some(r) = residual {
-                out = crate::profile::stage(dev, name, "residual", || out + r)?;
-            }
-            match act {
-                Some(act) => crate::profile::stage(dev, name, "activation", || act.apply(&out)),
-                None => Ok(out),
-            }
+        // candle's Linear, step by step (one 2-D matmul, then the bias).
+        let (dev, name) = (xs.device(), self.name);
+        let mut out = self.matmul(xs)?;
+        if let Some(bias) = self.linear.bias() {
+            out = crate::profile::stage(dev, name, "bias", || out.broadcast_add(bias))?;
+        }
+        if let Some(r) = residual {
+            out = crate::profile::stage(dev, name, "residual", || out + r)?;
+        }
+        match act {
+            Some(act) => crate::profile::stage(dev, name, "activation", || act.apply(&out)),
+            None => Ok(out),
         }
     }
 

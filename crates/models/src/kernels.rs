@@ -1116,6 +1116,7 @@ multiversion!(fill_rows(out: &mut [std::mem::MaybeUninit<f32>], n: usize, bias: 
         }
     }
 });
+
 impl Bf16Linear {
     /// The portable kernel: each output the f32 sum of the bf16 products.
     fn matmul_scalar(&self, a: &[u16], rows: usize, out: &mut [f32], residual: Option<&[f32]>) {
