@@ -50,6 +50,7 @@ const ROUTES: &[(Method, &str, bool)] = &[
     (Method::DELETE, "/documents/", true),
     (Method::GET, "/jobs/", true),
     (Method::GET, "/", true),
+    (Method::POST, "/embed_windows", false),
 ];
 
 /// Input: one byte choosing the route, then (for routes that take one) a

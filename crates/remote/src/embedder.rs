@@ -1,4 +1,6 @@
-//! [`RemoteEmbedder`]: embedding on workers that serve TEI's `POST /embed`.
+//! [`RemoteEmbedder`]: embedding on workers that serve TEI's `POST /embed`
+//! (and, where they are DataFactory nodes, long passages whole through
+//! `POST /embed_windows`).
 
 use crate::pool::{call_error, CallError, Pool, PoolSettings};
 use datafactory_core::{
@@ -20,6 +22,9 @@ pub struct RemoteEmbedder {
     model_id: String,
     dimension: usize,
     max_input_tokens: usize,
+    /// Vectors a worker gives one long passage (`/info`'s `max_windows`,
+    /// DataFactory's; 1 for TEI, which truncates).
+    max_windows: usize,
     /// TEI's `prompt_name` sent with queries (empty: none).
     query_prompt: String,
     requests: AtomicU64,
@@ -29,7 +34,8 @@ pub struct RemoteEmbedder {
 impl RemoteEmbedder {
     /// Asks every worker for its model (`GET /info`) and the vector size (a
     /// probe text). Workers that do not answer are left to the pool's
-    /// failover; those that answer must serve the same model.
+    /// failover; those that answer must serve the same model, and cut long
+    /// passages into the same number of windows at most.
     pub fn connect(
         urls: &[String],
         api_key: &str,
@@ -73,6 +79,15 @@ impl RemoteEmbedder {
                 other["model_id"].as_str().unwrap_or("")
             )));
         }
+        let windows = |v: &Value| v["max_windows"].as_u64().unwrap_or(1).max(1) as usize;
+        let max_windows = windows(first);
+        if let Some((url, other)) = infos.iter().find(|(_, v)| windows(v) != max_windows) {
+            return Err(EmbedError::Unavailable(format!(
+                "embedding workers cut long passages differently: {first_url} into {max_windows} window(s) at most, \
+                 {url} into {} (embedding.max_windows)",
+                windows(other)
+            )));
+        }
         let max_input_tokens = first["max_input_length"].as_u64().unwrap_or(512) as usize;
         let mut embedder = RemoteEmbedder {
             pool,
@@ -81,6 +96,7 @@ impl RemoteEmbedder {
             model_id,
             dimension: 0,
             max_input_tokens,
+            max_windows,
             query_prompt: query_prompt.to_string(),
             requests: AtomicU64::new(0),
             texts: AtomicU64::new(0),
@@ -92,10 +108,11 @@ impl RemoteEmbedder {
             return Err(EmbedError::Unavailable("the embedding workers answered empty vectors".into()));
         }
         tracing::info!(
-            "embedding on {} worker(s) ({}): {} dimensions",
+            "embedding on {} worker(s) ({}): {} dimensions, {} window(s) per passage at most",
             embedder.pool.urls().len(),
             embedder.model_id,
-            embedder.dimension
+            embedder.dimension,
+            embedder.max_windows
         );
         Ok(embedder)
     }
@@ -121,15 +138,55 @@ impl RemoteEmbedder {
             let vectors: Vec<Vec<f32>> = answer
                 .into_json()
                 .map_err(|e| CallError::Retry(format!("embedding worker at {url}: bad answer: {e}")))?;
-            if let Some(v) = vectors.iter().find(|v| dimension > 0 && v.len() != dimension) {
-                return Err(CallError::Retry(format!(
-                    "embedding worker at {url} answered {} dimensions, not {dimension}",
-                    v.len()
-                )));
-            }
+            check_dimensions(url, dimension, vectors.iter())?;
             self.texts.fetch_add(batch.len() as u64, Ordering::Relaxed);
             Ok(vectors.into_iter().map(|dense| Embedding { dense, sparse: Vec::new() }).collect())
         })
+    }
+
+    /// Passages whole through `POST /embed_windows`: per passage, between
+    /// one and `max_windows` vectors.
+    fn request_windows(&self, texts: &[&str]) -> Result<Vec<Vec<Embedding>>, String> {
+        let (dimension, most) = (self.dimension, self.max_windows);
+        self.pool.map_batches(texts, |url, batch| {
+            let mut r = self.agent.post(&format!("{url}/embed_windows"));
+            if let Some(k) = &self.api_key {
+                r = r.set("Authorization", &format!("Bearer {k}"));
+            }
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let answer =
+                r.send_json(json!({"inputs": batch})).map_err(|e| call_error(url, "embedding worker", e))?;
+            let passages: Vec<Vec<Vec<f32>>> = answer
+                .into_json()
+                .map_err(|e| CallError::Retry(format!("embedding worker at {url}: bad answer: {e}")))?;
+            if let Some(w) = passages.iter().find(|w| w.is_empty() || w.len() > most) {
+                return Err(CallError::Retry(format!(
+                    "embedding worker at {url} answered {} window(s) for a passage, not 1 to {most}",
+                    w.len()
+                )));
+            }
+            check_dimensions(url, dimension, passages.iter().flatten())?;
+            self.texts.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            Ok(passages
+                .into_iter()
+                .map(|w| w.into_iter().map(|dense| Embedding { dense, sparse: Vec::new() }).collect())
+                .collect())
+        })
+    }
+}
+
+/// A worker's vectors must all have the size the probe found (0: not known yet).
+fn check_dimensions<'a>(
+    url: &str,
+    dimension: usize,
+    mut vectors: impl Iterator<Item = &'a Vec<f32>>,
+) -> Result<(), CallError> {
+    match vectors.find(|v| dimension > 0 && v.len() != dimension) {
+        Some(v) => Err(CallError::Retry(format!(
+            "embedding worker at {url} answered {} dimensions, not {dimension}",
+            v.len()
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -157,9 +214,26 @@ impl Embedder for RemoteEmbedder {
         self.request(texts, kind).map_err(EmbedError::Runtime)
     }
 
+    fn max_windows(&self) -> usize {
+        self.max_windows
+    }
+
+    /// On DataFactory workers with windows, a long passage gets one vector
+    /// per window, as on a node with the model; on TEI, its first window.
+    fn embed_passages(&self, texts: &[&str]) -> Result<Vec<Vec<Embedding>>, EmbedError> {
+        if self.max_windows <= 1 {
+            return Ok(self.embed(texts, InputKind::Passage)?.into_iter().map(|e| vec![e]).collect());
+        }
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.request_windows(texts).map_err(EmbedError::Runtime)
+    }
+
     /// The workers' tokenizer is not here: chunks are budgeted by the
-    /// heuristic count (about four characters a token), and the workers
-    /// truncate what is longer than their model reads.
+    /// heuristic count (about four characters a token); what is longer than
+    /// the model reads is cut into windows by DataFactory workers and
+    /// truncated by TEI.
     fn token_counter(&self) -> Arc<dyn TokenCounter> {
         Arc::new(HeuristicTokenCounter)
     }

@@ -50,7 +50,13 @@ impl Node {
 }
 
 fn local_model(dir: &std::path::Path) -> Arc<dyn Embedder> {
+    local_model_with(dir, Config::default().embedding.max_windows)
+}
+
+/// The model, cutting a long passage into `max_windows` windows at most.
+fn local_model_with(dir: &std::path::Path, max_windows: usize) -> Arc<dyn Embedder> {
     let mut c = Config::default().embedding;
+    c.max_windows = max_windows;
     c.model = dir.to_string_lossy().into_owned();
     c.allow_download = false;
     c.device = "cpu".into();
@@ -193,6 +199,78 @@ async fn a_node_without_a_model_ingests_and_searches_through_a_worker() {
     assert!(workers[0]["requests"].as_u64().unwrap() >= 2, "{ready:#}");
     node.stop().await;
     worker.stop().await;
+}
+
+/// A passage longer than the model reads is embedded whole on a DataFactory
+/// worker, one vector per window, as the model in-process embeds it: a node
+/// embedding remotely stores what a node with the model stores. Workers
+/// that cut passages into different numbers of windows are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_passages_get_every_window_through_a_worker() {
+    let model = local_model(&minilm());
+    assert!(model.max_windows() > 1);
+    let w1 = Node::start(Some(model.clone()), |_| {}).await;
+    let w2 = Node::start(Some(model.clone()), |_| {}).await;
+    let urls = vec![w1.base.clone(), w2.base.clone()];
+    tokio::task::spawn_blocking({
+        let (urls, model) = (urls.clone(), model.clone());
+        move || {
+            let remote = RemoteEmbedder::connect(&urls, KEY, "", &settings()).unwrap();
+            assert_eq!(remote.max_windows(), model.max_windows());
+            // Short passages, and long ones of about 2, 4 and 20 windows
+            // (MiniLM reads 256 tokens; past max_windows the rest is not embedded).
+            let mut passages = texts(5);
+            for words in [300, 700, 4000] {
+                passages.push(
+                    (0..words).map(|i| format!("word{} ", i % 97)).collect::<String>()
+                        + "and the lemurs of Madagascar.",
+                );
+            }
+            let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
+            let got = remote.embed_passages(&refs).unwrap();
+            let want = model.embed_passages(&refs).unwrap();
+            let counts =
+                |v: &Vec<Vec<datafactory_core::Embedding>>| v.iter().map(Vec::len).collect::<Vec<_>>();
+            assert_eq!(counts(&got), counts(&want));
+            assert_eq!(counts(&got)[..5], [1; 5]);
+            assert!(counts(&got)[6] > counts(&got)[5] && counts(&got)[5] > 1, "{:?}", counts(&got));
+            assert_eq!(counts(&got)[7], model.max_windows());
+            for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+                assert!(cosine(&g.dense, &w.dense) > 0.99999, "{}", cosine(&g.dense, &w.dense));
+            }
+            // Both workers had a share (batches of 4 passages), each a request.
+            let states = remote.endpoints();
+            assert!(states.iter().all(|s| s.requests >= 1 && s.failures == 0), "{states:?}");
+        }
+    })
+    .await
+    .unwrap();
+
+    // A worker that truncates (max_windows 1) beside one with windows: refused.
+    let w3 = Node::start(Some(local_model_with(&minilm(), 1)), |_| {}).await;
+    let error = tokio::task::spawn_blocking({
+        let urls = vec![w1.base.clone(), w3.base.clone()];
+        move || RemoteEmbedder::connect(&urls, KEY, "", &settings()).err().unwrap().to_string()
+    })
+    .await
+    .unwrap();
+    assert!(error.contains("cut long passages differently") && error.contains("max_windows"), "{error}");
+    // Alone, it is used as TEI is: a long passage's first window only.
+    let (truncated, first) = tokio::task::spawn_blocking({
+        let url = w3.base.clone();
+        move || {
+            let remote = RemoteEmbedder::connect(&[url], KEY, "", &settings()).unwrap();
+            let long = "lemurs of Madagascar ".repeat(300);
+            let passages = remote.embed_passages(&[long.as_str()]).unwrap();
+            (remote.max_windows(), passages[0].len())
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!((truncated, first), (1, 1));
+    for w in [w1, w2, w3] {
+        w.stop().await;
+    }
 }
 
 /// Workers must serve one model; an unknown prompt is refused.

@@ -464,7 +464,7 @@ async fn every_described_operation_is_served() {
 
 /// What the service answers is what /openapi.json says it answers: each
 /// route's live body checked against its generated schema (ingest, job,
-/// search GET and POST, documents, document, delete, both embedding routes,
+/// search GET and POST, documents, document, delete, the embedding routes,
 /// ready, health, and error bodies).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_match_the_generated_schemas() {
@@ -583,6 +583,15 @@ async fn answers_match_the_generated_schemas() {
     }
     let tei: Value = post_json(&c, s.url("/embed"), &json!({"inputs": "lemurs"})).await;
     check_answer(&spec, "/embed", "post", 200, &tei);
+    let info: Value = c.get(s.url("/info")).send().await.unwrap().json().await.unwrap();
+    check_answer(&spec, "/info", "get", 200, &info);
+    assert_eq!(info["max_windows"], 8, "{info:#}");
+    let long = "Lemurs eat fruit and leaves in the forests of Madagascar. ".repeat(40);
+    let windows: Value = post_json(&c, s.url("/embed_windows"), &json!({"inputs": ["lemurs", long]})).await;
+    check_answer(&spec, "/embed_windows", "post", 200, &windows);
+    let counts: Vec<usize> =
+        windows.as_array().unwrap().iter().map(|w| w.as_array().unwrap().len()).collect();
+    assert!(counts[0] == 1 && counts[1] > 1, "windows per input: {counts:?}");
     let ready: Value = c.get(s.url("/ready")).send().await.unwrap().json().await.unwrap();
     check_answer(&spec, "/ready", "get", 200, &ready);
     let health: Value = c.get(s.url("/health")).send().await.unwrap().json().await.unwrap();

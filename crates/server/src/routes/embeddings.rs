@@ -1,5 +1,6 @@
-//! The embedding routes for other programs: OpenAI's `/v1/embeddings` and
-//! text-embeddings-inference's `/embed` and `/info`, over the in-process model.
+//! The embedding routes for other programs: OpenAI's `/v1/embeddings`,
+//! text-embeddings-inference's `/embed` and `/info`, and `/embed_windows`
+//! (long passages, for other DataFactory nodes), over the in-process model.
 //!
 //! Touches no store.
 
@@ -149,6 +150,9 @@ pub(crate) struct TeiInfo {
     pub(crate) max_client_batch_size: usize,
     /// Vector size (not in TEI's answer; clients may use it).
     pub(crate) dimensions: usize,
+    /// Vectors `POST /embed_windows` gives one passage at most (not in
+    /// TEI's answer: 1, or absent, means a long passage is truncated).
+    pub(crate) max_windows: usize,
     /// This service's version.
     pub(crate) version: &'static str,
 }
@@ -165,6 +169,7 @@ pub(crate) async fn tei_info(State(state): State<Shared>) -> Result<Json<TeiInfo
         max_input_length: e.max_input_tokens(),
         max_client_batch_size: 512,
         dimensions: e.dimension(),
+        max_windows: e.max_windows(),
         version: env!("CARGO_PKG_VERSION"),
     }))
 }
@@ -191,10 +196,7 @@ pub(crate) async fn tei_embed(
             ))
         }
     };
-    let texts = r.inputs.into_vec();
-    if texts.len() > 512 {
-        return Err(bad_request(format!("{} inputs: at most 512 per request", texts.len())));
-    }
+    let texts = tei_inputs(r.inputs)?;
     let vectors = tokio::task::spawn_blocking(move || {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         e.embed(&refs, kind)
@@ -203,4 +205,46 @@ pub(crate) async fn tei_embed(
     .map_err(internal)?
     .map_err(internal)?;
     Ok(Json(vectors.into_iter().map(|v| v.dense).collect()))
+}
+
+/// At most 512 inputs per request.
+fn tei_inputs(inputs: OneOrMany) -> Result<Vec<String>, ApiError> {
+    let texts = inputs.into_vec();
+    if texts.len() > 512 {
+        return Err(bad_request(format!("{} inputs: at most 512 per request", texts.len())));
+    }
+    Ok(texts)
+}
+
+#[derive(Deserialize, ToSchema)]
+pub(crate) struct WindowsRequest {
+    /// Passages.
+    pub(crate) inputs: OneOrMany,
+}
+
+/// `POST /embed_windows` (DataFactory's, beside TEI's `/embed`): passages
+/// embedded whole, as ingest embeds them in-process: per input, one vector
+/// per window of the model's input over its tokens (`embedding.max_windows`
+/// at most, `/info`'s `max_windows`). What a node embedding on remote
+/// workers asks them, so that a long chunk gets the same vectors there as
+/// on a node with the model.
+#[utoipa::path(post, path = "/embed_windows", tag = "embeddings", request_body = WindowsRequest,
+    responses(
+        (status = 200, description = "Per input, its windows' vectors, in order", body = Vec<Vec<Vec<f32>>>),
+        (status = 400, description = "Too many inputs", body = ErrorBody),
+        (status = 503, description = "No embedding model loaded", body = ErrorBody)))]
+pub(crate) async fn embed_windows(
+    State(state): State<Shared>,
+    Json(r): Json<WindowsRequest>,
+) -> Result<Json<Vec<Vec<Vec<f32>>>>, ApiError> {
+    let e = embedder(&state)?;
+    let texts = tei_inputs(r.inputs)?;
+    let vectors = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        e.embed_passages(&refs)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
+    Ok(Json(vectors.into_iter().map(|windows| windows.into_iter().map(|v| v.dense).collect()).collect()))
 }

@@ -79,6 +79,7 @@ pub(crate) fn api_routes() -> OpenApiRouter<Shared> {
         .routes(routes!(openai_embeddings))
         .routes(routes!(tei_embed))
         .routes(routes!(tei_info))
+        .routes(routes!(embed_windows))
         .routes(routes!(search_get, search_post))
         .routes(routes!(documents))
         .routes(routes!(document, delete_document))
