@@ -147,6 +147,7 @@ mod tests {
             text: text.into(),
             context: None,
             context_kind: None,
+            language: None,
             highlights: Vec::new(),
             duplicates: Vec::new(),
             duplicate_count: 0,

@@ -203,7 +203,8 @@ async fn hits_carry_highlight_ranges_and_each_retrievers_rank() {
     let r = c
         .post(s.url("/ingest?wait=true"))
         .json(&json!({"documents": [
-            {"id": "a", "text": "Ünïcode first: the QUASAR shines. A quasar is far; quasars are many."},
+            {"id": "a", "text": "Ünïcode first: the QUASAR shines. A quasar is far away from the earth, \
+                                 and the quasars that astronomers have found in the sky are many."},
             {"id": "b", "text": "Nothing about that here, only a quasar once."}
         ]}))
         .send()
@@ -223,9 +224,11 @@ async fn hits_carry_highlight_ranges_and_each_retrievers_rank() {
             .map(|r| chars[r[0].as_u64().unwrap() as usize..r[1].as_u64().unwrap() as usize].iter().collect())
             .collect();
         // Character offsets (the text starts with non-ASCII letters); the
-        // word as the index analyses it (`QUASAR`, not `quasars`).
+        // word as the index analyses it (`QUASAR`, and `quasars` stemmed
+        // for English, the document's language).
         if hit["text"].as_str().unwrap().starts_with('Ü') {
-            assert_eq!(shown, ["QUASAR", "quasar"], "{hit:#}");
+            assert_eq!(hit["language"], "eng", "{hit:#}");
+            assert_eq!(shown, ["QUASAR", "quasar", "quasars"], "{hit:#}");
         } else {
             assert_eq!(shown, ["quasar"], "{hit:#}");
         }

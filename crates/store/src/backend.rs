@@ -144,7 +144,7 @@ impl Store {
         let mut results = dispatch!(self, s => s.search(req))?;
         let mut highlighter = crate::words::Highlighter::new(req.text);
         for hit in &mut results.hits {
-            hit.highlights = highlighter.ranges(&hit.text);
+            hit.highlights = highlighter.ranges(&hit.text, hit.language.as_deref());
         }
         Ok(results)
     }

@@ -213,10 +213,15 @@ pub struct SearchHit {
     /// Who wrote `context`: `llm` or `heuristic` (with `context` only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub context_kind: Option<datafactory_core::ContextKind>,
+    /// The document's language (ISO 639-3, as the analyzer found it), when
+    /// known: its words are stemmed for it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub language: Option<String>,
     /// Where the query's words occur in `text`: `[start, end)` pairs of
     /// character offsets into `text` (not bytes), in order, not overlapping.
     /// Words are matched as the word index analyses them (code-aware tokens,
-    /// lower-cased, accents folded; no stemming), whatever the search mode.
+    /// lower-cased, stemmed for `language`, accents folded), whatever the
+    /// search mode.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub highlights: Vec<[usize; 2]>,
     /// The other chunks holding the same passage (the same text once white

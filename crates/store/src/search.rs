@@ -529,7 +529,8 @@ impl EmbeddedStore {
         let db = reader.transaction()?;
         let mut q = db.prepare_cached(
             "SELECT c.document_id, c.ordinal, c.heading_path, c.text, c.char_start, c.char_end, c.page,
-                    d.title, d.source, d.collection, c.context
+                    d.title, d.source, d.collection, c.context,
+                    json_extract(d.metadata, '$.analysis.language.code')
              FROM chunks c JOIN documents d ON d.id = c.document_id WHERE c.id = ?1",
         )?;
         let mut out = Vec::with_capacity(ranked.len());
@@ -553,6 +554,7 @@ impl EmbeddedStore {
                         collection: r.get(9)?,
                         context_kind: context.as_ref().map(|c| c.kind),
                         context: context.map(|c| c.text),
+                        language: r.get(11)?,
                         highlights: Vec::new(),
                         duplicates: Vec::new(),
                         duplicate_count: 0,

@@ -180,31 +180,41 @@ fn pre_tokenized(a: &mut TextAnalyzer, text: &str) -> PreTokenizedString {
 }
 
 /// Finds a query's words in texts, as the word index analyses both (the
-/// same tokens, lower-cased and accent-folded; no stemming), so the words a
-/// hit is shown with are the ones the word index matched. Both backends'
-/// hits get their `highlights` from it.
+/// same tokens, lower-cased, stemmed for the text's language, accent-folded),
+/// so the words a hit is shown with are the ones the word index matched:
+/// `running` marks `runs` in an English text. Both backends' hits get their
+/// `highlights` from it.
 pub struct Highlighter {
-    terms: std::collections::HashSet<String>,
-    analyzer: TextAnalyzer,
+    query: String,
+    /// Per language code (None: unknown), its analyzer and the query's terms in it.
+    languages: std::collections::HashMap<Option<String>, (TextAnalyzer, std::collections::HashSet<String>)>,
 }
 
 impl Highlighter {
     pub fn new(query: &str) -> Highlighter {
-        Highlighter { terms: tokens(query).into_iter().collect(), analyzer: analyzer() }
+        Highlighter { query: query.to_string(), languages: Default::default() }
     }
 
-    /// Where the query's words occur in `text`: `[start, end)` character
-    /// offsets (not bytes), in order, with overlapping or touching ranges
-    /// merged (an identifier's parts, `Diff` and `Executor`, make one range).
-    pub fn ranges(&mut self, text: &str) -> Vec<[usize; 2]> {
-        if self.terms.is_empty() {
+    /// Where the query's words occur in `text`, a text in `language` (ISO
+    /// 639-3, as the analyzer records it; None: unknown, words only folded):
+    /// `[start, end)` character offsets (not bytes), in order, with
+    /// overlapping or touching ranges merged (an identifier's parts, `Diff`
+    /// and `Executor`, make one range).
+    pub fn ranges(&mut self, text: &str, language: Option<&str>) -> Vec<[usize; 2]> {
+        let query = &self.query;
+        let (analyzer, terms) = self.languages.entry(language.map(str::to_string)).or_insert_with(|| {
+            let mut analyzer = analyzer_for(stemmer_language(language));
+            let terms = tokens_with(&mut analyzer, query).into_iter().collect();
+            (analyzer, terms)
+        });
+        if terms.is_empty() {
             return Vec::new();
         }
         let mut bytes: Vec<(usize, usize)> = Vec::new();
-        let mut stream = self.analyzer.token_stream(text);
+        let mut stream = analyzer.token_stream(text);
         while stream.advance() {
             let t = stream.token();
-            if self.terms.contains(&t.text) {
+            if terms.contains(&t.text) {
                 bytes.push((t.offset_from, t.offset_to));
             }
         }
@@ -606,16 +616,41 @@ mod tests {
     fn highlights_are_character_ranges_of_the_query_words() {
         let text = "Ünïcode CAFÉ: the DiffExecutor runs café-side; cafeteria is not café.";
         let mut h = Highlighter::new("cafe executor");
-        let ranges = h.ranges(text);
+        let ranges = h.ranges(text, None);
         let chars: Vec<char> = text.chars().collect();
         let shown: Vec<String> = ranges.iter().map(|[a, b]| chars[*a..*b].iter().collect()).collect();
         assert_eq!(shown, ["CAFÉ", "Executor", "café", "café"]);
         // The whole identifier when the query names it, one range for touching parts.
         let mut h = Highlighter::new("diff executor");
-        let ranges = h.ranges(text);
+        let ranges = h.ranges(text, None);
         let shown: Vec<String> = ranges.iter().map(|[a, b]| chars[*a..*b].iter().collect()).collect();
         assert_eq!(shown, ["DiffExecutor"]);
-        assert!(Highlighter::new(" ,.; ").ranges(text).is_empty());
-        assert!(Highlighter::new("zebra").ranges(text).is_empty());
+        assert!(Highlighter::new(" ,.; ").ranges(text, None).is_empty());
+        assert!(Highlighter::new("zebra").ranges(text, None).is_empty());
+    }
+
+    /// In a text of a language with a stemmer, a query's word marks the
+    /// forms of it the index matches (stemmed for that language), in
+    /// English, German (stemmed with its umlauts, then folded) and Dutch;
+    /// unknown languages are matched unstemmed. One highlighter serves hits
+    /// of several languages.
+    #[test]
+    fn highlights_follow_the_stemming_of_the_texts_language() {
+        let shown = |h: &mut Highlighter, text: &str, language: Option<&str>| -> Vec<String> {
+            let chars: Vec<char> = text.chars().collect();
+            h.ranges(text, language).iter().map(|[a, b]| chars[*a..*b].iter().collect()).collect()
+        };
+        let mut h = Highlighter::new("running connections");
+        let english = "She runs; the connection was running, then connected. A runner ran.";
+        assert_eq!(shown(&mut h, english, Some("eng")), ["runs", "connection", "running", "connected"]);
+        assert_eq!(shown(&mut h, english, None), ["running"]);
+        assert_eq!(shown(&mut h, english, Some("xyz")), ["running"]);
+        let mut h = Highlighter::new("Haus Krieg");
+        let german = "Die Häuser des Krieges; ein Haus.";
+        assert_eq!(shown(&mut h, german, Some("deu")), ["Häuser", "Krieges", "Haus"]);
+        assert_eq!(shown(&mut h, german, None), ["Haus"]);
+        let mut h = Highlighter::new("werken vragen");
+        let dutch = "Zij werkt; wij werken aan het werk en een vraag.";
+        assert_eq!(shown(&mut h, dutch, Some("nld")), ["werkt", "werken", "werk", "vraag"]);
     }
 }

@@ -528,7 +528,9 @@ fn listings_for_the_console(place: &Place) {
     assert_eq!(jobs, [second.clone(), first]);
     assert_eq!(store.list_jobs(1).unwrap()[0].id, second);
 
-    // Highlights: character ranges of the words as analysed; ranks per retriever.
+    // Highlights: character ranges of the words as analysed (stemmed for
+    // each document's language: `quasars` is `quasar` in all three); ranks
+    // per retriever. Hits carry their document's language.
     let q = Embedding { dense: vector(2, 0.0), sparse: vec![] };
     let hybrid = store.search(&request("quasar", &q, SearchMode::Hybrid)).unwrap();
     let nearest = hybrid.hits.iter().find(|h| h.source == "2.txt").unwrap();
@@ -541,8 +543,10 @@ fn listings_for_the_console(place: &Place) {
         let shown: Vec<String> = hit.highlights.iter().map(|[a, b]| chars[*a..*b].iter().collect()).collect();
         if hit.source == "plain.txt" {
             assert!(shown.is_empty());
+            assert_eq!(hit.language, None);
         } else {
-            assert_eq!(shown, ["Quasar"], "{hit:?}");
+            assert_eq!(shown, ["Quasar", "quasars"], "{hit:?}");
+            assert!(["eng", "deu", "fra"].contains(&hit.language.as_deref().unwrap()), "{hit:?}");
         }
     }
 }

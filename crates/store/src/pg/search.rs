@@ -264,7 +264,7 @@ pub(crate) fn hydrate(
     let ids: Vec<&str> = ranked.iter().map(|(id, _)| id.as_str()).collect();
     let rows = tx.query(
         "SELECT c.id, c.document_id, c.ordinal, c.heading_path, c.text, c.char_start, c.char_end, c.page,
-                d.title, d.source, d.collection, c.context
+                d.title, d.source, d.collection, c.context, d.metadata->'analysis'->'language'->>'code'
          FROM chunks c JOIN documents d ON d.id = c.document_id WHERE c.id = ANY($1)",
         &[&ids],
     )?;
@@ -290,6 +290,7 @@ pub(crate) fn hydrate(
             collection: r.get(10),
             context_kind: context.as_ref().map(|c| c.kind),
             context: context.map(|c| c.text),
+            language: r.get(12),
             highlights: Vec::new(),
             duplicates: Vec::new(),
             duplicate_count: 0,
