@@ -1,6 +1,7 @@
-//! [`RemoteEmbedder`]: embedding on workers that serve TEI's `POST /embed`
-//! (and, where they are DataFactory nodes, long passages whole through
-//! `POST /embed_windows`).
+//! [`RemoteEmbedder`]: embedding on workers: DataFactory nodes through their
+//! `POST /embed_windows` (dense and sparse vectors, long passages whole, as
+//! the model in-process gives them), TEI through `POST /embed` (dense, a long
+//! passage's first window).
 
 use crate::pool::{call_error, CallError, Pool, PoolSettings};
 use datafactory_core::{
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// An [`Embedder`] whose model runs on other machines: each call's texts are
-/// cut into batches sent at once over the workers (dense vectors only).
+/// cut into batches sent at once over the workers.
 pub struct RemoteEmbedder {
     pool: Pool,
     agent: ureq::Agent,
@@ -22,9 +23,8 @@ pub struct RemoteEmbedder {
     model_id: String,
     dimension: usize,
     max_input_tokens: usize,
-    /// Vectors a worker gives one long passage (`/info`'s `max_windows`,
-    /// DataFactory's; 1 for TEI, which truncates).
-    max_windows: usize,
+    /// What DataFactory workers add to TEI's `/info`; None for TEI.
+    native: Option<Native>,
     /// TEI's `prompt_name` sent with queries (empty: none).
     query_prompt: String,
     requests: AtomicU64,
@@ -34,8 +34,9 @@ pub struct RemoteEmbedder {
 impl RemoteEmbedder {
     /// Asks every worker for its model (`GET /info`) and the vector size (a
     /// probe text). Workers that do not answer are left to the pool's
-    /// failover; those that answer must serve the same model, and cut long
-    /// passages into the same number of windows at most.
+    /// failover; those that answer must serve the same model and embed
+    /// alike (all DataFactory nodes with the same windows and sparse
+    /// weights, or all TEI).
     pub fn connect(
         urls: &[String],
         api_key: &str,
@@ -79,13 +80,12 @@ impl RemoteEmbedder {
                 other["model_id"].as_str().unwrap_or("")
             )));
         }
-        let windows = |v: &Value| v["max_windows"].as_u64().unwrap_or(1).max(1) as usize;
-        let max_windows = windows(first);
-        if let Some((url, other)) = infos.iter().find(|(_, v)| windows(v) != max_windows) {
+        let native = Native::of(first);
+        if let Some((url, other)) = infos.iter().find(|(_, v)| Native::of(v) != native) {
             return Err(EmbedError::Unavailable(format!(
-                "embedding workers cut long passages differently: {first_url} into {max_windows} window(s) at most, \
-                 {url} into {} (embedding.max_windows)",
-                windows(other)
+                "embedding workers embed differently: {first_url} {}, {url} {}",
+                Native::describe(native),
+                Native::describe(Native::of(other))
             )));
         }
         let max_input_tokens = first["max_input_length"].as_u64().unwrap_or(512) as usize;
@@ -96,23 +96,25 @@ impl RemoteEmbedder {
             model_id,
             dimension: 0,
             max_input_tokens,
-            max_windows,
+            native,
             query_prompt: query_prompt.to_string(),
             requests: AtomicU64::new(0),
             texts: AtomicU64::new(0),
         };
-        let probe =
-            embedder.request(&["dimension probe"], InputKind::Passage).map_err(EmbedError::Unavailable)?;
+        let probe = embedder.embed(&["dimension probe"], InputKind::Passage).map_err(|e| match e {
+            EmbedError::Runtime(e) => EmbedError::Unavailable(e),
+            e => e,
+        })?;
         embedder.dimension = probe[0].dense.len();
         if embedder.dimension == 0 {
             return Err(EmbedError::Unavailable("the embedding workers answered empty vectors".into()));
         }
         tracing::info!(
-            "embedding on {} worker(s) ({}): {} dimensions, {} window(s) per passage at most",
+            "embedding on {} worker(s) ({}): {} dimensions, {}",
             embedder.pool.urls().len(),
             embedder.model_id,
             embedder.dimension,
-            embedder.max_windows
+            Native::describe(embedder.native)
         );
         Ok(embedder)
     }
@@ -144,35 +146,81 @@ impl RemoteEmbedder {
         })
     }
 
-    /// Passages whole through `POST /embed_windows`: per passage, between
-    /// one and `max_windows` vectors.
-    fn request_windows(&self, texts: &[&str]) -> Result<Vec<Vec<Embedding>>, String> {
-        let (dimension, most) = (self.dimension, self.max_windows);
+    /// Through a DataFactory worker's `POST /embed_windows`: per text, its
+    /// windows' vectors, dense and sparse (one window for a query, or for a
+    /// passage when `windows` is false; 1 to `max_windows` else).
+    fn request_windows(
+        &self,
+        texts: &[&str],
+        native: Native,
+        query: bool,
+        windows: bool,
+    ) -> Result<Vec<Vec<Embedding>>, String> {
+        let dimension = self.dimension;
+        let most = if windows && !query { native.max_windows } else { 1 };
         self.pool.map_batches(texts, |url, batch| {
             let mut r = self.agent.post(&format!("{url}/embed_windows"));
             if let Some(k) = &self.api_key {
                 r = r.set("Authorization", &format!("Bearer {k}"));
             }
             self.requests.fetch_add(1, Ordering::Relaxed);
-            let answer =
-                r.send_json(json!({"inputs": batch})).map_err(|e| call_error(url, "embedding worker", e))?;
-            let passages: Vec<Vec<Vec<f32>>> = answer
+            let body = json!({"inputs": batch, "query": query, "windows": windows});
+            let answer = r.send_json(body).map_err(|e| call_error(url, "embedding worker", e))?;
+            let texts: Vec<Vec<Window>> = answer
                 .into_json()
                 .map_err(|e| CallError::Retry(format!("embedding worker at {url}: bad answer: {e}")))?;
-            if let Some(w) = passages.iter().find(|w| w.is_empty() || w.len() > most) {
+            if let Some(w) = texts.iter().find(|w| w.is_empty() || w.len() > most) {
                 return Err(CallError::Retry(format!(
-                    "embedding worker at {url} answered {} window(s) for a passage, not 1 to {most}",
+                    "embedding worker at {url} answered {} window(s) for a text, not 1 to {most}",
                     w.len()
                 )));
             }
-            check_dimensions(url, dimension, passages.iter().flatten())?;
+            check_dimensions(url, dimension, texts.iter().flatten().map(|w| &w.dense))?;
             self.texts.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            Ok(passages
+            Ok(texts
                 .into_iter()
-                .map(|w| w.into_iter().map(|dense| Embedding { dense, sparse: Vec::new() }).collect())
+                .map(|w| w.into_iter().map(|w| Embedding { dense: w.dense, sparse: w.sparse }).collect())
                 .collect())
         })
     }
+}
+
+/// What a DataFactory worker's `/info` adds to TEI's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Native {
+    /// Vectors it gives one long passage at most (its `embedding.max_windows`).
+    max_windows: usize,
+    /// Whether its model gives sparse weights (bge-m3).
+    sparse: bool,
+}
+
+impl Native {
+    /// None for TEI (no `max_windows`).
+    fn of(info: &Value) -> Option<Native> {
+        Some(Native {
+            max_windows: info["max_windows"].as_u64()?.max(1) as usize,
+            sparse: info["sparse"].as_bool().unwrap_or(false),
+        })
+    }
+
+    fn describe(native: Option<Native>) -> String {
+        match native {
+            None => "as TEI does (dense only, a long passage's first window)".into(),
+            Some(n) => format!(
+                "as DataFactory does ({} window(s) per passage at most, embedding.max_windows; {})",
+                n.max_windows,
+                if n.sparse { "dense and sparse" } else { "dense only" }
+            ),
+        }
+    }
+}
+
+/// One window's vectors in `/embed_windows`'s answer.
+#[derive(serde::Deserialize)]
+struct Window {
+    dense: Vec<f32>,
+    #[serde(default)]
+    sparse: Vec<(u32, f32)>,
 }
 
 /// A worker's vectors must all have the size the probe found (0: not known yet).
@@ -204,30 +252,35 @@ impl Embedder for RemoteEmbedder {
     }
 
     fn produces_sparse(&self) -> bool {
-        false
+        self.native.is_some_and(|n| n.sparse)
     }
 
     fn embed(&self, texts: &[&str], kind: InputKind) -> Result<Vec<Embedding>, EmbedError> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        self.request(texts, kind).map_err(EmbedError::Runtime)
+        match self.native {
+            Some(native) => self
+                .request_windows(texts, native, kind == InputKind::Query, false)
+                .map(|v| v.into_iter().flatten().collect()),
+            None => self.request(texts, kind),
+        }
+        .map_err(EmbedError::Runtime)
     }
 
     fn max_windows(&self) -> usize {
-        self.max_windows
+        self.native.map_or(1, |n| n.max_windows)
     }
 
-    /// On DataFactory workers with windows, a long passage gets one vector
-    /// per window, as on a node with the model; on TEI, its first window.
+    /// On DataFactory workers, a long passage gets one vector per window,
+    /// as on a node with the model; on TEI, its first window's.
     fn embed_passages(&self, texts: &[&str]) -> Result<Vec<Vec<Embedding>>, EmbedError> {
-        if self.max_windows <= 1 {
-            return Ok(self.embed(texts, InputKind::Passage)?.into_iter().map(|e| vec![e]).collect());
+        match self.native {
+            Some(native) if !texts.is_empty() => {
+                self.request_windows(texts, native, false, true).map_err(EmbedError::Runtime)
+            }
+            _ => Ok(self.embed(texts, InputKind::Passage)?.into_iter().map(|e| vec![e]).collect()),
         }
-        if texts.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.request_windows(texts).map_err(EmbedError::Runtime)
     }
 
     /// The workers' tokenizer is not here: chunks are budgeted by the

@@ -1,5 +1,5 @@
 //! Remote model workers: `datafactory serve` nodes with the model serve
-//! `/embed` and `/info`; a node without it embeds through them
+//! `/info`, `/embed` and `/embed_windows`; a node without it embeds through them
 //! (`datafactory_remote::RemoteEmbedder`), spreading batches over them and
 //! failing over when one stops. All on loopback, with the real
 //! all-MiniLM-L6-v2.
@@ -61,6 +61,11 @@ fn local_model_with(dir: &std::path::Path, max_windows: usize) -> Arc<dyn Embedd
     c.allow_download = false;
     c.device = "cpu".into();
     datafactory_models::load_embedder(&c).unwrap()
+}
+
+/// bge-m3's architecture with a sparse head, tiny and random.
+fn tiny_sparse() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/tiny-xlmr-sparse")
 }
 
 fn settings() -> RemoteConfig {
@@ -254,8 +259,8 @@ async fn long_passages_get_every_window_through_a_worker() {
     })
     .await
     .unwrap();
-    assert!(error.contains("cut long passages differently") && error.contains("max_windows"), "{error}");
-    // Alone, it is used as TEI is: a long passage's first window only.
+    assert!(error.contains("embed differently") && error.contains("embedding.max_windows"), "{error}");
+    // Alone, it is used as it embeds: a long passage's first window only.
     let (truncated, first) = tokio::task::spawn_blocking({
         let url = w3.base.clone();
         move || {
@@ -273,13 +278,123 @@ async fn long_passages_get_every_window_through_a_worker() {
     }
 }
 
+/// A worker whose model has a sparse head (bge-m3's architecture, tiny and
+/// random) sends its sparse weights with the dense vectors, for queries and
+/// for every window of a passage: a node embedding on it searches by sparse
+/// weights too and stores what a node with the model stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparse_weights_come_back_from_a_worker() {
+    let model = local_model(&tiny_sparse());
+    assert!(model.produces_sparse());
+    let worker = Node::start(Some(model.clone()), |_| {}).await;
+    let url = worker.base.clone();
+    tokio::task::spawn_blocking(move || {
+        let remote = RemoteEmbedder::connect(&[url], KEY, "", &settings()).unwrap();
+        assert!(remote.produces_sparse());
+        let mut passages = texts(3);
+        passages.push("lemurs and rivers of Madagascar ".repeat(200));
+        let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
+        let same = |g: &datafactory_core::Embedding, w: &datafactory_core::Embedding| {
+            assert!(cosine(&g.dense, &w.dense) > 0.99999, "{}", cosine(&g.dense, &w.dense));
+            assert!(!w.sparse.is_empty());
+            let ids = |e: &datafactory_core::Embedding| e.sparse.iter().map(|p| p.0).collect::<Vec<_>>();
+            assert_eq!(ids(g), ids(w));
+            for (a, b) in g.sparse.iter().zip(&w.sparse) {
+                assert!((a.1 - b.1).abs() <= 1e-5 * b.1.abs().max(1.0), "{a:?} {b:?}");
+            }
+        };
+        for kind in [InputKind::Query, InputKind::Passage] {
+            let got = remote.embed(&refs, kind).unwrap();
+            let want = model.embed(&refs, kind).unwrap();
+            assert_eq!(got.len(), want.len());
+            got.iter().zip(&want).for_each(|(g, w)| same(g, w));
+        }
+        let got = remote.embed_passages(&refs).unwrap();
+        let want = model.embed_passages(&refs).unwrap();
+        assert_eq!(
+            got.iter().map(Vec::len).collect::<Vec<_>>(),
+            want.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        assert!(want[3].len() > 1, "the long passage has windows");
+        got.iter().flatten().zip(want.iter().flatten()).for_each(|(g, w)| same(g, w));
+    })
+    .await
+    .unwrap();
+    worker.stop().await;
+}
+
+/// A worker that speaks only TEI's API, as text-embeddings-inference does:
+/// `GET /info` without DataFactory's fields, `POST /embed` answering dense
+/// vectors of the inputs truncated (`prompt_name` picks the query prompt).
+/// Simulated here over the in-process model: TEI itself cannot run on
+/// these machines.
+async fn tei_like(model: Arc<dyn Embedder>) -> Running {
+    use axum::routing::{get, post};
+    let info = json!({"model_id": model.model_id(), "max_input_length": model.max_input_tokens(),
+                      "max_client_batch_size": 32, "version": "1.8.0"});
+    let app = axum::Router::new().route("/info", get(move || async move { axum::Json(info) })).route(
+        "/embed",
+        post(move |axum::Json(r): axum::Json<Value>| async move {
+            let texts: Vec<String> = match &r["inputs"] {
+                Value::String(s) => vec![s.clone()],
+                v => serde_json::from_value(v.clone()).unwrap(),
+            };
+            let kind = if r["prompt_name"] == "query" { InputKind::Query } else { InputKind::Passage };
+            let vectors = tokio::task::spawn_blocking(move || {
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                model.embed(&refs, kind).unwrap().into_iter().map(|e| e.dense).collect::<Vec<_>>()
+            })
+            .await
+            .unwrap();
+            axum::Json(vectors)
+        }),
+    );
+    Running::start(|l, s| async move { axum::serve(l, app).with_graceful_shutdown(s).await }).await
+}
+
+/// TEI workers are used as TEI embeds: dense only, a long passage's first
+/// window, queries with the configured `prompt_name`. A TEI worker beside
+/// DataFactory ones is refused (their vectors for long passages differ).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tei_workers_give_dense_vectors_of_the_first_window() {
+    let model = local_model(&minilm());
+    let tei = tei_like(model.clone()).await;
+    let node = Node::start(Some(model.clone()), |_| {}).await;
+    let (tei_url, node_url) = (tei.base.clone(), node.base.clone());
+    tokio::task::spawn_blocking(move || {
+        let remote =
+            RemoteEmbedder::connect(std::slice::from_ref(&tei_url), "", "query", &settings()).unwrap();
+        assert_eq!((remote.max_windows(), remote.produces_sparse()), (1, false));
+        let long = "lemurs of Madagascar ".repeat(300);
+        let mut passages = texts(5);
+        passages.push(long);
+        let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
+        let got = remote.embed_passages(&refs).unwrap();
+        assert!(got.iter().all(|w| w.len() == 1));
+        let want = model.embed(&refs, InputKind::Passage).unwrap();
+        for (g, w) in got.iter().flatten().zip(&want) {
+            assert!(cosine(&g.dense, &w.dense) > 0.99999 && g.sparse.is_empty());
+        }
+        let got = remote.embed(&refs[..2], InputKind::Query).unwrap();
+        let want = model.embed(&refs[..2], InputKind::Query).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!(cosine(&g.dense, &w.dense) > 0.99999);
+        }
+        let error =
+            RemoteEmbedder::connect(&[node_url, tei_url], KEY, "", &settings()).err().unwrap().to_string();
+        assert!(error.contains("embed differently") && error.contains("as TEI does"), "{error}");
+    })
+    .await
+    .unwrap();
+    tei.stop().await;
+    node.stop().await;
+}
+
 /// Workers must serve one model; an unknown prompt is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_of_different_models_are_refused() {
-    let other =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/tiny-xlmr-sparse");
     let w1 = Node::start(Some(local_model(&minilm())), |_| {}).await;
-    let w2 = Node::start(Some(local_model(&other)), |_| {}).await;
+    let w2 = Node::start(Some(local_model(&tiny_sparse())), |_| {}).await;
     let urls = vec![w1.base.clone(), w2.base.clone()];
     let error = tokio::task::spawn_blocking(move || {
         RemoteEmbedder::connect(&urls, KEY, "", &settings()).err().unwrap().to_string()

@@ -1,6 +1,7 @@
 //! The embedding routes for other programs: OpenAI's `/v1/embeddings`,
 //! text-embeddings-inference's `/embed` and `/info`, and `/embed_windows`
-//! (long passages, for other DataFactory nodes), over the in-process model.
+//! (dense and sparse, long passages whole: for other DataFactory nodes),
+//! over the in-process model.
 //!
 //! Touches no store.
 
@@ -151,8 +152,11 @@ pub(crate) struct TeiInfo {
     /// Vector size (not in TEI's answer; clients may use it).
     pub(crate) dimensions: usize,
     /// Vectors `POST /embed_windows` gives one passage at most (not in
-    /// TEI's answer: 1, or absent, means a long passage is truncated).
+    /// TEI's answer: its presence says the worker serves `/embed_windows`).
     pub(crate) max_windows: usize,
+    /// Whether the model gives sparse weights too (`/embed_windows`; not in
+    /// TEI's answer).
+    pub(crate) sparse: bool,
     /// This service's version.
     pub(crate) version: &'static str,
 }
@@ -170,6 +174,7 @@ pub(crate) async fn tei_info(State(state): State<Shared>) -> Result<Json<TeiInfo
         max_client_batch_size: 512,
         dimensions: e.dimension(),
         max_windows: e.max_windows(),
+        sparse: e.produces_sparse(),
         version: env!("CARGO_PKG_VERSION"),
     }))
 }
@@ -218,33 +223,74 @@ fn tei_inputs(inputs: OneOrMany) -> Result<Vec<String>, ApiError> {
 
 #[derive(Deserialize, ToSchema)]
 pub(crate) struct WindowsRequest {
-    /// Passages.
+    /// Texts.
     pub(crate) inputs: OneOrMany,
+    /// Embed the inputs as search queries (one vector each); default false:
+    /// as passages.
+    #[serde(default)]
+    pub(crate) query: bool,
+    /// Passages whole, one vector per window (default true); false: each
+    /// passage's first window only.
+    #[serde(default = "yes")]
+    pub(crate) windows: bool,
 }
 
-/// `POST /embed_windows` (DataFactory's, beside TEI's `/embed`): passages
-/// embedded whole, as ingest embeds them in-process: per input, one vector
-/// per window of the model's input over its tokens (`embedding.max_windows`
-/// at most, `/info`'s `max_windows`). What a node embedding on remote
-/// workers asks them, so that a long chunk gets the same vectors there as
-/// on a node with the model.
+fn yes() -> bool {
+    true
+}
+
+/// One window's vectors.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub(crate) struct WindowVectors {
+    /// The dense vector (L2-normalised).
+    pub(crate) dense: Vec<f32>,
+    /// The lexical weights, `[token id, weight]` sorted by token id (models
+    /// with a sparse head, such as bge-m3; absent for the others).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) sparse: Vec<(u32, f32)>,
+}
+
+/// `POST /embed_windows` (DataFactory's, beside TEI's `/embed`): texts
+/// embedded as a node with the model embeds them in-process, dense and
+/// sparse: per input, a list of windows' vectors. A passage gets one per
+/// window of the model's input over its tokens (`embedding.max_windows` at
+/// most, `/info`'s `max_windows`), a query one. What a node embedding on
+/// remote DataFactory workers asks them, so that it stores and searches what
+/// a node with the model would.
 #[utoipa::path(post, path = "/embed_windows", tag = "embeddings", request_body = WindowsRequest,
     responses(
-        (status = 200, description = "Per input, its windows' vectors, in order", body = Vec<Vec<Vec<f32>>>),
+        (status = 200, description = "Per input, its windows' vectors, in order", body = Vec<Vec<WindowVectors>>),
         (status = 400, description = "Too many inputs", body = ErrorBody),
         (status = 503, description = "No embedding model loaded", body = ErrorBody)))]
 pub(crate) async fn embed_windows(
     State(state): State<Shared>,
     Json(r): Json<WindowsRequest>,
-) -> Result<Json<Vec<Vec<Vec<f32>>>>, ApiError> {
+) -> Result<Json<Vec<Vec<WindowVectors>>>, ApiError> {
     let e = embedder(&state)?;
     let texts = tei_inputs(r.inputs)?;
     let vectors = tokio::task::spawn_blocking(move || {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        e.embed_passages(&refs)
+        match (r.query, r.windows) {
+            (true, _) => one_each(e.embed(&refs, InputKind::Query)),
+            (false, false) => one_each(e.embed(&refs, InputKind::Passage)),
+            (false, true) => e.embed_passages(&refs),
+        }
     })
     .await
     .map_err(internal)?
     .map_err(internal)?;
-    Ok(Json(vectors.into_iter().map(|windows| windows.into_iter().map(|v| v.dense).collect()).collect()))
+    Ok(Json(
+        vectors
+            .into_iter()
+            .map(|windows| {
+                windows.into_iter().map(|v| WindowVectors { dense: v.dense, sparse: v.sparse }).collect()
+            })
+            .collect(),
+    ))
+}
+
+fn one_each(
+    vectors: Result<Vec<Embedding>, datafactory_core::EmbedError>,
+) -> Result<Vec<Vec<Embedding>>, datafactory_core::EmbedError> {
+    Ok(vectors?.into_iter().map(|v| vec![v]).collect())
 }
