@@ -286,7 +286,7 @@ fn attention_sequence_body<const D: usize>(qkv: &[f32], mask: &[f32], heads: usi
             for row in tile.chunks_exact_mut(lp) {
                 row.copy_from_slice(&m);
             }
-            if !avx512::scores::<D>(q, 3 * h, kt, tile) {
+            if !avx512::scores::<D>(q, 3 * h, kt, tile) && !avx2::scores::<D>(q, 3 * h, kt, tile) {
                 for (r, row) in tile.chunks_exact_mut(lp).enumerate() {
                     for (d, &qd) in q[r * 3 * h..r * 3 * h + D].iter().enumerate() {
                         for (s, k) in row.iter_mut().zip(&kt[d * lp..(d + 1) * lp]) {
@@ -298,7 +298,8 @@ fn attention_sequence_body<const D: usize>(qkv: &[f32], mask: &[f32], heads: usi
             // Softmax (padding keys give exp(MIN - max) ≈ 0), unnormalised:
             // the context is scaled by 1/sum instead.
             for (row, inv) in tile.chunks_exact_mut(lp).zip(&mut inv) {
-                if let Some(i) = avx512::softmax_unnormalised(row) {
+                if let Some(i) = avx512::softmax_unnormalised(row).or_else(|| avx2::softmax_unnormalised(row))
+                {
                     *inv = i;
                     continue;
                 }
@@ -319,7 +320,7 @@ fn attention_sequence_body<const D: usize>(qkv: &[f32], mask: &[f32], heads: usi
                 *inv = 1.0 / sums.iter().sum::<f32>();
             }
             let o = &mut out[t * h + head * D..(t + rows - 1) * h + (head + 1) * D];
-            if !avx512::context::<D>(tile, lp, len, v, o, h) {
+            if !avx512::context::<D>(tile, lp, len, v, o, h) && !avx2::context::<D>(tile, lp, len, v, o, h) {
                 for (r, p) in tile.chunks_exact(lp).enumerate() {
                     // Summed in a local array of D lanes, which the compiler
                     // keeps in vector registers (summed into `o` in place,
@@ -647,9 +648,302 @@ mod avx512 {
     }
 }
 
+/// The tiles of [`avx512`] for CPUs with AVX2 and FMA but no AVX-512 (AMD
+/// EPYC before Zen 4, Intel desktops): 8 lanes, with explicit fused
+/// multiply-adds (the portable bodies have none: Rust does not fuse on its
+/// own), and sized for 16 vector registers. Each returns false (or 0),
+/// doing nothing, where the CPU lacks AVX2 or FMA or the shapes do not fit.
+mod avx2 {
+    /// As [`super::avx512::scores`].
+    #[inline(always)]
+    pub(super) fn scores<const D: usize>(q: &[f32], qs: usize, kt: &[f32], s: &mut [f32]) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let lp = kt.len() / D;
+            let rows = s.len() / lp.max(1);
+            if lp > 0
+                && lp.is_multiple_of(16)
+                && kt.len() == D * lp
+                && s.len() == rows * lp
+                && (1..=super::QUERY_TILE).contains(&rows)
+                && q.len() == (rows - 1) * qs + D
+                && super::avx2_available()
+            {
+                // SAFETY: AVX2 and FMA are present (checked) and the shapes
+                // are as the tile function requires (checked).
+                unsafe {
+                    if rows == super::QUERY_TILE {
+                        scores_tile::<D, { super::QUERY_TILE }>(
+                            q.as_ptr(),
+                            qs,
+                            kt.as_ptr(),
+                            lp,
+                            s.as_mut_ptr(),
+                        );
+                    } else {
+                        for r in 0..rows {
+                            let (q, s) = (q.as_ptr().add(r * qs), s.as_mut_ptr().add(r * lp));
+                            scores_tile::<D, 1>(q, qs, kt.as_ptr(), lp, s);
+                        }
+                    }
+                }
+                return true;
+            }
+        }
+        let _ = (q, qs, kt, s);
+        false
+    }
+
+    /// As [`super::avx512::context`]; D a multiple of 8.
+    #[inline(always)]
+    pub(super) fn context<const D: usize>(
+        p: &[f32],
+        lp: usize,
+        len: usize,
+        v: &[f32],
+        o: &mut [f32],
+        os: usize,
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let rows = p.len() / lp.max(1);
+            if D.is_multiple_of(8)
+                && D > 0
+                && len <= lp
+                && p.len() == rows * lp
+                && (1..=super::QUERY_TILE).contains(&rows)
+                && v.len() >= len * D
+                && o.len() == (rows - 1) * os + D
+                && super::avx2_available()
+            {
+                // SAFETY: AVX2 and FMA are present (checked) and the shapes
+                // are as the tile function requires (checked): each call
+                // reads rows r, r + 1 (or r) of p and writes the same rows
+                // of o, columns c..c + 32 at most, within D.
+                unsafe {
+                    let (p, v, o) = (p.as_ptr(), v.as_ptr(), o.as_mut_ptr());
+                    // Columns 32 at a time (4 vectors), rows two at a time:
+                    // 8 accumulators, 4 values and a broadcast in registers.
+                    for c in (0..D).step_by(32) {
+                        let mut r = 0;
+                        while r + 2 <= rows {
+                            context_tile::<D, 2>(p.add(r * lp), lp, len, v, c, o.add(r * os), os);
+                            r += 2;
+                        }
+                        if r < rows {
+                            context_tile::<D, 1>(p.add(r * lp), lp, len, v, c, o.add(r * os), os);
+                        }
+                    }
+                }
+                return true;
+            }
+        }
+        let _ = (p, lp, len, v, o, os);
+        false
+    }
+
+    /// As [`super::avx512::softmax_unnormalised`]; `row.len()` a multiple of 8.
+    #[inline(always)]
+    pub(super) fn softmax_unnormalised(row: &mut [f32]) -> Option<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if !row.is_empty() && row.len().is_multiple_of(8) && super::avx2_available() {
+            // SAFETY: AVX2 and FMA are present and the length a multiple of
+            // 8 (checked).
+            return Some(unsafe { softmax_unnormalised_avx2(row) });
+        }
+        let _ = row;
+        None
+    }
+
+    /// As [`super::avx512::gelu_erf`], 8 lanes at a time.
+    #[inline(always)]
+    pub(super) fn gelu_erf(xs: &mut [f32]) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if super::avx2_available() {
+            // SAFETY: AVX2 and FMA are present (checked).
+            unsafe { gelu_erf_avx2(xs) };
+            return xs.len() / 8 * 8;
+        }
+        let _ = xs;
+        0
+    }
+
+    /// # Safety
+    /// AVX2 and FMA; `row.len()` a non-zero multiple of 8.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn softmax_unnormalised_avx2(row: &mut [f32]) -> f32 {
+        use std::arch::x86_64::*;
+        let p = row.as_mut_ptr();
+        let mut max = _mm256_set1_ps(f32::NEG_INFINITY);
+        for i in (0..row.len()).step_by(8) {
+            max = _mm256_max_ps(max, _mm256_loadu_ps(p.add(i)));
+        }
+        let max = _mm256_set1_ps(horizontal(max, f32::max));
+        let mut sum = _mm256_setzero_ps();
+        for i in (0..row.len()).step_by(8) {
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), max));
+            _mm256_storeu_ps(p.add(i), e);
+            sum = _mm256_add_ps(sum, e);
+        }
+        1.0 / horizontal(sum, |a, b| a + b)
+    }
+
+    /// The 8 lanes folded with `f`, pairwise.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn horizontal(x: std::arch::x86_64::__m256, f: impl Fn(f32, f32) -> f32) -> f32 {
+        let mut lanes = [0f32; 8];
+        // SAFETY: 8 lanes stored into 8 floats.
+        unsafe { std::arch::x86_64::_mm256_storeu_ps(lanes.as_mut_ptr(), x) };
+        let [a, b, c, d, e, g, h, i] = lanes;
+        f(f(f(a, e), f(c, h)), f(f(b, g), f(d, i)))
+    }
+
+    /// # Safety
+    /// AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn gelu_erf_avx2(xs: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let sign_bit = _mm256_set1_ps(-0.0);
+        for c in xs.chunks_exact_mut(8) {
+            let x = _mm256_loadu_ps(c.as_ptr());
+            let z = _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+            let a = _mm256_andnot_ps(sign_bit, z);
+            let t = _mm256_div_ps(
+                _mm256_set1_ps(1.0),
+                _mm256_fmadd_ps(_mm256_set1_ps(super::ERF_P), a, _mm256_set1_ps(1.0)),
+            );
+            let mut poly = _mm256_set1_ps(super::ERF_A[4]);
+            for c in [super::ERF_A[3], super::ERF_A[2], super::ERF_A[1], super::ERF_A[0]] {
+                poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(c));
+            }
+            poly = _mm256_mul_ps(poly, t);
+            // erf(|z|) = 1 - poly · e^(-z²), then z's sign; gelu = x/2 · (1 + erf).
+            let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(a, a)));
+            let erf_abs = _mm256_fnmadd_ps(poly, e, _mm256_set1_ps(1.0));
+            let erf = _mm256_or_ps(erf_abs, _mm256_and_ps(z, sign_bit));
+            let half_x = _mm256_mul_ps(x, _mm256_set1_ps(0.5));
+            _mm256_storeu_ps(c.as_mut_ptr(), _mm256_fmadd_ps(half_x, erf, half_x));
+        }
+    }
+
+    /// [`super::exp`] on 8 lanes: the same rounding trick, range reduction
+    /// and polynomial, with fused multiply-adds, 2ⁿ put into the exponent
+    /// bits.
+    ///
+    /// # Safety
+    /// AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(super) unsafe fn exp8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        const ROUND: f32 = 12_582_912.0;
+        let x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.0)), _mm256_set1_ps(-87.0));
+        let z = _mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), _mm256_set1_ps(ROUND));
+        let n = _mm256_sub_ps(z, _mm256_set1_ps(ROUND));
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(super::LN2_HI), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(super::LN2_LO), r);
+        let mut p = _mm256_set1_ps(1.0 / 720.0);
+        for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        // z's mantissa holds 2²² + n: shifted into the exponent field, plus the bias.
+        let two_n =
+            _mm256_add_epi32(_mm256_slli_epi32::<23>(_mm256_castps_si256(z)), _mm256_set1_epi32(127 << 23));
+        _mm256_mul_ps(p, _mm256_castsi256_ps(two_n))
+    }
+
+    /// # Safety
+    /// AVX2 and FMA; `q` readable at `r * qs + d` and `s` writable at `r *
+    /// lp + j` for r < R, d < D, j < lp; `kt` readable at `d * lp + j`; `lp`
+    /// a multiple of 16.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scores_tile<const D: usize, const R: usize>(
+        q: *const f32,
+        qs: usize,
+        kt: *const f32,
+        lp: usize,
+        s: *mut f32,
+    ) {
+        use std::arch::x86_64::*;
+        // Two blocks of 8 keys by R rows: 2R independent FMA chains (8 for
+        // a full tile), each key vector loaded once for the R rows.
+        for jb in (0..lp).step_by(16) {
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_loadu_ps(s.add(r * lp + jb + 8 * i));
+                }
+            }
+            for d in 0..D {
+                let k = kt.add(d * lp + jb);
+                let kv = [_mm256_loadu_ps(k), _mm256_loadu_ps(k.add(8))];
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let qv = _mm256_set1_ps(*q.add(r * qs + d));
+                    for (acc, kv) in acc.iter_mut().zip(kv) {
+                        *acc = _mm256_fmadd_ps(qv, kv, *acc);
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (i, acc) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(s.add(r * lp + jb + 8 * i), *acc);
+                }
+            }
+        }
+    }
+
+    /// Columns `c..c + min(32, D - c)` of rows r < R: `o[r][c..] = Σ_{j <
+    /// len} p[r][j] · v[j][c..]`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; D a multiple of 8, c < D a multiple of 32; `p`
+    /// readable at `r * lp + j` for r < R, j < len; `v` readable at `j * D +
+    /// d`; `o` writable at `r * os + d`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn context_tile<const D: usize, const R: usize>(
+        p: *const f32,
+        lp: usize,
+        len: usize,
+        v: *const f32,
+        c: usize,
+        o: *mut f32,
+        os: usize,
+    ) {
+        use std::arch::x86_64::*;
+        let nv = ((D - c) / 8).min(4);
+        let mut acc = [[_mm256_setzero_ps(); 4]; R];
+        for j in 0..len {
+            let mut vv = [_mm256_setzero_ps(); 4];
+            for (i, vv) in vv.iter_mut().enumerate().take(nv) {
+                *vv = _mm256_loadu_ps(v.add(j * D + c + 8 * i));
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let pv = _mm256_set1_ps(*p.add(r * lp + j));
+                for (acc, vv) in acc.iter_mut().zip(vv).take(nv) {
+                    *acc = _mm256_fmadd_ps(pv, vv, *acc);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (i, acc) in acc.iter().enumerate().take(nv) {
+                _mm256_storeu_ps(o.add(r * os + c + 8 * i), *acc);
+            }
+        }
+    }
+}
+
 /// The exact GELU, `x/2 · (1 + erf(x/√2))`, in place.
 pub(crate) fn gelu_erf(xs: &mut [f32]) {
-    let done = avx512::gelu_erf(xs);
+    let done = match avx512::gelu_erf(xs) {
+        0 => avx2::gelu_erf(xs),
+        done => done,
+    };
     gelu_erf_slice(&mut xs[done..])
 }
 
@@ -1725,6 +2019,32 @@ mod tests {
                 );
             }
             assert!(masked.iter().all(|m| (0.0..1e-37).contains(m)), "{masked:?}");
+        }
+        // The AVX2 form, where the CPU has AVX2 and FMA (whether or not it
+        // has AVX-512: the tier CPUs without it run).
+        #[cfg(target_arch = "x86_64")]
+        if avx2_available() {
+            let mut xs: Vec<f32> = (0..12_768).map(|i| -87.0 + i as f32 * 0.0137).collect();
+            xs.push(crate::encoder::MASK_VALUE);
+            xs.resize(xs.len().div_ceil(8) * 8, crate::encoder::MASK_VALUE);
+            let mut worst = 0f64;
+            for c in xs.chunks_exact(8) {
+                let mut got = [0f32; 8];
+                // SAFETY: AVX2 and FMA are present (checked); 8 lanes in and out.
+                unsafe {
+                    use std::arch::x86_64::*;
+                    _mm256_storeu_ps(got.as_mut_ptr(), avx2::exp8(_mm256_loadu_ps(c.as_ptr())));
+                }
+                for (x, g) in c.iter().zip(got) {
+                    if *x == crate::encoder::MASK_VALUE {
+                        assert!((0.0..1e-37).contains(&g), "exp8({x}) = {g}");
+                        continue;
+                    }
+                    let want = (*x as f64).exp();
+                    worst = worst.max(((g as f64 - want) / want).abs());
+                }
+            }
+            assert!(worst < 5e-7, "exp8 relative error {worst}");
         }
         // erf against the series/continued fraction in f64 via libm-free
         // reference: erf(x) = 2/sqrt(pi) * sum ... (Taylor, |x| ≤ 3).
