@@ -721,18 +721,17 @@ mod avx2 {
                 // reads rows r, r + 1 (or r) of p and writes the same rows
                 // of o, columns c..c + 32 at most, within D.
                 unsafe {
-                    let (p, v, o) = (p.as_ptr(), v.as_ptr(), o.as_mut_ptr());
-                    // Columns 32 at a time (4 vectors), rows two at a time:
-                    // 8 accumulators, 4 values and a broadcast in registers.
-                    for c in (0..D).step_by(32) {
-                        let mut r = 0;
-                        while r + 2 <= rows {
-                            context_tile::<D, 2>(p.add(r * lp), lp, len, v, c, o.add(r * os), os);
-                            r += 2;
-                        }
-                        if r < rows {
-                            context_tile::<D, 1>(p.add(r * lp), lp, len, v, c, o.add(r * os), os);
-                        }
+                    // Columns 32 at a time (4 vectors), then the last 8, 16
+                    // or 24.
+                    for c in (0..D / 32 * 32).step_by(32) {
+                        context_rows::<D, 4>(p, lp, len, v, c, o, os, rows);
+                    }
+                    let c = D / 32 * 32;
+                    match (D - c) / 8 {
+                        1 => context_rows::<D, 1>(p, lp, len, v, c, o, os, rows),
+                        2 => context_rows::<D, 2>(p, lp, len, v, c, o, os, rows),
+                        3 => context_rows::<D, 3>(p, lp, len, v, c, o, os, rows),
+                        _ => {}
                     }
                 }
                 return true;
@@ -897,42 +896,69 @@ mod avx2 {
         }
     }
 
-    /// Columns `c..c + min(32, D - c)` of rows r < R: `o[r][c..] = Σ_{j <
-    /// len} p[r][j] · v[j][c..]`.
+    /// Columns `c..c + 8 V` of the tile's rows, two rows at a time (8
+    /// accumulators, 4 values and a broadcast in registers for V = 4).
     ///
     /// # Safety
-    /// AVX2 and FMA; D a multiple of 8, c < D a multiple of 32; `p`
-    /// readable at `r * lp + j` for r < R, j < len; `v` readable at `j * D +
-    /// d`; `o` writable at `r * os + d`.
+    /// As [`context_tile`], for rows r < `rows`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn context_tile<const D: usize, const R: usize>(
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn context_rows<const D: usize, const V: usize>(
+        p: &[f32],
+        lp: usize,
+        len: usize,
+        v: &[f32],
+        c: usize,
+        o: &mut [f32],
+        os: usize,
+        rows: usize,
+    ) {
+        let (p, v, o) = (p.as_ptr(), v.as_ptr(), o.as_mut_ptr());
+        let mut r = 0;
+        while r + 2 <= rows {
+            context_tile::<D, 2, V>(p.add(r * lp), lp, len, v.add(c), o.add(r * os + c), os);
+            r += 2;
+        }
+        if r < rows {
+            context_tile::<D, 1, V>(p.add(r * lp), lp, len, v.add(c), o.add(r * os + c), os);
+        }
+    }
+
+    /// `V` vectors (8 V columns) of rows r < R: `o[r][..8V] = Σ_{j < len}
+    /// p[r][j] · v[j][..8V]`, the arrays fixed in size so that they stay in
+    /// registers.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `p` readable at `r * lp + j` for r < R, j < len; `v`
+    /// readable at `j * D + d` and `o` writable at `r * os + d` for d < 8 V.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn context_tile<const D: usize, const R: usize, const V: usize>(
         p: *const f32,
         lp: usize,
         len: usize,
         v: *const f32,
-        c: usize,
         o: *mut f32,
         os: usize,
     ) {
         use std::arch::x86_64::*;
-        let nv = ((D - c) / 8).min(4);
-        let mut acc = [[_mm256_setzero_ps(); 4]; R];
+        let mut acc = [[_mm256_setzero_ps(); V]; R];
         for j in 0..len {
-            let mut vv = [_mm256_setzero_ps(); 4];
-            for (i, vv) in vv.iter_mut().enumerate().take(nv) {
-                *vv = _mm256_loadu_ps(v.add(j * D + c + 8 * i));
+            let mut vv = [_mm256_setzero_ps(); V];
+            for (i, vv) in vv.iter_mut().enumerate() {
+                *vv = _mm256_loadu_ps(v.add(j * D + 8 * i));
             }
             for (r, acc) in acc.iter_mut().enumerate() {
                 let pv = _mm256_set1_ps(*p.add(r * lp + j));
-                for (acc, vv) in acc.iter_mut().zip(vv).take(nv) {
+                for (acc, vv) in acc.iter_mut().zip(vv) {
                     *acc = _mm256_fmadd_ps(pv, vv, *acc);
                 }
             }
         }
         for (r, acc) in acc.iter().enumerate() {
-            for (i, acc) in acc.iter().enumerate().take(nv) {
-                _mm256_storeu_ps(o.add(r * os + c + 8 * i), *acc);
+            for (i, acc) in acc.iter().enumerate() {
+                _mm256_storeu_ps(o.add(r * os + 8 * i), *acc);
             }
         }
     }
@@ -2156,15 +2182,19 @@ mod tests {
             &[(2usize, 21usize, 3usize), (1, 4, 2), (3, 40, 1), (2, 83, 2), (1, 1, 2), (2, 64, 1)]
         {
             let mut seed = (b * 100 + len) as u64;
-            for d in [32, 64] {
+            // Head sizes of whole blocks of 16 or 32 columns and of a 24 or
+            // 48-column tail (the AVX2 tiles take 32 at a time).
+            for d in [16, 24, 32, 48, 64] {
                 let qkv: Vec<f32> = (0..b * len * 3 * heads * d).map(|_| lcg(&mut seed)).collect();
                 let mask: Vec<f32> = (0..b * len)
                     .map(|i| if i / len == 1 && i % len >= 13 { crate::encoder::MASK_VALUE } else { 0.0 })
                     .collect();
-                let got = if d == 32 {
-                    attention::<32>(&qkv, &mask, b, len, heads)
-                } else {
-                    attention::<64>(&qkv, &mask, b, len, heads)
+                let got = match d {
+                    16 => attention::<16>(&qkv, &mask, b, len, heads),
+                    24 => attention::<24>(&qkv, &mask, b, len, heads),
+                    32 => attention::<32>(&qkv, &mask, b, len, heads),
+                    48 => attention::<48>(&qkv, &mask, b, len, heads),
+                    _ => attention::<64>(&qkv, &mask, b, len, heads),
                 };
                 let want = attention_reference(&qkv, &mask, b, len, heads, d);
                 let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
