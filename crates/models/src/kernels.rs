@@ -344,6 +344,44 @@ fn attention_sequence_body<const D: usize>(qkv: &[f32], mask: &[f32], heads: usi
     }
 }
 
+/// The shapes the score tiles take: `kt` `[D][lp]` with `lp` a non-zero
+/// multiple of 16, `s` `[rows][lp]` with 1 to [`QUERY_TILE`] rows, and `q`
+/// those rows `qs` apart; `(lp, rows)` where they fit.
+#[cfg(target_arch = "x86_64")]
+fn scores_fit<const D: usize>(q: &[f32], qs: usize, kt: &[f32], s: &[f32]) -> Option<(usize, usize)> {
+    let lp = kt.len() / D;
+    let rows = s.len() / lp.max(1);
+    (lp > 0
+        && lp.is_multiple_of(16)
+        && kt.len() == D * lp
+        && s.len() == rows * lp
+        && (1..=QUERY_TILE).contains(&rows)
+        && q.len() == (rows - 1) * qs + D)
+        .then_some((lp, rows))
+}
+
+/// The shapes the context tiles take: `p` `[rows][lp]` with 1 to
+/// [`QUERY_TILE`] rows and `len ≤ lp`, `v` at least `[len][D]`, `o` the rows
+/// `os` apart (D > 0; each tier adds its own bounds on D); `rows` where they fit.
+#[cfg(target_arch = "x86_64")]
+fn context_fits<const D: usize>(
+    p: &[f32],
+    lp: usize,
+    len: usize,
+    v: &[f32],
+    o: &[f32],
+    os: usize,
+) -> Option<usize> {
+    let rows = p.len() / lp.max(1);
+    (D > 0
+        && len <= lp
+        && p.len() == rows * lp
+        && (1..=QUERY_TILE).contains(&rows)
+        && v.len() >= len * D
+        && o.len() == (rows - 1) * os + D)
+        .then_some(rows)
+}
+
 /// Explicit AVX-512 tiles of [`attention_sequence_body`] (the compiler left
 /// the loops scalar, then untiled); each returns false, doing nothing, where
 /// the CPU lacks AVX-512F or the shapes do not fit. A tile is up to
@@ -356,15 +394,7 @@ mod avx512 {
     pub(super) fn scores<const D: usize>(q: &[f32], qs: usize, kt: &[f32], s: &mut [f32]) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            let lp = kt.len() / D;
-            let rows = s.len() / lp.max(1);
-            if lp > 0
-                && lp.is_multiple_of(16)
-                && kt.len() == D * lp
-                && s.len() == rows * lp
-                && (1..=super::QUERY_TILE).contains(&rows)
-                && q.len() == (rows - 1) * qs + D
-                && super::avx512_enabled()
+            if let Some((lp, rows)) = super::scores_fit::<D>(q, qs, kt, s).filter(|_| super::avx512_enabled())
             {
                 // SAFETY: AVX-512F is present (checked) and the shapes are as
                 // the tile functions require (checked).
@@ -410,16 +440,8 @@ mod avx512 {
     ) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            let rows = p.len() / lp.max(1);
-            if D.is_multiple_of(16)
-                && (16..=64).contains(&D)
-                && len <= lp
-                && p.len() == rows * lp
-                && (1..=super::QUERY_TILE).contains(&rows)
-                && v.len() >= len * D
-                && o.len() == (rows - 1) * os + D
-                && super::avx512_enabled()
-            {
+            let fits = super::context_fits::<D>(p, lp, len, v, o, os);
+            if let Some(rows) = fits.filter(|_| D.is_multiple_of(16) && D <= 64 && super::avx512_enabled()) {
                 // SAFETY: AVX-512F is present (checked) and the shapes are as
                 // the tile functions require (checked).
                 unsafe {
@@ -659,15 +681,7 @@ mod avx2 {
     pub(super) fn scores<const D: usize>(q: &[f32], qs: usize, kt: &[f32], s: &mut [f32]) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            let lp = kt.len() / D;
-            let rows = s.len() / lp.max(1);
-            if lp > 0
-                && lp.is_multiple_of(16)
-                && kt.len() == D * lp
-                && s.len() == rows * lp
-                && (1..=super::QUERY_TILE).contains(&rows)
-                && q.len() == (rows - 1) * qs + D
-                && super::avx2_available()
+            if let Some((lp, rows)) = super::scores_fit::<D>(q, qs, kt, s).filter(|_| super::avx2_available())
             {
                 // SAFETY: AVX2 and FMA are present (checked) and the shapes
                 // are as the tile function requires (checked).
@@ -706,16 +720,8 @@ mod avx2 {
     ) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            let rows = p.len() / lp.max(1);
-            if D.is_multiple_of(8)
-                && D > 0
-                && len <= lp
-                && p.len() == rows * lp
-                && (1..=super::QUERY_TILE).contains(&rows)
-                && v.len() >= len * D
-                && o.len() == (rows - 1) * os + D
-                && super::avx2_available()
-            {
+            let fits = super::context_fits::<D>(p, lp, len, v, o, os);
+            if let Some(rows) = fits.filter(|_| D.is_multiple_of(8) && super::avx2_available()) {
                 // SAFETY: AVX2 and FMA are present (checked) and the shapes
                 // are as the tile function requires (checked): each call
                 // reads rows r, r + 1 (or r) of p and writes the same rows

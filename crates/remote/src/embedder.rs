@@ -124,6 +124,24 @@ impl RemoteEmbedder {
         self.pool.states()
     }
 
+    /// One request to a worker, with the key, counted; its JSON answer.
+    fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        path: &str,
+        body: Value,
+    ) -> Result<T, CallError> {
+        let mut r = self.agent.post(&format!("{url}{path}"));
+        if let Some(k) = &self.api_key {
+            r = r.set("Authorization", &format!("Bearer {k}"));
+        }
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let answer = r.send_json(body).map_err(|e| call_error(url, "embedding worker", e))?;
+        answer
+            .into_json()
+            .map_err(|e| CallError::Retry(format!("embedding worker at {url}: bad answer: {e}")))
+    }
+
     fn request(&self, texts: &[&str], kind: InputKind) -> Result<Vec<Embedding>, String> {
         let dimension = self.dimension;
         self.pool.map_batches(texts, |url, batch| {
@@ -131,15 +149,7 @@ impl RemoteEmbedder {
             if kind == InputKind::Query && !self.query_prompt.is_empty() {
                 body["prompt_name"] = json!(self.query_prompt);
             }
-            let mut r = self.agent.post(&format!("{url}/embed"));
-            if let Some(k) = &self.api_key {
-                r = r.set("Authorization", &format!("Bearer {k}"));
-            }
-            self.requests.fetch_add(1, Ordering::Relaxed);
-            let answer = r.send_json(body).map_err(|e| call_error(url, "embedding worker", e))?;
-            let vectors: Vec<Vec<f32>> = answer
-                .into_json()
-                .map_err(|e| CallError::Retry(format!("embedding worker at {url}: bad answer: {e}")))?;
+            let vectors: Vec<Vec<f32>> = self.post(url, "/embed", body)?;
             check_dimensions(url, dimension, vectors.iter())?;
             self.texts.fetch_add(batch.len() as u64, Ordering::Relaxed);
             Ok(vectors.into_iter().map(|dense| Embedding { dense, sparse: Vec::new() }).collect())
@@ -159,16 +169,8 @@ impl RemoteEmbedder {
         let dimension = self.dimension;
         let most = if windows && !query { native.max_windows } else { 1 };
         self.pool.map_batches(texts, |url, batch| {
-            let mut r = self.agent.post(&format!("{url}/embed_windows"));
-            if let Some(k) = &self.api_key {
-                r = r.set("Authorization", &format!("Bearer {k}"));
-            }
-            self.requests.fetch_add(1, Ordering::Relaxed);
             let body = json!({"inputs": batch, "query": query, "windows": windows});
-            let answer = r.send_json(body).map_err(|e| call_error(url, "embedding worker", e))?;
-            let texts: Vec<Vec<Window>> = answer
-                .into_json()
-                .map_err(|e| CallError::Retry(format!("embedding worker at {url}: bad answer: {e}")))?;
+            let texts: Vec<Vec<Window>> = self.post(url, "/embed_windows", body)?;
             if let Some(w) = texts.iter().find(|w| w.is_empty() || w.len() > most) {
                 return Err(CallError::Retry(format!(
                     "embedding worker at {url} answered {} window(s) for a text, not 1 to {most}",

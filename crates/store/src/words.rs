@@ -149,8 +149,7 @@ pub fn analyzer_for(language: Option<Language>) -> TextAnalyzer {
     }
 }
 
-/// The tokens a text yields, unstemmed (PostgreSQL stems them itself; the
-/// highlighter; tests).
+/// The tokens a text yields, unstemmed (PostgreSQL stems them itself; tests).
 pub fn tokens(text: &str) -> Vec<String> {
     tokens_with(&mut analyzer(), text)
 }
@@ -186,13 +185,13 @@ fn pre_tokenized(a: &mut TextAnalyzer, text: &str) -> PreTokenizedString {
 /// `highlights` from it.
 pub struct Highlighter {
     query: String,
-    /// Per language code (None: unknown), its analyzer and the query's terms in it.
-    languages: std::collections::HashMap<Option<String>, (TextAnalyzer, std::collections::HashSet<String>)>,
+    /// Per stemmer (None: words only folded), its analyzer and the query's terms in it.
+    stemmers: std::collections::HashMap<Option<Language>, (TextAnalyzer, std::collections::HashSet<String>)>,
 }
 
 impl Highlighter {
     pub fn new(query: &str) -> Highlighter {
-        Highlighter { query: query.to_string(), languages: Default::default() }
+        Highlighter { query: query.to_string(), stemmers: Default::default() }
     }
 
     /// Where the query's words occur in `text`, a text in `language` (ISO
@@ -202,8 +201,9 @@ impl Highlighter {
     /// and `Executor`, make one range).
     pub fn ranges(&mut self, text: &str, language: Option<&str>) -> Vec<[usize; 2]> {
         let query = &self.query;
-        let (analyzer, terms) = self.languages.entry(language.map(str::to_string)).or_insert_with(|| {
-            let mut analyzer = analyzer_for(stemmer_language(language));
+        let stemmer = stemmer_language(language);
+        let (analyzer, terms) = self.stemmers.entry(stemmer).or_insert_with(|| {
+            let mut analyzer = analyzer_for(stemmer);
             let terms = tokens_with(&mut analyzer, query).into_iter().collect();
             (analyzer, terms)
         });

@@ -91,13 +91,7 @@ pub(crate) async fn openai_embeddings(
     let model = r.model.unwrap_or_else(|| e.model_id().to_string());
     let counter = e.token_counter();
     let tokens: usize = texts.iter().map(|t| counter.count(t)).sum();
-    let vectors = tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        e.embed(&refs, InputKind::Passage)
-    })
-    .await
-    .map_err(internal)?
-    .map_err(internal)?;
+    let vectors = embed_blocking(e, texts, |e, refs| e.embed(refs, InputKind::Passage)).await?;
     let base64 = match r.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -202,14 +196,26 @@ pub(crate) async fn tei_embed(
         }
     };
     let texts = tei_inputs(r.inputs)?;
-    let vectors = tokio::task::spawn_blocking(move || {
+    let vectors = embed_blocking(e, texts, move |e, refs| e.embed(refs, kind)).await?;
+    Ok(Json(vectors.into_iter().map(|v| v.dense).collect()))
+}
+
+/// Runs `f` over the texts on a blocking thread (the model's work must not
+/// hold up the service's other requests).
+async fn embed_blocking<T: Send + 'static>(
+    e: Arc<dyn datafactory_core::Embedder>,
+    texts: Vec<String>,
+    f: impl FnOnce(&dyn datafactory_core::Embedder, &[&str]) -> Result<T, datafactory_core::EmbedError>
+        + Send
+        + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(move || {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        e.embed(&refs, kind)
+        f(e.as_ref(), &refs)
     })
     .await
     .map_err(internal)?
-    .map_err(internal)?;
-    Ok(Json(vectors.into_iter().map(|v| v.dense).collect()))
+    .map_err(internal)
 }
 
 /// At most 512 inputs per request.
@@ -268,17 +274,12 @@ pub(crate) async fn embed_windows(
 ) -> Result<Json<Vec<Vec<WindowVectors>>>, ApiError> {
     let e = embedder(&state)?;
     let texts = tei_inputs(r.inputs)?;
-    let vectors = tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        match (r.query, r.windows) {
-            (true, _) => one_each(e.embed(&refs, InputKind::Query)),
-            (false, false) => one_each(e.embed(&refs, InputKind::Passage)),
-            (false, true) => e.embed_passages(&refs),
-        }
+    let vectors = embed_blocking(e, texts, move |e, refs| match (r.query, r.windows) {
+        (true, _) => one_each(e.embed(refs, InputKind::Query)),
+        (false, false) => one_each(e.embed(refs, InputKind::Passage)),
+        (false, true) => e.embed_passages(refs),
     })
-    .await
-    .map_err(internal)?
-    .map_err(internal)?;
+    .await?;
     Ok(Json(
         vectors
             .into_iter()
